@@ -1,0 +1,3 @@
+"""chimuffin: reproducible, data-centric Chihuahua-vs-Muffin classification."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,238 @@
+"""params.yaml as frozen dataclasses, loaded strictly.
+
+Every group of params.yaml maps to one dataclass below. Loading rejects unknown keys (a typo in
+`dvc exp run -S trian.lr=...` must not be silently ignored), missing keys, wrong types and
+out-of-range values, with a message that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from chimuffin.errors import UserError
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False):
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+
+
+def num(lo=None, hi=None, lo_open=False, hi_open=False):
+    """A dataclass field with an allowed numeric range (no default: every key must be given)."""
+    return field(metadata=_range(lo, hi, lo_open, hi_open))
+
+
+@dataclass(frozen=True)
+class Base:
+    seed: int = num(0)
+    classes: list[str] = field()
+    image_size: int = num(32, 512)
+
+
+@dataclass(frozen=True)
+class Sample:
+    labeled_per_class: int = num(2, 10_000)
+    pool: int = num(0, 100_000)
+    test_per_class: int = num(0, 10_000)
+    bad_files: bool = field()
+
+
+@dataclass(frozen=True)
+class Prepare:
+    data_dir: str = field()
+    # Part of the labeled train images held out for model selection (stratified, seeded);
+    # images listed in data/labels/validation.csv are added to it.
+    val_fraction: float = num(0.0, 0.9)
+
+
+@dataclass(frozen=True)
+class Clean:
+    dedupe: bool = field()
+
+
+@dataclass(frozen=True)
+class Augment:
+    resize: int = num(32, 1024)
+    flip_p: float = num(0.0, 1.0)
+    rotation_deg: float = num(0.0, 180.0)
+    shear_deg: float = num(0.0, 45.0)
+    scale_min: float = num(0.1, 4.0)
+    scale_max: float = num(0.1, 4.0)
+    jitter: float = num(0.0, 1.0)
+    erase_p: float = num(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = num(1, 10_000)
+    batch_size: int = num(1, 4096)
+    lr: float = num(0.0, 10.0, lo_open=True)
+    weight_decay: float = num(0.0, 1.0)
+    scheduler: Literal["cosine_restarts", "onecycle", "constant"] = field()
+    t0: int = num(1)
+    t_mult: int = num(1)
+    grad_clip: float = num(0.0)
+    head: list[int] = field()
+    dropout: float = num(0.0, 1.0, hi_open=True)
+    label_smoothing: float = num(0.0, 1.0, hi_open=True)
+    augment: Augment = field()
+    device: Literal["auto", "cpu", "cuda"] = field()
+    threads: int = num(0, 256)
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    batch_size: int = num(1, 4096)
+    tta_flip: bool = field()
+
+
+@dataclass(frozen=True)
+class Embed:
+    batch_size: int = num(1, 4096)
+    n_neighbors: int = num(2, 200)
+
+
+@dataclass(frozen=True)
+class Params:
+    base: Base = field()
+    sample: Sample = field()
+    prepare: Prepare = field()
+    clean: Clean = field()
+    train: Train = field()
+    evaluate: Evaluate = field()
+    embed: Embed = field()
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+
+
+def _check_scalar(key: str, value: Any, tp) -> Any:
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a programming error in the dataclasses above
+        raise TypeError(f"unsupported param type {tp} for {key}")
+    if not ok:
+        raise UserError(f"params: {key} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _check_range(key: str, value: Any, meta) -> None:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
+        bound = f"> {lo}" if meta["lo_open"] else f">= {lo}"
+        raise UserError(f"params: {key} must be {bound}, got {value!r}")
+    if hi is not None and (value > hi or (meta["hi_open"] and value == hi)):
+        bound = f"< {hi}" if meta["hi_open"] else f"<= {hi}"
+        raise UserError(f"params: {key} must be {bound}, got {value!r}")
+
+
+def _build(cls, raw: Any, prefix: str):
+    if not isinstance(raw, dict):
+        raise UserError(f"params: {prefix or 'params.yaml'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(map(str, raw)) - set(names))
+    if unknown:
+        where = f" in {prefix}" if prefix else ""
+        raise UserError(
+            f"params: unknown key {prefix + '.' if prefix else ''}{unknown[0]}{where}; "
+            f"allowed: {', '.join(names)}"
+        )
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name not in raw:
+            raise UserError(f"params: missing key {key} ({_type_name(hints[f.name])})")
+        values[f.name] = _convert(key, raw[f.name], hints[f.name], f.metadata)
+    return cls(**values)
+
+
+def _convert(key: str, value: Any, tp, meta) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if not isinstance(value, str) or value not in typing.get_args(tp):
+            raise UserError(f"params: {key} must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise UserError(f"params: {key} must be {_type_name(tp)}, got {value!r}")
+        return [_check_scalar(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if isinstance(tp, types.UnionType):  # pragma: no cover - not used
+        raise TypeError(key)
+    value = _check_scalar(key, value, tp)
+    if meta:
+        _check_range(key, value, meta)
+    return value
+
+
+def _check_relations(p: Params) -> None:
+    """Constraints between keys that a per-key range cannot express."""
+    if len(p.base.classes) != 2 or len(set(p.base.classes)) != 2:
+        raise UserError(f"params: base.classes must be two distinct names, got {p.base.classes}")
+    reserved = {"undefined", "remove"} & set(p.base.classes)
+    if reserved:
+        raise UserError(f"params: base.classes cannot use the reserved name {sorted(reserved)[0]}")
+    a = p.train.augment
+    if a.scale_min > a.scale_max:
+        raise UserError(
+            f"params: train.augment.scale_min ({a.scale_min}) must be <= "
+            f"train.augment.scale_max ({a.scale_max})"
+        )
+    if a.resize < p.base.image_size:
+        raise UserError(
+            f"params: train.augment.resize ({a.resize}) must be >= base.image_size "
+            f"({p.base.image_size})"
+        )
+    if not p.train.head or any(h < 1 for h in p.train.head):
+        raise UserError(f"params: train.head must be a non-empty list of sizes >= 1, "
+                        f"got {p.train.head}")
+
+
+def parse_params(raw: Any) -> Params:
+    """Build Params from an already-parsed YAML document, or raise UserError."""
+    params = _build(Params, raw, "")
+    _check_relations(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read params file ({e.strerror})") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return parse_params(raw)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from e
+
+
+def as_dict(obj) -> dict:
+    return dataclasses.asdict(obj)

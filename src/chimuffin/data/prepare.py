@@ -1,0 +1,154 @@
+"""Decode a dataset once into a uint8 tensor cache and describe it in a manifest."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from chimuffin.data.images import ImageDecodeError, decode_image
+from chimuffin.data.manifest import COLUMNS, stratified_val
+from chimuffin.data.scan import Candidate, Excluded, scan_dataset
+from chimuffin.errors import UserError
+from chimuffin.labels import check_relative_path
+
+VALIDATION_COLUMNS = ["path", "label"]
+
+
+def parse_validation_labels(text: str, classes: list[str], name: str) -> dict[str, str]:
+    """`path,label` rows naming pool images a person labeled to validate on (never trained)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows or [h.strip() for h in rows[0]] != VALIDATION_COLUMNS:
+        raise UserError(f"{name}: row 1 (header): expected '{','.join(VALIDATION_COLUMNS)}'")
+    out: dict[str, str] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != 2:
+            raise UserError(f"{name}: row {lineno}: expected 2 fields (path,label)")
+        path, label = row[0].strip(), row[1].strip()
+        bad = check_relative_path(path)
+        if bad:
+            raise UserError(f"{name}: row {lineno}: path {path!r}: {bad}")
+        if label not in classes:
+            raise UserError(f"{name}: row {lineno}: unknown label {label!r}; allowed: "
+                            f"{', '.join(classes)}")
+        if path in out:
+            raise UserError(f"{name}: row {lineno}: duplicate row for {path}")
+        out[path] = label
+    return out
+
+
+def decode_into_cache(root: Path, candidates: list[Candidate], size: int, cache_path: Path,
+                      ) -> tuple[list[dict], list[Excluded], Counter]:
+    """Decode every candidate into a memory-mapped (N,3,S,S) uint8 .npy file.
+
+    Streams one image at a time, so peak memory does not grow with the dataset."""
+    rows: list[dict] = []
+    excluded: list[Excluded] = []
+    stats: Counter = Counter()
+    cache = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.uint8,
+                                      shape=(max(len(candidates), 1), 3, size, size))
+    for c in tqdm(candidates, desc="prepare", unit="img", mininterval=2, disable=None):
+        try:
+            d = decode_image(root / c.path, size)
+        except ImageDecodeError as e:
+            excluded.append(Excluded(c.path, str(e)))
+            continue
+        stats["resized"] += d.resized
+        if d.converted_from != "RGB":
+            stats[f"converted_from_{d.converted_from}"] += 1
+        chw = d.pixels.transpose(2, 0, 1)
+        cache[len(rows)] = chw
+        rows.append({"path": c.path, "split": c.split, "label": c.folder_label,
+                     "label_source": "folder", "idx": len(rows),
+                     "content_hash": hashlib.sha1(np.ascontiguousarray(chw)).hexdigest(),
+                     "width": d.orig_size[0], "height": d.orig_size[1]})
+    cache.flush()
+    del cache
+    return rows, excluded, stats
+
+
+def shrink_cache(cache_path: Path, n: int) -> None:
+    """Drop the unused tail rows left by excluded images (rewrites the file only if needed)."""
+    arr = np.load(cache_path, mmap_mode="r")
+    if arr.shape[0] == n:
+        return
+    tmp = cache_path.with_suffix(".shrink.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *arr.shape[1:]))
+    for start in range(0, n, 1024):
+        stop = min(start + 1024, n)
+        out[start:stop] = arr[start:stop]
+    out.flush()
+    del out, arr
+    tmp.replace(cache_path)
+
+
+def assign_splits(df: pd.DataFrame, classes: list[str], val_fraction: float, seed: int,
+                  validation: dict[str, str], validation_name: str) -> pd.DataFrame:
+    """Validation = a stratified, seeded part of the labeled train images, plus the images a
+    person labeled in the validation file. Test stays test."""
+    df = df.copy()
+    labeled = df[(df["split"] == "train") & (df["label"].isin(classes))]
+    val = stratified_val(labeled["label"], val_fraction, seed)
+    df.loc[val[val].index, "split"] = "val"
+    pos = {p: i for i, p in enumerate(df["path"])}
+    for path, label in validation.items():
+        if path not in pos:
+            raise UserError(f"{validation_name}: {path} is not in the prepared dataset (missing "
+                            "or excluded: see the prepare report)")
+        i = df.index[pos[path]]
+        if df.at[i, "split"] == "test":
+            raise UserError(f"{validation_name}: {path} is a test image; validation images must "
+                            "come from train128/")
+        df.loc[i, ["split", "label", "label_source"]] = ["val", label, "validation"]
+    return df
+
+
+def check_usable(df: pd.DataFrame, classes: list[str], root: Path) -> None:
+    train = df[(df["split"] == "train") & df["label"].isin(classes)]
+    if df.empty:
+        raise UserError(f"{root}: no usable images (see the excluded list in the report)")
+    for cls in classes:
+        if not (df[df["split"].isin(["train", "val"])]["label"] == cls).any():
+            raise UserError(f"{root}: train128/{cls}/ has no usable images: every class needs "
+                            "labeled training images")
+    if not (df["split"] == "val").any():
+        raise UserError("no validation images: set prepare.val_fraction > 0 or list pool images "
+                        "in data/labels/validation.csv")
+    if train.empty:
+        raise UserError(f"{root}: no labeled training images left after the validation split")
+
+
+def prepare_dataset(root: Path, classes: list[str], size: int, val_fraction: float, seed: int,
+                    validation: dict[str, str], validation_name: str, out_dir: Path) -> dict:
+    """Write images.npy + manifest.parquet into out_dir and return the report."""
+    candidates, excluded = scan_dataset(root, classes)
+    cache_path = out_dir / "images.npy"
+    rows, bad, stats = decode_into_cache(root, candidates, size, cache_path)
+    excluded += bad
+    shrink_cache(cache_path, len(rows))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if df.empty:
+        raise UserError(f"{root}: no usable images (excluded {len(excluded)} files)")
+    df = assign_splits(df, classes, val_fraction, seed, validation, validation_name)
+    check_usable(df, classes, root)
+    from chimuffin import atomic
+
+    atomic.write_parquet(out_dir / "manifest.parquet", df)
+    counts = df.groupby(["split", "label"]).size()
+    return {
+        "images": len(df),
+        "counts": {f"{s}/{lbl}": int(n) for (s, lbl), n in counts.items()},
+        "has_test": bool((df["split"] == "test").any()),
+        "conversions": dict(sorted(stats.items())),
+        "excluded": [{"path": e.path, "reason": e.reason} for e in excluded],
+    }

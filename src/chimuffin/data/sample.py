@@ -1,0 +1,145 @@
+"""The embedded default dataset: procedurally drawn chihuahuas and muffins.
+
+Deterministic for a given seed (same bytes every run), in the hackathon layout, so `dvc repro`
+works on a fresh clone with no download. Both classes share palettes (tan dogs, brown muffins),
+backgrounds and noise, so the task is learnable but not trivial. The pool's true labels are
+written to `pool_labels.csv` (relative_path,label), the same format as the real data's
+`reviewed_labels.csv`, to simulate a person answering review requests.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+SIZE = 128
+WARM = [(196, 148, 96), (160, 110, 60), (222, 184, 135), (120, 80, 45), (90, 60, 40),
+        (230, 210, 180)]
+
+
+def _jitter(rgb, rng: random.Random, amount: int = 30):
+    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)
+
+
+def _background(rng: random.Random) -> Image.Image:
+    top = (rng.randint(60, 250), rng.randint(60, 250), rng.randint(60, 250))
+    bottom = _jitter(top, rng, 60)
+    img = Image.new("RGB", (SIZE, SIZE))
+    d = ImageDraw.Draw(img)
+    for y in range(SIZE):
+        t = y / (SIZE - 1)
+        d.line([(0, y), (SIZE, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+    for _ in range(rng.randint(0, 4)):  # clutter shared by both classes
+        x, y, r = rng.randint(0, SIZE), rng.randint(0, SIZE), rng.randint(4, 18)
+        d.ellipse([x - r, y - r, x + r, y + r], fill=_jitter(top, rng, 80))
+    return img
+
+
+def _draw_chihuahua(d: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, s: float):
+    fur = _jitter(rng.choice(WARM), rng)
+    ear = _jitter(fur, rng, 25)
+    for side in (-1, 1):  # big triangular ears: the chihuahua's signature
+        bx = cx + side * 0.45 * s
+        d.polygon([(bx - 0.22 * s, cy - 0.15 * s), (bx + 0.22 * s, cy - 0.2 * s),
+                   (cx + side * 0.75 * s, cy - 0.95 * s)], fill=ear)
+    d.ellipse([cx - 0.55 * s, cy - 0.5 * s, cx + 0.55 * s, cy + 0.55 * s], fill=fur)
+    snout = _jitter(fur, rng, 20)
+    d.ellipse([cx - 0.25 * s, cy + 0.05 * s, cx + 0.25 * s, cy + 0.45 * s], fill=snout)
+    eye = (rng.randint(0, 40),) * 3
+    er = 0.1 * s * rng.uniform(0.8, 1.3)
+    for side in (-1, 1):
+        ex, ey = cx + side * 0.22 * s, cy - 0.08 * s
+        d.ellipse([ex - er, ey - er, ex + er, ey + er], fill=eye)
+    d.ellipse([cx - 0.08 * s, cy + 0.12 * s, cx + 0.08 * s, cy + 0.24 * s], fill=(20, 15, 15))
+
+
+def _draw_muffin(d: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, s: float):
+    wrapper = _jitter(rng.choice(WARM + [(200, 60, 60), (240, 240, 240)]), rng)
+    top_y, bot_y = cy, cy + 0.65 * s
+    d.polygon([(cx - 0.55 * s, top_y), (cx + 0.55 * s, top_y), (cx + 0.4 * s, bot_y),
+               (cx - 0.4 * s, bot_y)], fill=wrapper)
+    stripe = _jitter(wrapper, rng, 50)
+    for k in range(-3, 4):  # pleats of the paper cup
+        x = cx + k * 0.13 * s
+        d.line([(x, top_y), (cx + k * 0.095 * s, bot_y)], fill=stripe, width=max(1, int(s / 40)))
+    cake = _jitter(rng.choice(WARM), rng)
+    d.ellipse([cx - 0.65 * s, cy - 0.6 * s, cx + 0.65 * s, cy + 0.25 * s], fill=cake)
+    dot = (rng.randint(20, 90), rng.randint(10, 50), rng.randint(10, 90))
+    for _ in range(rng.randint(4, 12)):  # blueberries / chocolate chips look a bit like eyes
+        a, r = rng.uniform(0, 2 * math.pi), rng.uniform(0, 0.5) * s
+        x, y = cx + r * math.cos(a), cy - 0.2 * s + 0.6 * r * math.sin(a)
+        rr = rng.uniform(0.04, 0.1) * s
+        d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=dot)
+
+
+def draw_image(label: str, seed: int) -> Image.Image:
+    rng = random.Random(seed)
+    img = _background(rng)
+    layer = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    s = rng.uniform(32, 56)
+    cx, cy = rng.uniform(0.35, 0.65) * SIZE, rng.uniform(0.4, 0.6) * SIZE
+    (_draw_chihuahua if label == "chihuahua" else _draw_muffin)(d, rng, cx, cy, s)
+    layer = layer.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR,
+                         center=(cx, cy))
+    img.paste(layer, (0, 0), layer)
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+    noise = Image.effect_noise((SIZE, SIZE), rng.uniform(5, 30)).convert("RGB")
+    return Image.blend(img, noise, rng.uniform(0.05, 0.2))
+
+
+def jpeg_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, optimize=False)
+    return buf.getvalue()
+
+
+def plan(labeled_per_class: int, pool: int, test_per_class: int, seed: int,
+         classes: tuple[str, str] = ("chihuahua", "muffin")):
+    """Yield (relative folder, true label, image seed, is_pool) for every image to draw."""
+    rng = random.Random(seed)
+    for split, n in (("train128", labeled_per_class), ("test128", test_per_class)):
+        for label in classes:
+            for _ in range(n):
+                yield f"{split}/{label}", label, rng.getrandbits(48), False
+    for _ in range(pool):  # the pool is about 54% chihuahua, like the real one
+        label = classes[0] if rng.random() < 0.54 else classes[1]
+        yield "train128/undefined", label, rng.getrandbits(48), True
+
+
+def write_sample(out_dir: str | Path, labeled_per_class: int, pool: int, test_per_class: int,
+                 seed: int, bad_files: bool = False,
+                 classes: tuple[str, str] = ("chihuahua", "muffin")) -> dict:
+    """Write the synthetic dataset into out_dir (which must be empty or absent)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counters: dict[str, int] = {}
+    pool_rows = []
+    for folder, label, img_seed, is_pool in plan(labeled_per_class, pool, test_per_class, seed,
+                                                 classes):
+        # The first class is drawn as a dog and the second as a muffin, whatever their names.
+        data = jpeg_bytes(draw_image("chihuahua" if label == classes[0] else "muffin", img_seed))
+        if is_pool:
+            name = f"u_{hashlib.sha1(data).hexdigest()[:12]}.jpg"
+            pool_rows.append((f"{folder}/{name}", label))
+        else:
+            counters[folder] = counters.get(folder, 0) + 1
+            name = f"img_{counters[folder]:05d}.jpg"
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        (out / folder / name).write_bytes(data)
+    if bad_files:  # what scraped folders contain: prepare must report these, not crash
+        (out / "train128/undefined/broken.jpg").write_bytes(b"not really a jpeg\n")
+        (out / "train128/undefined/empty.jpg").write_bytes(b"")
+        (out / "train128/undefined/.DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    with open(out / "pool_labels.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["relative_path", "label"])
+        w.writerows(sorted(pool_rows))
+    return {"labeled": 2 * labeled_per_class, "pool": pool, "test": 2 * test_per_class}

@@ -1,0 +1,58 @@
+"""Penultimate embeddings and their seeded PaCMAP reductions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chimuffin.errors import UserError
+
+
+def embeddings_frame(paths: pd.Series, emb: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"path": paths.to_numpy(), "embedding": list(emb.astype(np.float32))})
+
+
+def read_embeddings(path: str | Path) -> tuple[pd.Series, np.ndarray]:
+    df = pd.read_parquet(path)
+    return df["path"], np.stack(df["embedding"].to_numpy()).astype(np.float32)
+
+
+def pacmap_reduce(x: np.ndarray, dims: int, n_neighbors: int, seed: int) -> np.ndarray:
+    """Seeded PaCMAP; small sets get fewer neighbours (PaCMAP needs n_neighbors < n)."""
+    import pacmap
+
+    n = len(x)
+    if n < 5:
+        raise UserError(f"embed: PaCMAP needs at least 5 images, got {n}")
+    k = max(2, min(n_neighbors, n - 3))
+    reducer = pacmap.PaCMAP(n_components=dims, n_neighbors=k, random_state=seed,
+                            MN_ratio=0.5, FP_ratio=2.0, verbose=False)
+    out = reducer.fit_transform(x.astype(np.float64), init="pca")
+    if out is None or not np.isfinite(out).all():
+        raise UserError("embed: PaCMAP returned no or non-finite coordinates")
+    return out.astype(np.float32)
+
+
+def scatter_png(coords: np.ndarray, labels: pd.Series, out_path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    palette = {"undefined": "#bbbbbb"}
+    colors = ["#d95f02", "#1b9e77", "#7570b3", "#e7298a"]
+    for i, lbl in enumerate(sorted(set(labels), key=lambda s: (s == "undefined", s))):
+        m = (labels == lbl).to_numpy()
+        ax.scatter(coords[m, 0], coords[m, 1], s=6 if lbl == "undefined" else 10,
+                   c=palette.get(lbl, colors[i % len(colors)]), label=f"{lbl} ({m.sum()})",
+                   alpha=0.7, linewidths=0)
+    ax.set_title(title)
+    ax.legend(loc="best", markerscale=2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out_path, format="png", metadata={"Software": None})
+    plt.close(fig)

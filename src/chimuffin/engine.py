@@ -1,0 +1,196 @@
+"""Training and inference as plain functions that return numbers.
+
+Images come from the uint8 tensor cache (N,3,S,S), indexed by manifest row `idx`; labels are
+class indices. Nothing here reads files or params.yaml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chimuffin.augment import augment_batch, preprocess
+from chimuffin.model import forward_with_embedding
+
+CHANNELS_LAST = torch.channels_last
+
+
+def batches(n: int, batch_size: int, g: torch.Generator | None = None,
+            min_size: int = 1) -> Iterator[np.ndarray]:
+    """Positions 0..n-1 in batches, shuffled when g is given; a tail smaller than min_size is
+    dropped (BatchNorm cannot train on a single sample)."""
+    order = torch.randperm(n, generator=g).numpy() if g is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        chunk = order[start:start + batch_size]
+        if len(chunk) >= min_size:
+            yield chunk
+
+
+def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    # Sorted reads are kinder to a memory-mapped cache; the order is restored after.
+    order = np.argsort(rows, kind="stable")
+    data = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
+    data[order] = images[rows[order]]
+    t = torch.from_numpy(data)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def autocast(device: torch.device):
+    # bf16 autocast only on CUDA: on this CPU (no native bf16) it is about 10x slower.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+
+
+def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                    opt: torch.optim.Optimizer, step_sched: Callable[[], None] | None,
+                    aug_cfg, batch_size: int, grad_clip: float, label_smoothing: float,
+                    g: torch.Generator, device: torch.device, out_size: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> EpochStats:
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for pos in batches(len(rows), batch_size, g, min_size=2):
+        x = augment_batch(load_batch(images, rows[pos], device), aug_cfg, g, out_size)
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+        y = torch.from_numpy(labels[pos]).to(device)
+        with autocast(device):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        if step_sched:
+            step_sched()
+        total_loss += loss.item() * len(pos)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(pos)
+        if progress:
+            progress(len(pos))
+    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int,
+            device: torch.device, tta_flip: bool = False, out_size: int | None = None,
+            with_embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (N,C) as float32, and 512-d embeddings when asked; flip TTA averages logits."""
+    model.eval()
+    all_logits, all_emb = [], []
+    for pos in batches(len(rows), batch_size):
+        x = preprocess(load_batch(images, rows[pos], device), out_size)
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+        with autocast(device):
+            logits, emb = forward_with_embedding(model, x)
+            if tta_flip:
+                logits = (logits + model(torch.flip(x, dims=[3]))) / 2
+        all_logits.append(logits.float().cpu().numpy())
+        if with_embeddings:
+            all_emb.append(emb.float().cpu().numpy())
+    n_classes = model.fc[-1].out_features
+    logits = np.concatenate(all_logits) if all_logits else np.zeros((0, n_classes), np.float32)
+    emb = None
+    if with_embeddings:
+        emb = np.concatenate(all_emb) if all_emb else np.zeros((0, 512), np.float32)
+    return logits, emb
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def per_sample_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cross-entropy per sample; NaN where the label is unknown (< 0)."""
+    p = softmax(logits.astype(np.float64))
+    out = np.full(len(labels), np.nan)
+    known = labels >= 0
+    out[known] = -np.log(np.clip(p[known, labels[known]], 1e-12, None))
+    return out
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int):
+    """(per-step callback or None, per-epoch callback or None) for the chosen schedule."""
+    if cfg.scheduler == "cosine_restarts":
+        s = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.t0,
+                                                                 T_mult=cfg.t_mult)
+        return None, s.step
+    if cfg.scheduler == "onecycle":
+        s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                steps_per_epoch=max(1, steps_per_epoch),
+                                                pct_start=0.15)
+        return s.step, None
+    return None, None
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    lr: float
+    train: EpochStats
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+def evaluate_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                  batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(mean loss, accuracy) of the model on labeled rows."""
+    logits, _ = predict(model, images, rows, batch_size, device)
+    losses = per_sample_loss(logits, labels)
+    return float(losses.mean()), float((logits.argmax(1) == labels).mean())
+
+
+def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labels: np.ndarray,
+        val_rows: np.ndarray, val_labels: np.ndarray, cfg, seed: int, device: torch.device,
+        eval_batch_size: int = 128, on_epoch: Callable[[EpochResult, bool], None] | None = None,
+        progress: Callable[[int], None] | None = None) -> EpochResult:
+    """Train for cfg.epochs; call on_epoch(result, is_best) after each; return the best epoch.
+
+    Best = highest validation accuracy, ties broken by lower validation loss (never test)."""
+    import time
+
+    model.to(device).to(memory_format=CHANNELS_LAST)
+    g = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    steps = sum(1 for _ in batches(len(train_rows), cfg.batch_size, min_size=2))
+    step_sched, epoch_sched = make_scheduler(opt, cfg, steps)
+    best: EpochResult | None = None
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        stats = train_one_epoch(model, images, train_rows, train_labels, opt, step_sched,
+                                cfg.augment, cfg.batch_size, cfg.grad_clip, cfg.label_smoothing,
+                                g, device, progress=progress)
+        if epoch_sched:
+            epoch_sched()
+        vloss, vacc = evaluate_rows(model, images, val_rows, val_labels, eval_batch_size, device)
+        res = EpochResult(epoch, lr, stats, vloss, vacc, time.perf_counter() - t0)
+        is_best = best is None or (vacc, -vloss) > (best.val_acc, -best.val_loss)
+        if is_best:
+            best = res
+        if on_epoch:
+            on_epoch(res, is_best)
+    assert best is not None
+    return best

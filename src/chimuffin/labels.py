@@ -1,0 +1,172 @@
+"""The git-tracked label decisions file and how it changes the manifest.
+
+data/labels/decisions.csv has the columns `path,label,source,note`, one row per image, sorted by
+path. `label` is a class, `undefined` (take the image out of training) or `remove` (drop it from
+every split). `source` says who decided. Stages only read this file; the CLI tools that write
+it (review page, accept, pull-3lc) write it atomically and keep it sorted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from chimuffin import atomic
+from chimuffin.errors import UserError
+
+DECISION_COLUMNS = ["path", "label", "source", "note"]
+SOURCES = ("human", "3lc", "auto", "rule", "oracle")
+UNDEFINED, REMOVE = "undefined", "remove"
+
+
+@dataclass(frozen=True)
+class Decision:
+    path: str
+    label: str
+    source: str
+    note: str = ""
+
+
+def allowed_labels(classes: list[str]) -> list[str]:
+    return [*classes, UNDEFINED, REMOVE]
+
+
+def check_relative_path(path: str) -> str | None:
+    """Why `path` is not a safe dataset-relative path, or None."""
+    if not path:
+        return "empty path"
+    if "\\" in path:
+        return "backslash in path (use / separators)"
+    p = PurePosixPath(path)
+    if p.is_absolute() or (len(path) > 1 and path[1] == ":"):
+        return "absolute path (must be relative to the dataset root)"
+    if ".." in p.parts:
+        return "path contains '..'"
+    if "\x00" in path:
+        return "NUL character in path"
+    return None
+
+
+def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") -> list[Decision]:
+    """Parse and validate the decisions CSV text; raise UserError naming the row on any problem."""
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a BOM from spreadsheet tools
+    if not text.strip():
+        raise UserError(f"{name}: empty file; expected the header line "
+                        f"'{','.join(DECISION_COLUMNS)}'")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header = [h.strip() for h in rows[0]]
+    if header != DECISION_COLUMNS:
+        missing = [c for c in DECISION_COLUMNS if c not in header]
+        what = f"missing column(s) {', '.join(missing)}" if missing else f"columns {header}"
+        raise UserError(f"{name}: row 1 (header): {what}; expected "
+                        f"'{','.join(DECISION_COLUMNS)}'")
+    labels = allowed_labels(classes)
+    seen: dict[str, int] = {}
+    out = []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where = f"{name}: row {lineno}"
+        if len(row) != len(DECISION_COLUMNS):
+            raise UserError(f"{where}: expected {len(DECISION_COLUMNS)} fields "
+                            f"({','.join(DECISION_COLUMNS)}), got {len(row)}")
+        path, label, source, note = (c.strip() for c in row)
+        bad = check_relative_path(path)
+        if bad:
+            raise UserError(f"{where}: path {path!r}: {bad}")
+        if label not in labels:
+            raise UserError(f"{where}: unknown label {label!r} for {path}; allowed: "
+                            f"{', '.join(labels)}")
+        if source not in SOURCES:
+            raise UserError(f"{where}: unknown source {source!r}; allowed: {', '.join(SOURCES)}")
+        if path in seen:
+            raise UserError(f"{where}: duplicate decision for {path} (first at row {seen[path]})")
+        seen[path] = lineno
+        out.append(Decision(path, label, source, note))
+    return out
+
+
+def read_decisions(path: str | Path, classes: list[str]) -> list[Decision]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e})") from e
+    return parse_decisions(text, classes, name=str(path))
+
+
+def format_decisions(decisions: list[Decision]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(DECISION_COLUMNS)
+    for d in sorted(decisions, key=lambda d: d.path):
+        w.writerow([d.path, d.label, d.source, d.note])
+    return buf.getvalue()
+
+
+def write_decisions(path: str | Path, decisions: list[Decision]) -> None:
+    atomic.write_text(path, format_decisions(decisions))
+
+
+def merge_decisions(old: list[Decision], new: list[Decision],
+                    protect_sources: tuple[str, ...] = ("human",)) -> tuple[list[Decision], int]:
+    """Add or replace decisions; a decision from a protected source is never overridden by a
+    decision from another source. Returns (merged, number changed)."""
+    by_path = {d.path: d for d in old}
+    changed = 0
+    for d in new:
+        cur = by_path.get(d.path)
+        if cur == d:
+            continue
+        if cur and cur.source in protect_sources and d.source != cur.source:
+            continue
+        by_path[d.path] = d
+        changed += 1
+    return sorted(by_path.values(), key=lambda d: d.path), changed
+
+
+def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],
+                    name: str = "decisions.csv") -> pd.DataFrame:
+    """Return the manifest with decisions applied to `label`/`label_source`; `remove` rows
+    dropped. A decision for a path that is not in the manifest stops with its row number."""
+    df = manifest.copy()
+    pos = {p: i for i, p in enumerate(df["path"])}
+    for n, d in enumerate(decisions, start=2):
+        if d.path not in pos:
+            raise UserError(f"{name}: decision {n - 1} (path {d.path}) names a file that is not "
+                            "in the prepared dataset (missing, or excluded by prepare: see "
+                            "data/prepared/report.json)")
+        i = pos[d.path]
+        df.iat[i, df.columns.get_loc("label")] = d.label
+        df.iat[i, df.columns.get_loc("label_source")] = d.source
+    return df[df["label"] != REMOVE].reset_index(drop=True)
+
+
+SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}
+
+
+def dedupe_identical(df: pd.DataFrame) -> tuple[pd.DataFrame, list[dict], int]:
+    """Keep one image per content hash: test before val before labeled train before the pool,
+    so no identical image sits in two splits. Returns (kept, label conflicts, dropped count)."""
+    order = df.assign(
+        _split=df["split"].map(SPLIT_PRIORITY),
+        _pool=(df["label"] == UNDEFINED).astype(int),
+    ).sort_values(["_split", "_pool", "path"], kind="stable")
+    conflicts = []
+    keep_rows = []
+    for _, group in order.groupby("content_hash", sort=False):
+        first = group.index[0]
+        labeled = sorted(set(group.loc[group["label"] != UNDEFINED, "label"]))
+        if len(labeled) > 1:
+            conflicts.append({"paths": sorted(group["path"]), "labels": labeled,
+                              "kept": group.at[first, "path"]})
+        keep_rows.append(first)
+    kept = df.loc[sorted(keep_rows)].reset_index(drop=True)
+    return kept, conflicts, len(df) - len(kept)

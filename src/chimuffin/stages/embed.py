@@ -1,0 +1,43 @@
+"""Stage `embed`: 512-d embeddings of every image, PaCMAP 2-D and 3-D, and a scatter plot."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from chimuffin import atomic, runtime
+from chimuffin.data.manifest import open_cache, read_manifest
+from chimuffin.embeddings import embeddings_frame, pacmap_reduce, scatter_png
+from chimuffin.model import load_checkpoint
+from chimuffin.predictions import predict_manifest
+from chimuffin.stages import common
+
+
+def main(args, params) -> None:
+    runtime.setup(params.base.seed, params.train.threads)
+    device = runtime.pick_device(params.train.device)
+    df = read_manifest(Path(args.clean) / "manifest.parquet")
+    images = open_cache(Path(args.prepared) / "images.npy")
+    model, _ = load_checkpoint(args.model, device=str(device))
+    _, emb = predict_manifest(model, images, df, params.base.classes,
+                                 params.embed.batch_size, device, with_embeddings=True)
+    seed, k = params.base.seed, params.embed.n_neighbors
+    xy, xyz = pacmap_reduce(emb, 2, k, seed), pacmap_reduce(emb, 3, k, seed)
+    coords = pd.DataFrame({"path": df["path"].to_numpy(), "split": df["split"].to_numpy(),
+                           "label": df["label"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1],
+                           "x3": xyz[:, 0], "y3": xyz[:, 1], "z3": xyz[:, 2]})
+    with atomic.atomic_dir(args.out) as tmp:
+        atomic.write_parquet(tmp / "embeddings.parquet", embeddings_frame(df["path"], emb))
+        atomic.write_parquet(tmp / "pacmap.parquet", coords)
+    with atomic.atomic_path(args.plot, suffix=".png") as tmp_png:
+        scatter_png(xy, df["label"], tmp_png, f"PaCMAP of {len(df)} images (by label)")
+    print(f"embed: {len(df)} images -> {emb.shape[1]}-d embeddings, PaCMAP 2-D/3-D, {args.plot}")
+
+
+if __name__ == "__main__":
+    p = common.parser(__doc__)
+    p.add_argument("--clean", required=True)
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--plot", required=True)
+    common.run(main, p.parse_args())

@@ -1,0 +1,51 @@
+"""Stage `evaluate`: metrics on validation (and test when present); predictions for every image."""
+
+from pathlib import Path
+
+from chimuffin import atomic, runtime
+from chimuffin.data.manifest import open_cache, read_manifest
+from chimuffin.model import load_checkpoint
+from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
+from chimuffin.stages import common
+
+
+def headline(report: dict) -> dict:
+    """The scalars `dvc metrics show/diff` compares (the full report is in report.json)."""
+    out = {k: report[k] for k in ("n", "accuracy", "loss", "roc_auc")}
+    out["accuracy_ci95_low"], out["accuracy_ci95_high"] = report["accuracy_ci95"]
+    for cls, m in report["per_class"].items():
+        out[f"f1_{cls}"] = m["f1"]
+    return out
+
+
+def main(args, params) -> None:
+    classes = params.base.classes
+    runtime.setup(params.base.seed, params.train.threads)
+    device = runtime.pick_device(params.train.device)
+    df = read_manifest(Path(args.clean) / "manifest.parquet")
+    images = open_cache(Path(args.prepared) / "images.npy")
+    model, meta = load_checkpoint(args.model, device=str(device))
+    pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size, device,
+                               params.evaluate.tta_flip)
+    reports = {s: r for s in ("val", "test") if (r := split_metrics(pred, s, classes))}
+    out = Path(args.out)
+    with atomic.atomic_dir(out) as tmp:
+        atomic.write_parquet(tmp / "predictions.parquet", pred)
+        atomic.write_json(tmp / "report.json", {"best_epoch": meta.get("epoch"), **reports})
+        atomic.write_json(tmp / "metrics.json", {s: headline(r) for s, r in reports.items()})
+        for split in reports:
+            for name, table in curve_tables(pred, split, classes).items():
+                table.to_csv(tmp / f"{name}_{split}.csv", index=False, float_format="%.6g")
+    for split, r in reports.items():
+        lo, hi = r["accuracy_ci95"]
+        print(f"evaluate: {split}: accuracy {r['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), "
+              f"n={r['n']}, loss {r['loss']:.4f}, ROC AUC {r['roc_auc']:.4f}")
+
+
+if __name__ == "__main__":
+    p = common.parser(__doc__)
+    p.add_argument("--clean", required=True)
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    common.run(main, p.parse_args())

@@ -1,0 +1,33 @@
+"""Stage `prepare`: scan the dataset, decode every image once, split, write the manifest."""
+
+import json
+from pathlib import Path
+
+from chimuffin import atomic
+from chimuffin.data.prepare import parse_validation_labels, prepare_dataset
+from chimuffin.stages import common
+
+
+def main(args, params) -> None:
+    b, p = params.base, params.prepare
+    val_file = Path(args.validation)
+    validation = (parse_validation_labels(val_file.read_text(encoding="utf-8"), b.classes,
+                                          str(val_file)) if val_file.exists() else {})
+    with atomic.atomic_dir(args.out) as tmp:
+        report = prepare_dataset(Path(p.data_dir), b.classes, b.image_size, p.val_fraction,
+                                 b.seed, validation, str(val_file), tmp)
+        atomic.write_json(tmp / "report.json", report)
+    print(f"prepare: {report['images']} images {json.dumps(report['counts'])}; "
+          f"{len(report['excluded'])} excluded; conversions {report['conversions']}")
+    for e in report["excluded"][:20]:
+        print(f"  excluded {e['path']}: {e['reason']}")
+    if len(report["excluded"]) > 20:
+        print(f"  ... and {len(report['excluded']) - 20} more (see {args.out}/report.json)")
+
+
+if __name__ == "__main__":
+    p = common.parser(__doc__)
+    p.add_argument("--validation", default="data/labels/validation.csv",
+                   help="git-tracked path,label file of pool images to validate on")
+    p.add_argument("--out", required=True)
+    common.run(main, p.parse_args())

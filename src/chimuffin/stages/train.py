@@ -1,0 +1,64 @@
+"""Stage `train`: ResNet-18 from scratch on the labeled training images; keep the best epoch."""
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from chimuffin import runtime
+from chimuffin.data.manifest import open_cache, read_manifest
+from chimuffin.data.views import labeled, rows_and_labels
+from chimuffin.engine import fit
+from chimuffin.errors import UserError
+from chimuffin.model import build_model, save_checkpoint
+from chimuffin.stages import common
+
+
+def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:
+    t = params.train
+    return {"classes": list(params.base.classes), "head": list(t.head), "dropout": t.dropout,
+            "image_size": params.base.image_size, "epoch": epoch, "val_accuracy": val_acc,
+            "preprocess": "RGB, resize to image_size, /255, ImageNet mean/std"}
+
+
+def main(args, params) -> None:
+    t, classes = params.train, params.base.classes
+    df = read_manifest(Path(args.clean) / "manifest.parquet")
+    train_rows, train_y = rows_and_labels(labeled(df, "train"), classes)
+    val_rows, val_y = rows_and_labels(labeled(df, "val"), classes)
+    if t.batch_size > len(train_rows):
+        raise UserError(f"params: train.batch_size ({t.batch_size}) is larger than the training "
+                        f"set ({len(train_rows)} labeled images)")
+    runtime.setup(params.base.seed, t.threads)
+    device = runtime.pick_device(t.device)
+    images = open_cache(Path(args.prepared) / "images.npy")
+    model = build_model(len(classes), t.head, t.dropout)
+
+    from dvclive import Live
+
+    bar = tqdm(total=t.epochs * len(train_rows), unit="img", desc="train", disable=None)
+    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        def on_epoch(r, is_best):
+            for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
+                                ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
+                live.log_metric(name, value)
+            if is_best:
+                save_checkpoint(args.model, model, checkpoint_meta(params, r.epoch, r.val_acc))
+            bar.set_postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
+            live.next_step()
+
+        best = fit(model, images, train_rows, train_y, val_rows, val_y, t, params.base.seed,
+                   device, params.evaluate.batch_size, on_epoch, progress=bar.update)
+        bar.close()
+        live.summary.update({"best/epoch": best.epoch, "best/val_acc": best.val_acc,
+                             "best/val_loss": best.val_loss, "train_images": len(train_rows)})
+    print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device}; best epoch "
+          f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}")
+
+
+if __name__ == "__main__":
+    p = common.parser(__doc__)
+    p.add_argument("--clean", required=True)
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--live", required=True, help="DVCLive folder")
+    common.run(main, p.parse_args())
