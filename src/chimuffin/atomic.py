@@ -53,10 +53,15 @@ def write_parquet(target: str | Path, df) -> None:
 
 
 def write_torch(target: str | Path, obj: Any) -> None:
+    import io
+
     import torch
 
-    with atomic_path(target, suffix=".pth") as tmp:
-        torch.save(obj, tmp)
+    # Save through a buffer: torch names the zip's root folder after the file, and a random
+    # temporary name would make identical weights hash differently.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(target, buf.getvalue())
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SIZE = 128
@@ -34,7 +35,8 @@ def _background(rng: random.Random) -> Image.Image:
     d = ImageDraw.Draw(img)
     for y in range(SIZE):
         t = y / (SIZE - 1)
-        d.line([(0, y), (SIZE, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        color = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+        d.line([(0, y), (SIZE, y)], fill=color)
     for _ in range(rng.randint(0, 4)):  # clutter shared by both classes
         x, y, r = rng.randint(0, SIZE), rng.randint(0, SIZE), rng.randint(4, 18)
         d.ellipse([x - r, y - r, x + r, y + r], fill=_jitter(top, rng, 80))
@@ -91,8 +93,11 @@ def draw_image(label: str, seed: int) -> Image.Image:
     img.paste(layer, (0, 0), layer)
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
-    noise = Image.effect_noise((SIZE, SIZE), rng.uniform(5, 30)).convert("RGB")
-    return Image.blend(img, noise, rng.uniform(0.05, 0.2))
+    # numpy noise seeded from rng (PIL's effect_noise has its own unseeded generator)
+    noise_rng = np.random.default_rng(rng.getrandbits(32))
+    noise = noise_rng.normal(128, rng.uniform(5, 30), (SIZE, SIZE, 1)).clip(0, 255)
+    noise_img = Image.fromarray(np.repeat(noise, 3, axis=2).astype(np.uint8), mode="RGB")
+    return Image.blend(img, noise_img, rng.uniform(0.05, 0.2))
 
 
 def jpeg_bytes(img: Image.Image) -> bytes:

@@ -1,0 +1,36 @@
+# Thin wrappers. Everything runs from the project's own .venv.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup browser test test-fast lint repro bench review dashboard
+
+setup: $(BIN)/chimuffin browser  ## fresh machine: venv + pinned deps + Chromium for UI tests
+
+$(BIN)/chimuffin: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+browser:  ## Debian's Chromium for the review-page tests (Playwright drives it; never downloads one)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: install Debian's chromium for the UI tests (they skip without it)"; fi; }
+
+test:  ## the whole suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast:  ## unit tests only
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check src tests benchmarks
+
+repro:  ## the main job: the whole pipeline on the data named in params.yaml
+	$(BIN)/dvc repro
+
+bench:
+	$(BIN)/python benchmarks/train_throughput.py

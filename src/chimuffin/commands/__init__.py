@@ -1,0 +1,1 @@
+"""Subcommands of the `chimuffin` CLI: one module each, with `register(subparsers)`."""

@@ -1,0 +1,74 @@
+import copy
+
+import pytest
+import yaml
+
+from chimuffin.config import load_params, parse_params
+from chimuffin.errors import UserError
+from tests.conftest import REPO, default_params_dict
+
+
+def test_repo_params_load_and_match_reference_recipe():
+    p = load_params(REPO / "params.yaml")
+    t = p.train
+    assert (t.lr, t.weight_decay, t.batch_size, t.epochs) == (5e-4, 5e-4, 16, 100)
+    assert (t.scheduler, t.t0, t.t_mult, t.grad_clip) == ("cosine_restarts", 10, 2, 1.0)
+    assert t.head == [256, 128] and t.dropout == 0.3
+    a = t.augment
+    assert (a.resize, a.flip_p, a.rotation_deg, a.shear_deg) == (136, 0.5, 10, 8)
+    assert (a.scale_min, a.scale_max, a.jitter, a.erase_p) == (0.85, 1.15, 0.15, 0.05)
+    assert p.base.classes == ["chihuahua", "muffin"]
+
+
+def mutated(path: list[str], value):
+    d = copy.deepcopy(default_params_dict())
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return d
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (["train", "lrr"], 0.1, "unknown key train.lrr"),
+    (["trian"], {}, "unknown key trian"),
+    (["train", "lr"], KeyError, "missing key train.lr"),
+    (["train", "lr"], 0, "train.lr must be > 0.0"),
+    (["train", "lr"], -1e-3, "train.lr must be > 0.0"),
+    (["train", "lr"], "fast", "train.lr must be a number"),
+    (["train", "epochs"], 2.5, "train.epochs must be an integer"),
+    (["train", "epochs"], True, "train.epochs must be an integer"),
+    (["train", "scheduler"], "step", "train.scheduler must be one of"),
+    (["train", "augment", "flip_p"], 1.5, "train.augment.flip_p must be <= 1.0"),
+    (["train", "augment", "zoom"], 1, "unknown key train.augment.zoom"),
+    (["train", "augment", "scale_min"], 1.3, "scale_min (1.3) must be <="),
+    (["prepare", "val_fraction"], 0.95, "prepare.val_fraction must be <= 0.9"),
+    (["base", "classes"], ["dog"], "base.classes must be two distinct names"),
+    (["base", "classes"], ["dog", "undefined"], "reserved name undefined"),
+    (["clean", "dedupe"], "yes", "clean.dedupe must be true or false"),
+    (["train", "head"], [256, "x"], "train.head[1] must be an integer"),
+])
+def test_bad_params_name_the_key(path, value, message):
+    with pytest.raises(UserError) as e:
+        parse_params(mutated(path, value))
+    assert message in str(e.value)
+
+
+def test_load_params_names_file_and_yaml_errors(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("base: [unclosed\n")
+    with pytest.raises(UserError, match="params.yaml: not valid YAML"):
+        load_params(f)
+    f.write_text(yaml.safe_dump(mutated(["train", "batch"], 3)))
+    with pytest.raises(UserError, match=r"params.yaml: params: unknown key train.batch"):
+        load_params(f)
+    with pytest.raises(UserError, match="cannot read params file"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_ints_are_accepted_for_floats():
+    p = parse_params(mutated(["train", "lr"], 1))
+    assert p.train.lr == 1.0 and isinstance(p.train.lr, float)

@@ -1,0 +1,80 @@
+import pandas as pd
+import pytest
+
+from chimuffin.errors import UserError
+from chimuffin.labels import (
+    Decision,
+    apply_decisions,
+    dedupe_identical,
+    format_decisions,
+    merge_decisions,
+    parse_decisions,
+)
+
+CLASSES = ["chihuahua", "muffin"]
+HEADER = "path,label,source,note\n"
+
+
+def test_parse_roundtrip_and_tolerated_formats():
+    text = HEADER + "b.jpg,muffin,human,looks like a muffin\na.jpg,remove,3lc,\n"
+    ds = parse_decisions(text, CLASSES)
+    assert [d.path for d in ds] == ["b.jpg", "a.jpg"]
+    assert parse_decisions(format_decisions(ds), CLASSES) == sorted(ds, key=lambda d: d.path)
+    # a BOM and Windows line endings (spreadsheet exports) parse the same
+    assert parse_decisions("\ufeff" + text.replace("\n", "\r\n"), CLASSES) == ds
+    assert parse_decisions(HEADER, CLASSES) == []
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "empty file"),
+    ("path,label,source\nx.jpg,muffin,human\n", "missing column(s) note"),
+    (HEADER + "x.jpg,muffin,human,\nx.jpg,chihuahua,human,\n", "row 3: duplicate decision"),
+    (HEADER + "x.jpg,cat,human,\n", "row 2: unknown label 'cat'"),
+    (HEADER + "x.jpg,muffin,robot,\n", "row 2: unknown source 'robot'"),
+    (HEADER + "../x.jpg,muffin,human,\n", "row 2: path '../x.jpg': path contains '..'"),
+    (HEADER + "/etc/passwd,muffin,human,\n", "absolute path"),
+    (HEADER + "x.jpg,muffin\n", "row 2: expected 4 fields"),
+])
+def test_bad_decisions_name_the_row(text, message):
+    with pytest.raises(UserError) as e:
+        parse_decisions(text, CLASSES, name="decisions.csv")
+    assert message in str(e.value)
+
+
+def manifest(rows):
+    return pd.DataFrame(rows, columns=["path", "split", "label", "label_source", "idx",
+                                       "content_hash"])
+
+
+def test_apply_relabels_removes_and_rejects_unknown_paths():
+    df = manifest([("a", "train", "chihuahua", "folder", 0, "h1"),
+                   ("b", "train", "undefined", "folder", 1, "h2"),
+                   ("c", "train", "muffin", "folder", 2, "h3")])
+    out = apply_decisions(df, [Decision("b", "muffin", "human"), Decision("c", "remove", "auto")])
+    assert out["path"].tolist() == ["a", "b"]
+    assert out.loc[1, "label"] == "muffin" and out.loc[1, "label_source"] == "human"
+    assert df.loc[1, "label"] == "undefined"  # input untouched
+    with pytest.raises(UserError, match="decision 1 .path zzz. names a file that is not"):
+        apply_decisions(df, [Decision("zzz", "muffin", "human")])
+
+
+def test_dedupe_keeps_test_copy_and_reports_conflicts():
+    df = manifest([("t/a", "test", "muffin", "folder", 0, "same"),
+                   ("u/a", "train", "chihuahua", "folder", 1, "same"),
+                   ("u/b", "train", "undefined", "folder", 2, "dup"),
+                   ("u/c", "train", "muffin", "folder", 3, "dup"),
+                   ("u/d", "train", "muffin", "folder", 4, "solo")])
+    kept, conflicts, dropped = dedupe_identical(df)
+    assert kept["path"].tolist() == ["t/a", "u/c", "u/d"]
+    assert dropped == 2
+    assert conflicts == [{"paths": ["t/a", "u/a"], "labels": ["chihuahua", "muffin"],
+                          "kept": "t/a"}]
+
+
+def test_merge_never_overrides_a_person():
+    old = [Decision("a", "muffin", "human"), Decision("b", "muffin", "auto")]
+    new = [Decision("a", "chihuahua", "auto"), Decision("b", "chihuahua", "auto"),
+           Decision("c", "muffin", "auto")]
+    merged, changed = merge_decisions(old, new)
+    assert {d.path: d.label for d in merged} == {"a": "muffin", "b": "chihuahua", "c": "muffin"}
+    assert changed == 2

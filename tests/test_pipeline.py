@@ -1,0 +1,56 @@
+"""End to end: the real dvc.yaml and stages in a temporary git + DVC repo on tiny data."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+# Outputs that must be bit-for-bit identical across `dvc repro -f` on CPU. (The DVCLive folder
+# is left out: its .tsv files carry wall-clock timestamps by design.)
+DETERMINISTIC = ["data/raw/sample", "data/prepared", "data/clean", "models/best.pth",
+                 "metrics/eval", "data/embed", "metrics/embedding.png"]
+
+
+def out_hashes(repo) -> dict:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])
+            if o["path"] in DETERMINISTIC}
+
+
+def test_repro_status_determinism_experiments_and_diffs(tiny_repo):
+    repo = tiny_repo
+    run(["dvc", "repro"], repo)
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+    metrics = json.loads((repo / "metrics/eval/metrics.json").read_text())
+    assert set(metrics) == {"val", "test"}
+    assert 0.0 <= metrics["val"]["accuracy"] <= 1.0
+    pred = pd.read_parquet(repo / "metrics/eval/predictions.parquet")
+    clean = pd.read_parquet(repo / "data/clean/manifest.parquet")
+    assert len(pred) == len(clean) and (pred["label"] == "undefined").sum() == 10
+    emb = pd.read_parquet(repo / "data/embed/pacmap.parquet")
+    assert len(emb) == len(clean) and {"x", "y", "x3", "y3", "z3"} <= set(emb.columns)
+    report = json.loads((repo / "data/prepared/report.json").read_text())
+    assert len(report["excluded"]) == 3  # the sample's broken, empty and hidden files
+
+    first = out_hashes(repo)
+    assert len(first) == len(DETERMINISTIC)
+    run(["dvc", "repro", "-f"], repo)
+    second = out_hashes(repo)
+    run(["dvc", "repro", "-f"], repo)
+    assert out_hashes(repo) == second == first
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    run(["dvc", "exp", "run", "-S", "train.lr=0.001", "-n", "lr-1e-3"], repo)
+    shown = run(["dvc", "exp", "show", "--csv"], repo).stdout
+    assert "lr-1e-3" in shown
+    assert "0.001" in run(["dvc", "params", "diff"], repo).stdout
+    diff = run(["dvc", "metrics", "diff", "--json"], repo).stdout
+    changed = json.loads(diff)
+    assert any(k.startswith("metrics/") for k in changed)
