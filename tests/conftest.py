@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
@@ -56,7 +55,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
     return p
 
 
-REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
+REPO_FILES = ["dvc.yaml", "params.yaml", "params/reference.yaml", "data/labels/decisions.csv",
               "data/labels/validation.csv", ".gitignore", ".dvcignore"]
 
 

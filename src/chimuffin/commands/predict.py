@@ -29,6 +29,8 @@ def register(sub) -> None:
                    help="average the logits of the image and its mirror image")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default 0: every core this process may use)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +45,9 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    runtime.setup(0)  # threads = free cores; deterministic kernels
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    runtime.setup(0, args.threads)  # deterministic kernels; the seed is unused
     device = runtime.pick_device(args.device)
     model, meta = load_checkpoint(args.model, device=str(device))
     classes = list(meta["classes"])
