@@ -80,29 +80,65 @@ def _export_fp32(model: nn.Module, image_size: int, path: Path) -> None:
     model.eval()  # export restores the wrapper's train flag onto the shared submodule
 
 
-def _quantize(src: Path, dst: Path) -> None:
-    """Dynamic int8: weights stored as int8, activations quantised per batch at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+QUANTIZE_MODES = ("dynamic", "static")
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over uint8 images, 16 per batch."""
+
+    def __init__(self, images_u8: np.ndarray):
+        self._batches = iter([{INPUT: np.ascontiguousarray(images_u8[i:i + 16])}
+                              for i in range(0, len(images_u8), 16)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def _quantize(src: Path, dst: Path, mode: str, calibration: np.ndarray | None) -> None:
+    """dynamic: int8 weights, activations quantised per batch at run time (no data needed).
+    static: int8 weights and activations, activation ranges calibrated on `calibration`
+    images (QDQ format, per-channel weights), which onnxruntime fuses into int8 kernels."""
+    import logging
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = dst.with_name(dst.name + ".pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs harmless per-tensor notes as warnings
     try:
         quant_pre_process(str(src), str(pre))  # shape inference + graph cleanup, as recommended
-        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+        else:
+            if calibration is None or not len(calibration):
+                raise UserError("static quantisation needs calibration images")
+            quantize_static(str(pre), str(dst), _Calibration(calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
+        root.setLevel(level)
         pre.unlink(missing_ok=True)
 
 
-def quantized_ops(proto) -> str:
-    """Which ops the quantiser actually replaced, read from the graph (not assumed)."""
+def describe_quantization(proto, mode: str, n_calibration: int = 0) -> str:
+    """What the quantiser actually did, read from the graph (not assumed)."""
     from collections import Counter
 
     ops = Counter(n.op_type for n in proto.graph.node)
-    parts = [f"{ops[op]} {op}" for op in ("ConvInteger", "MatMulInteger", "QLinearConv",
-                                          "QLinearMatMul") if ops[op]]
-    left = [f"{ops[op]} {op}" for op in ("Conv", "Gemm", "MatMul") if ops[op]]
-    return ("dynamic int8 (onnxruntime quantize_dynamic): " + (", ".join(parts) or "no op")
-            + " with int8 weights" + (f"; still float32: {', '.join(left)}" if left else ""))
+
+    def listed(names):
+        return ", ".join(f"{ops[op]} {op}" for op in names if ops[op]) or "none"
+
+    if mode == "dynamic":
+        return ("dynamic int8 (onnxruntime quantize_dynamic): int8 weights in "
+                f"{listed(('ConvInteger', 'MatMulInteger'))}; activations quantised at run "
+                f"time; float32 ops left: {listed(('Conv', 'Gemm', 'MatMul'))}")
+    return (f"static int8 (onnxruntime quantize_static, QDQ, per-channel weights, activations "
+            f"calibrated on {n_calibration} images): {listed(('QuantizeLinear',))} and "
+            f"{listed(('DequantizeLinear',))} nodes around "
+            f"{listed(('Conv', 'Gemm', 'MatMul'))}, which onnxruntime runs as int8 kernels")
 
 
 # A float32 export must match PyTorch to this (max abs difference of probabilities).
@@ -124,13 +160,16 @@ def self_check_images(image_size: int, n: int = 8, seed: int = 0) -> np.ndarray:
                                                 dtype=np.uint8)
 
 
-def export_onnx(model: nn.Module, meta: dict, out: str | Path, quantize: bool = False,
-                ) -> tuple[Path, float]:
+def export_onnx(model: nn.Module, meta: dict, out: str | Path, quantize: str = "",
+                calibration: np.ndarray | None = None) -> tuple[Path, float]:
     """Write the ONNX model (atomically) with its metadata; return (path, max abs difference of
     probabilities vs PyTorch on random images). A float32 export that disagrees by more than
-    FP32_TOLERANCE is a bug: it raises and writes nothing."""
+    FP32_TOLERANCE is a bug: it raises and writes nothing. quantize: "", "dynamic" or "static"
+    (static needs calibration: uint8 N,3,S,S images like the ones it will see)."""
     import onnx
 
+    if quantize not in ("", *QUANTIZE_MODES):
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     model = model.cpu().eval()
 
     out = Path(out)
@@ -140,12 +179,14 @@ def export_onnx(model: nn.Module, meta: dict, out: str | Path, quantize: bool = 
             fp32 = tmp.with_name(tmp.name + ".fp32.onnx")
             tmp.replace(fp32)
             try:
-                _quantize(fp32, tmp)
+                _quantize(fp32, tmp, quantize, calibration)
             finally:
                 fp32.unlink(missing_ok=True)
         proto = onnx.load(str(tmp))
         del proto.metadata_props[:]
-        for k, v in metadata(meta, quantized_ops(proto) if quantize else "").items():
+        how = (describe_quantization(proto, quantize, len(calibration) if calibration is not None
+                                     else 0) if quantize else "")
+        for k, v in metadata(meta, how).items():
             proto.metadata_props.add(key=k, value=v)
         proto.doc_string = "chimuffin ResNet-18 classifier; see metadata_props chimuffin.*"
         onnx.checker.check_model(proto)
