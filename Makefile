@@ -20,14 +20,15 @@ browser:  ## Debian's Chromium for the review-page tests (Playwright drives it; 
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: install Debian's chromium for the UI tests (they skip without it)"; fi; }
 
-test:  ## the whole suite (what CI runs)
+test:  ## lint + the whole suite (what CI runs)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-fast:  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint:
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 repro:  ## the main job: the whole pipeline on the data named in params.yaml
 	$(BIN)/dvc repro
