@@ -62,8 +62,8 @@ def split_reviewed(reviewed: Path, n_train: int, max_val: int | None, seed: int
     with open(reviewed, newline="", encoding="utf-8") as f:
         rows = sorted((r["relative_path"], r["label"]) for r in csv.DictReader(f))
     if n_train >= len(rows):
-        raise SystemExit(f"--train-reviewed {n_train} leaves no validation rows "
-                         f"({reviewed} has {len(rows)})")
+        raise UserError(f"--train-reviewed {n_train} leaves no validation rows "
+                        f"({reviewed} has {len(rows)})")
     order = np.random.default_rng(seed).permutation(len(rows))
     train = [rows[i] for i in order[:n_train]]
     val = [rows[i] for i in order[n_train:]][:max_val]
@@ -83,7 +83,7 @@ def prepare_protocol(root: Path, classes: list[str], size: int, seed: int,
     cache_path = workdir / "images.npy"
     rows, bad, _ = decode_into_cache(root, use, size, cache_path)
     if bad:
-        raise SystemExit(f"{len(bad)} protocol images could not be decoded, e.g. {bad[0]}")
+        raise UserError(f"{len(bad)} protocol images could not be decoded, e.g. {bad[0]}")
     shrink_cache(cache_path, len(rows))
     df = pd.DataFrame(rows, columns=COLUMNS)
     df = assign_splits(df, classes, 0.0, seed, validation, "reviewed_labels.csv (validation)")
@@ -105,8 +105,8 @@ def parse_override(item: str, recipes: list[str]) -> tuple[str, str, object]:
     who, _, assignment = item.partition(":")
     key, eq, value = assignment.partition("=")
     if not (key and eq) or who not in (*recipes, "all"):
-        raise SystemExit(f"--set {item!r}: expected RECIPE:KEY=VALUE with RECIPE one of "
-                         f"{', '.join(recipes)} or all")
+        raise UserError(f"--set {item!r}: expected RECIPE:KEY=VALUE with RECIPE one of "
+                        f"{', '.join(recipes)} or all")
     return who, key, yaml.safe_load(value)
 
 
@@ -200,9 +200,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     reviewed = args.data / "reviewed_labels.csv"
     if not reviewed.is_file():
-        print(f"time_to_accuracy: {reviewed} not found (the real data; set --data or "
-              "CHIMUFFIN_REAL_DATA)", file=sys.stderr)
-        return 2
+        raise UserError(f"{reviewed} not found (the real data; set --data or "
+                        "CHIMUFFIN_REAL_DATA)")
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     base["prepare"].update({"data_dir": str(args.data), "val_fraction": 0.0})
@@ -238,6 +237,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except UserError as e:  # a recipe or --set value that params.yaml would refuse
+    except UserError as e:  # bad options, or a recipe / --set value params.yaml would refuse
         print(f"time_to_accuracy: error: {e}", file=sys.stderr)
         sys.exit(2)
