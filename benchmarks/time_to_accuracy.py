@@ -220,7 +220,8 @@ def main(argv=None) -> int:
                                       first.base.seed, decisions, validation,
                                       first.clean.dedupe, work)
         print(f"data: {len(labeled(df, 'train'))} training images (seeds + {len(decisions)} "
-              f"oracle), {len(labeled(df, 'val'))} validation (reviewed, disjoint); "
+              f"oracle{f'; --max-train {args.max_train}' if args.max_train else ''}), "
+              f"{len(labeled(df, 'val'))} validation (reviewed, disjoint); "
               f"{first.base.image_size}px; prepared in {time.perf_counter() - t0:.0f}s; "
               f"{runtime.available_cores()} cores", flush=True)
         budget = args.budget_minutes * 60 if args.budget_minutes else None
