@@ -113,8 +113,11 @@ def parse_override(item: str, recipes: list[str]) -> tuple[str, str, object]:
 def recipe_params(base: dict, name: str, epochs: int | None,
                   overrides: list[tuple[str, str, object]]):
     """params.yaml with the recipe's train group (plus --epochs/--set), validated strictly."""
-    raw = copy.deepcopy(base)
-    raw["train"] = yaml.safe_load(recipe_path(name).read_text())["train"]
+    raw, path = copy.deepcopy(base), recipe_path(name)
+    group = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
+        raise UserError(f"recipe {name}: {path} is missing or has no `train:` group")
+    raw["train"] = group["train"]
     if epochs:
         raw["train"]["epochs"] = epochs
     for who, key, value in overrides:
