@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin.augment import augment_batch, preprocess
+from chimuffin.data.manifest import read_rows
 from chimuffin.model import forward_with_embedding
 
 CHANNELS_LAST = torch.channels_last
@@ -36,7 +37,7 @@ def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> to
     # Sorted reads are kinder to a memory-mapped cache; the order is restored after.
     order = np.argsort(rows, kind="stable")
     data = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
-    data[order] = images[rows[order]]
+    data[order] = read_rows(images, rows[order])
     t = torch.from_numpy(data)
     if device.type == "cuda":
         t = t.pin_memory()
