@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin.augment import augment_batch, preprocess
+from chimuffin.data.manifest import read_rows
 from chimuffin.model import forward_with_embedding
 from chimuffin.recipe import Mix, WeightEMA, lr_factor, mix_batch, resolution_at
 
@@ -37,7 +38,7 @@ def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> to
     # Sorted reads are kinder to a memory-mapped cache; the order is restored after.
     order = np.argsort(rows, kind="stable")
     data = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
-    data[order] = images[rows[order]]
+    data[order] = read_rows(images, rows[order])
     t = torch.from_numpy(data)
     if device.type == "cuda":
         t = t.pin_memory()
@@ -45,7 +46,9 @@ def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> to
 
 
 def autocast(device: torch.device):
-    # bf16 autocast only on CUDA: on this CPU (no native bf16) it is about 10x slower.
+    # Training only: bf16 autocast on CUDA (fp32 weights, optimizer state, BatchNorm statistics
+    # and loss; bf16 has fp32's range, so no loss scaling). On CPU (no native bf16) it is about
+    # 10x slower, and CPU runs must stay bit-for-bit repeatable: plain fp32 there.
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -104,10 +107,11 @@ def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: 
     for pos in batches(len(rows), batch_size):
         x = preprocess(load_batch(images, rows[pos], device), out_size)
         x = x.contiguous(memory_format=CHANNELS_LAST)
-        with autocast(device):
-            logits, emb = forward_with_embedding(model, x)
-            if tta_flip:
-                logits = (logits + model(torch.flip(x, dims=[3]))) / 2
+        # fp32 on every device: inference is cheap next to training, and its logits and
+        # embeddings are products (bf16 would round confidences and losses to ~3 digits).
+        logits, emb = forward_with_embedding(model, x)
+        if tta_flip:
+            logits = (logits + model(torch.flip(x, dims=[3]))) / 2
         all_logits.append(logits.float().cpu().numpy())
         if with_embeddings:
             all_emb.append(emb.float().cpu().numpy())
