@@ -55,7 +55,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
     return p
 
 
-REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
+REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/decisions.csv",
               "data/labels/validation.csv", ".gitignore", ".dvcignore"]
 
 
