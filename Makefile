@@ -34,3 +34,6 @@ repro:  ## the main job: the whole pipeline on the data named in params.yaml
 
 bench:
 	$(BIN)/python benchmarks/train_throughput.py
+
+review:  ## the offline review page on http://127.0.0.1:8765 (needs `make repro` first)
+	$(BIN)/chimuffin review

@@ -15,11 +15,13 @@ measures how much that costs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from chimuffin.errors import UserError
-from chimuffin.labels import SOURCES, UNDEFINED, Decision
+from chimuffin.labels import SOURCES, UNDEFINED, Decision, merge_decisions
 
 # One pseudo-vote spread over the classes: ten unanimous neighbours give ~0.95, not 1.0, and
 # an image with no labeled neighbours at all gets a uniform vote.
@@ -322,3 +324,28 @@ def as_decisions(rows: pd.DataFrame, source: str = "auto") -> list[Decision]:
                      f"score {r.score:.3f}; model {r.model_label} {r.model_conf:.2f}; "
                      f"neighbours {r.knn_label} {r.knn_conf:.2f}")
             for r in rows.itertuples()]
+
+
+def accept(decisions: list[Decision], suggestions: pd.DataFrame, min_score: float,
+           require_agreement: bool = False, per_class_cap: int | None = None,
+           source: str = "auto") -> tuple[list[Decision], pd.DataFrame]:
+    """Merge accepted suggestions into the decisions. An accepted suggestion never changes an
+    image that already has a decision (a person's, an oracle's or an earlier one).
+    Returns (merged decisions, the accepted suggestion rows)."""
+    decided = {d.path for d in decisions}
+    rows = select_accepted(suggestions, min_score, require_agreement, per_class_cap, decided)
+    merged, _ = merge_decisions(decisions, as_decisions(rows, source), protect_sources=SOURCES)
+    return merged, rows
+
+
+def read_suggestions(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: suggestions not found (run `dvc repro suggest`)")
+    df = pd.read_parquet(path)
+    need = ["path", "label", "score", "agree", "model_label", "model_conf", "knn_label",
+            "knn_conf"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: lacks column(s) {', '.join(missing)}")
+    return df

@@ -8,8 +8,8 @@ from chimuffin import atomic
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.embeddings import read_embeddings
 from chimuffin.errors import UserError
-from chimuffin.suggest import align, build_tables, pixel_signatures, summarize
 from chimuffin.stages import common
+from chimuffin.suggest import align, build_tables, pixel_signatures, summarize
 
 
 def main(args, params) -> None:
