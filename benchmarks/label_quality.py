@@ -48,7 +48,9 @@ REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
 
 def sh(cmd: list[str], cwd: Path, quiet: bool = True) -> float:
     """Run a command; return its wall time. Fails loudly with its output."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DVC_NO_ANALYTICS": "1"}
+    # the stages import the temporary repo's copy of the code (what dvc.lock hashes)
+    src = cwd / "src" if (cwd / "src").is_dir() else REPO / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "DVC_NO_ANALYTICS": "1"}
     t = time.perf_counter()
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=quiet, text=True)
     if p.returncode != 0:
@@ -81,6 +83,7 @@ def repro(repo: Path) -> float:
 
 
 def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
+    sh(["dvc", "repro", "prepare"], repo)
     manifest = pd.read_parquet(repo / "data/prepared/manifest.parquet")
     seeds = manifest[manifest["label"].isin(CLASSES) & manifest["split"].isin(["train", "val"])]
     rng = np.random.default_rng(seed)
@@ -149,6 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = os.environ.get("CHIMUFFIN_REAL_DATA", REPO.parent / "shared/data/chihuahua-muffin")
     ap.add_argument("--data", type=Path, default=Path(default))
+    ap.add_argument("--truth", type=Path, default=None,
+                    help="relative_path,label CSV (default: DATA/reviewed_labels.csv)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -160,10 +165,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="kept when given")
     args = ap.parse_args()
     data = args.data.resolve()
-    if not (data / "train128").is_dir() or not (data / "reviewed_labels.csv").is_file():
-        sys.exit(f"{data}: real data not found (train128/ and reviewed_labels.csv)")
-    truth = read_oracle(data / "reviewed_labels.csv", CLASSES)
-    truth = {f"{p}": lbl for p, lbl in truth.items()}
+    truth_csv = args.truth or data / "reviewed_labels.csv"
+    if not (data / "train128").is_dir() or not truth_csv.is_file():
+        sys.exit(f"{data}: real data not found (train128/ and {truth_csv.name})")
+    truth = read_oracle(truth_csv, CLASSES)
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="chimuffin-label-quality-"))
     repo = work / "repo"
