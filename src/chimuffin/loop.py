@@ -15,8 +15,6 @@ commit fails it is put back as it was. So every round is either committed whole 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import signal
 import subprocess
@@ -26,37 +24,21 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin import atomic
+from chimuffin.data.prepare import parse_validation_labels
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, allowed_labels, check_relative_path, format_decisions
+from chimuffin.labels import Decision, format_decisions
 
-ORACLE_HEADERS = (["relative_path", "label"], ["path", "label"])
 # Images a person (or the oracle standing in for one) has already answered are not asked again.
 ANSWERED_SOURCES = ("human", "3lc", "oracle")
 
 
 def parse_oracle(text: str, classes: list[str], name: str) -> dict[str, str]:
-    """`relative_path,label` rows (the format of reviewed_labels.csv and pool_labels.csv)."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if not rows or [h.strip() for h in rows[0]] not in ORACLE_HEADERS:
-        raise UserError(f"{name}: row 1 (header): expected 'relative_path,label'")
-    labels = allowed_labels(classes)
-    out: dict[str, str] = {}
-    for lineno, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) != 2:
-            raise UserError(f"{name}: row {lineno}: expected 2 fields (relative_path,label)")
-        path, label = row[0].strip(), row[1].strip()
-        bad = check_relative_path(path)
-        if bad:
-            raise UserError(f"{name}: row {lineno}: path {path!r}: {bad}")
-        if label not in labels:
-            raise UserError(f"{name}: row {lineno}: unknown label {label!r}; allowed: "
-                            f"{', '.join(labels)}")
-        out[path] = label
-    return out
+    """`relative_path,label` rows (reviewed_labels.csv, the sample's pool_labels.csv), checked
+    like data/labels/validation.csv, whose `path,label` header is accepted too."""
+    first, newline, rest = text.removeprefix("\ufeff").partition("\n")
+    if [h.strip() for h in first.split(",")] == ["relative_path", "label"]:
+        first = "path,label"
+    return parse_validation_labels(first + newline + rest, classes, name)
 
 
 def read_oracle(path: str | Path, classes: list[str]) -> dict[str, str]:
