@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -29,6 +29,7 @@ class Decision:
     label: str
     source: str
     note: str = ""
+    row: int = field(default=0, compare=False)  # line in the file it was read from (0: new)
 
 
 def allowed_labels(classes: list[str]) -> list[str]:
@@ -87,7 +88,7 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
         if path in seen:
             raise UserError(f"{where}: duplicate decision for {path} (first at row {seen[path]})")
         seen[path] = lineno
-        out.append(Decision(path, label, source, note))
+        out.append(Decision(path, label, source, note, row=lineno))
     return out
 
 
@@ -138,11 +139,10 @@ def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],
     dropped. A decision for a path that is not in the manifest stops with its row number."""
     df = manifest.copy()
     pos = {p: i for i, p in enumerate(df["path"])}
-    for n, d in enumerate(decisions, start=2):
+    for d in decisions:
         if d.path not in pos:
-            raise UserError(f"{name}: decision {n - 1} (path {d.path}) names a file that is not "
-                            "in the prepared dataset (missing, or excluded by prepare: see "
-                            "data/prepared/report.json)")
+            raise UserError(f"{name}: row {d.row}: {d.path} is not in the prepared dataset "
+                            "(missing, or excluded by prepare: see data/prepared/report.json)")
         i = pos[d.path]
         df.iat[i, df.columns.get_loc("label")] = d.label
         df.iat[i, df.columns.get_loc("label_source")] = d.source

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chimuffin.data.manifest import read_rows
 from chimuffin.errors import UserError
 from chimuffin.labels import SOURCES, UNDEFINED, Decision, merge_decisions
 
@@ -98,7 +99,7 @@ def pixel_signatures(images: np.ndarray, rows: np.ndarray, grid: int = SIGNATURE
     edges = np.linspace(0, size, grid + 1).astype(int)[:-1]
     out = np.zeros((len(rows), 3 * grid * grid), dtype=np.float32)
     for lo in range(0, len(rows), chunk):
-        x = np.asarray(images[rows[lo:lo + chunk]], dtype=np.float32)
+        x = read_rows(images, rows[lo:lo + chunk]).astype(np.float32)
         counts = np.diff(np.append(edges, size)).astype(np.float32)
         x = np.add.reduceat(np.add.reduceat(x, edges, axis=2), edges, axis=3)
         x = x / counts[:, None] / counts[None, :]
