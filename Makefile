@@ -38,3 +38,6 @@ bench:  ## training / evaluation img/s: reference pipeline vs chimuffin (quiet m
 
 bench-accuracy:  ## reference vs fast recipe on the real data: wall time and validation accuracy
 	$(BIN)/python benchmarks/time_to_accuracy.py
+
+review:  ## the offline review page on http://127.0.0.1:8765 (needs `make repro` first)
+	$(BIN)/chimuffin review

@@ -112,6 +112,17 @@ class Embed:
 
 
 @dataclass(frozen=True)
+class Suggest:
+    k: int = num(1, 200)                      # labeled neighbours that vote
+    model_weight: float = num(0.0, 1.0)       # model vs neighbours in a suggestion's score
+    dup_similarity: float = num(0.5, 1.0)     # pixel-signature cosine of a near duplicate
+    issue_threshold: float = num(0.0, 1.0)    # label-issue score that enters the review queue
+    queue_size: int = num(1, 1_000_000)
+    cluster_similarity: float = num(-1.0, 1.0)  # embedding cosine to join a review cluster
+    cluster_size: int = num(1, 10_000)
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base = field()
     sample: Sample = field()
@@ -120,6 +131,7 @@ class Params:
     train: Train = field()
     evaluate: Evaluate = field()
     embed: Embed = field()
+    suggest: Suggest = field()
 
 
 def _type_name(tp) -> str:
