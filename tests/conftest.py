@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
