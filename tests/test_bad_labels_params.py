@@ -285,7 +285,8 @@ def test_params_loader_loads_or_raises_user_error(edits):
         assert any(".".join(p) in str(e) for p, _ in edits), str(e)
         return
     assert isinstance(params, Params)
-    assert all(math.isfinite(v) for v in _numbers(as_dict(params)))
+    assert all(math.isfinite(v) for v in _numbers(as_dict(params)) if isinstance(v, float))
+    assert 0 <= params.base.seed < 2**63
     t = params.train
     assert t.lr > 0 and 1 <= t.batch_size and t.epochs >= 1
     assert len(set(params.base.classes)) == 2

@@ -31,7 +31,7 @@ def num(lo=None, hi=None, lo_open=False, hi_open=False):
 
 @dataclass(frozen=True)
 class Base:
-    seed: int = num(0)
+    seed: int = num(0, 2**63 - 1)  # torch.manual_seed takes at most 64 bits
     classes: list[str] = field()
     image_size: int = num(32, 512)
 
