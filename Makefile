@@ -35,3 +35,6 @@ repro:  ## the main job: the whole pipeline on the data named in params.yaml
 
 bench:
 	$(BIN)/python benchmarks/train_throughput.py
+
+dashboard:  ## 3LC Object Service on 127.0.0.1:5015 for the hosted Dashboard (Ctrl-C stops it)
+	$(BIN)/chimuffin dashboard

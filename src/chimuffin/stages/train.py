@@ -4,12 +4,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chimuffin import runtime
+from chimuffin import runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.engine import fit
 from chimuffin.errors import UserError
-from chimuffin.model import build_model, save_checkpoint
+from chimuffin.model import build_model, load_checkpoint, save_checkpoint
 from chimuffin.stages import common
 
 
@@ -28,6 +28,11 @@ def main(args, params) -> None:
     if t.batch_size > len(train_rows):
         raise UserError(f"params: train.batch_size ({t.batch_size}) is larger than the training "
                         f"set ({len(train_rows)} labeled images)")
+    run3lc = None  # 3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio)
+    if params.tlc.enabled:
+        run3lc = tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
+    else:
+        tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
     runtime.setup(params.base.seed, t.threads)
     device = runtime.pick_device(t.device)
     images = open_cache(Path(args.prepared) / "images.npy")
@@ -43,6 +48,8 @@ def main(args, params) -> None:
                 live.log_metric(name, value)
             if is_best:
                 save_checkpoint(args.model, model, checkpoint_meta(params, r.epoch, r.val_acc))
+            if run3lc:
+                run3lc.epoch_end(r, model, images, device)
             bar.set_postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
             live.next_step()
 
@@ -53,6 +60,10 @@ def main(args, params) -> None:
                              "best/val_loss": best.val_loss, "train_images": len(train_rows)})
     print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device}; best epoch "
           f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}")
+    if run3lc:
+        summary = run3lc.finish(load_checkpoint(args.model, device)[0], best.epoch, images, device)
+        print(f"train: 3LC run {summary['run']}: {summary['metrics_tables']} metrics tables, "
+              f"3-D PaCMAP embeddings")
 
 
 if __name__ == "__main__":
@@ -61,4 +72,7 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--live", required=True, help="DVCLive folder")
+    p.add_argument("--run", required=True, help="3LC run folder (a placeholder when 3LC is off)")
+    p.add_argument("--tables", required=True, help="3LC tables folder (stage `tables`)")
+    p.add_argument("--tlc-config", default=tlcio.CONFIG)
     common.run(main, p.parse_args())
