@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup browser test test-fast lint repro bench review dashboard
+.PHONY: setup browser test test-fast lint repro bench bench-accuracy review dashboard
 
 setup: $(BIN)/chimuffin browser  ## fresh machine: venv + pinned deps + Chromium for UI tests
 
@@ -33,8 +33,14 @@ lint:
 repro:  ## the main job: the whole pipeline on the data named in params.yaml
 	$(BIN)/dvc repro
 
-bench:
+bench:  ## training / evaluation img/s: reference pipeline vs chimuffin (quiet machine)
 	$(BIN)/python benchmarks/train_throughput.py
+
+bench-accuracy:  ## reference vs fast recipe on the real data: wall time and validation accuracy
+	$(BIN)/python benchmarks/time_to_accuracy.py
+
+review:  ## the offline review page on http://127.0.0.1:8765 (needs `make repro` first)
+	$(BIN)/chimuffin review
 
 dashboard:  ## 3LC Object Service on 127.0.0.1:5015 for the hosted Dashboard (Ctrl-C stops it)
 	$(BIN)/chimuffin dashboard

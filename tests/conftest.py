@@ -56,8 +56,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
     return p
 
 
-REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
-              "data/labels/validation.csv", ".gitignore", ".dvcignore", "tlc-config.yaml"]
+REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/decisions.csv",
+              "data/labels/validation.csv", ".gitignore", ".dvcignore",
+              "tlc-config.yaml"]
 
 
 def make_repo(dest: Path, params: dict) -> Path:

@@ -46,10 +46,10 @@ def main(args, params) -> None:
             for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
                                 ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
                 live.log_metric(name, value)
-            if is_best:
-                save_checkpoint(args.model, model, checkpoint_meta(params, r.epoch, r.val_acc))
+            if is_best:  # r.model: the validated weights (the EMA copy when it is on)
+                save_checkpoint(args.model, r.model, checkpoint_meta(params, r.epoch, r.val_acc))
             if run3lc:
-                run3lc.epoch_end(r, model, images, device)
+                run3lc.epoch_end(r, r.model, images, device)
             bar.set_postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
             live.next_step()
 
