@@ -124,6 +124,15 @@ class Suggest:
 
 
 @dataclass(frozen=True)
+class Tlc:
+    # 3LC tables (stage `tables`) and a 3LC run with per-sample metrics (stage `train`).
+    # false: the pipeline never imports tlc and writes placeholder folders instead.
+    enabled: bool = field()
+    # Per-sample metrics + embeddings every N epochs (0: only for the best model, always done).
+    collect_every: int = num(0, 10_000)
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base = field()
     sample: Sample = field()
@@ -133,6 +142,7 @@ class Params:
     evaluate: Evaluate = field()
     embed: Embed = field()
     suggest: Suggest = field()
+    tlc: Tlc = field()
 
 
 def _type_name(tp) -> str:
