@@ -28,13 +28,13 @@ def main(args, params) -> None:
     if t.batch_size > len(train_rows):
         raise UserError(f"params: train.batch_size ({t.batch_size}) is larger than the training "
                         f"set ({len(train_rows)} labeled images)")
+    runtime.setup(params.base.seed, t.threads)
+    device = runtime.pick_device(t.device)
     run3lc = None  # 3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio)
     if params.tlc.enabled:
         run3lc = tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
     else:
         tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
-    runtime.setup(params.base.seed, t.threads)
-    device = runtime.pick_device(t.device)
     images = open_cache(Path(args.prepared) / "images.npy")
     model = build_model(len(classes), t.head, t.dropout)
 
