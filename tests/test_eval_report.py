@@ -13,14 +13,14 @@ from PIL import Image
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
 from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
-from chimuffin.recipes import load_reference, recipe_diff
+from chimuffin.reference_recipe import load_reference, recipe_diff
 from tests.conftest import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]
 
 
 def test_reference_recipe_is_complete_and_diff_lists_recipe_changes():
-    ref = load_reference(REPO / "params/reference.yaml")  # strict: every train key, valid values
+    ref = load_reference(REPO / "recipes/reference.yaml")  # strict: every train key, valid values
     train = load_params(REPO / "params.yaml").train
     changed = replace(train, lr=0.001, epochs=20, device="cpu", threads=1,
                       augment=replace(train.augment, flip_p=0.0))
@@ -34,7 +34,7 @@ def test_reference_recipe_is_complete_and_diff_lists_recipe_changes():
 
 def test_reference_recipe_errors_name_the_file_and_key(tmp_path):
     bad = tmp_path / "ref.yaml"
-    raw = yaml.safe_load((REPO / "params/reference.yaml").read_text())
+    raw = yaml.safe_load((REPO / "recipes/reference.yaml").read_text())
     raw["train"]["lr_typo"] = 1
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match=r"ref.yaml: .*unknown key train.lr_typo"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -29,6 +29,8 @@ class Decision:
     label: str
     source: str
     note: str = ""
+    # Where it came from in the file, for error messages; not part of the decision itself.
+    row: int = field(default=0, compare=False, repr=False)
 
 
 def allowed_labels(classes: list[str]) -> list[str]:
@@ -58,7 +60,7 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
     if not text.strip():
         raise UserError(f"{name}: empty file; expected the header line "
                         f"'{','.join(DECISION_COLUMNS)}'")
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    rows = read_csv_rows(text, name)
     header = [h.strip() for h in rows[0]]
     if header != DECISION_COLUMNS:
         missing = [c for c in DECISION_COLUMNS if c not in header]
@@ -87,19 +89,36 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
         if path in seen:
             raise UserError(f"{where}: duplicate decision for {path} (first at row {seen[path]})")
         seen[path] = lineno
-        out.append(Decision(path, label, source, note))
+        out.append(Decision(path, label, source, note, row=lineno))
     return out
+
+
+def read_csv_rows(text: str, name: str) -> list[list[str]]:
+    """CSV records of a hand-edited file; a malformed one is a UserError, not a traceback."""
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise UserError(f"{name}: not a valid CSV file ({e})") from e
+
+
+def read_text_file(path: str | Path) -> str:
+    """A hand-edited text file as str: UTF-8 (a BOM is kept for the parser to drop)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
 
 
 def read_decisions(path: str | Path, classes: list[str]) -> list[Decision]:
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e})") from e
-    return parse_decisions(text, classes, name=str(path))
+    return parse_decisions(read_text_file(path), classes, name=str(path))
 
 
 def format_decisions(decisions: list[Decision]) -> str:
@@ -138,11 +157,10 @@ def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],
     dropped. A decision for a path that is not in the manifest stops with its row number."""
     df = manifest.copy()
     pos = {p: i for i, p in enumerate(df["path"])}
-    for n, d in enumerate(decisions, start=2):
+    for d in decisions:
         if d.path not in pos:
-            raise UserError(f"{name}: decision {n - 1} (path {d.path}) names a file that is not "
-                            "in the prepared dataset (missing, or excluded by prepare: see "
-                            "data/prepared/report.json)")
+            raise UserError(f"{name}: row {d.row}: {d.path} is not in the prepared dataset "
+                            "(missing, or excluded by prepare: see data/prepared/report.json)")
         i = pos[d.path]
         df.iat[i, df.columns.get_loc("label")] = d.label
         df.iat[i, df.columns.get_loc("label_source")] = d.source

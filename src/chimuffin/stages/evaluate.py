@@ -9,7 +9,7 @@ from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
 from chimuffin.model import load_checkpoint
 from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
-from chimuffin.recipes import load_reference, recipe_diff
+from chimuffin.reference_recipe import load_reference, recipe_diff
 from chimuffin.stages import common
 
 
@@ -42,7 +42,7 @@ def main(args, params) -> None:
     device = runtime.pick_device(params.train.device)
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
-    model, meta = load_checkpoint(args.model, device=str(device))
+    model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
     pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size, device,
                                params.evaluate.tta_flip)
     reports = {s: r for s in ("val", "test") if (r := split_metrics(pred, s, classes))}
@@ -68,6 +68,6 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--reference", default="params/reference.yaml",
+    p.add_argument("--reference", default="recipes/reference.yaml",
                    help="the reference recipe the report compares params with")
     common.run(main, p.parse_args())

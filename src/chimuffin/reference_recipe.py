@@ -1,4 +1,4 @@
-"""The reference recipe (params/reference.yaml) and how a run's params differ from it."""
+"""The reference recipe (recipes/reference.yaml) and how a run's params differ from it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 from chimuffin.config import Train, _build, as_dict
 from chimuffin.errors import UserError
 
-REFERENCE = Path("params/reference.yaml")
+REFERENCE = Path("recipes/reference.yaml")
 # Where the code runs is not part of the recipe.
 NOT_RECIPE = {"device", "threads"}
 
