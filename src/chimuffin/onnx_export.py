@@ -116,10 +116,21 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: np.ndarray | None) -
                 raise UserError("static quantisation needs calibration images")
             quantize_static(str(pre), str(dst), _Calibration(calibration),
                             quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=output_nodes(pre))
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)
+
+
+def output_nodes(path: Path) -> list[str]:
+    """The nodes that produce the graph outputs (the last Gemm and the Softmax): kept float32,
+    or `probabilities` and `logits` would come out in steps of 1/255."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    outputs = {o.name for o in proto.graph.output}
+    return [n.name for n in proto.graph.node if outputs & set(n.output)]
 
 
 def describe_quantization(proto, mode: str, n_calibration: int = 0) -> str:
@@ -137,8 +148,8 @@ def describe_quantization(proto, mode: str, n_calibration: int = 0) -> str:
                 f"time; float32 ops left: {listed(('Conv', 'Gemm', 'MatMul'))}")
     return (f"static int8 (onnxruntime quantize_static, QDQ, per-channel weights, activations "
             f"calibrated on {n_calibration} images): {listed(('QuantizeLinear',))} and "
-            f"{listed(('DequantizeLinear',))} nodes around "
-            f"{listed(('Conv', 'Gemm', 'MatMul'))}, which onnxruntime runs as int8 kernels")
+            f"{listed(('DequantizeLinear',))} nodes, which onnxruntime fuses into int8 kernels "
+            "for the convolutions and hidden layers; the output layer and softmax stay float32")
 
 
 # A float32 export must match PyTorch to this (max abs difference of probabilities).
