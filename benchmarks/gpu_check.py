@@ -50,8 +50,8 @@ def bf16_inference(model, images, rows, batch_size, device) -> int:
 
 
 def measure(device: torch.device, n_train: int, n_infer: int, params, batch_size: int,
-            eval_batch_size: int) -> dict:
-    t, size = params.train, params.base.image_size
+            eval_batch_size: int, size: int) -> dict:
+    t = params.train
     runtime.setup(params.base.seed, t.threads)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(n_train, n_infer), 3, size, size), dtype=np.uint8)
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=params.train.batch_size,
                     help="training batch (default: params.yaml train.batch_size)")
     ap.add_argument("--eval-batch-size", type=int, default=params.evaluate.batch_size)
+    ap.add_argument("--image-size", type=int, default=params.base.image_size)
     ap.add_argument("--cpu-images", type=int, default=96, help="training images timed on CPU "
                     "(inference times 4x as many)")
     ap.add_argument("--cuda-images", type=int, default=4096)
@@ -100,12 +101,13 @@ def main() -> None:
     else:
         print("CUDA: not available here (CPU only)")
     print(f"CPU: {runtime.available_cores()} cores usable; ResNet-18 at "
-          f"{params.base.image_size} px, train batch {a.batch_size}, "
+          f"{a.image_size} px, train batch {a.batch_size}, "
           f"inference batch {a.eval_batch_size}")
     results = {}
     for d in devices:
         n = a.cpu_images if d.type == "cpu" else a.cuda_images
-        results[d.type] = measure(d, n, 4 * n, params, a.batch_size, a.eval_batch_size)
+        results[d.type] = measure(d, n, 4 * n, params, a.batch_size, a.eval_batch_size,
+                                  a.image_size)
 
     cols = ["train", "infer_fp32", "infer_bf16"]
     print(f"\n{'device':8}" + "".join(f"{c + ' img/s':>18}" for c in cols))

@@ -5,7 +5,7 @@ subprocess:
   prepare  scan + decode + hash every image into the uint8 cache (data.prepare.prepare_dataset)
   epoch    one shuffled pass over every cached image through engine.load_batch + augment_batch,
            i.e. a training epoch's data path WITHOUT the model (the model's memory does not
-           depend on N, and a real epoch over 50k images takes hours on 2 CPU cores)
+           depend on N, and its compute would make one 50k-image epoch ~30 min on 2 cores)
 and prints wall time, peak RSS (the kernel's VmHWM = getrusage ru_maxrss) and, sampled every
 20 ms, the peaks of its two parts: anonymous memory (heap: what must fit in RAM) and file-backed
 pages (memory-mapped cache pages: clean page cache the kernel reclaims under pressure).

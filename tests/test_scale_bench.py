@@ -27,7 +27,8 @@ def test_scale_benchmark_prints_times_memory_and_ratios(tmp_path):
 
 def test_gpu_check_reports_the_cpu_and_cuda_when_present():
     out = run([sys.executable, "benchmarks/gpu_check.py", "--cpu-images", "4", "--cuda-images",
-               "64", "--batch-size", "2", "--eval-batch-size", "4"], REPO, timeout=600).stdout
+               "64", "--batch-size", "2", "--eval-batch-size", "4", "--image-size", "32"], REPO,
+              timeout=600).stdout
     assert re.search(r"^cpu\s+\d+\.\d\s+\d+\.\d\s+-$", out, re.M), out
     if torch.cuda.is_available():
         assert re.search(r"^cuda(\s+\d+\.\d){3}$", out, re.M) and "cuda/cpu: training x" in out
