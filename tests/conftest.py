@@ -25,6 +25,7 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 4},
     "evaluate": {"batch_size": 32},
     "embed": {"batch_size": 32, "n_neighbors": 5},
+    "tlc": {"enabled": False},  # tests/test_tlc_pipeline.py runs the 3LC-enabled pipeline
 }
 
 
@@ -55,8 +56,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
     return p
 
 
-REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
-              "data/labels/validation.csv", ".gitignore", ".dvcignore"]
+REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/decisions.csv",
+              "data/labels/validation.csv", ".gitignore", ".dvcignore",
+              "tlc-config.yaml"]
 
 
 def make_repo(dest: Path, params: dict) -> Path:

@@ -54,8 +54,9 @@ def test_apply_relabels_removes_and_rejects_unknown_paths():
     assert out["path"].tolist() == ["a", "b"]
     assert out.loc[1, "label"] == "muffin" and out.loc[1, "label_source"] == "human"
     assert df.loc[1, "label"] == "undefined"  # input untouched
-    with pytest.raises(UserError, match="decision 1 .path zzz. names a file that is not"):
-        apply_decisions(df, [Decision("zzz", "muffin", "human")])
+    bad = parse_decisions(HEADER + "a,muffin,human,\n\nzzz,muffin,human,\n", CLASSES)
+    with pytest.raises(UserError, match="decisions.csv: row 4: zzz is not in the prepared"):
+        apply_decisions(df, bad)
 
 
 def test_dedupe_keeps_test_copy_and_reports_conflicts():

@@ -75,14 +75,27 @@ class Train:
     batch_size: int = num(1, 4096)
     lr: float = num(0.0, 10.0, lo_open=True)
     weight_decay: float = num(0.0, 1.0)
-    scheduler: Literal["cosine_restarts", "onecycle", "constant"] = field()
+    scheduler: Literal["cosine_restarts", "cosine", "onecycle", "constant"] = field()
     t0: int = num(1)
     t_mult: int = num(1)
+    warmup_epochs: float = num(0.0, 10_000.0)  # linear warm-up (cosine, cosine_restarts, constant)
+    optimizer_impl: Literal["default", "foreach", "fused"] = field()  # AdamW kernels
     grad_clip: float = num(0.0)
     head: list[int] = field()
     dropout: float = num(0.0, 1.0, hi_open=True)
     label_smoothing: float = num(0.0, 1.0, hi_open=True)
     augment: Augment = field()
+    # Resolution schedule: train at res_min (0 = off) until res_ramp_start, then ramp linearly
+    # to base.image_size at res_ramp_end (fractions of the epochs); validation is full size.
+    res_min: int = num(0, 512)
+    res_ramp_start: float = num(0.0, 1.0)
+    res_ramp_end: float = num(0.0, 1.0)
+    # Mixup / cutmix (alpha 0 = off): each batch is mixed with probability mix_prob.
+    mixup_alpha: float = num(0.0, 10.0)
+    cutmix_alpha: float = num(0.0, 10.0)
+    mix_prob: float = num(0.0, 1.0)
+    ema_decay: float = num(0.0, 1.0, hi_open=True)  # EMA of weights, validated and saved; 0 = off
+    val_tta_flip: bool = field()  # select the best epoch on flip-averaged validation logits
     device: Literal["auto", "cpu", "cuda"] = field()
     threads: int = num(0, 256)
 
@@ -100,6 +113,26 @@ class Embed:
 
 
 @dataclass(frozen=True)
+class Suggest:
+    k: int = num(1, 200)                      # labeled neighbours that vote
+    model_weight: float = num(0.0, 1.0)       # model vs neighbours in a suggestion's score
+    dup_similarity: float = num(0.5, 1.0)     # pixel-signature cosine of a near duplicate
+    issue_threshold: float = num(0.0, 1.0)    # label-issue score that enters the review queue
+    queue_size: int = num(1, 1_000_000)
+    cluster_similarity: float = num(-1.0, 1.0)  # embedding cosine to join a review cluster
+    cluster_size: int = num(1, 10_000)
+
+
+@dataclass(frozen=True)
+class Tlc:
+    # 3LC tables (stage `tables`) and a 3LC run with per-sample metrics (stage `train`).
+    # false: the pipeline never imports tlc and writes placeholder folders instead.
+    enabled: bool = field()
+    # Per-sample metrics + embeddings every N epochs (0: only for the best model, always done).
+    collect_every: int = num(0, 10_000)
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base = field()
     sample: Sample = field()
@@ -108,6 +141,8 @@ class Params:
     train: Train = field()
     evaluate: Evaluate = field()
     embed: Embed = field()
+    suggest: Suggest = field()
+    tlc: Tlc = field()
 
 
 def _type_name(tp) -> str:
@@ -225,9 +260,22 @@ def _check_relations(p: Params) -> None:
             f"params: train.augment.resize ({a.resize}) must be >= base.image_size "
             f"({p.base.image_size})"
         )
+    _check_recipe(p.train, p.base.image_size)
     if not p.train.head or any(h < 1 for h in p.train.head):
         raise UserError(f"params: train.head must be a non-empty list of sizes >= 1, "
                         f"got {p.train.head}")
+
+
+def _check_recipe(t: Train, image_size: int) -> None:
+    if t.scheduler == "onecycle" and t.warmup_epochs > 0:
+        raise UserError("params: train.warmup_epochs must be 0 with train.scheduler 'onecycle' "
+                        "(one-cycle has its own warm-up, the first 15% of the steps)")
+    if t.res_min and not 32 <= t.res_min <= image_size:
+        raise UserError(f"params: train.res_min ({t.res_min}) must be 0 (off) or between 32 and "
+                        f"base.image_size ({image_size})")
+    if t.res_ramp_start > t.res_ramp_end:
+        raise UserError(f"params: train.res_ramp_start ({t.res_ramp_start}) must be <= "
+                        f"train.res_ramp_end ({t.res_ramp_end})")
 
 
 def parse_params(raw: Any) -> Params:

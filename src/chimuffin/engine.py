@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin.augment import augment_batch, preprocess
+from chimuffin.data.manifest import read_rows
 from chimuffin.model import forward_with_embedding
+from chimuffin.recipe import Mix, WeightEMA, lr_factor, mix_batch, resolution_at
 
 CHANNELS_LAST = torch.channels_last
 
@@ -36,7 +38,7 @@ def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> to
     # Sorted reads are kinder to a memory-mapped cache; the order is restored after.
     order = np.argsort(rows, kind="stable")
     data = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
-    data[order] = images[rows[order]]
+    data[order] = read_rows(images, rows[order])
     t = torch.from_numpy(data)
     if device.type == "cuda":
         t = t.pin_memory()
@@ -44,7 +46,9 @@ def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> to
 
 
 def autocast(device: torch.device):
-    # bf16 autocast only on CUDA: on this CPU (no native bf16) it is about 10x slower.
+    # Training only: bf16 autocast on CUDA (fp32 weights, optimizer state, BatchNorm statistics
+    # and loss; bf16 has fp32's range, so no loss scaling). On CPU (no native bf16) it is about
+    # 10x slower, and CPU runs must stay bit-for-bit repeatable: plain fp32 there.
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -61,16 +65,21 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
                     opt: torch.optim.Optimizer, step_sched: Callable[[], None] | None,
                     aug_cfg, batch_size: int, grad_clip: float, label_smoothing: float,
                     g: torch.Generator, device: torch.device, out_size: int | None = None,
-                    progress: Callable[[int], None] | None = None) -> EpochStats:
+                    progress: Callable[[int], None] | None = None, mix: Mix | None = None,
+                    ema: WeightEMA | None = None) -> EpochStats:
     model.train()
+    n_classes = model.fc[-1].out_features
     total_loss, correct, seen = 0.0, 0, 0
     for pos in batches(len(rows), batch_size, g, min_size=2):
         x = augment_batch(load_batch(images, rows[pos], device), aug_cfg, g, out_size)
-        x = x.contiguous(memory_format=CHANNELS_LAST)
         y = torch.from_numpy(labels[pos]).to(device)
+        target = y
+        if mix is not None and mix.on:
+            x, target = mix_batch(x, y, n_classes, mix, g)  # soft targets (rows sum to 1)
+        x = x.contiguous(memory_format=CHANNELS_LAST)
         with autocast(device):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -78,6 +87,8 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
         opt.step()
         if step_sched:
             step_sched()
+        if ema is not None:
+            ema.update(model)
         total_loss += loss.item() * len(pos)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(pos)
@@ -96,10 +107,11 @@ def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: 
     for pos in batches(len(rows), batch_size):
         x = preprocess(load_batch(images, rows[pos], device), out_size)
         x = x.contiguous(memory_format=CHANNELS_LAST)
-        with autocast(device):
-            logits, emb = forward_with_embedding(model, x)
-            if tta_flip:
-                logits = (logits + model(torch.flip(x, dims=[3]))) / 2
+        # fp32 on every device: inference is cheap next to training, and its logits and
+        # embeddings are products (bf16 would round confidences and losses to ~3 digits).
+        logits, emb = forward_with_embedding(model, x)
+        if tta_flip:
+            logits = (logits + model(torch.flip(x, dims=[3]))) / 2
         all_logits.append(logits.float().cpu().numpy())
         if with_embeddings:
             all_emb.append(emb.float().cpu().numpy())
@@ -126,22 +138,31 @@ def per_sample_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                   impl: str = "default") -> torch.optim.Optimizer:
+    """AdamW; `impl` picks torch's kernels: default (per-parameter loop on CPU), foreach
+    (multi-tensor) or fused (one kernel; on CPU too since torch 2.4). Same math for all."""
+    kernels = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **kernels)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int):
     """(per-step callback or None, per-epoch callback or None) for the chosen schedule."""
-    if cfg.scheduler == "cosine_restarts":
-        s = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.t0,
-                                                                 T_mult=cfg.t_mult)
-        return None, s.step
     if cfg.scheduler == "onecycle":
         s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
                                                 steps_per_epoch=max(1, steps_per_epoch),
                                                 pct_start=0.15)
         return s.step, None
-    return None, None
+    if cfg.scheduler == "constant" and cfg.warmup_epochs == 0:
+        return None, None
+
+    def factor(step: int) -> float:
+        return lr_factor(step, steps_per_epoch, cfg.scheduler, cfg.epochs, cfg.warmup_epochs,
+                         cfg.t0, cfg.t_mult)
+
+    # Stepped per batch; cosine_restarts still changes only at epoch boundaries, like the
+    # reference's CosineAnnealingWarmRestarts stepped once per epoch.
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor).step, None
 
 
 @dataclass
@@ -152,12 +173,15 @@ class EpochResult:
     val_loss: float
     val_acc: float
     seconds: float
+    image_size: int | None = None  # training resolution of this epoch (None = the cache size)
+    model: nn.Module | None = None  # the weights validated: the EMA copy when ema_decay > 0
 
 
 def evaluate_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                  batch_size: int, device: torch.device) -> tuple[float, float]:
+                  batch_size: int, device: torch.device,
+                  tta_flip: bool = False) -> tuple[float, float]:
     """(mean loss, accuracy) of the model on labeled rows."""
-    logits, _ = predict(model, images, rows, batch_size, device)
+    logits, _ = predict(model, images, rows, batch_size, device, tta_flip=tta_flip)
     losses = per_sample_loss(logits, labels)
     return float(losses.mean()), float((logits.argmax(1) == labels).mean())
 
@@ -165,32 +189,45 @@ def evaluate_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels
 def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labels: np.ndarray,
         val_rows: np.ndarray, val_labels: np.ndarray, cfg, seed: int, device: torch.device,
         eval_batch_size: int = 128, on_epoch: Callable[[EpochResult, bool], None] | None = None,
-        progress: Callable[[int], None] | None = None) -> EpochResult:
-    """Train for cfg.epochs; call on_epoch(result, is_best) after each; return the best epoch.
+        progress: Callable[[int], None] | None = None,
+        should_stop: Callable[[EpochResult], bool] | None = None) -> EpochResult:
+    """Train for cfg.epochs (or until should_stop says so after an epoch); call
+    on_epoch(result, is_best) after each; return the best epoch. result.model holds the
+    validated weights (the EMA copy when cfg.ema_decay > 0): save that one.
 
     Best = highest validation accuracy, ties broken by lower validation loss (never test)."""
     import time
 
     model.to(device).to(memory_format=CHANNELS_LAST)
     g = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.optimizer_impl)
     steps = sum(1 for _ in batches(len(train_rows), cfg.batch_size, min_size=2))
     step_sched, epoch_sched = make_scheduler(opt, cfg, steps)
+    mix = Mix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    full = int(images.shape[-1])
     best: EpochResult | None = None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
+        size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start,
+                             cfg.res_ramp_end)
         stats = train_one_epoch(model, images, train_rows, train_labels, opt, step_sched,
                                 cfg.augment, cfg.batch_size, cfg.grad_clip, cfg.label_smoothing,
-                                g, device, progress=progress)
+                                g, device, out_size=None if size == full else size,
+                                progress=progress, mix=mix, ema=ema)
         if epoch_sched:
             epoch_sched()
-        vloss, vacc = evaluate_rows(model, images, val_rows, val_labels, eval_batch_size, device)
-        res = EpochResult(epoch, lr, stats, vloss, vacc, time.perf_counter() - t0)
+        judged = ema.model if ema is not None else model
+        vloss, vacc = evaluate_rows(judged, images, val_rows, val_labels, eval_batch_size, device,
+                                    tta_flip=cfg.val_tta_flip)
+        res = EpochResult(epoch, lr, stats, vloss, vacc, time.perf_counter() - t0, size, judged)
         is_best = best is None or (vacc, -vloss) > (best.val_acc, -best.val_loss)
         if is_best:
             best = res
         if on_epoch:
             on_epoch(res, is_best)
+        if should_stop and should_stop(res):
+            break
     assert best is not None
     return best

@@ -157,12 +157,10 @@ def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],
     dropped. A decision for a path that is not in the manifest stops with its row number."""
     df = manifest.copy()
     pos = {p: i for i, p in enumerate(df["path"])}
-    for n, d in enumerate(decisions, start=1):
+    for d in decisions:
         if d.path not in pos:
-            where = f"row {d.row}" if d.row else f"decision {n}"
-            raise UserError(f"{name}: {where} (path {d.path}) names a file that is not "
-                            "in the prepared dataset (missing, or excluded by prepare: see "
-                            "data/prepared/report.json)")
+            raise UserError(f"{name}: row {d.row}: {d.path} is not in the prepared dataset "
+                            "(missing, or excluded by prepare: see data/prepared/report.json)")
         i = pos[d.path]
         df.iat[i, df.columns.get_loc("label")] = d.label
         df.iat[i, df.columns.get_loc("label_source")] = d.source

@@ -29,6 +29,8 @@ def pick_device(choice: str = "auto") -> torch.device:
 
 def setup(seed: int, threads: int = 0) -> None:
     """Seed everything and use the free cores (threads=0: all available)."""
+    # cuBLAS is deterministic only with a fixed workspace; it must be set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(threads or available_cores())
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -11,7 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from chimuffin.data.images import ImageDecodeError, decode_image
-from chimuffin.data.manifest import COLUMNS, stratified_val
+from chimuffin.data.manifest import COLUMNS, CacheWriter, stratified_val
 from chimuffin.data.scan import Candidate, Excluded, scan_dataset
 from chimuffin.errors import UserError
 from chimuffin.labels import check_relative_path, read_csv_rows
@@ -47,47 +47,29 @@ def parse_validation_labels(text: str, classes: list[str], name: str) -> dict[st
 
 def decode_into_cache(root: Path, candidates: list[Candidate], size: int, cache_path: Path,
                       ) -> tuple[list[dict], list[Excluded], Counter]:
-    """Decode every candidate into a memory-mapped (N,3,S,S) uint8 .npy file.
+    """Decode every candidate into the (N,3,S,S) uint8 .npy cache, excluded images left out.
 
-    Streams one image at a time, so peak memory does not grow with the dataset."""
+    Streams one image at a time with plain file writes, so peak memory does not grow with the
+    dataset (only the small per-image rows do)."""
     rows: list[dict] = []
     excluded: list[Excluded] = []
     stats: Counter = Counter()
-    cache = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.uint8,
-                                      shape=(max(len(candidates), 1), 3, size, size))
-    for c in tqdm(candidates, desc="prepare", unit="img", mininterval=2, disable=None):
-        try:
-            d = decode_image(root / c.path, size)
-        except ImageDecodeError as e:
-            excluded.append(Excluded(c.path, str(e)))
-            continue
-        stats["resized"] += d.resized
-        if d.converted_from != "RGB":
-            stats[f"converted_from_{d.converted_from}"] += 1
-        chw = d.pixels.transpose(2, 0, 1)
-        cache[len(rows)] = chw
-        rows.append({"path": c.path, "split": c.split, "label": c.folder_label,
-                     "label_source": "folder", "idx": len(rows),
-                     "content_hash": hashlib.sha1(np.ascontiguousarray(chw)).hexdigest(),
-                     "width": d.orig_size[0], "height": d.orig_size[1]})
-    cache.flush()
-    del cache
+    with CacheWriter(cache_path, len(candidates), (3, size, size)) as cache:
+        for c in tqdm(candidates, desc="prepare", unit="img", mininterval=2, disable=None):
+            try:
+                d = decode_image(root / c.path, size)
+            except ImageDecodeError as e:
+                excluded.append(Excluded(c.path, str(e)))
+                continue
+            stats["resized"] += d.resized
+            if d.converted_from != "RGB":
+                stats[f"converted_from_{d.converted_from}"] += 1
+            chw = np.ascontiguousarray(d.pixels.transpose(2, 0, 1))
+            rows.append({"path": c.path, "split": c.split, "label": c.folder_label,
+                         "label_source": "folder", "idx": cache.append(chw),
+                         "content_hash": hashlib.sha1(chw).hexdigest(),
+                         "width": d.orig_size[0], "height": d.orig_size[1]})
     return rows, excluded, stats
-
-
-def shrink_cache(cache_path: Path, n: int) -> None:
-    """Drop the unused tail rows left by excluded images (rewrites the file only if needed)."""
-    arr = np.load(cache_path, mmap_mode="r")
-    if arr.shape[0] == n:
-        return
-    tmp = cache_path.with_suffix(".shrink.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *arr.shape[1:]))
-    for start in range(0, n, 1024):
-        stop = min(start + 1024, n)
-        out[start:stop] = arr[start:stop]
-    out.flush()
-    del out, arr
-    tmp.replace(cache_path)
 
 
 def assign_splits(df: pd.DataFrame, classes: list[str], val_fraction: float, seed: int,
@@ -133,7 +115,6 @@ def prepare_dataset(root: Path, classes: list[str], size: int, val_fraction: flo
     cache_path = out_dir / "images.npy"
     rows, bad, stats = decode_into_cache(root, candidates, size, cache_path)
     excluded += bad
-    shrink_cache(cache_path, len(rows))
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         raise UserError(f"{root}: no usable images (excluded {len(excluded)} files)")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chimuffin import atomic, runtime
+from chimuffin import atomic, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.engine import fit
@@ -30,6 +30,11 @@ def main(args, params) -> None:
                         f"set ({len(train_rows)} labeled images)")
     runtime.setup(params.base.seed, t.threads)
     device = runtime.pick_device(t.device)
+    run3lc = None  # 3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio)
+    if params.tlc.enabled:
+        run3lc = tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
+    else:
+        tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
     images = open_cache(Path(args.prepared) / "images.npy")
     model = build_model(len(classes), t.head, t.dropout)
 
@@ -47,9 +52,11 @@ def main(args, params) -> None:
             for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
                                 ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
                 live.log_metric(name, value)
-            if is_best:
+            if is_best:  # r.model: the validated weights (the EMA copy when it is on)
                 best_state.update({k: v.detach().to("cpu", copy=True)
-                                   for k, v in model.state_dict().items()})
+                                   for k, v in r.model.state_dict().items()})
+            if run3lc:
+                run3lc.epoch_end(r, r.model, images, device)
             bar.set_postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
             live.next_step()
 
@@ -62,6 +69,10 @@ def main(args, params) -> None:
         save_checkpoint(args.model, model, checkpoint_meta(params, best.epoch, best.val_acc))
     print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device}; best epoch "
           f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}")
+    if run3lc:
+        summary = run3lc.finish(model, best.epoch, images, device)  # model holds the best weights
+        print(f"train: 3LC run {summary['run']}: {summary['metrics_tables']} metrics tables, "
+              f"3-D PaCMAP embeddings")
 
 
 if __name__ == "__main__":
@@ -70,4 +81,7 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--live", required=True, help="DVCLive folder")
+    p.add_argument("--run", required=True, help="3LC run folder (a placeholder when 3LC is off)")
+    p.add_argument("--tables", required=True, help="3LC tables folder (stage `tables`)")
+    p.add_argument("--tlc-config", default=tlcio.CONFIG)
     common.run(main, p.parse_args())

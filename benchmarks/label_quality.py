@@ -1,0 +1,211 @@
+"""How good are the suggest stage's auto-labels and label-issue scores on the real data?
+
+Runs the real pipeline (`dvc repro`) in a temporary git + DVC repo that reads the real dataset
+(never copied), with an affordable training recipe, and measures against reviewed_labels.csv
+(1,000 pool images a careful person labeled). Those images are NEVER trained on here: they are
+never accepted, flipped or used as validation.
+
+1. Label-issue detection: flip --flips labeled seed images on purpose (a `rule` decision),
+   reproduce, and count how many flipped images rank in the top of the label-issue ranking
+   (against what a random ranking would give).
+2. The loop: --rounds rounds of reproduce -> measure -> accept (--min-score, --per-class-cap)
+   -> commit. Per round: precision and coverage of the suggestions on the reviewed images at
+   several score thresholds, and the model's own accuracy on them.
+
+    python benchmarks/label_quality.py [--data DIR] [--rounds 2] [--epochs 15] ...
+
+Prints wall times; a round costs minutes on 2 CPU cores (training dominates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from chimuffin.labels import Decision, read_decisions, write_decisions  # noqa: E402
+from chimuffin.loop import commit_round, read_oracle  # noqa: E402
+from chimuffin.suggest import accept  # noqa: E402
+
+CLASSES = ["chihuahua", "muffin"]
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
+              "data/labels/validation.csv", ".gitignore", ".dvcignore"]
+
+
+def sh(cmd: list[str], cwd: Path, quiet: bool = True) -> float:
+    """Run a command; return its wall time. Fails loudly with its output."""
+    # the stages import the temporary repo's copy of the code (what dvc.lock hashes)
+    src = cwd / "src" if (cwd / "src").is_dir() else REPO / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "DVC_NO_ANALYTICS": "1"}
+    t = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=quiet, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return time.perf_counter() - t
+
+
+def make_repo(dest: Path, data: Path, args) -> None:
+    for f in REPO_FILES:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / f, dest / f)
+    shutil.copytree(REPO / "src", dest / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["data_dir"] = str(data)
+    params["base"]["image_size"] = args.image_size
+    params["train"].update(epochs=args.epochs, batch_size=args.batch_size)
+    params["tlc"]["enabled"] = False  # 3LC tables and runs are not what this measures
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
+                ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
+                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "benchmark start"]):
+        sh(cmd, dest)
+
+
+def repro(repo: Path) -> float:
+    t = sh(["dvc", "repro"], repo)
+    print(f"  dvc repro: {t:.0f} s", flush=True)
+    return t
+
+
+def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
+    sh(["dvc", "repro", "prepare"], repo)
+    manifest = pd.read_parquet(repo / "data/prepared/manifest.parquet")
+    seeds = manifest[manifest["label"].isin(CLASSES) & manifest["split"].isin(["train", "val"])]
+    rng = np.random.default_rng(seed)
+    chosen = seeds.iloc[np.sort(rng.choice(len(seeds), n_flips, replace=False))]
+    flips = [Decision(r.path, CLASSES[1 - CLASSES.index(r.label)], "rule",
+                      "flipped on purpose by benchmarks/label_quality.py")
+             for r in chosen.itertuples()]
+    write_decisions(repo / "data/labels/decisions.csv", flips)
+    t = repro(repo)
+    issues = pd.read_parquet(repo / "data/suggest/label_issues.parquet")  # sorted, worst first
+    flipped = set(chosen["path"])
+    hit = issues["path"].isin(flipped).to_numpy()
+    n = len(issues)
+    out = {"labeled": n, "flipped": n_flips, "repro_s": round(t),
+           "flipped_in_train": int((chosen["split"] == "train").sum()),
+           "flipped_in_val": int((chosen["split"] == "val").sum())}
+    for k in sorted({n_flips, 2 * n_flips, 50}):
+        out[f"top{k}"] = {"found": int(hit[:k].sum()), "random_expected":
+                          round(n_flips * min(k, n) / n, 1)}
+    # average precision of the ranking for the flipped images
+    ranks = np.nonzero(hit)[0] + 1
+    out["average_precision"] = round(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)), 3)
+    by_split = issues.assign(hit=hit).head(n_flips).groupby("split")["hit"].sum()
+    out["top_flips_found_by_split"] = {k: int(v) for k, v in by_split.items()}
+    over = issues["issue_score"] >= 0.6
+    out["flagged_at_0.6"] = {"flagged": int(over.sum()), "of_them_flipped": int(hit[over].sum())}
+    write_decisions(repo / "data/labels/decisions.csv", [])
+    return out
+
+
+def measure(repo: Path, truth: dict[str, str]) -> dict:
+    s = pd.read_parquet(repo / "data/suggest/suggestions.parquet")
+    pred = pd.read_parquet(repo / "metrics/eval/predictions.parquet").set_index("path")
+    metrics = json.loads((repo / "metrics/eval/metrics.json").read_text())
+    t = s[s["path"].isin(truth)].copy()
+    t["truth"] = t["path"].map(truth)
+    out = {"reviewed_in_pool": len(t), "val_accuracy": metrics.get("val", {}).get("accuracy"),
+           "model_accuracy_on_reviewed": round(float(
+               (pred.loc[t["path"], "prediction"].to_numpy() == t["truth"].to_numpy()).mean()),
+               4),
+           "suggestion_accuracy_on_reviewed": round(float((t["label"] == t["truth"]).mean()), 4),
+           "thresholds": {}}
+    for thr in THRESHOLDS:
+        for agree in (False, True):
+            sel = t[(t["score"] >= thr) & (t["agree"] | (not agree))]
+            key = f">={thr}" + (" +agree" if agree else "")
+            out["thresholds"][key] = {
+                "precision": round(float((sel["label"] == sel["truth"]).mean()), 4)
+                if len(sel) else None,
+                "coverage": round(len(sel) / max(len(t), 1), 4),
+                "pool_accepted": int(((s["score"] >= thr) & (s["agree"] | (not agree))).sum())}
+    return out
+
+
+def print_round(r: int, m: dict) -> None:
+    print(f"round {r}: val acc {m['val_accuracy']}, model acc on {m['reviewed_in_pool']} "
+          f"reviewed pool images {m['model_accuracy_on_reviewed']}, suggestion acc "
+          f"{m['suggestion_accuracy_on_reviewed']}")
+    print(f"  {'min score':<16}{'precision':>10}{'coverage':>10}{'pool n':>8}")
+    for key, v in m["thresholds"].items():
+        prec = "-" if v["precision"] is None else f"{v['precision']:.4f}"
+        print(f"  {key:<16}{prec:>10}{v['coverage']:>10.4f}{v['pool_accepted']:>8}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default = os.environ.get("CHIMUFFIN_REAL_DATA", REPO.parent / "shared/data/chihuahua-muffin")
+    ap.add_argument("--data", type=Path, default=Path(default))
+    ap.add_argument("--truth", type=Path, default=None,
+                    help="relative_path,label CSV (default: DATA/reviewed_labels.csv)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--min-score", type=float, default=0.9)
+    ap.add_argument("--per-class-cap", type=int, default=200)
+    ap.add_argument("--flips", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None, help="kept when given")
+    args = ap.parse_args()
+    data = args.data.resolve()
+    truth_csv = args.truth or data / "reviewed_labels.csv"
+    if not (data / "train128").is_dir() or not truth_csv.is_file():
+        sys.exit(f"{data}: real data not found (train128/ and {truth_csv.name})")
+    truth = read_oracle(truth_csv, CLASSES)
+    start = time.perf_counter()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="chimuffin-label-quality-"))
+    repo = work / "repo"
+    make_repo(repo, data, args)
+    print(f"label_quality: {data}, repo {repo}; recipe: {args.epochs} epochs, batch "
+          f"{args.batch_size}, {args.image_size}px; {len(truth)} reviewed pool images held out",
+          flush=True)
+
+    print(f"label-issue detection: {args.flips} flipped seed labels", flush=True)
+    flips = flip_experiment(repo, args.flips, args.seed)
+    print(json.dumps(flips, indent=1))
+
+    rounds = []
+    for r in range(1, args.rounds + 1):
+        print(f"round {r}/{args.rounds}", flush=True)
+        t = repro(repo)
+        m = measure(repo, truth)
+        m["repro_s"] = round(t)
+        print_round(r, m)
+        decisions = read_decisions(repo / "data/labels/decisions.csv", CLASSES)
+        s = pd.read_parquet(repo / "data/suggest/suggestions.parquet")
+        s = s[~s["path"].isin(truth)]  # the reviewed images stay out of training
+        decisions, accepted = accept(decisions, s, args.min_score, False, args.per_class_cap)
+        m["accepted"] = accepted["label"].value_counts().to_dict()
+        commit_round(repo, repo / "data/labels/decisions.csv", decisions,
+                     f"benchmark round {r}", lambda _: None)
+        print(f"  accepted {len(accepted)} auto labels {m['accepted']} (score >= "
+              f"{args.min_score}, cap {args.per_class_cap}/class, reviewed images excluded)",
+              flush=True)
+        rounds.append(m)
+    wall = time.perf_counter() - start
+    print(f"label_quality: total wall time {wall / 60:.1f} min on {os.cpu_count()} CPUs")
+    print(json.dumps({"flips": flips, "rounds": rounds, "wall_s": round(wall)}, indent=None))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Time to accuracy: train recipes one after the other on the real data; print a table.
+
+Protocol (issue 5): train on the 200 labeled seed images plus part of reviewed_labels.csv (as
+`oracle` decisions, what an accepted label would be), validate on the DISJOINT rest of
+reviewed_labels.csv (listed as validation images, like data/labels/validation.csv, with
+prepare.val_fraction 0 so validation = reviewed pool images only). Nothing called test is used.
+
+The data goes through the prepare and clean code (scan, decode into the uint8 cache, split with
+the validation list, apply the decisions, drop identical copies, keeping the validation copy);
+only images the protocol uses are decoded. Each recipe (a complete `train` group:
+recipes/<name>.yaml) is validated strictly like params.yaml and trained by engine.fit, on the
+cores runtime.available_cores() finds. Wall time counts training plus the per-epoch validation.
+
+    python benchmarks/time_to_accuracy.py                            # reference, then fast
+    python benchmarks/time_to_accuracy.py --recipes fast --budget-minutes 45
+    python benchmarks/time_to_accuracy.py --set fast:epochs=80 --set fast:lr=0.001
+    python benchmarks/time_to_accuracy.py --epochs 1 --max-train 64 --max-val 64   # smoke
+
+--budget-minutes is a hard cap: a recipe stops after the epoch during which its budget ran out
+(its schedule then did not finish: the table says so). Set a recipe's epochs to fit the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from chimuffin import runtime
+from chimuffin.config import parse_params
+from chimuffin.data.manifest import COLUMNS
+from chimuffin.data.prepare import assign_splits, check_usable, decode_into_cache
+from chimuffin.data.scan import scan_dataset
+from chimuffin.data.views import labeled, rows_and_labels
+from chimuffin.engine import fit
+from chimuffin.errors import UserError
+from chimuffin.labels import Decision, apply_decisions, dedupe_identical
+from chimuffin.metrics import wilson_interval
+from chimuffin.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
+                                REPO.parent / "shared" / "data" / "chihuahua-muffin"))
+
+
+# --- the protocol's data ----------------------------------------------------------------------
+
+def split_reviewed(reviewed: Path, n_train: int, max_val: int | None, seed: int
+                   ) -> tuple[list[Decision], dict[str, str]]:
+    """Seeded shuffle of reviewed_labels.csv: the first n_train rows become oracle decisions
+    (training), the rest (at most max_val) the validation list. Disjoint by construction."""
+    with open(reviewed, newline="", encoding="utf-8") as f:
+        rows = sorted((r["relative_path"], r["label"]) for r in csv.DictReader(f))
+    if n_train >= len(rows):
+        raise UserError(f"--train-reviewed {n_train} leaves no validation rows "
+                        f"({reviewed} has {len(rows)})")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    train = [rows[i] for i in order[:n_train]]
+    val = [rows[i] for i in order[n_train:]][:max_val]
+    decisions = [Decision(p, lbl, "oracle", "reviewed_labels.csv") for p, lbl in sorted(train)]
+    return decisions, dict(sorted(val))
+
+
+def prepare_protocol(root: Path, classes: list[str], size: int, seed: int,
+                     decisions: list[Decision], validation: dict[str, str], dedupe: bool,
+                     workdir: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The prepare + clean stages restricted to the images the protocol uses (seeds, oracle
+    rows, validation rows): manifest after decisions, and the uint8 cache."""
+    wanted = {d.path for d in decisions} | set(validation)
+    candidates, _ = scan_dataset(root, classes)
+    use = [c for c in candidates if c.split == "train" and
+           (c.folder_label in classes or c.path in wanted)]
+    cache_path = workdir / "images.npy"
+    rows, bad, _ = decode_into_cache(root, use, size, cache_path)
+    if bad:
+        raise UserError(f"{len(bad)} protocol images could not be decoded, e.g. {bad[0]}")
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = assign_splits(df, classes, 0.0, seed, validation, "reviewed_labels.csv (validation)")
+    check_usable(df, classes, root)
+    df = apply_decisions(df, decisions, name="reviewed_labels.csv (oracle decisions)")
+    if dedupe:
+        df, _, _ = dedupe_identical(df)
+    return df, np.load(cache_path, mmap_mode="r")
+
+
+# --- recipes ----------------------------------------------------------------------------------
+
+def recipe_path(name: str) -> Path:
+    return Path(name) if name.endswith((".yaml", ".yml")) else REPO / "recipes" / f"{name}.yaml"
+
+
+def parse_override(item: str, recipes: list[str]) -> tuple[str, str, object]:
+    """'RECIPE:KEY=VALUE' -> (recipe or 'all', dotted train key, YAML-parsed value)."""
+    who, _, assignment = item.partition(":")
+    key, eq, value = assignment.partition("=")
+    if not (key and eq) or who not in (*recipes, "all"):
+        raise UserError(f"--set {item!r}: expected RECIPE:KEY=VALUE with RECIPE one of "
+                        f"{', '.join(recipes)} or all")
+    return who, key, yaml.safe_load(value)
+
+
+def recipe_params(base: dict, name: str, epochs: int | None,
+                  overrides: list[tuple[str, str, object]]):
+    """params.yaml with the recipe's train group (plus --epochs/--set), validated strictly."""
+    raw, path = copy.deepcopy(base), recipe_path(name)
+    group = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
+        raise UserError(f"recipe {name}: {path} is missing or has no `train:` group")
+    raw["train"] = group["train"]
+    if epochs:
+        raw["train"]["epochs"] = epochs
+    for who, key, value in overrides:
+        if who in (name, "all"):
+            *parents, leaf = key.split(".")
+            node = raw["train"]
+            for k in parents:
+                node = node.setdefault(k, {})
+            node[leaf] = value
+    return parse_params(raw)
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+def train_recipe(name: str, params, df, images, max_train: int | None, budget_s: float | None):
+    t, classes, seed = params.train, params.base.classes, params.base.seed
+    train_rows, train_y = rows_and_labels(labeled(df, "train"), classes)
+    val_rows, val_y = rows_and_labels(labeled(df, "val"), classes)
+    if max_train and max_train < len(train_rows):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train_rows))[:max_train])
+        train_rows, train_y = train_rows[keep], train_y[keep]
+    runtime.setup(seed, t.threads)
+    device = runtime.pick_device(t.device)
+    model = build_model(len(classes), t.head, t.dropout)
+    start, history = time.perf_counter(), []
+
+    def on_epoch(r, is_best):
+        history.append(r)
+        print(f"  {name} epoch {r.epoch}/{t.epochs}: {r.image_size}px lr {r.lr:.2e} "
+              f"loss {r.train.loss:.3f} val acc {r.val_acc:.4f} ({r.seconds:.0f}s)"
+              f"{' *' if is_best else ''}", flush=True)
+
+    def out_of_budget(_r) -> bool:
+        return budget_s is not None and time.perf_counter() - start >= budget_s
+
+    best = fit(model, images, train_rows, train_y, val_rows, val_y, t, seed, device,
+               params.evaluate.batch_size, on_epoch, should_stop=out_of_budget)
+    wall = time.perf_counter() - start
+    last, n = history[-1], len(val_rows)
+    return {"recipe": name, "epochs": last.epoch, "planned_epochs": t.epochs,
+            "wall_s": wall, "train_images": int(len(train_rows)), "val_images": int(n),
+            "val_tta_flip": t.val_tta_flip, "device": str(device),
+            "final_acc": last.val_acc, "final_k": round(last.val_acc * n),
+            "best_epoch": best.epoch, "best_acc": best.val_acc, "best_k": round(best.val_acc * n)}
+
+
+def table(results: list[dict]) -> str:
+    lines = [f"{'recipe':<12} {'epochs':>8} {'wall':>9} {'train':>6} {'val':>5}  "
+             f"{'final val acc [95% CI]':<26} {'best-epoch val acc':<19}"]
+    for r in results:
+        epochs = f"{r['epochs']}" + ("" if r["epochs"] == r["planned_epochs"]
+                                     else f"/{r['planned_epochs']}")
+        lo, hi = wilson_interval(r["final_k"], r["val_images"])
+        tta = " tta" if r["val_tta_flip"] else ""
+        lines.append(f"{r['recipe']:<12} {epochs:>8} {r['wall_s'] / 60:8.1f}m "
+                     f"{r['train_images']:>6} {r['val_images']:>5}  "
+                     f"{r['final_acc']:.4f} [{lo:.4f}, {hi:.4f}]{tta:<5} "
+                     f"{r['best_acc']:.4f} (ep {r['best_epoch']})")
+    lines.append("final = the last epoch's (EMA) weights, the honest number; best-epoch = chosen "
+                 "on this same validation set (optimistic). tta = flip-averaged predictions.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipes", nargs="+", default=["reference", "fast"],
+                    help="recipe names (recipes/NAME.yaml) or yaml paths, run in this order")
+    ap.add_argument("--data", type=Path, default=REAL_DATA, help=f"default {REAL_DATA}")
+    ap.add_argument("--train-reviewed", type=int, default=500,
+                    help="reviewed_labels.csv rows added to training (default 500; the rest "
+                         "validate)")
+    ap.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="per-recipe wall-clock cap (stops after the epoch that crosses it)")
+    ap.add_argument("--set", action="append", default=[], metavar="RECIPE:KEY=VALUE",
+                    help="override a train key of one recipe (or all:KEY=VALUE), e.g. "
+                         "fast:augment.resize=144; repeatable")
+    ap.add_argument("--max-train", type=int, default=None, help="subsample training (smoke)")
+    ap.add_argument("--max-val", type=int, default=None, help="cap validation rows (smoke)")
+    ap.add_argument("--image-size", type=int, default=None, help="default base.image_size")
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: temp)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    reviewed = args.data / "reviewed_labels.csv"
+    if not reviewed.is_file():
+        raise UserError(f"{reviewed} not found (the real data; set --data or "
+                        "CHIMUFFIN_REAL_DATA)")
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["prepare"].update({"data_dir": str(args.data), "val_fraction": 0.0})
+    if args.image_size:
+        base["base"]["image_size"] = args.image_size
+    overrides = [parse_override(item, args.recipes) for item in args.set]
+    params = {name: recipe_params(base, name, args.epochs, overrides) for name in args.recipes}
+    first = next(iter(params.values()))
+    decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
+                                           first.base.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        df, images = prepare_protocol(args.data, first.base.classes, first.base.image_size,
+                                      first.base.seed, decisions, validation,
+                                      first.clean.dedupe, work)
+        print(f"data: {len(labeled(df, 'train'))} training images (seeds + {len(decisions)} "
+              f"oracle{f'; --max-train {args.max_train}' if args.max_train else ''}), "
+              f"{len(labeled(df, 'val'))} validation (reviewed, disjoint); "
+              f"{first.base.image_size}px; prepared in {time.perf_counter() - t0:.0f}s; "
+              f"{runtime.available_cores()} cores", flush=True)
+        budget = args.budget_minutes * 60 if args.budget_minutes else None
+        results = [train_recipe(n, p, df, images, args.max_train, budget)
+                   for n, p in params.items()]
+        del images
+    print()
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:  # bad options, or a recipe / --set value params.yaml would refuse
+        print(f"time_to_accuracy: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,172 @@
+"""The training recipe's moving parts as small pure functions: learning-rate schedule,
+resolution schedule, mixup/cutmix, and an exponential moving average (EMA) of the weights.
+
+engine.fit wires them together; every one is off (or equal to the reference recipe) at its
+reference setting, so params.yaml can reproduce the reference exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+# --- learning rate ----------------------------------------------------------------------------
+
+def restart_ends(t0: int, t_mult: int, limit: int) -> list[int]:
+    """Epoch counts <= limit at which cosine warm restarts (T_0=t0, T_mult=t_mult) reach their
+    minimum. Training for one of these ends at a low learning rate; any other count stops in
+    the middle of a cycle (the reference: t0=10, t_mult=2, 100 epochs ends at 71% of the peak)."""
+    ends, end, cycle = [], 0, t0
+    while end + cycle <= limit:
+        end += cycle
+        ends.append(end)
+        cycle *= t_mult
+    return ends
+
+
+def _restart_phase(epoch: int, t0: int, t_mult: int) -> float:
+    """Position (0..1) inside the current cosine cycle after `epoch` whole epochs."""
+    t_cur, t_i = epoch, t0
+    while t_cur >= t_i:
+        t_cur -= t_i
+        t_i *= t_mult
+    return t_cur / t_i
+
+
+def lr_factor(step: int, steps_per_epoch: int, schedule: str, epochs: int,
+              warmup_epochs: float = 0.0, t0: int = 10, t_mult: int = 2) -> float:
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based).
+
+    - a linear warm-up over the first `warmup_epochs` (in steps: 1/W, 2/W, ... 1), then
+    - `cosine`: one half-cosine from the peak down to ~0 at the last step;
+    - `cosine_restarts`: torch's CosineAnnealingWarmRestarts stepped once per epoch (the
+      reference recipe), counted from the end of the warm-up;
+    - `constant`: the peak.
+    """
+    spe = max(1, steps_per_epoch)
+    warm = round(warmup_epochs * spe)
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "cosine":
+        total = max(1, epochs * spe - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total) / total))
+    if schedule == "cosine_restarts":
+        return 0.5 * (1.0 + math.cos(math.pi * _restart_phase((step - warm) // spe, t0, t_mult)))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"no per-step factor for schedule {schedule!r}")
+
+
+# --- resolution -------------------------------------------------------------------------------
+
+def resolution_at(epoch: int, epochs: int, full: int, res_min: int, ramp_start: float,
+                  ramp_end: float, multiple: int = 16) -> int:
+    """Training image size for 0-based `epoch`: res_min until ramp_start (a fraction of the
+    epochs), a linear ramp to `full` at ramp_end, then full. Sizes are rounded to `multiple`
+    (kernels like round shapes); the last epoch always trains at full size, so BatchNorm
+    statistics match the validation size. res_min 0 = off."""
+    if res_min <= 0 or res_min >= full or epoch >= epochs - 1:
+        return full
+    f = epoch / epochs
+    if f >= ramp_end:
+        return full
+    if f < ramp_start:
+        size = float(res_min)
+    else:
+        size = res_min + (full - res_min) * (f - ramp_start) / (ramp_end - ramp_start)
+    size = multiple * round(size / multiple)
+    return int(min(full, max(res_min, size)))
+
+
+# --- mixup / cutmix ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mix:
+    mixup_alpha: float
+    cutmix_alpha: float
+    prob: float
+
+    @property
+    def on(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+def _numpy_rng(g: torch.Generator) -> np.random.Generator:
+    # torch has no seeded Beta sampler; derive a numpy one from the training generator.
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
+
+
+def cutmix_box(size: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a box covering about 1-lam of a size x size image, centred
+    uniformly and clipped at the borders (Yun et al. 2019)."""
+    cut = math.sqrt(1.0 - lam)
+    h = w = int(size * cut)
+    cy, cx = int(rng.integers(size)), int(rng.integers(size))
+    top, bottom = max(cy - h // 2, 0), min(cy + h // 2, size)
+    left, right = max(cx - w // 2, 0), min(cx + w // 2, size)
+    return top, bottom, left, right
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, n_classes: int, mix: Mix, g: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix one batch with a shuffled copy of itself; returns (images, soft targets)
+    whose rows sum to 1. With probability 1-prob the batch is left alone (one-hot targets);
+    when both alphas are set, each mixed batch uses one of the two at random."""
+    rng = _numpy_rng(g)
+    targets = nn.functional.one_hot(y, n_classes).to(x.dtype)
+    if rng.random() >= mix.prob:
+        return x, targets
+    use_cutmix = mix.cutmix_alpha > 0 and (mix.mixup_alpha <= 0 or rng.random() < 0.5)
+    alpha = mix.cutmix_alpha if use_cutmix else mix.mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=g).to(x.device)
+    if use_cutmix:
+        size = x.shape[-1]
+        top, bottom, left, right = cutmix_box(size, lam, rng)
+        x = x.clone()
+        x[:, :, top:bottom, left:right] = x[perm][:, :, top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (size * size)  # the area actually pasted
+    else:
+        x = lam * x + (1.0 - lam) * x[perm]
+    return x, lam * targets + (1.0 - lam) * targets[perm]
+
+
+# --- weight averaging -------------------------------------------------------------------------
+
+def ema_decay_at(updates: int, decay: float) -> float:
+    """Decay for the `updates`-th update: warms up as (1+n)/(10+n) so the average is not
+    dominated by the random initial weights when a run has few steps (a common EMA warm-up)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+@torch.no_grad()
+def ema_update_(averages: list[torch.Tensor], values: list[torch.Tensor], decay: float) -> None:
+    """In place: avg = decay * avg + (1 - decay) * value for float tensors; integer tensors
+    (BatchNorm's num_batches_tracked) are copied."""
+    for a, v in zip(averages, values, strict=True):
+        if a.dtype.is_floating_point:
+            a.lerp_(v, 1.0 - decay)
+        else:
+            a.copy_(v)
+
+
+class WeightEMA:
+    """A copy of the model holding the moving average of its parameters AND its BatchNorm
+    running statistics (averaging only the parameters would pair them with the live model's
+    statistics, which belong to different weights)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        ema_update_(list(self.model.state_dict().values()), list(model.state_dict().values()),
+                    ema_decay_at(self.updates, self.decay))

@@ -1,0 +1,1 @@
+"""The offline review page: `chimuffin review` (server.py) and its static files (static/)."""

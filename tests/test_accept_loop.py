@@ -1,0 +1,231 @@
+"""`chimuffin labels accept`, the loop's pieces (oracle, commit step, signals), and `loop` end to
+end in a temporary git + DVC repo."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from chimuffin import atomic
+from chimuffin.cli import main
+from chimuffin.errors import UserError
+from chimuffin.labels import Decision, format_decisions, read_decisions
+from chimuffin.loop import (
+    commit_round,
+    deferred_signals,
+    oracle_answers,
+    parse_oracle,
+    sigterm_as_interrupt,
+)
+from tests.conftest import REPO, run
+
+CLASSES = ["chihuahua", "muffin"]
+
+
+def write_suggestions(path, rows):
+    atomic.write_parquet(path, pd.DataFrame(
+        [{"path": p, "label": lbl, "score": s, "agree": a, "model_label": lbl, "model_conf": s,
+          "knn_label": lbl if a else "other", "knn_conf": s} for p, lbl, s, a in rows]))
+
+
+@pytest.fixture
+def accept_dir(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_suggestions(tmp_path / "s.parquet", [
+        ("p/a.jpg", "chihuahua", 0.99, True), ("p/b.jpg", "chihuahua", 0.98, False),
+        ("p/c.jpg", "muffin", 0.97, True), ("p/d.jpg", "muffin", 0.96, True),
+        ("p/e.jpg", "muffin", 0.50, True), ("p/h.jpg", "chihuahua", 0.99, True)])
+    atomic.write_text(tmp_path / "decisions.csv", format_decisions(
+        [Decision("p/h.jpg", "muffin", "human", "checked by hand")]))
+    return tmp_path
+
+
+def accept_cli(d, *extra):
+    return main(["labels", "accept", "--suggestions", str(d / "s.parquet"), "--decisions",
+                 str(d / "decisions.csv"), "--params", str(d / "params.yaml"), *extra])
+
+
+def test_labels_accept_merges_auto_labels_and_reports_per_class(accept_dir, capsys):
+    before = (accept_dir / "decisions.csv").read_bytes()
+    assert accept_cli(accept_dir, "--min-score", "0.9", "--dry-run") == 0
+    assert "would add 4 auto labels (chihuahua 2, muffin 2)" in capsys.readouterr().out
+    assert (accept_dir / "decisions.csv").read_bytes() == before
+
+    assert accept_cli(accept_dir, "--min-score", "0.9", "--require-agreement",
+                      "--per-class-cap", "1") == 0
+    assert "added 2 auto labels (chihuahua 1, muffin 1) of 5" in capsys.readouterr().out
+    got = {d.path: d for d in read_decisions(accept_dir / "decisions.csv", CLASSES)}
+    assert {p: (d.label, d.source) for p, d in got.items()} == {
+        "p/a.jpg": ("chihuahua", "auto"), "p/c.jpg": ("muffin", "auto"),
+        "p/h.jpg": ("muffin", "human")}  # the person's decision stands
+
+    assert accept_cli(accept_dir, "--min-score", "0.9") == 0  # the rest; nothing twice
+    assert "added 2 auto labels (chihuahua 1, muffin 1)" in capsys.readouterr().out
+    assert len(read_decisions(accept_dir / "decisions.csv", CLASSES)) == 5
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--min-score", "1.5"], "--min-score must be between 0 and 1"),
+    (["--min-score", "0.9", "--per-class-cap", "-1"], "--per-class-cap must be >= 0"),
+])
+def test_labels_accept_rejects_bad_options(accept_dir, capsys, extra, message):
+    assert accept_cli(accept_dir, *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_labels_accept_names_missing_suggestions(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    assert main(["labels", "accept", "--min-score", "0.9", "--suggestions",
+                 str(tmp_path / "nope.parquet"), "--params", str(tmp_path / "params.yaml"),
+                 "--decisions", str(tmp_path / "d.csv")]) == 2
+    assert "nope.parquet: suggestions not found (run `dvc repro suggest`)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "d.csv").exists()
+
+
+def test_oracle_file_formats_and_errors():
+    assert parse_oracle("relative_path,label\na.jpg,muffin\n", CLASSES, "o.csv") == \
+        {"a.jpg": "muffin"}
+    assert parse_oracle("\ufeffpath,label\r\nb.jpg,chihuahua\r\n", CLASSES, "o.csv") == \
+        {"b.jpg": "chihuahua"}
+    with pytest.raises(UserError, match="o.csv: row 2: unknown label 'cat'"):
+        parse_oracle("relative_path,label\na.jpg,cat\n", CLASSES, "o.csv")
+    with pytest.raises(UserError, match="o.csv: row 1 .header."):
+        parse_oracle("file,label\n", CLASSES, "o.csv")
+    with pytest.raises(UserError, match="row 2: path '../a.jpg'"):
+        parse_oracle("relative_path,label\n../a.jpg,muffin\n", CLASSES, "o.csv")
+
+
+def test_oracle_answers_top_requests_it_knows_and_never_overrides_a_person():
+    queue = pd.DataFrame({"rank": [3, 1, 2, 4, 5], "path": ["c", "a", "b", "d", "e"],
+                          "kind": ["pool"] * 4 + ["label_issue"]})
+    oracle = {"a": "muffin", "c": "chihuahua", "d": "muffin", "e": "chihuahua"}
+    person = [Decision("c", "remove", "human"), Decision("e", "muffin", "oracle"),
+              Decision("d", "chihuahua", "auto")]
+    answers, passed = oracle_answers(queue, oracle, person, budget=2)
+    assert [(a.path, a.label, a.source) for a in answers] == [("a", "muffin", "oracle"),
+                                                              ("d", "muffin", "oracle")]
+    assert passed == 1  # b: not in the oracle file
+    answers, _ = oracle_answers(queue, oracle, [], budget=10)
+    assert [a.path for a in answers] == ["a", "c", "d", "e"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_commit_step_lands_after_it(tmp_path, signum):
+    marker = tmp_path / "done"
+    before = signal.getsignal(signum)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        with deferred_signals():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # the handler runs during this step, and only records
+            marker.write_text("the whole step ran")
+        pytest.fail("the held signal must raise when the step ends")
+    assert marker.read_text() == "the whole step ran"
+    assert signal.getsignal(signum) == before
+    with deferred_signals():  # nothing held: nothing raised
+        pass
+
+
+def git_repo(path):
+    path.mkdir()
+    for cmd in (["init", "-q"], ["config", "user.email", "t@example.com"],
+                ["config", "user.name", "t"]):
+        subprocess.run(["git", *cmd], cwd=path, check=True)
+    (path / "labels.csv").write_text("path,label,source,note\n")
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True)
+    return path
+
+
+def test_commit_round_commits_or_restores_the_label_file(tmp_path):
+    repo = git_repo(tmp_path / "r")
+    labels = repo / "labels.csv"
+    seen = []
+    commit_round(repo, labels, [Decision("a.jpg", "muffin", "auto")], "round 1\n\nbody",
+                 seen.append)
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True,
+                         text=True).stdout.split("\n")
+    assert log[0] == "round 1" and len(seen) == 1
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                          text=True).stdout == ""
+    # a failing commit (here: a hook) leaves the label file as committed
+    hook = repo / ".git/hooks/pre-commit"
+    hook.write_text("#!/bin/sh\nexit 1\n")
+    hook.chmod(0o755)
+    before = labels.read_bytes()
+    with pytest.raises(UserError, match="git commit"):
+        commit_round(repo, labels, [Decision("b.jpg", "muffin", "auto")], "round 2",
+                     seen.append)
+    assert labels.read_bytes() == before and len(seen) == 1
+
+
+@pytest.mark.slow
+def test_loop_two_rounds_one_commit_each_with_oracle(tiny_repo):
+    repo = tiny_repo
+    decisions = repo / "data/labels/decisions.csv"
+    p = run(["python", "-m", "chimuffin.cli", "loop", "--rounds", "2", "--min-score", "0.5",
+             "--per-class-cap", "1", "--oracle", "data/raw/sample/pool_labels.csv",
+             "--budget", "2"], repo, timeout=1200)
+    assert "loop: 2 round(s) committed" in p.stdout, p.stdout + p.stderr
+    log = run(["git", "log", "--format=%s"], repo).stdout.splitlines()
+    assert len(log) == 3 and log[2] == "init"
+    assert log[1].startswith("loop round 1/2: val acc ") and log[0].startswith("loop round 2/2")
+    assert "+2 oracle" in log[0] and "+2 oracle" in log[1]
+    rows = read_decisions(decisions, CLASSES)
+    by_source = pd.Series([d.source for d in rows]).value_counts().to_dict()
+    assert by_source["oracle"] == 4 and 1 <= by_source.get("auto", 0) <= 4
+    truth = dict(line.split(",") for line in
+                 (repo / "data/raw/sample/pool_labels.csv").read_text().split()[1:])
+    assert all(d.label == truth[d.path] for d in rows if d.source == "oracle")
+    # the second round's commit holds the label file and the dvc.lock of its own repro
+    changed = run(["git", "show", "--name-only", "--format=", "HEAD"], repo).stdout.split()
+    assert set(changed) == {"data/labels/decisions.csv", "dvc.lock"}
+    assert run(["git", "status", "--porcelain", "--", "data/labels"], repo).stdout == ""
+
+
+FAKE_DVC = """#!/bin/sh
+# stands in for `dvc repro`: round 1 returns at once, round 2 hangs until interrupted
+n=$(cat "$FAKE_DVC_STATE" 2>/dev/null || echo 0)
+echo $((n + 1)) > "$FAKE_DVC_STATE"
+if [ "$n" -ge 1 ]; then touch "$FAKE_DVC_STATE.hanging"; exec sleep 60; fi
+"""
+
+
+def test_loop_interrupted_in_round_two_keeps_round_one_and_nothing_else(tmp_path):
+    repo = git_repo(tmp_path / "r")
+    (repo / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_suggestions(repo / "data/suggest/suggestions.parquet",
+                      [("p/a.jpg", "chihuahua", 0.99, True), ("p/b.jpg", "muffin", 0.98, True)])
+    atomic.write_json(repo / "metrics/eval/metrics.json", {"val": {"accuracy": 0.75, "n": 8}})
+    atomic.write_json(repo / "data/clean/summary.json", {"by_split_label": {}})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dvc").write_text(FAKE_DVC)
+    (bin_dir / "dvc").chmod(0o755)
+    state = tmp_path / "dvc-state"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_DVC_STATE": str(state)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chimuffin.cli", "loop", "--rounds", "3", "--min-score", "0.9",
+         "--per-class-cap", "1", "--decisions", "labels.csv"],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not Path(f"{state}.hanging").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "loop: interrupted; 1 complete round(s) committed" in err
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert len(log) == 2 and log[0].startswith("loop round 1/3: val acc 0.7500 (n=8); +2 auto")
+    assert subprocess.run(["git", "status", "--porcelain", "labels.csv"], cwd=repo,
+                          capture_output=True, text=True).stdout == ""
+    assert [d.path for d in read_decisions(repo / "labels.csv", CLASSES)] == ["p/a.jpg",
+                                                                              "p/b.jpg"]

@@ -1,0 +1,79 @@
+"""The benchmark scripts: their protocol helpers, and tiny smoke runs (slow)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from chimuffin.errors import UserError
+from tests.conftest import REPO
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reviewed_rows_split_into_disjoint_oracle_and_validation(tmp_path):
+    tta = load("time_to_accuracy")
+    f = tmp_path / "reviewed_labels.csv"
+    rows = [(f"train128/undefined/u_{i:012x}.jpg", "chihuahua" if i % 3 else "muffin")
+            for i in range(30)]
+    f.write_text("relative_path,label\n" + "".join(f"{p},{lbl}\n" for p, lbl in rows))
+    decisions, validation = tta.split_reviewed(f, 12, None, seed=0)
+    assert len(decisions) == 12 and len(validation) == 18
+    assert {d.path for d in decisions}.isdisjoint(validation)
+    assert {d.path for d in decisions} | set(validation) == {p for p, _ in rows}
+    truth = dict(rows)
+    assert all(d.source == "oracle" and d.label == truth[d.path] for d in decisions)
+    assert all(truth[p] == lbl for p, lbl in validation.items())
+    _, capped = tta.split_reviewed(f, 12, 5, seed=0)
+    assert len(capped) == 5 and set(capped) <= set(validation)
+    assert tta.split_reviewed(f, 12, None, seed=0)[0] == decisions  # seeded
+    with pytest.raises(UserError, match="leaves no validation rows"):
+        tta.split_reviewed(f, 30, None, seed=0)
+
+
+def test_overrides_are_checked_and_validated_strictly():
+    import yaml
+
+    tta = load("time_to_accuracy")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    ov = [tta.parse_override("fast:augment.resize=144", ["reference", "fast"]),
+          tta.parse_override("all:epochs=3", ["reference", "fast"])]
+    fast = tta.recipe_params(base, "fast", None, ov)
+    ref = tta.recipe_params(base, "reference", None, ov)
+    assert fast.train.augment.resize == 144 and fast.train.epochs == 3
+    assert ref.train.augment.resize == 136 and ref.train.epochs == 3
+    with pytest.raises(UserError, match="RECIPE one of"):
+        tta.parse_override("fsat:lr=1", ["reference", "fast"])
+    with pytest.raises(UserError, match="unknown key train.lrr"):
+        tta.recipe_params(base, "fast", None, [("fast", "lrr", 1.0)])
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_time_to_accuracy_smoke(real_data, tmp_path, capsys):
+    tta = load("time_to_accuracy")
+    out = tmp_path / "results.json"
+    assert tta.main(["--data", str(real_data), "--epochs", "1", "--max-train", "8",
+                     "--max-val", "8", "--train-reviewed", "20", "--set", "all:batch_size=4",
+                     "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [r["recipe"] for r in results] == ["reference", "fast"]
+    assert all(r["epochs"] == 1 and r["train_images"] == 8 and r["val_images"] == 8
+               for r in results)
+    assert "final val acc [95% CI]" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_throughput_smoke(capsys):
+    tp = load("train_throughput")
+    assert tp.main(["--rounds", "1", "--steps", "1", "--max-images", "16", "--eval-images",
+                    "16", "--image-size", "64", "--configs", "16:fused:48",
+                    "--peak-seconds", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "reference (PIL, NCHW, b16)" in out and "chimuffin (cache, CL, b16, fused, 48px)" in out
+    assert "fp32 peak measured" in out and "evaluation (batch 128" in out

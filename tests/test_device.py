@@ -1,0 +1,125 @@
+"""Device selection, and what runs where: fp32 and repeatable on CPU, bf16 training on CUDA."""
+
+import argparse
+import contextlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from chimuffin import engine, runtime
+from chimuffin.config import parse_params
+from chimuffin.data.prepare import prepare_dataset
+from chimuffin.data.sample import write_sample
+from chimuffin.errors import UserError
+from chimuffin.model import build_model
+from chimuffin.stages import embed, evaluate, train
+from tests.conftest import default_params_dict
+
+CLASSES = ["chihuahua", "muffin"]
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_auto_and_cpu_pick_the_cpu_without_cuda(no_cuda):
+    assert runtime.pick_device("auto") == torch.device("cpu")
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+
+
+def test_auto_picks_cuda_when_present_and_cpu_stays_cpu(fake_cuda):
+    assert runtime.pick_device("auto") == torch.device("cuda")
+    assert runtime.pick_device("cuda") == torch.device("cuda")
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+
+
+def test_cuda_without_cuda_is_a_user_error_naming_the_key(no_cuda):
+    with pytest.raises(UserError, match=r"train\.device is 'cuda' but no CUDA device"):
+        runtime.pick_device("cuda")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """A prepared and a 'clean' folder (the prepared manifest, no decisions) at 32 px."""
+    write_sample(tmp_path / "raw", labeled_per_class=3, pool=2, test_per_class=0, seed=1)
+    (tmp_path / "prepared").mkdir()
+    prepare_dataset(tmp_path / "raw", CLASSES, 32, 0.34, 1, {}, "validation.csv",
+                    tmp_path / "prepared")
+    (tmp_path / "clean").mkdir()
+    shutil.copy(tmp_path / "prepared/manifest.parquet", tmp_path / "clean/manifest.parquet")
+    return tmp_path
+
+
+@pytest.mark.parametrize("stage", [train, evaluate, embed], ids=["train", "evaluate", "embed"])
+def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_params_dict,
+                                                     no_cuda):
+    """Each stage goes through runtime.pick_device with train.device, before writing anything."""
+    d = tiny_dataset
+    params = parse_params({**tiny_params_dict, "train": {**tiny_params_dict["train"],
+                                                         "device": "cuda"}})
+    args = argparse.Namespace(clean=str(d / "clean"), prepared=str(d / "prepared"),
+                              model=str(d / "model.pth"), live=str(d / "live"),
+                              out=str(d / "out"), plot=str(d / "plot.png"))
+    with pytest.raises(UserError, match=r"train\.device is 'cuda'"):
+        stage.main(args, params)
+    assert not any((d / name).exists() for name in ("model.pth", "live", "out", "plot.png"))
+
+
+def _train_once(seed: int) -> dict:
+    cfg = parse_params(default_params_dict()).train
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    torch.manual_seed(seed)
+    model = build_model(2, [16], 0.3)
+    opt = engine.make_optimizer(model, 1e-3, 1e-4)
+    g = torch.Generator().manual_seed(seed)
+    cpu = torch.device("cpu")
+    engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), opt, None,
+                           cfg.augment, 4, 1.0, 0.0, g, cpu)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def one_thread():
+    # tiny tensors: a second thread only spins (and crawls when another process holds a core)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_training_is_fp32_and_bit_for_bit_repeatable(one_thread):
+    assert isinstance(engine.autocast(torch.device("cpu")), contextlib.nullcontext)
+    a, b = _train_once(3), _train_once(3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in a.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_trains_in_bf16_and_predicts_in_fp32_close_to_cpu():
+    cfg = parse_params(default_params_dict()).train
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
+    rows, labels = np.arange(16), np.array([0, 1] * 8)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    model = build_model(2, [16], 0.3).to(cuda)
+    opt = engine.make_optimizer(model, 1e-3, 1e-4)
+    stats = engine.train_one_epoch(model, images, rows, labels, opt, None, cfg.augment, 8, 1.0,
+                                   0.0, torch.Generator().manual_seed(0), cuda)
+    assert np.isfinite(stats.loss) and stats.images == 16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+    logits_gpu, emb_gpu = engine.predict(model, images, rows, 8, cuda, with_embeddings=True)
+    logits_cpu, emb_cpu = engine.predict(model.to(cpu), images, rows, 8, cpu,
+                                         with_embeddings=True)
+    assert logits_gpu.dtype == np.float32
+    # TF32 convolutions (PyTorch's default on Ampere+) keep ~3 decimal digits
+    np.testing.assert_allclose(logits_gpu, logits_cpu, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(emb_gpu, emb_cpu, rtol=1e-2, atol=1e-2)
