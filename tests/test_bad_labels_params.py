@@ -57,8 +57,8 @@ def decision_cases(p: str, q: str) -> dict[str, tuple[bytes, str | None]]:
                           "undefined, remove"),
         "path does not exist": (f"{HEADER}\n{p},muffin,human,\ntrain128/undefined/nope.jpg,"
                                 "muffin,human,\n".encode(),
-                                "row 3 (path train128/undefined/nope.jpg) names a file that is "
-                                "not in the prepared dataset"),
+                                "row 3: train128/undefined/nope.jpg is not in the prepared "
+                                "dataset"),
         "path with ..": (f"{HEADER}\n../../etc/passwd,muffin,human,\n".encode(),
                          "row 2: path '../../etc/passwd': path contains '..'"),
         "absolute path": (f"{HEADER}\n/etc/passwd,muffin,human,\n".encode(),
@@ -182,7 +182,8 @@ def test_batch_size_larger_than_training_set(prepared, tmp_path):
     write_params(tmp_path / "params.yaml", tiny_params(train={"batch_size": 64}))
     before = tree_hashes(tmp_path)
     p = stage("train", "--params", "params.yaml", "--clean", "clean", "--prepared", "prepared",
-              "--model", "models/best.pth", "--live", "metrics/train", cwd=tmp_path)
+              "--model", "models/best.pth", "--live", "metrics/train", "--tables", "tables",
+              "--run", "run", cwd=tmp_path)
     assert p.returncode == 2
     assert error_line(p) == (f"chimuffin train: error: params: train.batch_size (64) is larger "
                              f"than the training set ({n_train} labeled images)")
