@@ -119,6 +119,7 @@ def test_push_then_a_fresh_clone_pulls_everything_and_retrains_nothing(baseline,
     # Nothing changed since the lock: every stage is skipped, missing data or not.
     out = run(["dvc", "repro", "--pull", "--allow-missing", TARGET], clone, env=env).stdout
     assert ran_stages(out) == [] and "Stage 'train' didn't change, skipping" in out, out
+    assert not (clone / "models/best.pth").exists()  # and nothing was downloaded
 
     # `dvc pull` brings back the data, the model and the metrics, byte for byte.
     run(["dvc", "pull", "--with-deps", TARGET], clone, env=env)
@@ -148,6 +149,7 @@ def queue_tasks(repo) -> dict[str, str]:
 
 def test_queued_experiments_run_and_compare(baseline):
     repo = baseline
+    baseline_model = lock_md5(repo, "models/best.pth")
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=1e-3,5e-4", TARGET], repo)
     assert list(queue_tasks(repo).values()) == ["Queued", "Queued"]
     run(["dvc", "queue", "start", "-j", "1"], repo)  # one worker: one training at a time
@@ -171,3 +173,17 @@ def test_queued_experiments_run_and_compare(baseline):
     loss = "metrics/eval/metrics.json:val.loss"
     assert len({float(r[loss]) for r in [base, *exps]}) == 3, [r[loss] for r in rows]
     assert all(0 <= float(r["val.accuracy"]) <= 1 for r in exps)
+
+    # README's comparison, then apply the best one and make it the new baseline.
+    shown = run(["dvc", "exp", "show", "--only-changed", "--sort-by",
+                 loss, "--sort-order", "asc", "--md"], repo).stdout
+    best = min(exps, key=lambda r: float(r[loss]))
+    names = [n for line in shown.splitlines() for n in tasks if f"[{n}]" in line]
+    assert names[0] == best["Experiment"], shown
+    run(["dvc", "exp", "apply", best["Experiment"]], repo)
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == \
+        float(best["train.lr"])
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", f"best lr {best['train.lr']}"], repo)
+    assert "up to date" in run(["dvc", "status", TARGET], repo).stdout
+    assert lock_md5(repo, "models/best.pth") != baseline_model
