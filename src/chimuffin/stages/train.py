@@ -4,12 +4,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chimuffin import runtime, tlcio
+from chimuffin import atomic, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.engine import fit
 from chimuffin.errors import UserError
-from chimuffin.model import build_model, load_checkpoint, save_checkpoint
+from chimuffin.model import build_model, save_checkpoint
 from chimuffin.stages import common
 
 
@@ -28,26 +28,33 @@ def main(args, params) -> None:
     if t.batch_size > len(train_rows):
         raise UserError(f"params: train.batch_size ({t.batch_size}) is larger than the training "
                         f"set ({len(train_rows)} labeled images)")
+    runtime.setup(params.base.seed, t.threads)
+    device = runtime.pick_device(t.device)
     run3lc = None  # 3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio)
     if params.tlc.enabled:
         run3lc = tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
     else:
         tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
-    runtime.setup(params.base.seed, t.threads)
-    device = runtime.pick_device(t.device)
     images = open_cache(Path(args.prepared) / "images.npy")
     model = build_model(len(classes), t.head, t.dropout)
 
     from dvclive import Live
 
     bar = tqdm(total=t.epochs * len(train_rows), unit="img", desc="train", disable=None)
-    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    # All or nothing: the best weights are kept in memory and DVCLive (which writes its files
+    # in place, epoch by epoch) writes into a temporary folder; models/best.pth and
+    # metrics/train appear only when training completes. Ctrl-C removes the temporary folder;
+    # after a SIGKILL the next run does (atomic.py).
+    best_state: dict = {}
+    with atomic.atomic_dir(args.live) as live_dir, \
+            Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def on_epoch(r, is_best):
             for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
                                 ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
                 live.log_metric(name, value)
             if is_best:  # r.model: the validated weights (the EMA copy when it is on)
-                save_checkpoint(args.model, r.model, checkpoint_meta(params, r.epoch, r.val_acc))
+                best_state.update({k: v.detach().to("cpu", copy=True)
+                                   for k, v in r.model.state_dict().items()})
             if run3lc:
                 run3lc.epoch_end(r, r.model, images, device)
             bar.set_postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
@@ -58,10 +65,12 @@ def main(args, params) -> None:
         bar.close()
         live.summary.update({"best/epoch": best.epoch, "best/val_acc": best.val_acc,
                              "best/val_loss": best.val_loss, "train_images": len(train_rows)})
+        model.load_state_dict(best_state)
+        save_checkpoint(args.model, model, checkpoint_meta(params, best.epoch, best.val_acc))
     print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device}; best epoch "
           f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}")
     if run3lc:
-        summary = run3lc.finish(load_checkpoint(args.model, device)[0], best.epoch, images, device)
+        summary = run3lc.finish(model, best.epoch, images, device)  # model holds the best weights
         print(f"train: 3LC run {summary['run']}: {summary['metrics_tables']} metrics tables, "
               f"3-D PaCMAP embeddings")
 
