@@ -44,18 +44,18 @@ def labeled_sets(classes: list[str]) -> tuple[Path, list[tuple[str, int]], list[
                                               str]:
     """(root, train [(rel path, class index)], eval [...], description)."""
     if (REAL / "reviewed_labels.csv").is_file():
-        root, labels_csv, col = REAL, REAL / "reviewed_labels.csv", "relative_path"
+        root, labels_csv = REAL, REAL / "reviewed_labels.csv"
         desc = f"real data: {REAL}, eval = reviewed_labels.csv"
     else:
         from chimuffin.data.sample import write_sample
 
         root = Path(tempfile.mkdtemp(prefix="chimuffin-bench-"))
         write_sample(root, 40, 400, 0, seed=42)
-        labels_csv, col = root / "pool_labels.csv", "path"
+        labels_csv = root / "pool_labels.csv"
         desc = f"synthetic sample (no real data at {REAL}): eval = its pool"
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    evals = [(r[col], classes.index(r["label"])) for r in rows]
+    evals = [(r["relative_path"], classes.index(r["label"])) for r in rows]
     train = [(p.relative_to(root).as_posix(), i) for i, c in enumerate(classes)
              for p in sorted((root / "train128" / c).glob("*.jpg"))]
     return root, train, evals, desc

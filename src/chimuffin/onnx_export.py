@@ -114,9 +114,14 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: np.ndarray | None) -
         else:
             if calibration is None or not len(calibration):
                 raise UserError("static quantisation needs calibration images")
+            import onnx
+
+            # Probabilities stay float: a quantised Softmax output sums to 1 only within 1/255.
+            softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
             quantize_static(str(pre), str(dst), _Calibration(calibration),
                             quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=softmax)
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)

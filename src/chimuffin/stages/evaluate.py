@@ -42,7 +42,7 @@ def main(args, params) -> None:
     device = runtime.pick_device(params.train.device)
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
-    model, meta = load_checkpoint(args.model, device=str(device))
+    model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
     pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size, device,
                                params.evaluate.tta_flip)
     reports = {s: r for s in ("val", "test") if (r := split_metrics(pred, s, classes))}
