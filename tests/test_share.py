@@ -19,7 +19,7 @@ from tests.conftest import BIN, TINY, deep_update, default_params_dict, make_rep
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("sample", "prepare", "clean", "train", "evaluate")
+STAGES = ("sample", "prepare", "clean", "tables", "train", "evaluate")
 BUCKET = "chimuffin-remote"
 # Outputs whose bytes a teammate must get back exactly (the DVCLive folder carries timestamps).
 SHARED = ["data/prepared/images.npy", "data/prepared/manifest.parquet",
