@@ -67,7 +67,8 @@ def make_repo(dest: Path, data: Path, args) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prepare"]["data_dir"] = str(data)
     params["base"]["image_size"] = args.image_size
-    params["train"].update(epochs=args.epochs, batch_size=args.batch_size)
+    params["train"].update(epochs=args.epochs, batch_size=args.batch_size,
+                           threads=args.threads)
     params["tlc"]["enabled"] = False  # 3LC tables and runs are not what this measures
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
@@ -159,6 +160,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0: all cores; 1 is far faster on a busy machine)")
     ap.add_argument("--min-score", type=float, default=0.9)
     ap.add_argument("--per-class-cap", type=int, default=200)
     ap.add_argument("--flips", type=int, default=20)
@@ -175,7 +178,8 @@ def main() -> None:
     repo = work / "repo"
     make_repo(repo, data, args)
     print(f"label_quality: {data}, repo {repo}; recipe: {args.epochs} epochs, batch "
-          f"{args.batch_size}, {args.image_size}px; {len(truth)} reviewed pool images held out",
+          f"{args.batch_size}, {args.image_size}px, {args.threads} thread(s); {len(truth)} "
+          "reviewed pool images held out",
           flush=True)
 
     print(f"label-issue detection: {args.flips} flipped seed labels", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import struct
 import sys
 import zlib
@@ -13,7 +14,9 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from tests.conftest import run
+from tests.conftest import TINY, deep_update, default_params_dict, run
+
+CLASSES = ["chihuahua", "muffin"]
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -50,6 +53,25 @@ def error_line(p) -> str:
     assert "Traceback" not in p.stderr, p.stderr
     assert len(lines) == 1, p.stderr
     return lines[0]
+
+
+def tiny_params(**groups) -> dict:
+    """The repo's params with the tiny-test overrides, at 32 px, plus `groups`."""
+    return deep_update(deep_update(default_params_dict(), TINY),
+                       deep_update({"base": {"image_size": 32}}, groups))
+
+
+def tiny_prepared(d: Path, pool: int, seed: int) -> Path:
+    """d/prepared and d/clean (no decisions) for a small synthetic dataset, in-process."""
+    from chimuffin.data.prepare import prepare_dataset
+    from chimuffin.data.sample import write_sample
+
+    write_sample(d / "ds", 3, pool, 0, seed=seed)
+    for sub in ("prepared", "clean"):
+        (d / sub).mkdir()
+    prepare_dataset(d / "ds", CLASSES, 32, 0.34, seed, {}, "validation.csv", d / "prepared")
+    shutil.copy(d / "prepared/manifest.parquet", d / "clean/manifest.parquet")
+    return d
 
 
 def write_params(path: Path, params: dict) -> Path:

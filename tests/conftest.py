@@ -81,6 +81,19 @@ def make_repo(dest: Path, params: dict) -> Path:
     return dest
 
 
+GUARDS = Path(__file__).parent / "guards"
+
+
+def guarded_env(tmp_path: Path, **extra: str) -> tuple[dict, Path]:
+    """Env that loads tests/guards/sitecustomize.py into every Python subprocess: DNS lookups
+    and outbound connections are refused and recorded in the returned log (which must stay
+    empty); CHIMUFFIN_FORBID_TLC=<file> in `extra` also refuses and records `import tlc`."""
+    log = tmp_path / "network.log"
+    path = [str(GUARDS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PYTHONPATH": os.pathsep.join(path), "CHIMUFFIN_NETGUARD_LOG": str(log),
+            "PYTHONUNBUFFERED": "1", **extra}, log
+
+
 @pytest.fixture
 def tiny_repo(tmp_path, tiny_params_dict) -> Path:
     return make_repo(tmp_path / "repo", tiny_params_dict)

@@ -22,6 +22,7 @@ from PIL import Image
 from chimuffin.data.images import ImageDecodeError, decode_image
 from chimuffin.data.scan import scan_dataset
 from tests.badinput import (
+    CLASSES,
     bomb_png,
     error_line,
     exif_rotated_jpeg,
@@ -30,13 +31,13 @@ from tests.badinput import (
     png_bytes,
     rgb16_png,
     stage,
+    tiny_params,
     tree_hashes,
     truncated_jpeg,
     write_params,
 )
-from tests.conftest import TINY, deep_update, default_params_dict
+from tests.conftest import deep_update
 
-CLASSES = ["chihuahua", "muffin"]
 NON_UTF8 = b"caf\xe9.jpg"  # Latin-1, as old Windows/FTP tools write names
 
 
@@ -110,10 +111,8 @@ def scraped_dataset(root, outside):
 
 
 def params_for(tmp_path, data_dir, **groups) -> dict:
-    p = deep_update(default_params_dict(), TINY)
-    p = deep_update(p, {"base": {"image_size": 32},
-                        "prepare": {"data_dir": str(data_dir), "val_fraction": 0.34}})
-    return deep_update(p, groups)
+    return deep_update(tiny_params(prepare={"data_dir": str(data_dir), "val_fraction": 0.34}),
+                       groups)
 
 
 def prepare(tmp_path, params: dict | None = None, out="prepared"):

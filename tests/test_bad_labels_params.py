@@ -15,32 +15,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chimuffin.config import Params, as_dict, load_params, parse_params
-from chimuffin.data.prepare import parse_validation_labels, prepare_dataset
-from chimuffin.data.sample import write_sample
+from chimuffin.data.prepare import parse_validation_labels
 from chimuffin.errors import UserError
 from chimuffin.labels import SOURCES, allowed_labels, check_relative_path, parse_decisions
-from tests.badinput import error_line, file_hash, stage, tree_hashes, write_params
-from tests.conftest import TINY, deep_update, default_params_dict, make_repo, run
+from tests.badinput import (
+    CLASSES,
+    error_line,
+    file_hash,
+    stage,
+    tiny_params,
+    tiny_prepared,
+    tree_hashes,
+    write_params,
+)
+from tests.conftest import make_repo, run
 
-CLASSES = ["chihuahua", "muffin"]
 HEADER = "path,label,source,note"
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny prepared dataset (in-process, no subprocess): the input of clean and train."""
-    tmp = tmp_path_factory.mktemp("prepared")
-    write_sample(tmp / "ds", 3, 4, 0, seed=3)
-    (tmp / "prepared").mkdir()
-    prepare_dataset(tmp / "ds", CLASSES, 32, 0.34, 3, {}, "validation.csv", tmp / "prepared")
+    tmp = tiny_prepared(tmp_path_factory.mktemp("prepared"), pool=4, seed=3)
     df = pd.read_parquet(tmp / "prepared/manifest.parquet")
     pool = sorted(df.loc[df["label"] == "undefined", "path"])
     return tmp, pool
-
-
-def tiny_params(**groups) -> dict:
-    return deep_update(deep_update(default_params_dict(), TINY),
-                       deep_update({"base": {"image_size": 32}}, groups))
 
 
 # --- decisions.csv through the clean stage --------------------------------------------------
@@ -58,8 +57,8 @@ def decision_cases(p: str, q: str) -> dict[str, tuple[bytes, str | None]]:
                           "undefined, remove"),
         "path does not exist": (f"{HEADER}\n{p},muffin,human,\ntrain128/undefined/nope.jpg,"
                                 "muffin,human,\n".encode(),
-                                "row 3 (path train128/undefined/nope.jpg) names a file that is "
-                                "not in the prepared dataset"),
+                                "row 3: train128/undefined/nope.jpg is not in the prepared "
+                                "dataset"),
         "path with ..": (f"{HEADER}\n../../etc/passwd,muffin,human,\n".encode(),
                          "row 2: path '../../etc/passwd': path contains '..'"),
         "absolute path": (f"{HEADER}\n/etc/passwd,muffin,human,\n".encode(),
@@ -176,16 +175,15 @@ def test_dvc_exp_run_set_param_typos_are_rejected_with_the_key(tmp_path):
 @pytest.mark.slow
 def test_batch_size_larger_than_training_set(prepared, tmp_path):
     src, _ = prepared
-    shutil.copytree(src / "prepared", tmp_path / "prepared")
-    (tmp_path / "clean").mkdir()
-    shutil.copy(tmp_path / "prepared/manifest.parquet", tmp_path / "clean/manifest.parquet")
-    n_train = int(((pd.read_parquet(tmp_path / "clean/manifest.parquet")["split"] == "train")
-                   & (pd.read_parquet(tmp_path / "clean/manifest.parquet")["label"]
-                      != "undefined")).sum())
+    for sub in ("prepared", "clean"):
+        shutil.copytree(src / sub, tmp_path / sub)
+    df = pd.read_parquet(tmp_path / "clean/manifest.parquet")
+    n_train = int(((df["split"] == "train") & (df["label"] != "undefined")).sum())
     write_params(tmp_path / "params.yaml", tiny_params(train={"batch_size": 64}))
     before = tree_hashes(tmp_path)
     p = stage("train", "--params", "params.yaml", "--clean", "clean", "--prepared", "prepared",
-              "--model", "models/best.pth", "--live", "metrics/train", cwd=tmp_path)
+              "--model", "models/best.pth", "--live", "metrics/train", "--tables", "tables",
+              "--run", "run", cwd=tmp_path)
     assert p.returncode == 2
     assert error_line(p) == (f"chimuffin train: error: params: train.batch_size (64) is larger "
                              f"than the training set ({n_train} labeled images)")

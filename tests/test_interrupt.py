@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chimuffin.model import load_checkpoint
 from tests.badinput import tree_hashes
@@ -28,15 +30,27 @@ from tests.conftest import BIN, TINY, deep_update, default_params_dict, make_rep
 pytestmark = pytest.mark.slow
 
 EPOCHS = 6
-TRAIN = [sys.executable, "-m", "chimuffin.stages.train", "--clean", "data/clean", "--prepared",
-         "data/prepared", "--model", "models/best.pth", "--live", "metrics/train"]
-INPUTS = ["data/raw", "data/prepared", "data/clean", "data/labels", "params.yaml"]
+INPUTS = ["data/raw", "data/prepared", "data/clean", "data/labels", "params.yaml",
+          "data/3lc/chimuffin/datasets"]
+OUT_PARENTS = ["models", "metrics", "data", "data/raw", "data/3lc/chimuffin/runs"]
+
+
+def train_cmd(repo: Path) -> list[str]:
+    """The train stage exactly as dvc.yaml runs it, with this interpreter."""
+    cmd = shlex.split(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["train"]["cmd"])
+    assert cmd[0] == "python"
+    return [sys.executable, *cmd[1:]]
 
 
 def temporaries(repo: Path) -> list[str]:
     """Our atomic writers' temporaries (`.<name>.<random>`, beside each output)."""
-    return sorted(str(p.relative_to(repo)) for d in ("models", "metrics", "data", "data/raw")
+    return sorted(str(p.relative_to(repo)) for d in OUT_PARENTS
                   if (repo / d).exists() for p in (repo / d).glob(".*"))
+
+
+def snapshot(repo: Path) -> dict:
+    return {d: tree_hashes(repo / d) if (repo / d).is_dir() else (repo / d).read_bytes()
+            for d in INPUTS}
 
 
 def start(cmd: list[str], repo: Path) -> subprocess.Popen:
@@ -78,9 +92,9 @@ def test_sigint_and_sigkill_mid_training_then_repro(tmp_path):
                                   "sample": {"pool": 0, "test_per_class": 0},
                                   "train": {"epochs": EPOCHS, "threads": 1}})
     repo = make_repo(tmp_path / "repo", params)
-    run(["dvc", "repro", "clean"], repo)
-    inputs = {d: tree_hashes(repo / d) if (repo / d).is_dir() else (repo / d).read_bytes()
-              for d in INPUTS}
+    run(["dvc", "repro", "tables"], repo)  # everything train reads (3LC off: placeholders)
+    inputs = snapshot(repo)
+    train = train_cmd(repo)
 
     rng = random.Random(6)
     # Ctrl-C goes to the stage as a user runs it (its message is checked); SIGKILL goes to a
@@ -88,7 +102,7 @@ def test_sigint_and_sigkill_mid_training_then_repro(tmp_path):
     # after the SIGKILL also shows that a run removes what a killed one left behind.
     for sig in (signal.SIGINT, signal.SIGKILL, signal.SIGINT):
         stale = set((repo / "metrics").glob(".train.*/metrics.json"))
-        p = start(TRAIN if sig == signal.SIGINT else ["dvc", "repro", "train"], repo)
+        p = start(train if sig == signal.SIGINT else ["dvc", "repro", "train"], repo)
         wait_until_training(p, repo, stale)
         time.sleep(rng.uniform(0.0, 1.0))  # a random moment within the next epochs
         os.killpg(p.pid, sig)
@@ -107,8 +121,7 @@ def test_sigint_and_sigkill_mid_training_then_repro(tmp_path):
         assert not (repo / "models/best.pth").exists()
         assert not (repo / "metrics/train").exists()
         assert_outputs_whole(repo)
-        assert {d: tree_hashes(repo / d) if (repo / d).is_dir() else (repo / d).read_bytes()
-                for d in INPUTS} == inputs
+        assert snapshot(repo) == inputs
 
     run(["dvc", "repro", "train"], repo)
     assert_outputs_whole(repo)

@@ -6,6 +6,8 @@ import importlib
 import importlib.metadata
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +263,37 @@ def test_pull_3lc_merges_keeps_human_decisions_and_retires(tmp_path, monkeypatch
     stale = tlcio.Revision("tables/train", "x", [rev_dir], [rev_dir], BASE, latest)
     monkeypatch.setattr(tlcio, "read_latest_revision", lambda table, config: stale)
     assert cli_main(argv) == 2  # a one-line error, not a traceback
+
+
+def test_stage_reports_a_bad_3lc_setup_in_one_line(tmp_path):
+    """Through the real entry point: an unwritable project root and a failing `import tlc`
+    each end the stage with one line and exit 2, before any table is written."""
+    import subprocess
+
+    (tmp_path / "clean").mkdir()
+    MANIFEST.to_parquet(tmp_path / "clean" / "manifest.parquet")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "blocker").write_text("")
+    (tmp_path / "bad.yaml").write_text("indexing:\n  project-root-url: $./blocker/3lc\n")
+    shutil.copy(REPO / "tlc-config.yaml", tmp_path / "tlc-config.yaml")
+    guards = str(Path(__file__).parent / "guards")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [guards, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
+    stage = [sys.executable, "-m", "chimuffin.stages.tables", "--clean", "clean", "--out", "t"]
+    bad = subprocess.run([*stage, "--tlc-config", "bad.yaml"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    forbid = {**env, "CHIMUFFIN_FORBID_TLC": str(tmp_path / "tlc.log")}
+    broken = subprocess.run(stage, cwd=tmp_path, env=forbid, capture_output=True, text=True)
+    for p, message in ((bad, "project-root-url resolves to"),
+                       (broken, "`import tlc` (3lc 2.12.1) failed: ImportError")):
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_pull_3lc_without_3lc_tables_is_a_user_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    tlcio.write_placeholder(tmp_path / "t" / "train", "3LC is off")
+    assert cli_main(["pull-3lc", "--tables", "t"]) == 2
+    assert "no 3LC table here; run `dvc repro tables` first" in capsys.readouterr().err

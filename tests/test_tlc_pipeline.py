@@ -18,20 +18,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import BIN, deep_update, make_repo, run
+from tests.conftest import BIN, deep_update, guarded_env, make_repo, run
 
-GUARDS = Path(__file__).parent / "guards"
 TABLES = "data/3lc/chimuffin/datasets/chimuffin/tables"
 RUN = "data/3lc/chimuffin/runs/train"
 PY = str(BIN / "python")
-
-
-def guarded(tmp_path: Path, **extra: str) -> tuple[dict, Path]:
-    """Env for subprocesses with the guards loaded; the network log must stay empty."""
-    log = tmp_path / "network.log"
-    path = [str(GUARDS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {"PYTHONPATH": os.pathsep.join(path), "CHIMUFFIN_NETGUARD_LOG": str(log),
-            "PYTHONUNBUFFERED": "1", **extra}, log
 
 
 def assert_offline(log: Path) -> None:
@@ -53,7 +44,7 @@ attempt(lambda: socket.create_connection(("127.0.0.1", 9), timeout=2))  # loopba
 
 
 def test_guards_record_network_attempts_and_tlc_imports(tmp_path):
-    env, log = guarded(tmp_path, CHIMUFFIN_FORBID_TLC=str(tmp_path / "tlc.log"))
+    env, log = guarded_env(tmp_path, CHIMUFFIN_FORBID_TLC=str(tmp_path / "tlc.log"))
     run([PY, "-c", PROBE], tmp_path, env=env)
     lines = log.read_text().splitlines()
     assert len(lines) == 3, lines
@@ -103,7 +94,7 @@ def test_3lc_pipeline_offline_tables_run_dashboard_edit_pull_and_retrain(tmp_pat
                                                                          tiny_params_dict):
     params = deep_update(tiny_params_dict, {"tlc": {"enabled": True, "collect_every": 1}})
     repo = make_repo(tmp_path / "repo", params)
-    env, log = guarded(tmp_path)
+    env, log = guarded_env(tmp_path)
     run(["dvc", "repro", "train"], repo, env=env)
 
     # Tables: the pool is in train as `undefined` at weight 0; images under the data alias.
@@ -172,20 +163,6 @@ def test_3lc_pipeline_offline_tables_run_dashboard_edit_pull_and_retrain(tmp_pat
     assert_offline(log)
 
 
-@pytest.mark.slow
-def test_disabled_3lc_never_imports_tlc_and_leaves_placeholders(tmp_path, tiny_params_dict):
-    repo = make_repo(tmp_path / "repo", tiny_params_dict)  # TINY has tlc.enabled: false
-    env, log = guarded(tmp_path, CHIMUFFIN_FORBID_TLC=str(tmp_path / "tlc.log"))
-    run(["dvc", "repro", "train"], repo, env=env)
-    assert not (tmp_path / "tlc.log").exists()
-    for folder in [*(repo / TABLES / s for s in ("train", "val", "test")), repo / RUN]:
-        assert [p.name for p in folder.iterdir()] == ["README.txt"]
-        assert "tlc.enabled: false" in (folder / "README.txt").read_text()
-    p = run([PY, "-m", "chimuffin.cli", "pull-3lc"], repo, check=False, env=env)
-    assert p.returncode == 2 and "no 3LC table here" in p.stderr and "Traceback" not in p.stderr
-    assert_offline(log)
-
-
 FAILING_REDUCTION = """
 import numpy as np, pandas as pd, torch
 from chimuffin import tlcio
@@ -213,7 +190,7 @@ except UserError as e:
 @pytest.mark.slow
 def test_failed_reduction_stops_with_the_reason(tmp_path):
     shutil.copy(Path(__file__).parents[1] / "tlc-config.yaml", tmp_path)
-    env, log = guarded(tmp_path)
+    env, log = guarded_env(tmp_path)
     out = run([PY, "-c", FAILING_REDUCTION], tmp_path, env=env).stdout
     line = [ln for ln in out.splitlines() if ln.startswith("USERERROR")]
     assert line and "PaCMAP reduction of the run's embeddings failed (0 of 1" in line[0]
@@ -242,7 +219,7 @@ def listening_addresses(port: int) -> set[str]:
 @pytest.mark.slow
 def test_dashboard_serves_on_loopback_and_stops_on_ctrl_c(tmp_path):
     shutil.copy(Path(__file__).parents[1] / "tlc-config.yaml", tmp_path)
-    env, log = guarded(tmp_path)
+    env, log = guarded_env(tmp_path)
     port = free_port()
     proc = subprocess.Popen([PY, "-m", "chimuffin.cli", "dashboard", "--port", str(port)],
                             cwd=tmp_path, env={**os.environ, **env}, text=True,

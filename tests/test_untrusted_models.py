@@ -12,14 +12,19 @@ import pytest
 import torch
 from torchvision.models import resnet34
 
-from chimuffin.data.prepare import prepare_dataset
-from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, load_checkpoint, save_checkpoint
-from tests.badinput import error_line, file_hash, stage, tree_hashes, write_params
-from tests.conftest import TINY, deep_update, default_params_dict
+from tests.badinput import (
+    CLASSES,
+    error_line,
+    file_hash,
+    stage,
+    tiny_params,
+    tiny_prepared,
+    tree_hashes,
+    write_params,
+)
 
-CLASSES = ["chihuahua", "muffin"]
 META = {"classes": CLASSES, "head": [8], "dropout": 0.1, "image_size": 32}
 
 
@@ -115,14 +120,8 @@ def test_resnet34_report_counts_the_mismatch(models):
 
 @pytest.fixture(scope="module")
 def evaluate_inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("eval")
-    write_sample(d / "ds", 3, 2, 0, seed=4)
-    (d / "prepared").mkdir()
-    prepare_dataset(d / "ds", CLASSES, 32, 0.34, 4, {}, "validation.csv", d / "prepared")
-    (d / "clean").mkdir()
-    shutil.copy(d / "prepared/manifest.parquet", d / "clean/manifest.parquet")
-    params = deep_update(deep_update(default_params_dict(), TINY), {"base": {"image_size": 32}})
-    write_params(d / "params.yaml", params)
+    d = tiny_prepared(tmp_path_factory.mktemp("eval"), pool=2, seed=4)
+    write_params(d / "params.yaml", tiny_params())
     return d
 
 

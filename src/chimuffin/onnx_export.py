@@ -125,7 +125,8 @@ def _quantize(src: Path, dst: Path, mode: str, calibration: np.ndarray | None) -
 
 def output_nodes(path: Path) -> list[str]:
     """The nodes that produce the graph outputs (the last Gemm and the Softmax): kept float32,
-    or `probabilities` and `logits` would come out in steps of 1/255."""
+    or `logits` would come out in uint8 steps and `probabilities` would sum to 1 only within
+    1/255."""
     import onnx
 
     proto = onnx.load(str(path))

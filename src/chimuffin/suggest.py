@@ -165,62 +165,69 @@ def reference_mask(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 def build_tables(df: pd.DataFrame, p_model: np.ndarray, emb: np.ndarray, signatures: np.ndarray,
                  classes: list[str], cfg) -> dict[str, pd.DataFrame]:
-    """suggestions (pool), label_issues (labeled), review_queue; rows aligned with `df`.
+    """suggestions (pool), label_issues (labeled), review_queue.
 
-    p_model: (N, C) model probabilities; emb: (N, D) embeddings; signatures: (N, F) pixel
-    signatures; cfg: the `suggest` params group."""
+    df: the clean manifest; p_model: (N, C) model probabilities, emb: (N, D) embeddings and
+    signatures: (N, F) pixel signatures, all row-aligned with df; cfg: the `suggest` params."""
     df = df.reset_index(drop=True)
-    n_cls = len(classes)
     unit = unit_rows(emb)
-    y = class_index(df["label"], classes)
-    ref = np.nonzero(reference_mask(df, classes))[0]
     dups = near_duplicates(signatures, df["content_hash"].to_numpy(), cfg.dup_similarity)
     paths = df["path"].to_numpy()
-    dup_path = np.where(dups["dup_row"] >= 0, paths[dups["dup_row"].clip(lower=0)], "")
+    dups["dup_of"] = np.where(dups["dup_row"] >= 0, paths[dups["dup_row"].clip(lower=0)], "")
+    suggestions = pool_suggestions(df, p_model, unit, dups, classes, cfg)
+    issues = label_issues(df, p_model, unit, dups, classes, cfg)
+    queue = review_queue(suggestions, issues, unit, pd.Index(paths), cfg)
+    return {"suggestions": suggestions, "label_issues": issues, "review_queue": queue}
 
-    def dup_columns(rows):
-        return {"dup_of": dup_path[rows], "dup_sim": dups["dup_sim"].to_numpy()[rows],
-                "near_duplicate": dups["near_duplicate"].to_numpy()[rows]}
 
-    # pool: model + kNN of labeled neighbours
+def dup_columns(dups: pd.DataFrame, rows: np.ndarray) -> dict:
+    return {c: dups[c].to_numpy()[rows] for c in ("dup_of", "dup_sim", "near_duplicate")}
+
+
+def pool_suggestions(df, p_model, unit, dups, classes, cfg) -> pd.DataFrame:
+    """Every undecided pool image: the model, its labeled neighbours, and one proposal."""
+    cls = np.array(classes, dtype=object)
+    ref = np.nonzero(reference_mask(df, classes))[0]
     pool = np.nonzero(pool_mask(df))[0]
+    paths = df["path"].to_numpy()
     nbr, sim = cosine_knn(unit[pool], unit[ref], cfg.k)
-    p_knn = knn_vote(sim, y[ref][nbr], n_cls)
+    p_knn = knn_vote(sim, class_index(df["label"], classes)[ref][nbr], len(classes))
     p = combine(p_model[pool], p_knn, cfg.model_weight)
     model_y, knn_y = p_model[pool].argmax(1), p_knn.argmax(1)
-    cls = np.array(classes, dtype=object)
-    suggestions = pd.DataFrame({
+    return pd.DataFrame({
         "path": paths[pool], "split": df["split"].to_numpy()[pool],
         "model_label": cls[model_y], "model_conf": p_model[pool].max(1),
         "knn_label": cls[knn_y], "knn_conf": p_knn.max(1),
         "knn_sim": sim.mean(1) if sim.shape[1] else np.zeros(len(pool)),
         "nearest_labeled": paths[ref][nbr[:, 0]] if nbr.shape[1] else "",
         "agree": model_y == knn_y, "label": cls[p.argmax(1)], "score": p.max(1),
-        "margin": margin(p), **dup_columns(pool)})
+        "margin": margin(p), **dup_columns(dups, pool)})
 
-    # labeled: leave-one-out kNN; the model's probability only where it is out of sample (val)
-    lab = ref
-    nbr, sim = cosine_knn(unit[lab], unit[ref], cfg.k, exclude=np.arange(len(ref)))
-    p_knn = knn_vote(sim, y[ref][nbr], n_cls)
-    oos = df["split"].to_numpy()[lab] == "val"
-    p = np.where(oos[:, None], combine(p_model[lab], p_knn, cfg.model_weight), p_knn)
-    given = y[lab]
-    dup_rows = dups["dup_row"].to_numpy()[lab]
-    dup_label = np.where(dup_rows >= 0, df["label"].to_numpy()[dup_rows.clip(0)], UNDEFINED)
+
+def label_issues(df, p_model, unit, dups, classes, cfg) -> pd.DataFrame:
+    """Every labeled train/val image, worst first: leave-one-out kNN of the other labeled
+    images, plus the model's probability only where it is out of sample (validation)."""
+    cls = np.array(classes, dtype=object)
+    ref = np.nonzero(reference_mask(df, classes))[0]
+    y = class_index(df["label"], classes)
+    nbr, sim = cosine_knn(unit[ref], unit[ref], cfg.k, exclude=np.arange(len(ref)))
+    p_knn = knn_vote(sim, y[ref][nbr], len(classes))
+    oos = df["split"].to_numpy()[ref] == "val"
+    p = np.where(oos[:, None], combine(p_model[ref], p_knn, cfg.model_weight), p_knn)
+    labels = df["label"].to_numpy()
+    dup_rows = dups["dup_row"].to_numpy()[ref]
+    dup_label = np.where(dup_rows >= 0, labels[dup_rows.clip(0)], UNDEFINED)
     issues = pd.DataFrame({
-        "path": paths[lab], "split": df["split"].to_numpy()[lab],
-        "label": df["label"].to_numpy()[lab], "label_source": df["label_source"].to_numpy()[lab],
-        "issue_score": 1.0 - p[np.arange(len(lab)), given], "suggested_label": cls[p.argmax(1)],
+        "path": df["path"].to_numpy()[ref], "split": df["split"].to_numpy()[ref],
+        "label": labels[ref], "label_source": df["label_source"].to_numpy()[ref],
+        "issue_score": 1.0 - p[np.arange(len(ref)), y[ref]], "suggested_label": cls[p.argmax(1)],
         "model_out_of_sample": oos, "knn_label": cls[p_knn.argmax(1)], "knn_conf": p_knn.max(1),
-        "model_label": cls[p_model[lab].argmax(1)], "model_conf": p_model[lab].max(1),
-        **dup_columns(lab)})
+        "model_label": cls[p_model[ref].argmax(1)], "model_conf": p_model[ref].max(1),
+        **dup_columns(dups, ref)})
     issues["dup_conflict"] = (issues["near_duplicate"] & np.isin(dup_label, classes)
-                              & (dup_label != issues["label"].to_numpy()))
-    issues = issues.sort_values(["issue_score", "path"], ascending=[False, True],
-                                kind="stable").reset_index(drop=True)
-
-    queue = review_queue(suggestions, issues, unit, pd.Index(paths), cfg)
-    return {"suggestions": suggestions, "label_issues": issues, "review_queue": queue}
+                              & (dup_label != labels[ref]))
+    return issues.sort_values(["issue_score", "path"], ascending=[False, True],
+                              kind="stable").reset_index(drop=True)
 
 
 def review_value(suggestions: pd.DataFrame) -> np.ndarray:

@@ -262,8 +262,9 @@ def write_tables(df: pd.DataFrame, out_dir: str | Path, classes: list[str],
             write_placeholder(target, f"No 3LC table: the dataset has no {split} images.")
             status[split] = "no images (placeholder)"
             continue
-        # Not ".{split}.<8 chars>": atomic_dir(target) below deletes such names as stale.
-        with tempfile.TemporaryDirectory(prefix=f".{split}.tlc-", dir=out_dir) as tmp:
+        # Not named `.<split>.*`: atomic_dir(target) deletes those as its own leftovers.
+        atomic.remove_stale_temporaries(out_dir / "scratch")  # after a SIGKILL
+        with tempfile.TemporaryDirectory(prefix=".scratch.", dir=out_dir) as tmp:
             fresh = Path(tmp) / split  # the parquet file is named after the table folder
             writer = tlc.TableWriter(table_url=str(fresh), column_schemas=schemas,
                                      if_exists="overwrite",
