@@ -41,3 +41,6 @@ bench-accuracy:  ## reference vs fast recipe on the real data: wall time and val
 
 review:  ## the offline review page on http://127.0.0.1:8765 (needs `make repro` first)
 	$(BIN)/chimuffin review
+
+dashboard:  ## 3LC Object Service on 127.0.0.1:5015 for the hosted Dashboard (Ctrl-C stops it)
+	$(BIN)/chimuffin dashboard

@@ -69,6 +69,7 @@ def make_repo(dest: Path, data: Path, args) -> None:
     params["base"]["image_size"] = args.image_size
     params["train"].update(epochs=args.epochs, batch_size=args.batch_size,
                            threads=args.threads)
+    params["tlc"]["enabled"] = False  # 3LC tables and runs are not what this measures
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
                 ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],

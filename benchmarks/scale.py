@@ -5,7 +5,7 @@ subprocess:
   prepare  scan + decode + hash every image into the uint8 cache (data.prepare.prepare_dataset)
   epoch    one shuffled pass over every cached image through engine.load_batch + augment_batch,
            i.e. a training epoch's data path WITHOUT the model (the model's memory does not
-           depend on N, and a real epoch over 50k images takes hours on 2 CPU cores)
+           depend on N, and its compute would make one 50k-image epoch ~30 min on 2 cores)
 and prints wall time, peak RSS (the kernel's VmHWM = getrusage ru_maxrss) and, sampled every
 20 ms, the peaks of its two parts: anonymous memory (heap: what must fit in RAM) and file-backed
 pages (memory-mapped cache pages: clean page cache the kernel reclaims under pressure).
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -46,13 +47,20 @@ def read_status() -> dict[str, int]:
     return out
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 class PeakSampler(threading.Thread):
-    """Peaks of anonymous and file-backed RSS, sampled every 20 ms."""
+    """Peaks of anonymous and file-backed RSS, sampled every 20 ms, and the CPU time used
+    (user + system: unlike wall time, it hardly depends on what else the machine runs)."""
 
     def __init__(self):
         super().__init__(daemon=True)
         self.peak = {"RssAnon": 0, "RssFile": 0}
         self.stop = threading.Event()
+        self.cpu0 = cpu_seconds()
 
     def run(self):
         while not self.stop.is_set():
@@ -65,8 +73,8 @@ class PeakSampler(threading.Thread):
         self.stop.set()
         self.join()
         s = read_status()
-        return {"peak_rss_mb": s["VmHWM"], "peak_anon_mb": max(self.peak["RssAnon"],
-                                                                 s["RssAnon"]),
+        return {"cpu_seconds": cpu_seconds() - self.cpu0, "peak_rss_mb": s["VmHWM"],
+                "peak_anon_mb": max(self.peak["RssAnon"], s["RssAnon"]),
                 "peak_file_mb": max(self.peak["RssFile"], s["RssFile"])}
 
 
@@ -89,12 +97,14 @@ def child_epoch(prepared: Path, batch_size: int) -> dict:
     import numpy as np
     import torch
 
+    import chimuffin
     from chimuffin.augment import augment_batch
     from chimuffin.config import load_params
     from chimuffin.data.manifest import open_cache, read_manifest
     from chimuffin.engine import batches, load_batch
 
-    aug = load_params(Path(__file__).resolve().parents[1] / "params.yaml").train.augment
+    # the params.yaml that goes with the measured sources (--src)
+    aug = load_params(Path(chimuffin.__file__).parents[2] / "params.yaml").train.augment
     torch.set_num_threads(1)  # the data path only; leave the other core alone
     images = open_cache(prepared / "images.npy")
     rows = read_manifest(prepared / "manifest.parquet")["idx"].to_numpy(dtype=np.int64)
@@ -192,18 +202,20 @@ def main() -> None:
             results.append(r)
             print(f"  {job} {n}: {json.dumps(r)}", flush=True)
 
-    print(f"\nsources: {a.src}\n{'images':>7} {'job':8} {'seconds':>8} {'img/s':>7} "
-          f"{'RSS at start':>12} {'peak RSS':>9} {'peak anon':>9} {'peak file':>9} "
-          f"{'cache':>6}   (MB)")
+    print(f"\nsources: {a.src}\n{'images':>7} {'job':8} {'wall s':>7} {'CPU s':>7} "
+          f"{'img/CPU s':>9} {'RSS at start':>12} {'peak RSS':>9} {'peak anon':>9} "
+          f"{'peak file':>9} {'cache':>6}   (MB)")
     for r in results:
-        print(f"{r['n']:>7} {r['job']:8} {r['seconds']:>8.1f} {r['images'] / r['seconds']:>7.0f} "
-              f"{r['rss_before_mb']:>12} {r['peak_rss_mb']:>9} {r['peak_anon_mb']:>9} "
-              f"{r['peak_file_mb']:>9} {r['cache_mb']:>6}")
+        print(f"{r['n']:>7} {r['job']:8} {r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f} "
+              f"{r['images'] / r['cpu_seconds']:>9.0f} {r['rss_before_mb']:>12} "
+              f"{r['peak_rss_mb']:>9} {r['peak_anon_mb']:>9} {r['peak_file_mb']:>9} "
+              f"{r['cache_mb']:>6}")
     lo, hi = sizes[0], sizes[-1]
     for job in ("prepare", "epoch"):
         a_, b_ = (next(r for r in results if r["n"] == n and r["job"] == job) for n in (lo, hi))
         print(f"{job} {hi}/{lo} ({hi / lo:.0f}x images): "
-              f"time x{b_['seconds'] / a_['seconds']:.2f}, "
+              f"CPU time x{b_['cpu_seconds'] / a_['cpu_seconds']:.2f}, "
+              f"wall time x{b_['seconds'] / a_['seconds']:.2f}, "
               f"peak RSS x{b_['peak_rss_mb'] / a_['peak_rss_mb']:.2f}, "
               f"peak anon x{b_['peak_anon_mb'] / a_['peak_anon_mb']:.2f}, "
               f"peak file-backed x{b_['peak_file_mb'] / max(a_['peak_file_mb'], 1):.2f}")

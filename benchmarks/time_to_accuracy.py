@@ -39,7 +39,7 @@ import yaml
 from chimuffin import runtime
 from chimuffin.config import parse_params
 from chimuffin.data.manifest import COLUMNS
-from chimuffin.data.prepare import assign_splits, check_usable, decode_into_cache, shrink_cache
+from chimuffin.data.prepare import assign_splits, check_usable, decode_into_cache
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.engine import fit
@@ -84,7 +84,6 @@ def prepare_protocol(root: Path, classes: list[str], size: int, seed: int,
     rows, bad, _ = decode_into_cache(root, use, size, cache_path)
     if bad:
         raise UserError(f"{len(bad)} protocol images could not be decoded, e.g. {bad[0]}")
-    shrink_cache(cache_path, len(rows))
     df = pd.DataFrame(rows, columns=COLUMNS)
     df = assign_splits(df, classes, 0.0, seed, validation, "reviewed_labels.csv (validation)")
     check_usable(df, classes, root)

@@ -25,6 +25,7 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 4},
     "evaluate": {"batch_size": 32},
     "embed": {"batch_size": 32, "n_neighbors": 5},
+    "tlc": {"enabled": False},  # tests/test_tlc_pipeline.py runs the 3LC-enabled pipeline
 }
 
 
@@ -55,8 +56,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
     return p
 
 
-REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
-              "data/labels/validation.csv", ".gitignore", ".dvcignore"]
+REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/decisions.csv",
+              "data/labels/validation.csv", ".gitignore", ".dvcignore",
+              "tlc-config.yaml"]
 
 
 def make_repo(dest: Path, params: dict) -> Path:
@@ -77,6 +79,19 @@ def make_repo(dest: Path, params: dict) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "init"], dest)
     return dest
+
+
+GUARDS = Path(__file__).parent / "guards"
+
+
+def guarded_env(tmp_path: Path, **extra: str) -> tuple[dict, Path]:
+    """Env that loads tests/guards/sitecustomize.py into every Python subprocess: DNS lookups
+    and outbound connections are refused and recorded in the returned log (which must stay
+    empty); CHIMUFFIN_FORBID_TLC=<file> in `extra` also refuses and records `import tlc`."""
+    log = tmp_path / "network.log"
+    path = [str(GUARDS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PYTHONPATH": os.pathsep.join(path), "CHIMUFFIN_NETGUARD_LOG": str(log),
+            "PYTHONUNBUFFERED": "1", **extra}, log
 
 
 @pytest.fixture

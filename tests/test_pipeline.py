@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import run
+from tests.conftest import guarded_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +22,15 @@ def out_hashes(repo) -> dict:
             if o["path"] in DETERMINISTIC}
 
 
-def test_repro_status_determinism_experiments_and_diffs(tiny_repo):
+def test_repro_status_determinism_experiments_and_diffs(tiny_repo, tmp_path):
     repo = tiny_repo
-    run(["dvc", "repro"], repo)
+    # TINY turns 3LC off: no process of the pipeline may import tlc, none may use the network
+    env, network = guarded_env(tmp_path, CHIMUFFIN_FORBID_TLC=str(tmp_path / "tlc.log"))
+    run(["dvc", "repro"], repo, env=env)
+    assert not (tmp_path / "tlc.log").exists() and not network.exists()
+    tables = repo / "data/3lc/chimuffin/datasets/chimuffin/tables"
+    for placeholder in [tables / "train", tables / "test", repo / "data/3lc/chimuffin/runs/train"]:
+        assert [p.name for p in placeholder.iterdir()] == ["README.txt"]
     assert "up to date" in run(["dvc", "status"], repo).stdout
 
     metrics = json.loads((repo / "metrics/eval/metrics.json").read_text())

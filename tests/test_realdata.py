@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 def test_prepare_clean_counts_and_one_epoch(real_data, tmp_path):
     params = deep_update(default_params_dict(), {
         "prepare": {"data_dir": str(real_data), "val_fraction": 0.2},
-        "train": {"epochs": 1}})
+        "train": {"epochs": 1}, "tlc": {"enabled": False}})
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     (tmp_path / "decisions.csv").write_text("path,label,source,note\n")
@@ -42,7 +42,8 @@ def test_prepare_clean_counts_and_one_epoch(real_data, tmp_path):
 
     run([*py, "chimuffin.stages.train", *common, "--clean", str(tmp_path / "clean"),
          "--prepared", str(tmp_path / "prepared"), "--model", str(tmp_path / "best.pth"),
-         "--live", str(tmp_path / "live")], tmp_path)
+         "--live", str(tmp_path / "live"), "--run", str(tmp_path / "run"),
+         "--tables", str(tmp_path / "tables")], tmp_path)
     live = json.loads((tmp_path / "live/metrics.json").read_text())
     assert live["best/epoch"] == 1 and live["train_images"] == 160
     assert 0.0 <= live["val"]["acc"] <= 1.0

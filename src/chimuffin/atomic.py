@@ -7,12 +7,31 @@ never a partial one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete the temporaries an earlier run left beside target: SIGKILL (or a power cut)
+    skips the cleanup below, and nothing else would ever remove them."""
+    # Exactly the names mkstemp/mkdtemp give below (8 random characters), so that a user's
+    # own `.decisions.csv.swp` or similar is never touched.
+    own = re.compile(rf"\.{re.escape(target.name)}\.(old\.)?[a-z0-9_]{{8}}(\.[A-Za-z0-9]+)?")
+    stale = sorted(p for p in target.parent.glob(f".{glob.escape(target.name)}.*")
+                   if own.fullmatch(p.name))
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager
@@ -20,6 +39,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto target on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
                                dir=target.parent)
     os.close(fd)
@@ -67,10 +87,9 @@ def write_torch(target: str | Path, obj: Any) -> None:
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside target; on success it replaces target whole."""
-    import shutil
-
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp

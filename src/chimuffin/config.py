@@ -8,6 +8,7 @@ out-of-range values, with a message that names the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ def num(lo=None, hi=None, lo_open=False, hi_open=False):
 
 @dataclass(frozen=True)
 class Base:
-    seed: int = num(0)
+    seed: int = num(0, 2**63 - 1)  # torch.manual_seed takes at most 64 bits
     classes: list[str] = field()
     image_size: int = num(32, 512)
 
@@ -123,6 +124,15 @@ class Suggest:
 
 
 @dataclass(frozen=True)
+class Tlc:
+    # 3LC tables (stage `tables`) and a 3LC run with per-sample metrics (stage `train`).
+    # false: the pipeline never imports tlc and writes placeholder folders instead.
+    enabled: bool = field()
+    # Per-sample metrics + embeddings every N epochs (0: only for the best model, always done).
+    collect_every: int = num(0, 10_000)
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base = field()
     sample: Sample = field()
@@ -132,6 +142,7 @@ class Params:
     evaluate: Evaluate = field()
     embed: Embed = field()
     suggest: Suggest = field()
+    tlc: Tlc = field()
 
 
 def _type_name(tp) -> str:
@@ -144,6 +155,18 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
 
 
+def _finite_float(key: str, value: int | float) -> float:
+    # .nan/.inf are YAML floats, but no param means anything with them (and nan would pass
+    # every range check); a huge integer does not fit a float at all.
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise UserError(f"params: {key} must be a finite number, got {value!r}")
+    return f
+
+
 def _check_scalar(key: str, value: Any, tp) -> Any:
     if tp is bool:
         ok = isinstance(value, bool)
@@ -151,7 +174,8 @@ def _check_scalar(key: str, value: Any, tp) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        if ok:
+            value = _finite_float(key, value)
     elif tp is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - a programming error in the dataclasses above
@@ -220,6 +244,11 @@ def _check_relations(p: Params) -> None:
     reserved = {"undefined", "remove"} & set(p.base.classes)
     if reserved:
         raise UserError(f"params: base.classes cannot use the reserved name {sorted(reserved)[0]}")
+    for name in p.base.classes:  # each is a folder name under train128/ and test128/
+        if not name.strip() or name != name.strip() or name.startswith(".") \
+                or any(c in name for c in "/\\\0"):
+            raise UserError(f"params: base.classes: {name!r} is not usable as a folder name "
+                            "(non-empty, no leading dot or surrounding spaces, no / or \\)")
     a = p.train.augment
     if a.scale_min > a.scale_max:
         raise UserError(

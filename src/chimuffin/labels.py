@@ -29,7 +29,8 @@ class Decision:
     label: str
     source: str
     note: str = ""
-    row: int = field(default=0, compare=False)  # line in the file it was read from (0: new)
+    # Where it came from in the file, for error messages; not part of the decision itself.
+    row: int = field(default=0, compare=False, repr=False)
 
 
 def allowed_labels(classes: list[str]) -> list[str]:
@@ -59,7 +60,7 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
     if not text.strip():
         raise UserError(f"{name}: empty file; expected the header line "
                         f"'{','.join(DECISION_COLUMNS)}'")
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    rows = read_csv_rows(text, name)
     header = [h.strip() for h in rows[0]]
     if header != DECISION_COLUMNS:
         missing = [c for c in DECISION_COLUMNS if c not in header]
@@ -92,15 +93,32 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
     return out
 
 
+def read_csv_rows(text: str, name: str) -> list[list[str]]:
+    """CSV records of a hand-edited file; a malformed one is a UserError, not a traceback."""
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise UserError(f"{name}: not a valid CSV file ({e})") from e
+
+
+def read_text_file(path: str | Path) -> str:
+    """A hand-edited text file as str: UTF-8 (a BOM is kept for the parser to drop)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+
+
 def read_decisions(path: str | Path, classes: list[str]) -> list[Decision]:
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e})") from e
-    return parse_decisions(text, classes, name=str(path))
+    return parse_decisions(read_text_file(path), classes, name=str(path))
 
 
 def format_decisions(decisions: list[Decision]) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,24 +47,76 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     atomic.write_torch(path, {"state_dict": state, "meta": meta})
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Load a checkpoint safely (no pickled code runs) and rebuild the model it describes."""
+def _read_checkpoint(path: Path, device: str):
+    """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on foreign pickle protocols
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise UserError(f"{path}: not a readable model file (corrupt: {e})") from e
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"a reference to {found.group(1)}" if found else "objects other than weights"
+        raise UserError(
+            f"{path}: refused: the file contains {what}; loading it could run code, so "
+            "chimuffin never does. Use a model file written by chimuffin's train stage") from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... on bad bytes
+        detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else "no details"
+        raise UserError(f"{path}: not a readable model file: truncated, corrupt or not a "
+                        f"PyTorch checkpoint ({type(e).__name__}: {detail})") from e
+
+
+def _check_meta(path: Path, meta) -> None:
+    ok = (isinstance(meta, dict) and isinstance(meta.get("classes"), list)
+          and all(isinstance(c, str) for c in meta["classes"]) and len(meta["classes"]) >= 2
+          and isinstance(meta.get("head"), list)
+          and all(isinstance(h, int) and 0 < h <= 65536 for h in meta["head"])
+          and isinstance(meta.get("dropout"), int | float) and 0 <= meta["dropout"] < 1)
+    if not ok:
+        raise UserError(f"{path}: checkpoint metadata is incomplete or invalid (needs classes, "
+                        "head and dropout as written by chimuffin's train stage)")
+
+
+def _check_fits(path: Path, model: nn.Module, state, head: list[int]) -> None:
+    """Explain which weights do not fit instead of torch's page-long load_state_dict error."""
+    want = model.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in
+                                              state.values()):
+        raise UserError(f"{path}: state_dict is not a mapping of names to tensors")
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shape = [k for k in want if k in state and state[k].shape != want[k].shape]
+    if missing or unexpected or shape:
+        example = (missing or unexpected or shape)[0]
+        raise UserError(
+            f"{path}: weights do not fit chimuffin's ResNet-18 with head {head}: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shape)} of another "
+            f"shape (e.g. {example}); is it a model of another architecture?")
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu",
+                    classes: list[str] | None = None) -> tuple[nn.Module, dict]:
+    """Load a checkpoint safely (no pickled code runs) and rebuild the model it describes.
+
+    With `classes`, also check the model was trained for those classes in that order."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model file not found (run `dvc repro train`)")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a loadable chimuffin model (refused by the safe loader or "
-                        f"truncated: {first})") from e
+    ckpt = _read_checkpoint(path, device)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
-        raise UserError(f"{path}: not a chimuffin checkpoint (expected keys state_dict, meta)")
+        bare = isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor)
+                                                        for v in ckpt.values())
+        what = "a bare state_dict without chimuffin's metadata" if bare else \
+            "not a chimuffin checkpoint"
+        raise UserError(f"{path}: {what} (expected a dict with keys state_dict, meta, as "
+                        "written by chimuffin's train stage)")
     meta = ckpt["meta"]
-    try:
-        model = build_model(len(meta["classes"]), list(meta["head"]), float(meta["dropout"]))
-        model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not fit chimuffin's ResNet-18 ({first})") from e
+    _check_meta(path, meta)
+    if classes is not None and list(meta["classes"]) != list(classes):
+        raise UserError(f"{path}: model was trained for classes {meta['classes']}, but "
+                        f"base.classes is {list(classes)}")
+    model = build_model(len(meta["classes"]), list(meta["head"]), float(meta["dropout"]))
+    _check_fits(path, model, ckpt["state_dict"], meta["head"])
+    model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), meta

@@ -35,15 +35,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bit instead of clipping everything to white.
+        # 16-bit (or 32-bit) grayscale: map the 16-bit range onto 8 bits instead of clipping
+        # everything above 255 to white. A fixed scale keeps dark images dark.
         arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(arr / 257.0, 0, 255).round().astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no details"
 
 
 def decode_image(path: str | Path, size: int) -> Decoded:
@@ -53,6 +58,7 @@ def decode_image(path: str | Path, size: int) -> Decoded:
         if os.path.getsize(path) == 0:
             raise ImageDecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" and the like
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
@@ -62,8 +68,9 @@ def decode_image(path: str | Path, size: int) -> Decoded:
                         "decompression bomb")
                 mode = img.mode
                 img.seek(0)  # first frame of animated GIF/WebP
-                img = ImageOps.exif_transpose(img)
+                img = ImageOps.exif_transpose(img)  # as a camera or browser would show it
                 img.load()
+                w, h = img.size  # after rotation
                 rgb = _to_rgb(img)
     except ImageDecodeError:
         raise
@@ -71,8 +78,11 @@ def decode_image(path: str | Path, size: int) -> Decoded:
         raise ImageDecodeError(f"possible decompression bomb ({e})") from e
     except Image.UnidentifiedImageError as e:
         raise ImageDecodeError("not an image (unrecognised format)") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageDecodeError(f"cannot decode ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        # Files are untrusted: a corrupt one makes Pillow's decoders raise OSError, ValueError,
+        # SyntaxError, struct.error, IndexError... Any of them excludes this file (with the
+        # reason in the report) rather than stopping the whole dataset.
+        raise ImageDecodeError(f"cannot decode ({type(e).__name__}: {_first_line(e)})") from e
     resized = rgb.size != (size, size)
     if resized:
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)

@@ -26,7 +26,11 @@ def read_manifest(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFram
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: manifest not found (run `dvc repro` for the earlier stages)")
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow's ArrowInvalid, OSError... on a damaged file
+        raise UserError(f"{path}: not a readable manifest ({type(e).__name__}); rerun "
+                        "`dvc repro` to rebuild it") from e
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise UserError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
@@ -38,7 +42,11 @@ def open_cache(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: image cache not found (run `dvc repro prepare`)")
-    return np.load(path, mmap_mode="r")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable image cache ({e}); rerun "
+                        "`dvc repro prepare` to rebuild it") from e
 
 
 def read_rows(images: np.ndarray, rows: np.ndarray) -> np.ndarray:

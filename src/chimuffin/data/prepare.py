@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from chimuffin.data.images import ImageDecodeError, decode_image
 from chimuffin.data.manifest import COLUMNS, CacheWriter, stratified_val
 from chimuffin.data.scan import Candidate, Excluded, scan_dataset
 from chimuffin.errors import UserError
-from chimuffin.labels import check_relative_path
+from chimuffin.labels import check_relative_path, read_csv_rows
 
 VALIDATION_COLUMNS = ["path", "label"]
 
@@ -25,7 +23,7 @@ def parse_validation_labels(text: str, classes: list[str], name: str) -> dict[st
     """`path,label` rows naming pool images a person labeled to validate on (never trained)."""
     if text.startswith("\ufeff"):
         text = text[1:]
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    rows = read_csv_rows(text, name)
     if not rows or [h.strip() for h in rows[0]] != VALIDATION_COLUMNS:
         raise UserError(f"{name}: row 1 (header): expected '{','.join(VALIDATION_COLUMNS)}'")
     out: dict[str, str] = {}

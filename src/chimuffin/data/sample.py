@@ -140,6 +140,7 @@ def write_sample(out_dir: str | Path, labeled_per_class: int, pool: int, test_pe
         (out / folder).mkdir(parents=True, exist_ok=True)
         (out / folder / name).write_bytes(data)
     if bad_files:  # what scraped folders contain: prepare must report these, not crash
+        (out / "train128/undefined").mkdir(parents=True, exist_ok=True)  # also when pool is 0
         (out / "train128/undefined/broken.jpg").write_bytes(b"not really a jpeg\n")
         (out / "train128/undefined/empty.jpg").write_bytes(b"")
         (out / "train128/undefined/.DS_Store").write_bytes(b"\0\0\0\1Bud1")

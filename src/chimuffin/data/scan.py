@@ -38,13 +38,14 @@ def _rel(root: Path, p: Path) -> str:
 def _classify_file(root: Path, p: Path) -> str | None:
     """Why p cannot be used, or None if it should be decoded."""
     try:
-        os.fsencode(p.name).decode("utf-8")
+        os.fsencode(_rel(root, p)).decode("utf-8")
     except UnicodeDecodeError:
-        return "file name is not valid UTF-8 (rename the file)"
-    if p.is_symlink():
-        target = p.resolve()
-        if not target.is_relative_to(root.resolve()):
-            return f"symlink pointing outside the dataset ({target})"
+        return "file or folder name is not valid UTF-8 (rename it)"
+    # resolve() follows every link on the way, so a linked file and a file inside a linked
+    # folder are both caught: a dataset must not make us read files from elsewhere.
+    target = p.resolve()
+    if not target.is_relative_to(root.resolve()):
+        return f"symlink pointing outside the dataset ({_printable(str(target))})"
     if not p.is_file():
         return "not a regular file"
     if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -68,9 +69,13 @@ def _scan_folder(root: Path, folder: Path, split: str, label: str,
             keep.append(Candidate(_rel(root, p), split, label))
 
 
-def _safe_rel(root: Path, p: Path) -> str:
+def _printable(name: str) -> str:
     # Non-UTF-8 names are shown with escapes so the report itself stays valid UTF-8.
-    return os.fsencode(_rel(root, p)).decode("utf-8", errors="backslashreplace")
+    return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+
+
+def _safe_rel(root: Path, p: Path) -> str:
+    return _printable(_rel(root, p))
 
 
 def scan_dataset(root: str | Path, classes: list[str]) -> tuple[list[Candidate], list[Excluded]]:
@@ -80,6 +85,13 @@ def scan_dataset(root: str | Path, classes: list[str]) -> tuple[list[Candidate],
         raise UserError(
             f"{root}: no {TRAIN_DIR}/ folder; expected {TRAIN_DIR}/{{{','.join(classes)},"
             f"{POOL}}}/ and optionally {TEST_DIR}/ (set prepare.data_dir)")
+    missing = [c for c in classes if not (train / c).is_dir()]
+    if missing:
+        found = sorted(_printable(d.name) for d in train.iterdir() if d.is_dir())
+        raise UserError(
+            f"{train}: no folder for class {', '.join(missing)} (base.classes is "
+            f"{', '.join(classes)}; found folders: {', '.join(found) or 'none'}). Rename the "
+            "folders or set base.classes")
     keep: list[Candidate] = []
     excluded: list[Excluded] = []
     for split_dir, split, allowed in ((train, "train", [*classes, POOL]),
@@ -96,7 +108,7 @@ def scan_dataset(root: str | Path, classes: list[str]) -> tuple[list[Candidate],
             elif sub.name not in allowed:
                 excluded.append(Excluded(
                     _safe_rel(root, sub) + "/",
-                    f"unknown class folder '{sub.name}' (base.classes allows "
+                    f"unknown class folder '{_printable(sub.name)}' (base.classes allows "
                     f"{', '.join(allowed)})"))
             else:
                 _scan_folder(root, sub, split, sub.name, keep, excluded)

@@ -17,7 +17,7 @@ def main(args, params) -> None:
     device = runtime.pick_device(params.train.device)
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
-    model, _ = load_checkpoint(args.model, device=str(device))
+    model, _ = load_checkpoint(args.model, device=str(device), classes=params.base.classes)
     _, emb = predict_manifest(model, images, df, params.base.classes,
                                  params.embed.batch_size, device, with_embeddings=True)
     seed, k = params.base.seed, params.embed.n_neighbors

@@ -1,11 +1,15 @@
 """Stage `evaluate`: metrics on validation (and test when present); predictions for every image."""
 
+import hashlib
+import json
 from pathlib import Path
 
 from chimuffin import atomic, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
+from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
 from chimuffin.model import load_checkpoint
 from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
+from chimuffin.reference_recipe import load_reference, recipe_diff
 from chimuffin.stages import common
 
 
@@ -18,13 +22,27 @@ def headline(report: dict) -> dict:
     return out
 
 
+def write_report(tmp: Path, args, params, meta, pred, df, images, reports) -> None:
+    """report.md + mistakes.png: what a person reads after `dvc repro`."""
+    clean = Path(args.clean)
+    summary = json.loads((clean / "summary.json").read_text(encoding="utf-8"))
+    fingerprint = hashlib.sha1((clean / "manifest.parquet").read_bytes()).hexdigest()[:12]
+    mistakes = confident_mistakes(pred, params.base.classes)
+    mistakes_png(mistakes, df["idx"].to_numpy(), images, tmp / "mistakes.png")
+    diff = recipe_diff(params.train, load_reference(args.reference))
+    atomic.write_text(tmp / "report.md", build_report(
+        meta=meta, summary=summary, fingerprint=fingerprint, classes=params.base.classes,
+        diff=diff, reference_name=args.reference, reports=reports, mistakes=mistakes,
+        png_name="mistakes.png"))
+
+
 def main(args, params) -> None:
     classes = params.base.classes
     runtime.setup(params.base.seed, params.train.threads)
     device = runtime.pick_device(params.train.device)
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
-    model, meta = load_checkpoint(args.model, device=str(device))
+    model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
     pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size, device,
                                params.evaluate.tta_flip)
     reports = {s: r for s in ("val", "test") if (r := split_metrics(pred, s, classes))}
@@ -36,10 +54,12 @@ def main(args, params) -> None:
         for split in reports:
             for name, table in curve_tables(pred, split, classes).items():
                 table.to_csv(tmp / f"{name}_{split}.csv", index=False, float_format="%.6g")
+        write_report(tmp, args, params, meta, pred, df, images, reports)
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]
         print(f"evaluate: {split}: accuracy {r['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), "
               f"n={r['n']}, loss {r['loss']:.4f}, ROC AUC {r['roc_auc']:.4f}")
+    print(f"evaluate: report in {out / 'report.md'}")
 
 
 if __name__ == "__main__":
@@ -48,4 +68,6 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--reference", default="recipes/reference.yaml",
+                   help="the reference recipe the report compares params with")
     common.run(main, p.parse_args())

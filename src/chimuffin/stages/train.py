@@ -4,7 +4,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chimuffin import runtime
+from chimuffin import atomic, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.engine import fit
@@ -30,19 +30,33 @@ def main(args, params) -> None:
                         f"set ({len(train_rows)} labeled images)")
     runtime.setup(params.base.seed, t.threads)
     device = runtime.pick_device(t.device)
+    run3lc = None  # 3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio)
+    if params.tlc.enabled:
+        run3lc = tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
+    else:
+        tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
     images = open_cache(Path(args.prepared) / "images.npy")
     model = build_model(len(classes), t.head, t.dropout)
 
     from dvclive import Live
 
     bar = tqdm(total=t.epochs * len(train_rows), unit="img", desc="train", disable=None)
-    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    # All or nothing: the best weights are kept in memory and DVCLive (which writes its files
+    # in place, epoch by epoch) writes into a temporary folder; models/best.pth and
+    # metrics/train appear only when training completes. Ctrl-C removes the temporary folder;
+    # after a SIGKILL the next run does (atomic.py).
+    best_state: dict = {}
+    with atomic.atomic_dir(args.live) as live_dir, \
+            Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def on_epoch(r, is_best):
             for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
                                 ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
                 live.log_metric(name, value)
             if is_best:  # r.model: the validated weights (the EMA copy when it is on)
-                save_checkpoint(args.model, r.model, checkpoint_meta(params, r.epoch, r.val_acc))
+                best_state.update({k: v.detach().to("cpu", copy=True)
+                                   for k, v in r.model.state_dict().items()})
+            if run3lc:
+                run3lc.epoch_end(r, r.model, images, device)
             bar.set_postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
             live.next_step()
 
@@ -51,8 +65,14 @@ def main(args, params) -> None:
         bar.close()
         live.summary.update({"best/epoch": best.epoch, "best/val_acc": best.val_acc,
                              "best/val_loss": best.val_loss, "train_images": len(train_rows)})
+        model.load_state_dict(best_state)
+        save_checkpoint(args.model, model, checkpoint_meta(params, best.epoch, best.val_acc))
     print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device}; best epoch "
           f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}")
+    if run3lc:
+        summary = run3lc.finish(model, best.epoch, images, device)  # model holds the best weights
+        print(f"train: 3LC run {summary['run']}: {summary['metrics_tables']} metrics tables, "
+              f"3-D PaCMAP embeddings")
 
 
 if __name__ == "__main__":
@@ -61,4 +81,7 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--live", required=True, help="DVCLive folder")
+    p.add_argument("--run", required=True, help="3LC run folder (a placeholder when 3LC is off)")
+    p.add_argument("--tables", required=True, help="3LC tables folder (stage `tables`)")
+    p.add_argument("--tlc-config", default=tlcio.CONFIG)
     common.run(main, p.parse_args())

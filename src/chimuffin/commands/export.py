@@ -1,0 +1,91 @@
+"""`chimuffin export --onnx`: the trained model as ONNX, preprocessing inside the graph.
+
+The ONNX input is `image`: uint8 RGB NCHW at the checkpoint's image_size (0-255); scaling and
+mean/std normalisation run inside the model. Its metadata_props (keys chimuffin.*) record the
+image size, mean/std, class names, channel order and how to decode and resize an image.
+
+--quantize dynamic (the default of a bare --quantize) needs no data; --quantize static
+calibrates activation ranges on training images: by default up to 256 non-test images of the
+pipeline's cache (data/prepared/images.npy rows listed in data/clean/manifest.parquet), or the
+image files/folders given with --calibration. benchmarks/onnx_quantization.py measures both.
+"""
+
+from __future__ import annotations
+
+CALIBRATION_IMAGES = 256
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export the trained model (ONNX)", description=__doc__)
+    p.add_argument("--onnx", action="store_true", required=True,
+                   help="export to ONNX (the only format so far)")
+    p.add_argument("--model", default="models/best.pth", help="checkpoint (default %(default)s)")
+    p.add_argument("--output", "-o", default="models/model.onnx",
+                   help="ONNX file to write (default %(default)s)")
+    p.add_argument("--quantize", nargs="?", const="dynamic", choices=("dynamic", "static"),
+                   help="int8 quantisation with onnxruntime: dynamic (weights only; measured "
+                        "slower on CPU, see the README) or static (weights and activations, "
+                        "calibrated)")
+    p.add_argument("--calibration", nargs="+", metavar="PATH",
+                   help="image files/folders to calibrate static quantisation on (default: "
+                        "the pipeline's non-test images)")
+    p.add_argument("--prepared", default="data/prepared",
+                   help="the pipeline's prepared folder, for the default calibration images")
+    p.add_argument("--clean", default="data/clean",
+                   help="the pipeline's clean folder (which cached images are not test)")
+    p.set_defaults(func=run)
+
+
+def pipeline_calibration(prepared: str, clean: str, size: int, n: int, seed: int = 0):
+    """A seeded sample of the cached non-test images (test images never tune anything)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from chimuffin.data.manifest import open_cache, read_manifest
+    from chimuffin.errors import UserError
+
+    df = read_manifest(Path(clean) / "manifest.parquet")
+    cache = open_cache(Path(prepared) / "images.npy")
+    if cache.shape[-1] != size:
+        raise UserError(f"{prepared}/images.npy holds {cache.shape[-1]} px images but the "
+                        f"model expects {size} px: pass --calibration with image folders")
+    rows = df.loc[df["split"] != "test", "idx"].to_numpy()
+    pick = np.sort(np.random.default_rng(seed).permutation(rows)[:n])
+    return np.asarray(cache[pick])
+
+
+def files_calibration(paths: list[str], size: int, n: int):
+    from chimuffin.errors import UserError
+    from chimuffin.inference import collect_inputs, decode_chunk
+
+    found = collect_inputs(paths)
+    images, _, _ = decode_chunk(found.items[:n], size)
+    if not len(images):
+        raise UserError(f"--calibration {' '.join(paths)}: no decodable images")
+    return images
+
+
+def run(args) -> int:
+    from chimuffin.errors import UserError
+    from chimuffin.model import load_checkpoint
+    from chimuffin.onnx_export import FP32_TOLERANCE, export_onnx, read_metadata
+
+    if args.calibration and args.quantize != "static":
+        raise UserError("--calibration is only used with --quantize static")
+    model, meta = load_checkpoint(args.model)
+    size = int(meta["image_size"])
+    calib = None
+    if args.quantize == "static":
+        calib = (files_calibration(args.calibration, size, CALIBRATION_IMAGES) if args.calibration
+                 else pipeline_calibration(args.prepared, args.clean, size, CALIBRATION_IMAGES))
+    out, diff = export_onnx(model, meta, args.output, quantize=args.quantize or "",
+                            calibration=calib)
+    kind = f"{args.quantize} int8" if args.quantize else "float32"
+    check = "" if args.quantize else f" (tolerance {FP32_TOLERANCE:g})"
+    print(f"export: {args.model} -> {out} ({kind}, input uint8 RGB NCHW {size}x{size}, "
+          f"classes {', '.join(meta['classes'])}); max |p_onnx - p_torch| on 8 random images: "
+          f"{diff:.2e}{check}")
+    if args.quantize:
+        print(f"export: {read_metadata(out)['chimuffin.quantization']}")
+    return 0

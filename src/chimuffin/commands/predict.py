@@ -1,0 +1,74 @@
+"""`chimuffin predict PATH...`: classify image files or folders with a trained model.
+
+Exit codes: 0 when at least one image was classified (unreadable files are reported, per file,
+on stderr and as rows with an `error` in CSV/JSON output); 1 when nothing could be classified
+(no images found, or every one failed); 2 for a usage error (bad option, missing or unloadable
+model); 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from chimuffin import atomic
+
+FORMATS = ("table", "csv", "json")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files or folders with a trained model",
+                       description=__doc__)
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", default="models/best.pth", help="checkpoint (default %(default)s)")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (aligned text), csv or json (default %(default)s)")
+    p.add_argument("--output", "-o", help="write the results to this file (atomically) "
+                   "instead of stdout")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="average the logits of the image and its mirror image")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default 0: every core this process may use)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from chimuffin import runtime
+    from chimuffin.errors import UserError
+    from chimuffin.inference import classify, collect_inputs, missing_rows, render
+    from chimuffin.model import load_checkpoint
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    runtime.setup(0, args.threads)  # deterministic kernels; the seed is unused
+    device = runtime.pick_device(args.device)
+    model, meta = load_checkpoint(args.model, device=str(device))
+    classes = list(meta["classes"])
+    found = collect_inputs(args.paths)
+    with tqdm(total=len(found.items), unit="img", desc="predict", file=sys.stderr,
+              disable=None if len(found.items) > 1 else True) as bar:
+        df = classify(model, meta, found.items, args.batch_size, device, args.tta_flip,
+                      progress=bar.update)
+    df = pd.concat([missing_rows(found.missing, classes), df], ignore_index=True)
+
+    text = render(df, args.format, classes)
+    if args.output:
+        atomic.write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    failed = df[df["error"] != ""]
+    for path, reason in zip(failed["path"], failed["error"], strict=True):
+        print(f"chimuffin predict: {path}: {reason}", file=sys.stderr)
+    n_ok = len(df) - len(failed)
+    summary = f"chimuffin predict: classified {n_ok} image(s), {len(failed)} failed"
+    if found.skipped:
+        summary += f", {found.skipped} non-image file(s) in folders skipped"
+    print(summary + (f"; results in {args.output}" if args.output else ""), file=sys.stderr)
+    return 0 if n_ok else 1

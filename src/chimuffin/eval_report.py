@@ -1,0 +1,141 @@
+"""The evaluate stage's human-readable report (report.md) and its mistakes thumbnail grid.
+
+Everything here is a pure function of its inputs (no timestamps), so the report is
+byte-identical across `dvc repro -f`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+N_MISTAKES = 16
+MISTAKE_SPLITS = ("train", "val")  # never test: looking at test mistakes is tuning on test
+
+
+def confident_mistakes(pred: pd.DataFrame, classes: list[str], n: int = N_MISTAKES,
+                       ) -> pd.DataFrame:
+    """Labeled train/validation images the model gets wrong, most confident first (ties by
+    path). Confident mistakes on training images are often label errors."""
+    m = pred[pred["split"].isin(MISTAKE_SPLITS) & pred["label"].isin(classes)
+             & (pred["prediction"] != pred["label"])]
+    return m.sort_values(["confidence", "path"], ascending=[False, True], kind="stable").head(n)
+
+
+def mistakes_png(mistakes: pd.DataFrame, idx: np.ndarray, images: np.ndarray,
+                 out_path: Path, cols: int = 4) -> None:
+    """A grid of thumbnails from the uint8 image cache, captioned label -> prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(mistakes)
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.5), dpi=80, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, (pos, r)) in enumerate(zip(axes.flat, mistakes.iterrows(), strict=False), 1):
+        ax.imshow(np.asarray(images[idx[pos]]).transpose(1, 2, 0))
+        ax.set_title(f"#{i} {r['split']}: {r['label']}\n-> {r['prediction']} "
+                     f"{r['confidence']:.2f}", fontsize=8)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no mistakes on labeled\ntrain/validation images",
+                        ha="center", va="center", fontsize=10)
+    fig.suptitle("Most confident mistakes (labeled train/validation images)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _table(header: list[str], rows: list[list], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    return ["| " + " | ".join(map(str, r)) + " |" for r in (header, sep, *rows)]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def data_section(summary: dict, classes: list[str], fingerprint: str) -> list[str]:
+    counts = summary["by_split_label"]
+    labels = [*classes, "undefined"]
+    rows = []
+    for split in ("train", "val", "test"):
+        row = [counts.get(f"{split}/{lbl}", 0) for lbl in labels]
+        if sum(row):
+            rows.append([split, *row, sum(row)])
+    lines = ["## Data version", "",
+             f"`data/clean`: {summary['images']} images (manifest sha1 `{fingerprint}`), "
+             f"{summary['decisions']} label decisions applied, "
+             f"{summary['duplicates_dropped']} identical copies dropped, "
+             f"{len(summary['label_conflicts'])} label conflicts.", ""]
+    lines += _table(["split", *labels, "total"], rows)
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_label_source"].items()))
+    return [*lines, "", f"Label sources: {sources}.", ""]
+
+
+def recipe_section(diff: list[tuple[str, object, object]], reference_name: str) -> list[str]:
+    lines = ["## Recipe", ""]
+    if not diff:
+        return [*lines, f"Same as the reference recipe (`{reference_name}`).", ""]
+    lines += [f"Params that differ from the reference recipe (`{reference_name}`):", ""]
+    lines += _table(["param", "this run", "reference"],
+                    [[f"`{k}`", _fmt(ours), _fmt(ref)] for k, ours, ref in diff], "lll")
+    return [*lines, ""]
+
+
+def metrics_section(reports: dict[str, dict], classes: list[str]) -> list[str]:
+    rows = []
+    for split, r in reports.items():
+        lo, hi = r["accuracy_ci95"]
+        rows.append([split, r["n"], f"{r['accuracy']:.4f}", f"{lo:.3f} - {hi:.3f}",
+                     f"{r['loss']:.4f}", f"{r['roc_auc']:.4f}",
+                     *(f"{r['per_class'][c]['f1']:.4f}" for c in classes)])
+    lines = ["## Metrics", ""]
+    lines += _table(["split", "n", "accuracy", "95% CI", "loss", "ROC AUC",
+                     *(f"F1 {c}" for c in classes)], rows)
+    lines += ["", "95% CI: Wilson score interval of the accuracy. The best epoch was chosen on "
+              "validation; test (when present) is only evaluated.", ""]
+    for split, r in reports.items():
+        lines += [f"Confusion matrix, {split} (rows: actual, columns: predicted):", ""]
+        lines += _table(["actual \\ predicted", *classes],
+                        [[c, *r["confusion"][i]] for i, c in enumerate(classes)])
+        lines.append("")
+    return lines
+
+
+def mistakes_section(mistakes: pd.DataFrame, png_name: str) -> list[str]:
+    lines = ["## Most confident mistakes", "",
+             "Labeled training and validation images the model gets wrong, most confident "
+             "first (test images are left out on purpose). A confident mistake on a training "
+             "image is often a wrong or doubtful label: review it.", "",
+             f"![most confident mistakes]({png_name})", ""]
+    if mistakes.empty:
+        return [*lines, "None.", ""]
+    rows = [[i, f"`{r['path']}`", r["split"], r["label"], r["label_source"], r["prediction"],
+             f"{r['confidence']:.3f}"] for i, (_, r) in enumerate(mistakes.iterrows(), 1)]
+    lines += _table(["#", "path", "split", "label", "source", "predicted", "confidence"], rows,
+                    "rlllllr")
+    return [*lines, ""]
+
+
+def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[str],
+                 diff: list, reference_name: str, reports: dict[str, dict],
+                 mistakes: pd.DataFrame, png_name: str) -> str:
+    epoch, val_acc = meta.get("epoch"), meta.get("val_accuracy")
+    head = [f"Model: best epoch {epoch}"
+            + (f" (validation accuracy {val_acc:.4f})" if isinstance(val_acc, float) else "")
+            + f", image size {meta.get('image_size')}, classes {', '.join(classes)}.", ""]
+    lines = ["# Evaluation report", "", *head,
+             *data_section(summary, classes, fingerprint),
+             *recipe_section(diff, reference_name),
+             *metrics_section(reports, classes),
+             *mistakes_section(mistakes, png_name)]
+    return "\n".join(lines).rstrip() + "\n"

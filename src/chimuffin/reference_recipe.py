@@ -1,0 +1,45 @@
+"""The reference recipe (recipes/reference.yaml) and how a run's params differ from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from chimuffin.config import Train, _build, as_dict
+from chimuffin.errors import UserError
+
+REFERENCE = Path("recipes/reference.yaml")
+# Where the code runs is not part of the recipe.
+NOT_RECIPE = {"device", "threads"}
+
+
+def load_reference(path: str | Path = REFERENCE) -> Train:
+    """The reference `train` group, checked as strictly as params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the reference recipe ({e.strerror})") from e
+    if not isinstance(raw, dict) or set(raw) != {"train"}:
+        raise UserError(f"{path}: expected one top-level key `train`")
+    try:
+        return _build(Train, raw["train"], "train")
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from e
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def recipe_diff(train: Train, reference: Train) -> list[tuple[str, object, object]]:
+    """(key, this run's value, reference value) for every recipe param that differs."""
+    ours = flatten(as_dict(train), "train")
+    ref = flatten(as_dict(reference), "train")
+    return [(k, ours.get(k), ref.get(k)) for k in sorted(set(ours) | set(ref))
+            if k.split(".")[1] not in NOT_RECIPE and ours.get(k) != ref.get(k)]

@@ -1,0 +1,158 @@
+"""`chimuffin predict`: folders, odd formats, unreadable files, table/CSV/JSON, exit codes."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from chimuffin.cli import main
+from chimuffin.data.prepare import decode_into_cache
+from chimuffin.data.scan import Candidate
+from chimuffin.engine import predict, softmax
+from chimuffin.inference import collect_inputs
+from chimuffin.model import build_model, save_checkpoint
+
+SIZE = 32
+CLASSES = ["chihuahua", "muffin"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model(2, [8], 0.0)
+    # Spread the BatchNorm statistics so predictions are not all ~0.5.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("model") / "best.pth"
+    save_checkpoint(path, model, {"classes": CLASSES, "head": [8], "dropout": 0.0,
+                                  "image_size": SIZE, "epoch": 1, "val_accuracy": 0.5})
+    return path
+
+
+def _rgb(seed: int, size=(40, 30)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """Good images in several formats (one nested), plus broken, empty, hidden and text files."""
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    _rgb(1).save(d / "a.jpg")
+    _rgb(2).convert("RGBA").save(d / "b.png")
+    _rgb(3).convert("L").save(d / "c.webp")
+    _rgb(4).convert("CMYK").save(d / "sub" / "d.JPEG")
+    frames = [_rgb(5), _rgb(6)]
+    frames[0].save(d / "sub" / "e.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50).save(d / "f.png")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (d / "empty.png").write_bytes(b"")
+    _rgb(7).save(d / ".hidden.jpg")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def predict_cli(*args) -> int:
+    """`chimuffin predict ARGS` in-process, on one thread (the test machine's cores are shared)."""
+    return main(["predict", *map(str, args), "--threads", "1"])
+
+
+GOOD = ["a.jpg", "b.png", "c.webp", "f.png", "sub/d.JPEG", "sub/e.gif"]
+
+
+def test_collect_inputs_walks_folders_in_order_and_skips_hidden(folder):
+    found = collect_inputs([folder, folder / "notes.txt", folder / "nope.jpg"])
+    names = [Path(i.shown).relative_to(folder).as_posix() for i in found.items]
+    # folder contents sorted (files before subfolders), then the explicitly named text file
+    assert names == ["a.jpg", "b.png", "broken.jpg", "c.webp", "empty.png", "f.png",
+                     "sub/d.JPEG", "sub/e.gif", "notes.txt"]
+    assert [m.shown for m in found.missing] == [str(folder / "nope.jpg")]
+    assert found.skipped == 1  # notes.txt inside the folder
+
+
+def test_predict_csv_reports_errors_and_matches_prepare_decoding(folder, ckpt, capsys):
+    rc = predict_cli(str(folder), "--model", str(ckpt), "--format", "csv",
+               "--batch-size", "4")
+    out, err = capsys.readouterr()
+    assert rc == 0
+    df = pd.read_csv(io.StringIO(out), keep_default_na=False)
+    assert list(df.columns) == ["path", "label", "confidence", "p_chihuahua", "p_muffin", "error"]
+    by_name = {Path(p).relative_to(folder).as_posix(): r for p, r in zip(df["path"],
+               df.to_dict("records"), strict=True)}
+    assert set(by_name) == {*GOOD, "broken.jpg", "empty.png"}
+    assert by_name["empty.png"]["error"] == "empty file (0 bytes)"
+    assert by_name["broken.jpg"]["error"].startswith("cannot decode")
+    for name in ("broken.jpg", "empty.png"):
+        assert by_name[name]["label"] == "" and f"{name}: " in err
+    assert "classified 6 image(s), 2 failed, 1 non-image file(s) in folders skipped" in err
+
+    # Same decoding and inference as the pipeline: prepare's cache -> engine.predict
+    rows, excluded, _ = decode_into_cache(folder, [Candidate(n, "train", "undefined")
+                                                   for n in GOOD], SIZE, folder.parent / "c.npy")
+    assert not excluded
+    from chimuffin.model import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    cache = np.load(folder.parent / "c.npy")
+    expected = softmax(predict(model, cache, np.arange(len(GOOD)), 2, torch.device("cpu"))[0])
+    got = np.array([[by_name[n]["p_chihuahua"], by_name[n]["p_muffin"]] for n in GOOD], float)
+    np.testing.assert_allclose(got, expected, atol=2e-6)  # CSV keeps 6 decimals
+    assert [by_name[n]["label"] for n in GOOD] == [CLASSES[i] for i in expected.argmax(1)]
+    assert len(set(np.round(got[:, 0], 4))) > 1  # the images really got different predictions
+
+
+def test_predict_table_json_output_file_and_tta(folder, ckpt, capsys, tmp_path):
+    assert predict_cli(str(folder / "a.jpg"), str(folder / "b.png"), "--model",
+                 str(ckpt)) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["path", "label", "confidence"]
+    assert [line.split()[0] for line in table[1:]] == [str(folder / "a.jpg"),
+                                                       str(folder / "b.png")]
+
+    out = tmp_path / "res" / "out.json"
+    assert predict_cli(str(folder / "a.jpg"), str(folder / "broken.jpg"), "--model",
+                 str(ckpt), "--format", "json", "--output", str(out)) == 0
+    assert capsys.readouterr().out == ""
+    plain = json.loads(out.read_text())
+    assert [r["error"] is None for r in plain] == [True, False]
+    assert plain[1]["label"] is None and "cannot decode" in plain[1]["error"]
+    assert abs(sum(plain[0]["probabilities"].values()) - 1) < 1e-5
+    assert plain[0]["confidence"] == max(plain[0]["probabilities"].values())
+
+    # Flip TTA averages the logits of the image and its mirror image.
+    assert predict_cli(str(folder / "a.jpg"), "--model", str(ckpt), "--format", "json",
+                 "--tta-flip", "-o", str(out)) == 0
+    tta = json.loads(out.read_text())[0]["probabilities"]["chihuahua"]
+    mirrored = folder / "mirror.png"
+    Image.open(folder / "a.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    assert predict_cli(str(folder / "a.jpg"), str(mirrored), "--model", str(ckpt),
+                 "--format", "csv") == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    logit_gap = np.log(df["p_chihuahua"] / df["p_muffin"]).mean()  # mean logit difference
+    assert tta == pytest.approx(1 / (1 + np.exp(-logit_gap)), abs=5e-3)
+    assert tta != pytest.approx(plain[0]["probabilities"]["chihuahua"], abs=1e-6)
+
+
+def test_predict_exit_codes(folder, ckpt, tmp_path, capsys):
+    # nothing classifiable -> 1, with every reason on stderr
+    assert predict_cli(str(folder / "broken.jpg"), str(tmp_path / "gone"), "--model",
+                 str(ckpt)) == 1
+    err = capsys.readouterr().err
+    assert "gone: no such file or folder" in err and "classified 0 image(s), 2 failed" in err
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert predict_cli(str(empty), "--model", str(ckpt)) == 1
+    # a missing or broken model is a usage error -> 2
+    assert predict_cli(str(folder), "--model", str(tmp_path / "no.pth")) == 2
+    assert "model file not found" in capsys.readouterr().err
+    (tmp_path / "bad.pth").write_bytes(b"junk")
+    assert predict_cli(str(folder), "--model", str(tmp_path / "bad.pth")) == 2
+    assert predict_cli(str(folder), "--model", str(ckpt), "--batch-size", "0") == 2
