@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]
+
+from tests.conftest import default_params_dict  # noqa: E402
+from tests.conftest import make_repo as conftest_make_repo  # noqa: E402
 
 from chimuffin.labels import Decision, read_decisions, write_decisions  # noqa: E402
 from chimuffin.loop import commit_round, read_oracle  # noqa: E402
@@ -42,8 +44,6 @@ from chimuffin.suggest import accept  # noqa: E402
 
 CLASSES = ["chihuahua", "muffin"]
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-REPO_FILES = ["dvc.yaml", "params.yaml", "data/labels/decisions.csv",
-              "data/labels/validation.csv", ".gitignore", ".dvcignore"]
 
 
 def sh(cmd: list[str], cwd: Path, quiet: bool = True) -> float:
@@ -59,23 +59,14 @@ def sh(cmd: list[str], cwd: Path, quiet: bool = True) -> float:
 
 
 def make_repo(dest: Path, data: Path, args) -> None:
-    for f in REPO_FILES:
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / f, dest / f)
-    shutil.copytree(REPO / "src", dest / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The test suite's temporary git + DVC repo (same files), with this benchmark's params."""
+    params = default_params_dict()
     params["prepare"]["data_dir"] = str(data)
     params["base"]["image_size"] = args.image_size
     params["train"].update(epochs=args.epochs, batch_size=args.batch_size,
                            threads=args.threads)
-    params["tlc"]["enabled"] = False  # 3LC tables and runs are not what this measures
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
-                ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "benchmark start"]):
-        sh(cmd, dest)
+    params["tlc"]["enabled"] = False  # measured here: labels, not the 3LC bookkeeping
+    conftest_make_repo(dest, params)
 
 
 def repro(repo: Path) -> float:

@@ -68,7 +68,8 @@ def review(built):
     atomic.write_text(paths.decisions, format_decisions(
         [Decision(names["pool"][5], "chihuahua", "auto", "accepted")]))
     server = make_server(ReviewData(paths, CLASSES, data), port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield server, paths, names
     server.shutdown()
