@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import os
 import shutil
 
 import numpy as np
@@ -123,3 +124,18 @@ def test_cuda_trains_in_bf16_and_predicts_in_fp32_close_to_cpu():
     # TF32 convolutions (PyTorch's default on Ampere+) keep ~3 decimal digits
     np.testing.assert_allclose(logits_gpu, logits_cpu, rtol=1e-2, atol=1e-2)
     np.testing.assert_allclose(emb_gpu, emb_cpu, rtol=1e-2, atol=1e-2)
+
+
+def test_cgroup_quota_caps_the_thread_count(tmp_path):
+    """A container limited to 1.5 CPUs gets 2 threads at most, never the host's core count."""
+    assert runtime.cgroup_cpu_limit("150000 100000\n") == 2
+    assert runtime.cgroup_cpu_limit("100000 100000") == 1
+    assert runtime.cgroup_cpu_limit("max 100000") is None
+    assert runtime.cgroup_cpu_limit("") is None
+    limited = tmp_path / "cpu.max"
+    limited.write_text("100000 100000\n")
+    assert runtime.available_cores(str(limited)) == 1
+    unlimited = tmp_path / "unlimited"
+    unlimited.write_text("max 100000\n")
+    assert runtime.available_cores(str(unlimited)) == len(os.sched_getaffinity(0))
+    assert runtime.available_cores(str(tmp_path / "absent")) == len(os.sched_getaffinity(0))

@@ -9,12 +9,33 @@ import numpy as np
 import torch
 
 
-def available_cores() -> int:
-    """Cores this process may use (cgroup/affinity aware), not the machine's total."""
+def cgroup_cpu_limit(cpu_max: str) -> int | None:
+    """Whole CPUs allowed by a cgroup v2 `cpu.max` line ("QUOTA PERIOD" or "max PERIOD"),
+    rounded up; None when unlimited or unreadable."""
+    quota, _, period = cpu_max.strip().partition(" ")
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        quota_us, period_us = int(quota), int(period or 100000)
+    except ValueError:  # "max": no quota
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return max(1, -(-quota_us // period_us))
+
+
+def available_cores(cpu_max_file: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's --cpus), not the machine's total. Fixed for the process: the thread count
+    changes float results, so it must not follow the momentary load."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        with open(cpu_max_file) as f:
+            limit = cgroup_cpu_limit(f.read())
+    except OSError:
+        limit = None
+    return max(1, min(cores, limit) if limit else cores)
 
 
 def pick_device(choice: str = "auto") -> torch.device:
