@@ -77,3 +77,12 @@ def test_train_throughput_smoke(capsys):
     out = capsys.readouterr().out
     assert "reference (PIL, NCHW, b16)" in out and "chimuffin (cache, CL, b16, fused, 48px)" in out
     assert "fp32 peak measured" in out and "evaluation (batch 128" in out
+
+
+def test_model_step_smoke(capsys):
+    ms = load("model_step")
+    assert ms.main(["--variants", "nchw", "cl", "--steps", "1", "--batch-size", "4",
+                    "--image-size", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["nchw", "cl"]
+    assert all(float(line.split()[1]) > 0 for line in lines[1:])

@@ -1,0 +1,65 @@
+"""The ResNet-18 training step alone (no data loading): memory layout and torch.compile.
+
+Answers "is the model step itself the limit?": random inputs, one fixed batch, fused AdamW,
+forward + backward + step, timed after warm-up steps (the compile time is printed apart).
+
+    python benchmarks/model_step.py                     # batch 64, 128 px, 6 timed steps
+    python benchmarks/model_step.py --variants cl --steps 2 --batch-size 8   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from chimuffin import runtime
+from chimuffin.model import build_model
+
+VARIANTS = {"nchw": (False, False), "cl": (True, False), "cl+compile": (True, True),
+            "nchw+compile": (False, True)}
+
+
+def step_rate(channels_last: bool, compiled: bool, batch_size: int, size: int, steps: int,
+              warmup: int = 2) -> tuple[float, float]:
+    """(img/s over the timed steps, seconds spent in the warm-up steps incl. compiling)."""
+    torch.manual_seed(0)
+    model = build_model(2, [256, 128], 0.3)
+    x = torch.randn(batch_size, 3, size, size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch_size,))
+    opt = torch.optim.AdamW(model.parameters(), 5e-4, fused=True)
+    forward = torch.compile(model) if compiled else model
+    start = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            timed = time.perf_counter()
+        opt.zero_grad()
+        F.cross_entropy(forward(x), y).backward()
+        opt.step()
+    return batch_size * steps / (time.perf_counter() - timed), timed - start
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=6)
+    args = ap.parse_args(argv)
+    runtime.setup(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
+          f"{args.batch_size}, {args.image_size}px, {args.steps} timed steps")
+    for name in args.variants:
+        rate, warm = step_rate(*VARIANTS[name], args.batch_size, args.image_size, args.steps)
+        print(f"{name:<14} {rate:6.1f} img/s   (warm-up {warm:.0f}s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
