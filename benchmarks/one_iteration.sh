@@ -26,7 +26,7 @@ truth = pd.read_csv("data/raw/sample/pool_labels.csv").set_index("relative_path"
 asked = queue[queue["kind"] == "pool"].head(40)
 answers = [Decision(p, truth[p], "human", "review page") for p in asked["path"]]
 old = read_decisions("data/labels/decisions.csv", ["chihuahua", "muffin"])
-merged, changed = merge_decisions(old, answers)
+merged, _ = merge_decisions(old, answers)
 write_decisions("data/labels/decisions.csv", merged)
 right = int((asked["proposed"].to_numpy() == truth[asked["path"]].to_numpy()).sum())
 print(f"{len(answers)} new decisions: {pd.Series([a.label for a in answers]).value_counts().to_dict()}"
