@@ -16,6 +16,14 @@ cores runtime.available_cores() finds. Wall time counts training plus the per-ep
     python benchmarks/time_to_accuracy.py --set fast:epochs=80 --set fast:lr=0.001
     python benchmarks/time_to_accuracy.py --epochs 1 --max-train 64 --max-val 64   # smoke
 
+Growing the training set with pool labels accepted by the loop (benchmarks/loop_labels.sh):
+`--export-split DIR` writes label files for a repository whose loop then accepts pool labels:
+DIR/validation.csv holds --export-val of the oracle rows (that repository's validation) and
+DIR/decisions.csv the other oracle rows. This protocol's validation rows are written nowhere: there
+they are unlabeled pool images, so they neither train nor vote for any suggestion. `--decisions
+FILE` adds that repository's decisions.csv to the training set; a decision on a validation image
+is dropped (and counted), and the oracle rows win over any other.
+
 --budget-minutes is a hard cap: a recipe stops after the epoch during which its budget ran out
 (its schedule then did not finish: the table says so). Set a recipe's epochs to fit the budget.
 """
@@ -44,7 +52,14 @@ from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.engine import fit
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, apply_decisions, dedupe_identical
+from chimuffin.labels import (
+    Decision,
+    apply_decisions,
+    dedupe_identical,
+    merge_decisions,
+    read_decisions,
+    write_decisions,
+)
 from chimuffin.metrics import wilson_interval
 from chimuffin.model import build_model
 
@@ -69,6 +84,32 @@ def split_reviewed(reviewed: Path, n_train: int, max_val: int | None, seed: int
     val = [rows[i] for i in order[n_train:]][:max_val]
     decisions = [Decision(p, lbl, "oracle", "reviewed_labels.csv") for p, lbl in sorted(train)]
     return decisions, dict(sorted(val))
+
+
+def export_split(out: Path, oracle: list[Decision], n_val: int, seed: int) -> None:
+    """Label files (what data/labels/ holds) for a repository that grows this protocol's training
+    set: a seeded n_val of the oracle rows as validation.csv, the others as decisions.csv. The
+    protocol's own validation rows stay out, so nothing there is chosen or voted by them."""
+    if not 0 < n_val < len(oracle):
+        raise UserError(f"--export-val {n_val}: must be between 1 and {len(oracle) - 1}")
+    order = np.random.default_rng(seed).permutation(len(oracle))
+    val = sorted((oracle[i] for i in order[:n_val]), key=lambda d: d.path)
+    out.mkdir(parents=True, exist_ok=True)
+    write_decisions(out / "decisions.csv", [oracle[i] for i in order[n_val:]])
+    with open(out / "validation.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label"])
+        w.writerows((d.path, d.label) for d in val)
+
+
+def add_loop_decisions(oracle: list[Decision], extra: list[Decision],
+                       validation: dict[str, str]) -> tuple[list[Decision], int]:
+    """The oracle rows plus `extra` (e.g. loop-accepted pool labels), minus any extra decision on
+    a validation image (that would leak validation labels into training). The oracle rows win.
+    Returns (decisions, number of extra decisions dropped for being validation images)."""
+    kept = [d for d in extra if d.path not in validation]
+    merged, _ = merge_decisions(kept, oracle, protect_sources=())
+    return merged, len(extra) - len(kept)
 
 
 def prepare_protocol(root: Path, classes: list[str], size: int, seed: int,
@@ -199,6 +240,14 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="default base.image_size")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: temp)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--export-split", type=Path, default=None, metavar="DIR",
+                    help="write label files for growing the training set (oracle rows as "
+                         "DIR/decisions.csv and --export-val of them as "
+                         "DIR/validation.csv, then stop")
+    ap.add_argument("--export-val", type=int, default=100, metavar="N",
+                    help="oracle rows that --export-split lists as validation (default 100)")
+    ap.add_argument("--decisions", type=Path, default=None, metavar="FILE",
+                    help="a decisions.csv (e.g. pool labels the loop accepted) added to training")
     args = ap.parse_args(argv)
     reviewed = args.data / "reviewed_labels.csv"
     if not reviewed.is_file():
@@ -214,6 +263,20 @@ def main(argv=None) -> int:
     first = next(iter(params.values()))
     decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
                                            first.base.seed)
+    if args.export_split:
+        export_split(args.export_split, decisions, args.export_val, first.base.seed)
+        print(f"wrote {len(decisions) - args.export_val} oracle decisions and {args.export_val}"
+              f" validation rows to {args.export_split}; the protocol's {len(validation)} "
+              "validation rows are not in them")
+        return 0
+    n_oracle = len(decisions)
+    if args.decisions:
+        if not args.decisions.is_file():
+            raise UserError(f"--decisions {args.decisions}: file not found")
+        extra = read_decisions(args.decisions, first.base.classes)
+        decisions, leaked = add_loop_decisions(decisions, extra, validation)
+        print(f"{args.decisions}: {len(extra)} decisions; {leaked} on validation images "
+              f"dropped; {len(decisions) - n_oracle} added to the {n_oracle} oracle rows")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -221,8 +284,9 @@ def main(argv=None) -> int:
         df, images = prepare_protocol(args.data, first.base.classes, first.base.image_size,
                                       first.base.seed, decisions, validation,
                                       first.clean.dedupe, work)
-        print(f"data: {len(labeled(df, 'train'))} training images (seeds + {len(decisions)} "
-              f"oracle{f'; --max-train {args.max_train}' if args.max_train else ''}), "
+        sources = labeled(df, "train")["label_source"].value_counts().to_dict()
+        print(f"data: {len(labeled(df, 'train'))} training images ({sources}"
+              f"{f'; --max-train {args.max_train}' if args.max_train else ''}), "
               f"{len(labeled(df, 'val'))} validation (reviewed, disjoint); "
               f"{first.base.image_size}px; prepared in {time.perf_counter() - t0:.0f}s; "
               f"{runtime.available_cores()} cores", flush=True)
