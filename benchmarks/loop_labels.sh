@@ -36,5 +36,20 @@ echo "== dvc repro suggest ($recipe, $epochs epochs, on $data)"
 cat metrics/train/metrics.json 2>/dev/null || true
 echo "== chimuffin labels accept --min-score $min_score --require-agreement"
 chimuffin labels accept --min-score "$min_score" --require-agreement
+# How right is the accepting rule? The protocol's validation rows are unlabeled pool images here
+# (never trained on, never voting), so their suggestions measure it; nothing is chosen by them.
+python - "$data/reviewed_labels.csv" "$min_score" <<'PY'
+import sys
+import pandas as pd
+from chimuffin.metrics import wilson_interval
+truth = pd.read_csv(sys.argv[1]).set_index("relative_path")["label"]
+s = pd.read_parquet("data/suggest/suggestions.parquet")
+s = s[s["path"].isin(truth.index)]
+ok = s[(s["score"] >= float(sys.argv[2])) & s["agree"]]
+right = int((ok["label"].to_numpy() == truth[ok["path"]].to_numpy()).sum())
+lo, hi = wilson_interval(right, len(ok))
+print(f"accepting rule on {len(s)} held-out reviewed pool images: accepts {len(ok)} "
+      f"({len(ok) / len(s):.1%}), right {right} = {right / max(len(ok), 1):.3f} [{lo:.3f}, {hi:.3f}]")
+PY
 cp data/labels/decisions.csv "$out"
 echo "wrote $out; repository: $dest"

@@ -36,6 +36,37 @@ def test_reviewed_rows_split_into_disjoint_oracle_and_validation(tmp_path):
         tta.split_reviewed(f, 30, None, seed=0)
 
 
+def test_exported_split_keeps_the_protocols_validation_rows_out(tmp_path):
+    from chimuffin.labels import read_decisions
+
+    tta = load("time_to_accuracy")
+    oracle = [tta.Decision(f"train128/undefined/u_{i:012x}.jpg", "muffin" if i % 2 else
+                           "chihuahua", "oracle", "reviewed_labels.csv") for i in range(10)]
+    tta.export_split(tmp_path / "labels", oracle, 3, seed=0)
+    kept = read_decisions(tmp_path / "labels" / "decisions.csv", ["chihuahua", "muffin"])
+    val_lines = (tmp_path / "labels" / "validation.csv").read_text().splitlines()
+    assert val_lines[0] == "path,label" and len(val_lines) == 4 and len(kept) == 7
+    val = dict(line.split(",") for line in val_lines[1:])
+    truth = {d.path: d.label for d in oracle}
+    assert set(val).isdisjoint(d.path for d in kept)
+    assert set(val) | {d.path for d in kept} == set(truth)
+    assert all(truth[p] == lbl for p, lbl in val.items())
+    with pytest.raises(UserError, match="--export-val 10"):
+        tta.export_split(tmp_path / "x", oracle, 10, seed=0)
+
+
+def test_loop_decisions_never_label_validation_images_and_oracle_wins():
+    tta = load("time_to_accuracy")
+    D = tta.Decision
+    oracle = [D("a.jpg", "muffin", "oracle", "reviewed_labels.csv")]
+    extra = [D("a.jpg", "chihuahua", "auto"), D("b.jpg", "muffin", "auto"),
+             D("v.jpg", "muffin", "auto")]
+    merged, leaked = tta.add_loop_decisions(oracle, extra, {"v.jpg": "chihuahua"})
+    assert leaked == 1
+    assert {(d.path, d.label, d.source) for d in merged} == {("a.jpg", "muffin", "oracle"),
+                                                             ("b.jpg", "muffin", "auto")}
+
+
 def test_overrides_are_checked_and_validated_strictly():
     import yaml
 
