@@ -94,6 +94,16 @@ def test_resolution_schedule_maps_epochs_to_sizes():
     assert [resolution_at(e, 5, 128, 0, 0.0, 0.75) for e in range(5)] == [128] * 5  # off
 
 
+def test_resolution_schedule_can_end_below_full_size_but_not_its_last_epoch():
+    sizes = [resolution_at(e, 20, 128, 64, 0.25, 0.75, res_max=112) for e in range(20)]
+    assert sizes[:5] == [64] * 5 and sizes[15:19] == [112] * 4 and sizes[19] == 128
+    assert all(a <= b for a, b in zip(sizes, sizes[1:], strict=False))
+    # res_min 0 with res_max: res_max throughout, the last epoch full size
+    sizes = [resolution_at(e, 4, 128, 0, 0.0, 0.5, res_max=112) for e in range(4)]
+    assert sizes == [112] * 3 + [128]
+    assert resolution_at(0, 4, 128, 96, 0.0, 0.5, res_max=128) == 96  # res_max = full: as before
+
+
 def test_mixup_targets_sum_to_one_and_mix_the_pair():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, 16, 16)
@@ -187,6 +197,8 @@ def test_optimizer_kernels_give_the_same_step(impl):
     ({"res_min": 16}, "res_min (16) must be 0 (off) or between 32"),
     ({"res_min": 256}, "res_min (256) must be 0 (off) or between 32"),
     ({"res_ramp_start": 0.8, "res_ramp_end": 0.5}, "res_ramp_start (0.8) must be <="),
+    ({"res_min": 96, "res_max": 80}, "train.res_max (80) must be 0"),
+    ({"res_max": 200}, "train.res_max (200) must be 0"),
     ({"ema_decay": 1.0}, "train.ema_decay must be < 1.0"),
     ({"mix_prob": 1.5}, "train.mix_prob must be <= 1.0"),
     ({"optimizer_impl": "apex"}, "train.optimizer_impl must be one of"),

@@ -86,8 +86,10 @@ class Train:
     label_smoothing: float = num(0.0, 1.0, hi_open=True)
     augment: Augment = field()
     # Resolution schedule: train at res_min (0 = off) until res_ramp_start, then ramp linearly
-    # to base.image_size at res_ramp_end (fractions of the epochs); validation is full size.
+    # to res_max (0 = base.image_size) at res_ramp_end (fractions of the epochs); the last epoch
+    # and validation are full size.
     res_min: int = num(0, 512)
+    res_max: int = num(0, 512)
     res_ramp_start: float = num(0.0, 1.0)
     res_ramp_end: float = num(0.0, 1.0)
     # Mixup / cutmix (alpha 0 = off): each batch is mixed with probability mix_prob.
@@ -273,6 +275,9 @@ def _check_recipe(t: Train, image_size: int) -> None:
     if t.res_min and not 32 <= t.res_min <= image_size:
         raise UserError(f"params: train.res_min ({t.res_min}) must be 0 (off) or between 32 and "
                         f"base.image_size ({image_size})")
+    if t.res_max and not max(32, t.res_min) <= t.res_max <= image_size:
+        raise UserError(f"params: train.res_max ({t.res_max}) must be 0 (base.image_size) or "
+                        f"between train.res_min (or 32) and base.image_size ({image_size})")
     if t.res_ramp_start > t.res_ramp_end:
         raise UserError(f"params: train.res_ramp_start ({t.res_ramp_start}) must be <= "
                         f"train.res_ramp_end ({t.res_ramp_end})")

@@ -211,7 +211,7 @@ def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labe
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start,
-                             cfg.res_ramp_end)
+                             cfg.res_ramp_end, cfg.res_max)
         stats = train_one_epoch(model, images, train_rows, train_labels, opt, step_sched,
                                 cfg.augment, cfg.batch_size, cfg.grad_clip, cfg.label_smoothing,
                                 g, device, out_size=None if size == full else size,

@@ -65,22 +65,26 @@ def lr_factor(step: int, steps_per_epoch: int, schedule: str, epochs: int,
 # --- resolution -------------------------------------------------------------------------------
 
 def resolution_at(epoch: int, epochs: int, full: int, res_min: int, ramp_start: float,
-                  ramp_end: float, multiple: int = 16) -> int:
+                  ramp_end: float, res_max: int = 0, multiple: int = 16) -> int:
     """Training image size for 0-based `epoch`: res_min until ramp_start (a fraction of the
-    epochs), a linear ramp to `full` at ramp_end, then full. Sizes are rounded to `multiple`
-    (kernels like round shapes); the last epoch always trains at full size, so BatchNorm
-    statistics match the validation size. res_min 0 = off."""
-    if res_min <= 0 or res_min >= full or epoch >= epochs - 1:
+    epochs), a linear ramp to res_max (0 = `full`) at ramp_end, then res_max. Sizes are rounded
+    to `multiple` (kernels like round shapes); the last epoch always trains at full size, so
+    BatchNorm statistics match the validation size. res_max below full trains the other epochs
+    smaller than validation sees them (FixRes: random crops make objects look larger in
+    training). res_min 0 = start at res_max."""
+    top = res_max if 0 < res_max < full else full
+    low = min(res_min, top) if res_min > 0 else top
+    if low >= full or epoch >= epochs - 1:
         return full
     f = epoch / epochs
     if f >= ramp_end:
-        return full
-    if f < ramp_start:
-        size = float(res_min)
+        size = float(top)
+    elif f < ramp_start:
+        size = float(low)
     else:
-        size = res_min + (full - res_min) * (f - ramp_start) / (ramp_end - ramp_start)
+        size = low + (top - low) * (f - ramp_start) / (ramp_end - ramp_start)
     size = multiple * round(size / multiple)
-    return int(min(full, max(res_min, size)))
+    return int(min(top, max(low, size)))
 
 
 # --- mixup / cutmix ---------------------------------------------------------------------------
