@@ -140,6 +140,11 @@ def recipe_path(name: str) -> Path:
     return Path(name) if name.endswith((".yaml", ".yml")) else REPO / "recipes" / f"{name}.yaml"
 
 
+def recipe_label(name: str) -> str:
+    """The table's name for a recipe: a yaml path shows as its file name without .yaml."""
+    return recipe_path(name).stem
+
+
 def parse_override(item: str, recipes: list[str]) -> tuple[str, str, object]:
     """'RECIPE:KEY=VALUE' -> (recipe or 'all', dotted train key, YAML-parsed value)."""
     who, _, assignment = item.partition(":")
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
               f"{first.base.image_size}px; prepared in {time.perf_counter() - t0:.0f}s; "
               f"{runtime.available_cores()} cores", flush=True)
         budget = args.budget_minutes * 60 if args.budget_minutes else None
-        results = [train_recipe(n, p, df, images, args.max_train, budget)
+        results = [train_recipe(recipe_label(n), p, df, images, args.max_train, budget)
                    for n, p in params.items()]
         del images
     print()

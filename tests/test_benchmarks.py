@@ -36,6 +36,13 @@ def test_reviewed_rows_split_into_disjoint_oracle_and_validation(tmp_path):
         tta.split_reviewed(f, 30, None, seed=0)
 
 
+def test_recipes_are_named_by_name_or_yaml_path():
+    tta = load("time_to_accuracy")
+    assert tta.recipe_path("fast") == REPO / "recipes" / "fast.yaml"
+    assert tta.recipe_label("fast") == "fast"
+    assert tta.recipe_label("/tmp/tuning/fast_res112.yaml") == "fast_res112"
+
+
 def test_exported_split_keeps_the_protocols_validation_rows_out(tmp_path):
     from chimuffin.labels import read_decisions
 
