@@ -26,6 +26,9 @@ is dropped (and counted), and the oracle rows win over any other.
 
 --budget-minutes is a hard cap: a recipe stops after the epoch during which its budget ran out
 (its schedule then did not finish: the table says so). Set a recipe's epochs to fit the budget.
+
+With two or more recipes, a paired line per pair compares their final weights on the same
+validation images (exact McNemar test): the images only one of them gets right, and the p-value.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from chimuffin.data.manifest import COLUMNS
 from chimuffin.data.prepare import assign_splits, check_usable, decode_into_cache
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import fit
+from chimuffin.engine import fit, predict
 from chimuffin.errors import UserError
 from chimuffin.labels import (
     Decision,
@@ -60,7 +63,7 @@ from chimuffin.labels import (
     read_decisions,
     write_decisions,
 )
-from chimuffin.metrics import wilson_interval
+from chimuffin.metrics import mcnemar_exact, wilson_interval
 from chimuffin.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,11 +205,16 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
                params.evaluate.batch_size, on_epoch, should_stop=out_of_budget)
     wall = time.perf_counter() - start
     last, n = history[-1], len(val_rows)
+    # per-image correctness of the final weights, for the paired test (outside the wall time)
+    logits, _ = predict(last.model, images, val_rows, params.evaluate.batch_size, device,
+                        tta_flip=t.val_tta_flip)
+    correct = logits.argmax(1) == val_y
     return {"recipe": name, "epochs": last.epoch, "planned_epochs": t.epochs,
             "wall_s": wall, "train_images": int(len(train_rows)), "val_images": int(n),
             "val_tta_flip": t.val_tta_flip, "device": str(device),
-            "final_acc": last.val_acc, "final_k": round(last.val_acc * n),
-            "best_epoch": best.epoch, "best_acc": best.val_acc, "best_k": round(best.val_acc * n)}
+            "final_acc": last.val_acc, "final_k": int(correct.sum()),
+            "best_epoch": best.epoch, "best_acc": best.val_acc, "best_k": round(best.val_acc * n),
+            "final_correct": correct.astype(int).tolist()}
 
 
 def table(results: list[dict]) -> str:
@@ -223,7 +231,20 @@ def table(results: list[dict]) -> str:
                      f"{r['best_acc']:.4f} (ep {r['best_epoch']})")
     lines.append("final = the last epoch's (EMA) weights, the honest number; best-epoch = chosen "
                  "on this same validation set (optimistic). tta = flip-averaged predictions.")
+    lines += paired_lines(results)
     return "\n".join(lines)
+
+
+def paired_lines(results: list[dict]) -> list[str]:
+    """One line per pair of recipes: images only one gets right (final weights), McNemar p."""
+    lines = []
+    for i, a in enumerate(results):
+        for b in results[i + 1:]:
+            only_a, only_b, p = mcnemar_exact(np.array(a["final_correct"], bool),
+                                              np.array(b["final_correct"], bool))
+            lines.append(f"paired, final weights: {a['recipe']} alone right on {only_a}, "
+                         f"{b['recipe']} alone right on {only_b}; exact McNemar p = {p:.3g}")
+    return lines
 
 
 def main(argv=None) -> int:

@@ -74,6 +74,23 @@ def test_loop_decisions_never_label_validation_images_and_oracle_wins():
                                                              ("b.jpg", "muffin", "auto")}
 
 
+def test_recipes_are_compared_pairwise_on_the_same_images():
+    tta = load("time_to_accuracy")
+    a = {"recipe": "reference", "final_correct": [1, 1, 1, 1, 1, 1, 0, 1]}
+    b = {"recipe": "fast", "final_correct": [0, 0, 0, 0, 0, 0, 0, 1]}
+    c = {"recipe": "fast.yaml", "final_correct": [1, 1, 1, 1, 1, 1, 1, 1]}
+    lines = tta.paired_lines([a, b, c])
+    assert lines == [
+        "paired, final weights: reference alone right on 6, fast alone right on 0; "
+        "exact McNemar p = 0.0312",
+        "paired, final weights: reference alone right on 0, fast.yaml alone right on 1; "
+        "exact McNemar p = 1",
+        "paired, final weights: fast alone right on 0, fast.yaml alone right on 7; "
+        "exact McNemar p = 0.0156",
+    ]
+    assert tta.paired_lines([a]) == []
+
+
 def test_overrides_are_checked_and_validated_strictly():
     import yaml
 
@@ -103,7 +120,10 @@ def test_time_to_accuracy_smoke(real_data, tmp_path, capsys):
     assert [r["recipe"] for r in results] == ["reference", "fast"]
     assert all(r["epochs"] == 1 and r["train_images"] == 8 and r["val_images"] == 8
                for r in results)
-    assert "final val acc [95% CI]" in capsys.readouterr().out
+    assert all(r["final_k"] == sum(r["final_correct"]) == round(r["final_acc"] * 8)
+               for r in results)
+    out = capsys.readouterr().out
+    assert "final val acc [95% CI]" in out and "paired, final weights: reference alone" in out
 
 
 @pytest.mark.slow

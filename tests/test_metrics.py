@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from chimuffin.engine import per_sample_loss, softmax
-from chimuffin.metrics import classification_report, confusion, roc_auc, wilson_interval
+from chimuffin.metrics import (
+    classification_report,
+    confusion,
+    mcnemar_exact,
+    roc_auc,
+    wilson_interval,
+)
 
 
 def test_confusion_and_report():
@@ -31,6 +37,22 @@ def test_roc_auc_matches_rank_statistic():
 def test_wilson_interval_known_value():
     lo, hi = wilson_interval(95, 100)
     assert lo == pytest.approx(0.8882, abs=1e-3) and hi == pytest.approx(0.9785, abs=1e-3)
+
+
+def test_mcnemar_exact_counts_only_disagreements():
+    a = np.array([1, 1, 1, 1, 1, 1, 0, 1, 1, 0], bool)
+    b = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 0], bool)
+    # 6 images right only by a, none only by b: p = 2 * 0.5**6
+    assert mcnemar_exact(a, b) == (6, 0, pytest.approx(0.03125))
+    assert mcnemar_exact(b, a) == (0, 6, pytest.approx(0.03125))
+    # equal discordant counts, or none at all, are no evidence of a difference
+    assert mcnemar_exact(np.array([1, 0], bool), np.array([0, 1], bool))[2] == 1.0
+    assert mcnemar_exact(a, a) == (0, 0, 1.0)
+    # 10 vs 2 discordant: 2 * (C(12,0)+C(12,1)+C(12,2)) / 2**12 = 158/4096
+    x = np.r_[np.ones(10, bool), np.zeros(2, bool)]
+    assert mcnemar_exact(x, ~x)[2] == pytest.approx(158 / 4096)
+    with pytest.raises(ValueError, match="same images"):
+        mcnemar_exact(a, a[:5])
 
 
 def test_per_sample_loss_nan_for_unknown():
