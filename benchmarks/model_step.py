@@ -1,7 +1,9 @@
-"""The ResNet-18 training step alone (no data loading): memory layout and torch.compile.
+"""The ResNet-18 training step alone (no data loading): memory layout, torch.compile, bf16.
 
 Answers "is the model step itself the limit?": random inputs, one fixed batch, fused AdamW,
 forward + backward + step, timed after warm-up steps (the compile time is printed apart).
+The bf16 variants run the step under CPU bf16 autocast (fp32 weights and optimizer), which only
+pays off on CPUs with native bf16 (AVX512_BF16 / AMX); the stages train in fp32 on CPU.
 
     python benchmarks/model_step.py                     # batch 64, 128 px, 6 timed steps
     python benchmarks/model_step.py --variants cl --steps 2 --batch-size 8   # smoke
@@ -19,12 +21,14 @@ import torch.nn.functional as F
 from chimuffin import runtime
 from chimuffin.model import build_model
 
-VARIANTS = {"nchw": (False, False), "cl": (True, False), "cl+compile": (True, True),
-            "nchw+compile": (False, True)}
+# name: (channels_last, torch.compile, bf16 autocast)
+VARIANTS = {"nchw": (False, False, False), "cl": (True, False, False),
+            "cl+compile": (True, True, False), "nchw+compile": (False, True, False),
+            "cl+bf16": (True, False, True), "nchw+bf16": (False, False, True)}
 
 
-def step_rate(channels_last: bool, compiled: bool, batch_size: int, size: int, steps: int,
-              warmup: int = 2) -> tuple[float, float]:
+def step_rate(channels_last: bool, compiled: bool, bf16: bool, batch_size: int, size: int,
+              steps: int, warmup: int = 2) -> tuple[float, float]:
     """(img/s over the timed steps, seconds spent in the warm-up steps incl. compiling)."""
     torch.manual_seed(0)
     model = build_model(2, [256, 128], 0.3)
@@ -40,7 +44,9 @@ def step_rate(channels_last: bool, compiled: bool, batch_size: int, size: int, s
         if i == warmup:
             timed = time.perf_counter()
         opt.zero_grad()
-        F.cross_entropy(forward(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(forward(x), y)
+        loss.backward()
         opt.step()
     return batch_size * steps / (time.perf_counter() - timed), timed - start
 
@@ -53,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args(argv)
     runtime.setup(0)
+    print(f"cpu: {runtime.cpu_summary()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
           f"{args.batch_size}, {args.image_size}px, {args.steps} timed steps")
     for name in args.variants:

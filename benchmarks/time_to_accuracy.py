@@ -315,7 +315,7 @@ def main(argv=None) -> int:
               f"{f'; --max-train {args.max_train}' if args.max_train else ''}), "
               f"{len(labeled(df, 'val'))} validation (reviewed, disjoint); "
               f"{first.base.image_size}px; prepared in {time.perf_counter() - t0:.0f}s; "
-              f"{runtime.available_cores()} cores", flush=True)
+              f"cpu: {runtime.cpu_summary()}", flush=True)
         budget = args.budget_minutes * 60 if args.budget_minutes else None
         results = [train_recipe(recipe_label(n), p, df, images, args.max_train, budget)
                    for n, p in params.items()]

@@ -8,7 +8,8 @@ a fixed number of steps on the same images:
   0.85-1.15, ColorJitter 0.15, ToTensor, ImageNet Normalize, RandomErasing 0.05), a DataLoader
   with num_workers=0, batch 16, NCHW, AdamW (default kernels), grad-clip 1.0.
 - chimuffin: engine.train_one_epoch, i.e. the uint8 tensor cache + augment.augment_batch +
-  channels_last, with the batch size / AdamW kernels / training size of each --config.
+  channels_last, with the batch size / AdamW kernels / training size / precision (fp32, or bf16
+  autocast as train.cpu_bf16) of each --config.
 
 Both paths see the same number of images per round (the reference's steps x 16).
 Interleaving rounds means that a change in machine load (other processes) hits every path alike;
@@ -131,8 +132,11 @@ class ChimuffinPath:
         parts = spec.split(":")
         self.batch, impl = int(parts[0]), parts[1]
         full = cache.shape[-1]
-        self.train_size = int(parts[2]) if len(parts) > 2 else full
-        self.name = f"chimuffin (cache, CL, b{self.batch}, {impl}, {self.train_size}px)"
+        self.train_size = int(parts[2]) if len(parts) > 2 and parts[2] else full
+        self.bf16 = len(parts) > 3 and parts[3] == "bf16"  # train.cpu_bf16
+        precision = "bf16" if self.bf16 else "fp32"
+        self.name = (f"chimuffin (cache, CL, b{self.batch}, {impl}, {self.train_size}px, "
+                     f"{precision})")
         self.cache, self.labels, self.cfg = cache, np.asarray(labels), cfg
         self.model = build_model(n_classes, head, dropout).to(memory_format=CHANNELS_LAST)
         self.opt = make_optimizer(self.model, 5e-4, 5e-4, impl)
@@ -144,7 +148,7 @@ class ChimuffinPath:
         rows = torch.randint(0, len(self.cache), (n,), generator=self.g).numpy()
         stats = train_one_epoch(self.model, self.cache, rows, self.labels[rows], self.opt, None,
                                 self.cfg.augment, self.batch, 1.0, 0.0, self.g,
-                                torch.device("cpu"), out_size=self.out)
+                                torch.device("cpu"), out_size=self.out, cpu_bf16=self.bf16)
         return stats.images
 
 
@@ -205,8 +209,9 @@ def main(argv=None) -> int:
                          "trains on the same number of images, in whole batches (default 24)")
     ap.add_argument("--image-size", type=int, default=128, help="cache / full size (128)")
     ap.add_argument("--configs", default="16:default,64:fused",
-                    help="chimuffin variants, comma separated BATCH:ADAMW[:TRAIN_SIZE] with "
-                         "ADAMW default|foreach|fused (default 16:default,64:fused)")
+                    help="chimuffin variants, comma separated BATCH:ADAMW[:TRAIN_SIZE[:bf16]] "
+                         "with ADAMW default|foreach|fused; bf16 = train.cpu_bf16, for CPUs with "
+                         "native bf16 (default 16:default,64:fused)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="shorthand for --configs BATCH:fused")
     ap.add_argument("--max-images", type=int, default=512,
@@ -234,6 +239,7 @@ def main(argv=None) -> int:
         cache = decode_cache(files, args.image_size)
         print(f"torch {torch.__version__}, {threads} threads; {len(files)} images from {where} "
               f"at {args.image_size}px; {args.rounds} rounds x {args.steps} steps per path")
+        print(f"cpu: {runtime.cpu_summary()}")
         paths = [ReferencePath(files, labels, args.image_size, n_cls, head, drop)]
         paths += [ChimuffinPath(cache, labels, cfg, c, n_cls, head, drop) for c in configs]
         for path in paths:  # warm-up: first-call allocations and kernel selection
@@ -252,16 +258,17 @@ def main(argv=None) -> int:
     print(f"\nfp32 peak measured: matmul 2048^3 {peak['matmul'] / 1e9:.1f} GFLOP/s, "
           f"conv3x3 {peak['conv3x3'] / 1e9:.1f} GFLOP/s (peak = the larger)")
     ref_rate = statistics.median(rates[paths[0].name])
-    print(f"\n{'path':<46} {'img/s':>7} {'x ref':>6} {'GFLOP/img':>10} {'floor img/s':>11} "
+    print(f"\n{'path':<54} {'img/s':>7} {'x ref':>6} {'GFLOP/img':>10} {'floor img/s':>11} "
           f"{'% peak':>7}")
     for path in paths:
         rate = statistics.median(rates[path.name])
         _, train_flops = train_flops_per_image(path.train_size, n_cls, head, drop)
-        print(f"{path.name:<46} {rate:7.1f} {rate / ref_rate:6.2f} {train_flops / 1e9:10.2f} "
+        print(f"{path.name:<54} {rate:7.1f} {rate / ref_rate:6.2f} {train_flops / 1e9:10.2f} "
               f"{top / train_flops:11.1f} {100 * rate * train_flops / top:6.1f}%")
     fwd, _ = train_flops_per_image(args.image_size, n_cls, head, drop)
     print(f"(training FLOPs counted over forward + backward; forward alone {fwd / 1e9:.2f} "
-          f"GFLOP/img at {args.image_size}px; medians over {args.rounds} rounds)")
+          f"GFLOP/img at {args.image_size}px; medians over {args.rounds} rounds; % peak is of "
+          f"the fp32 peak, which bf16 paths can pass)")
 
     if args.eval_images:
         model = build_model(n_cls, head, drop).to(memory_format=CHANNELS_LAST)

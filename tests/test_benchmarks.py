@@ -130,17 +130,21 @@ def test_time_to_accuracy_smoke(real_data, tmp_path, capsys):
 def test_train_throughput_smoke(capsys):
     tp = load("train_throughput")
     assert tp.main(["--rounds", "1", "--steps", "1", "--max-images", "16", "--eval-images",
-                    "16", "--image-size", "64", "--configs", "16:fused:48",
+                    "16", "--image-size", "64", "--configs", "16:fused:48,16:fused::bf16",
                     "--peak-seconds", "0.05"]) == 0
     out = capsys.readouterr().out
-    assert "reference (PIL, NCHW, b16)" in out and "chimuffin (cache, CL, b16, fused, 48px)" in out
+    assert "reference (PIL, NCHW, b16)" in out
+    assert "chimuffin (cache, CL, b16, fused, 48px, fp32)" in out
+    assert "chimuffin (cache, CL, b16, fused, 64px, bf16)" in out
+    assert "cpu: " in out
     assert "fp32 peak measured" in out and "evaluation (batch 128" in out
 
 
 def test_model_step_smoke(capsys):
     ms = load("model_step")
-    assert ms.main(["--variants", "nchw", "cl", "--steps", "1", "--batch-size", "4",
+    assert ms.main(["--variants", "nchw", "cl", "cl+bf16", "--steps", "1", "--batch-size", "4",
                     "--image-size", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines[1:]] == ["nchw", "cl"]
-    assert all(float(line.split()[1]) > 0 for line in lines[1:])
+    assert lines[0].startswith("cpu: ")
+    assert [line.split()[0] for line in lines[2:]] == ["nchw", "cl", "cl+bf16"]
+    assert all(float(line.split()[1]) > 0 for line in lines[2:])

@@ -74,7 +74,7 @@ def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_p
     assert not any((d / name).exists() for name in ("model.pth", "live", "out", "plot.png"))
 
 
-def _train_once(seed: int) -> dict:
+def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
     cfg = parse_params(default_params_dict()).train
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
@@ -84,7 +84,7 @@ def _train_once(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     cpu = torch.device("cpu")
     engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), opt, None,
-                           cfg.augment, 4, 1.0, 0.0, g, cpu)
+                           cfg.augment, 4, 1.0, 0.0, g, cpu, cpu_bf16=cpu_bf16)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -139,3 +139,55 @@ def test_cgroup_quota_caps_the_thread_count(tmp_path):
     unlimited.write_text("max 100000\n")
     assert runtime.available_cores(str(unlimited)) == len(os.sched_getaffinity(0))
     assert runtime.available_cores(str(tmp_path / "absent")) == len(os.sched_getaffinity(0))
+
+
+def test_cpu_summary_names_the_model_and_native_bf16(tmp_path):
+    """Benchmarks print the CPU beside their numbers: its model and whether bf16 is native."""
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f "
+               "avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    assert runtime.cpu_model_and_flags(cpuinfo) == ("AMD EPYC 9R14",
+                                                   {"fpu", "avx2", "avx512f", "avx512_bf16"})
+    with_bf16 = tmp_path / "cpuinfo"
+    with_bf16.write_text(cpuinfo)
+    summary = runtime.cpu_summary(str(with_bf16))
+    assert summary.startswith("AMD EPYC 9R14, ") and summary.endswith(", native bf16")
+    without = tmp_path / "plain"
+    without.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2\n")
+    assert runtime.cpu_summary(str(without)).endswith(", no native bf16")
+    assert runtime.cpu_summary(str(tmp_path / "absent")).startswith("unknown CPU, ")
+
+
+def test_cpu_bf16_is_refused_without_native_bf16():
+    """train.cpu_bf16 on a CPU that would emulate bf16 (slower than fp32) is an error naming
+    the key, not a silent slowdown; on CUDA the key changes nothing."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with pytest.raises(UserError, match="train.cpu_bf16 is true but this CPU has no native bf16"):
+        engine.check_cpu_bf16(True, cpu, native=False)
+    engine.check_cpu_bf16(True, cpu, native=True)
+    engine.check_cpu_bf16(True, cuda, native=False)
+    engine.check_cpu_bf16(False, cpu, native=False)
+
+
+def test_cpu_bf16_trains_under_autocast_repeatably_with_fp32_weights(one_thread):
+    ctx = engine.autocast(torch.device("cpu"), cpu_bf16=True)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    a, b, fp32 = _train_once(3, cpu_bf16=True), _train_once(3, cpu_bf16=True), _train_once(3)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same machine: same hashes
+    assert all(v.dtype in (torch.float32, torch.int64) for v in a.values())
+    # bf16 really ran: the weights differ from the fp32 run's
+    assert not all(torch.equal(a[k], fp32[k]) for k in a if a[k].is_floating_point())
+
+
+def test_train_stage_refuses_cpu_bf16_without_native_bf16(tiny_dataset, tiny_params_dict,
+                                                          no_cuda, monkeypatch):
+    """The stage stops before writing anything, with the key in the message."""
+    monkeypatch.setattr(runtime, "has_native_bf16", lambda *a: False)
+    d = tiny_dataset
+    params = parse_params({**tiny_params_dict, "train": {**tiny_params_dict["train"],
+                                                         "cpu_bf16": True}})
+    args = argparse.Namespace(clean=str(d / "clean"), prepared=str(d / "prepared"),
+                              model=str(d / "model.pth"), live=str(d / "live"),
+                              out=str(d / "out"), plot=str(d / "plot.png"))
+    with pytest.raises(UserError, match=r"train\.cpu_bf16 is true but this CPU has no native"):
+        train.main(args, params)
+    assert not any((d / name).exists() for name in ("model.pth", "live", "out", "plot.png"))

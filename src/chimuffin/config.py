@@ -99,6 +99,7 @@ class Train:
     ema_decay: float = num(0.0, 1.0, hi_open=True)  # EMA of weights, validated and saved; 0 = off
     val_tta_flip: bool = field()  # select the best epoch on flip-averaged validation logits
     device: Literal["auto", "cpu", "cuda"] = field()
+    cpu_bf16: bool = field()  # bf16 autocast when training on CPU (native bf16 CPUs only)
     threads: int = num(0, 256)
 
 

@@ -38,6 +38,44 @@ def available_cores(cpu_max_file: str = "/sys/fs/cgroup/cpu.max") -> int:
     return max(1, min(cores, limit) if limit else cores)
 
 
+def cpu_model_and_flags(cpuinfo: str) -> tuple[str, set[str]]:
+    """Model name and feature flags of the first processor in /proc/cpuinfo text."""
+    model, flags = "unknown CPU", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model == "unknown CPU":
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def _cpu(cpuinfo_file: str) -> tuple[str, set[str]]:
+    try:
+        with open(cpuinfo_file) as f:
+            return cpu_model_and_flags(f.read())
+    except OSError:
+        return "unknown CPU", set()
+
+
+def has_native_bf16(cpuinfo_file: str = "/proc/cpuinfo") -> bool:
+    """bf16 instructions (AVX512_BF16 or AMX): without them CPU bf16 is emulated and slower."""
+    return bool(_cpu(cpuinfo_file)[1] & NATIVE_BF16_FLAGS)
+
+
+def cpu_summary(cpuinfo_file: str = "/proc/cpuinfo") -> str:
+    """e.g. 'AMD EPYC, 2 cores, AVX512, native bf16': benchmark numbers depend on the
+    instruction set, so benchmarks print this beside their results."""
+    model, flags = _cpu(cpuinfo_file)
+    bf16 = "native bf16" if flags & NATIVE_BF16_FLAGS else "no native bf16"
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{model}, {available_cores()} cores, {isa}, {bf16}"
+
+
 def pick_device(choice: str = "auto") -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

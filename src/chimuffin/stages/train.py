@@ -7,7 +7,7 @@ from tqdm import tqdm
 from chimuffin import atomic, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import fit
+from chimuffin.engine import check_cpu_bf16, fit
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, save_checkpoint
 from chimuffin.stages import common
@@ -30,6 +30,7 @@ def main(args, params) -> None:
                         f"set ({len(train_rows)} labeled images)")
     runtime.setup(params.base.seed, t.threads)
     device = runtime.pick_device(t.device)
+    check_cpu_bf16(t.cpu_bf16, device, runtime.has_native_bf16())  # before writing anything
     run3lc = None  # 3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio)
     if params.tlc.enabled:
         run3lc = tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
