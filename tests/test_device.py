@@ -59,6 +59,16 @@ def tiny_dataset(tmp_path):
     return tmp_path
 
 
+STAGE_OUTPUTS = ("model.pth", "live", "out", "plot.png")
+
+
+def _stage_args(d) -> argparse.Namespace:
+    """A model stage's arguments, every output under d (STAGE_OUTPUTS)."""
+    return argparse.Namespace(clean=str(d / "clean"), prepared=str(d / "prepared"),
+                              model=str(d / "model.pth"), live=str(d / "live"),
+                              out=str(d / "out"), plot=str(d / "plot.png"))
+
+
 @pytest.mark.parametrize("stage", [train, evaluate, embed], ids=["train", "evaluate", "embed"])
 def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_params_dict,
                                                      no_cuda):
@@ -66,12 +76,10 @@ def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_p
     d = tiny_dataset
     params = parse_params({**tiny_params_dict, "train": {**tiny_params_dict["train"],
                                                          "device": "cuda"}})
-    args = argparse.Namespace(clean=str(d / "clean"), prepared=str(d / "prepared"),
-                              model=str(d / "model.pth"), live=str(d / "live"),
-                              out=str(d / "out"), plot=str(d / "plot.png"))
+    args = _stage_args(d)
     with pytest.raises(UserError, match=r"train\.device is 'cuda'"):
         stage.main(args, params)
-    assert not any((d / name).exists() for name in ("model.pth", "live", "out", "plot.png"))
+    assert not any((d / name).exists() for name in STAGE_OUTPUTS)
 
 
 def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
@@ -185,9 +193,7 @@ def test_train_stage_refuses_cpu_bf16_without_native_bf16(tiny_dataset, tiny_par
     d = tiny_dataset
     params = parse_params({**tiny_params_dict, "train": {**tiny_params_dict["train"],
                                                          "cpu_bf16": True}})
-    args = argparse.Namespace(clean=str(d / "clean"), prepared=str(d / "prepared"),
-                              model=str(d / "model.pth"), live=str(d / "live"),
-                              out=str(d / "out"), plot=str(d / "plot.png"))
+    args = _stage_args(d)
     with pytest.raises(UserError, match=r"train\.cpu_bf16 is true but this CPU has no native"):
         train.main(args, params)
-    assert not any((d / name).exists() for name in ("model.pth", "live", "out", "plot.png"))
+    assert not any((d / name).exists() for name in STAGE_OUTPUTS)
