@@ -2,8 +2,8 @@
 
 Answers "is the model step itself the limit?": random inputs, one fixed batch, fused AdamW,
 forward + backward + step, timed after warm-up steps (the compile time is printed apart).
-The bf16 variants run the step under CPU bf16 autocast (fp32 weights and optimizer), which only
-pays off on CPUs with native bf16 (AVX512_BF16 / AMX); the stages train in fp32 on CPU.
+The bf16 variants run the step under engine.autocast with cpu_bf16 (train.cpu_bf16: fp32 weights
+and optimizer), which only pays off on CPUs with native bf16 (AVX512_BF16 / AMX).
 
     python benchmarks/model_step.py                     # batch 64, 128 px, 6 timed steps
     python benchmarks/model_step.py --variants cl --steps 2 --batch-size 8   # smoke
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from chimuffin import runtime
+from chimuffin.engine import autocast
 from chimuffin.model import build_model
 
 # name: (channels_last, torch.compile, bf16 autocast)
@@ -44,7 +45,7 @@ def step_rate(channels_last: bool, compiled: bool, bf16: bool, batch_size: int, 
         if i == warmup:
             timed = time.perf_counter()
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(torch.device("cpu"), cpu_bf16=bf16):
             loss = F.cross_entropy(forward(x), y)
         loss.backward()
         opt.step()

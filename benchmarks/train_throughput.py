@@ -133,6 +133,9 @@ class ChimuffinPath:
         self.batch, impl = int(parts[0]), parts[1]
         full = cache.shape[-1]
         self.train_size = int(parts[2]) if len(parts) > 2 and parts[2] else full
+        if len(parts) > 3 and parts[3] not in ("bf16", "fp32"):
+            raise SystemExit(f"train_throughput: --configs {spec!r}: the 4th field must be bf16 "
+                             f"or fp32, not {parts[3]!r}")
         self.bf16 = len(parts) > 3 and parts[3] == "bf16"  # train.cpu_bf16
         precision = "bf16" if self.bf16 else "fp32"
         self.name = (f"chimuffin (cache, CL, b{self.batch}, {impl}, {self.train_size}px, "

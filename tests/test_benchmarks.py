@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from chimuffin.errors import UserError
@@ -148,3 +149,11 @@ def test_model_step_smoke(capsys):
     assert lines[0].startswith("cpu: ")
     assert [line.split()[0] for line in lines[2:]] == ["nchw", "cl", "cl+bf16"]
     assert all(float(line.split()[1]) > 0 for line in lines[2:])
+
+
+def test_train_throughput_refuses_an_unknown_precision():
+    """A mistyped precision must not silently measure fp32."""
+    tp = load("train_throughput")
+    with pytest.raises(SystemExit, match=r"'64:fused:96:bf61'.*bf16 or fp32, not 'bf61'"):
+        tp.ChimuffinPath(np.zeros((1, 3, 8, 8), np.uint8), [0], None, "64:fused:96:bf61", 2,
+                         [16], 0.3)
