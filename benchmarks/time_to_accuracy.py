@@ -89,6 +89,22 @@ def split_reviewed(reviewed: Path, n_train: int, max_val: int | None, seed: int
     return decisions, dict(sorted(val))
 
 
+def split_pool(pool_labels: Path, reviewed: Path, max_val: int | None
+               ) -> tuple[list[Decision], dict[str, str]]:
+    """The labeled-pool protocol: every pool_labels.csv row NOT in reviewed_labels.csv becomes an
+    oracle decision (training); the reviewed rows (at most max_val, in path order) validate."""
+    def rows(path: Path) -> list[tuple[str, str]]:
+        with open(path, newline="", encoding="utf-8") as f:
+            return sorted((r["relative_path"], r["label"]) for r in csv.DictReader(f))
+
+    reviewed_rows = rows(reviewed)
+    held_out = {p for p, _ in reviewed_rows}  # never trained, even the rows --max-val leaves out
+    val = dict(reviewed_rows[:max_val])
+    train = [(p, lbl) for p, lbl in rows(pool_labels) if p not in held_out]
+    decisions = [Decision(p, lbl, "oracle", "pool_labels.csv") for p, lbl in train]
+    return decisions, val
+
+
 def export_split(out: Path, oracle: list[Decision], n_val: int, seed: int) -> None:
     """Label files (what data/labels/ holds) for a repository that grows this protocol's training
     set: a seeded n_val of the oracle rows as validation.csv, the others as decisions.csv. The
@@ -252,6 +268,10 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="+", default=["reference", "fast"],
                     help="recipe names (recipes/NAME.yaml) or yaml paths, run in this order")
     ap.add_argument("--data", type=Path, default=REAL_DATA, help=f"default {REAL_DATA}")
+    ap.add_argument("--protocol", choices=["reviewed", "pool"], default="reviewed",
+                    help="reviewed: seeds + --train-reviewed reviewed rows train, the other "
+                         "reviewed rows validate; pool: seeds + every pool_labels.csv row outside "
+                         "reviewed_labels.csv train, the 1,000 reviewed rows validate")
     ap.add_argument("--train-reviewed", type=int, default=500,
                     help="reviewed_labels.csv rows added to training (default 500; the rest "
                          "validate)")
@@ -287,8 +307,14 @@ def main(argv=None) -> int:
     overrides = [parse_override(item, args.recipes) for item in args.set]
     params = {name: recipe_params(base, name, args.epochs, overrides) for name in args.recipes}
     first = next(iter(params.values()))
-    decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
-                                           first.base.seed)
+    if args.protocol == "pool":
+        pool_labels = args.data / "pool_labels.csv"
+        if not pool_labels.is_file():
+            raise UserError(f"{pool_labels} not found (needed by --protocol pool)")
+        decisions, validation = split_pool(pool_labels, reviewed, args.max_val)
+    else:
+        decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
+                                               first.base.seed)
     if args.export_split:
         export_split(args.export_split, decisions, args.export_val, first.base.seed)
         print(f"wrote {len(decisions) - args.export_val} oracle decisions and {args.export_val}"
