@@ -237,3 +237,25 @@ def test_fit_with_every_option_on_returns_the_ema_weights():
     assert all(r.model is not model and r.model is seen[0].model for r in seen)
     assert best.epoch in (1, 2) and 0.0 <= best.val_acc <= 1.0
     assert all(math.isfinite(r.train.loss) and r.train.images == 8 for r in seen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_train_stage_saves_the_weights_train_keep_names(tmp_path, keep):
+    """3 epochs; `last` saves the final epoch's weights whatever validation says, `best` the
+    epoch DVCLive's summary reports as best."""
+    import json
+
+    from chimuffin.model import load_checkpoint
+    from tests.badinput import stage, tiny_params, tiny_prepared, write_params
+
+    tiny_prepared(tmp_path, pool=2, seed=5)
+    write_params(tmp_path / "params.yaml", tiny_params(train={"epochs": 3, "keep": keep}))
+    p = stage("train", "--params", "params.yaml", "--clean", "clean", "--prepared", "prepared",
+              "--model", "models/best.pth", "--live", "metrics/train", "--tables", "tables",
+              "--run", "run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
+    _, meta = load_checkpoint(tmp_path / "models/best.pth")
+    expected = 3 if keep == "last" else summary["best/epoch"]
+    assert meta["epoch"] == summary["kept/epoch"] == expected

@@ -98,6 +98,9 @@ class Train:
     mix_prob: float = num(0.0, 1.0)
     ema_decay: float = num(0.0, 1.0, hi_open=True)  # EMA of weights, validated and saved; 0 = off
     val_tta_flip: bool = field()  # select the best epoch on flip-averaged validation logits
+    # Which weights the stage saves: the best validation epoch (the reference's choice; its
+    # validation accuracy is then optimistic) or the last epoch's (an honest validation number).
+    keep: Literal["best", "last"] = field()
     device: Literal["auto", "cpu", "cuda"] = field()
     cpu_bf16: bool = field()  # bf16 autocast when training on CPU (native bf16 CPUs only)
     threads: int = num(0, 256)

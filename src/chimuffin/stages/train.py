@@ -1,4 +1,5 @@
-"""Stage `train`: ResNet-18 from scratch on the labeled training images; keep the best epoch."""
+"""Stage `train`: ResNet-18 from scratch on the labeled training images; save the weights that
+train.keep names (the best validation epoch or the last)."""
 
 from pathlib import Path
 
@@ -47,13 +48,16 @@ def main(args, params) -> None:
     # metrics/train appear only when training completes. Ctrl-C removes the temporary folder;
     # after a SIGKILL the next run does (atomic.py).
     best_state: dict = {}
+    kept: dict = {}  # epoch and validation accuracy of the weights saved (train.keep)
     with atomic.atomic_dir(args.live) as live_dir, \
             Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def on_epoch(r, is_best):
             for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
                                 ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
                 live.log_metric(name, value)
-            if is_best:  # r.model: the validated weights (the EMA copy when it is on)
+            # r.model: the validated weights (the EMA copy when it is on)
+            if is_best if t.keep == "best" else r.epoch == t.epochs:
+                kept.update(epoch=r.epoch, val_acc=r.val_acc)
                 best_state.update({k: v.detach().to("cpu", copy=True)
                                    for k, v in r.model.state_dict().items()})
             if run3lc:
@@ -65,13 +69,16 @@ def main(args, params) -> None:
                    device, params.evaluate.batch_size, on_epoch, progress=bar.update)
         bar.close()
         live.summary.update({"best/epoch": best.epoch, "best/val_acc": best.val_acc,
-                             "best/val_loss": best.val_loss, "train_images": len(train_rows)})
+                             "best/val_loss": best.val_loss, "train_images": len(train_rows),
+                             "kept/epoch": kept["epoch"], "kept/val_acc": kept["val_acc"]})
         model.load_state_dict(best_state)
-        save_checkpoint(args.model, model, checkpoint_meta(params, best.epoch, best.val_acc))
+        save_checkpoint(args.model, model, checkpoint_meta(params, kept["epoch"],
+                                                           kept["val_acc"]))
     print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device}; best epoch "
-          f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}")
+          f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}; saved the "
+          f"{t.keep} weights (epoch {kept['epoch']})")
     if run3lc:
-        summary = run3lc.finish(model, best.epoch, images, device)  # model holds the best weights
+        summary = run3lc.finish(model, kept["epoch"], images, device)  # model: the saved weights
         print(f"train: 3LC run {summary['run']}: {summary['metrics_tables']} metrics tables, "
               f"3-D PaCMAP embeddings")
 
