@@ -228,13 +228,15 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     return {"recipe": name, "epochs": last.epoch, "planned_epochs": t.epochs,
             "wall_s": wall, "train_images": int(len(train_rows)), "val_images": int(n),
             "val_tta_flip": t.val_tta_flip, "device": str(device),
-            "final_acc": last.val_acc, "final_k": int(correct.sum()),
-            "best_epoch": best.epoch, "best_acc": best.val_acc, "best_k": round(best.val_acc * n),
+            "final_acc": float(correct.mean()), "final_k": int(correct.sum()),
+            "image_steps": int(sum(r.train.images for r in history)),
+            "best_epoch": best.epoch, "best_acc": best.val_acc,
             "final_correct": correct.astype(int).tolist()}
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'recipe':<12} {'epochs':>8} {'wall':>9} {'train':>6} {'val':>5}  "
+    lines = [f"{'recipe':<12} {'epochs':>8} {'wall':>9} {'image-steps':>11} {'train':>6} "
+             f"{'val':>5}  "
              f"{'final val acc [95% CI]':<26} {'best-epoch val acc':<19}"]
     for r in results:
         epochs = f"{r['epochs']}" + ("" if r["epochs"] == r["planned_epochs"]
@@ -242,11 +244,12 @@ def table(results: list[dict]) -> str:
         lo, hi = wilson_interval(r["final_k"], r["val_images"])
         tta = " tta" if r["val_tta_flip"] else ""
         lines.append(f"{r['recipe']:<12} {epochs:>8} {r['wall_s'] / 60:8.1f}m "
-                     f"{r['train_images']:>6} {r['val_images']:>5}  "
+                     f"{r['image_steps']:>11,} {r['train_images']:>6} {r['val_images']:>5}  "
                      f"{r['final_acc']:.4f} [{lo:.4f}, {hi:.4f}]{tta:<5} "
                      f"{r['best_acc']:.4f} (ep {r['best_epoch']})")
     lines.append("final = the last epoch's (EMA) weights, the honest number; best-epoch = chosen "
-                 "on this same validation set (optimistic). tta = flip-averaged predictions.")
+                 "on this same validation set (optimistic; among validated epochs). tta = "
+                 "flip-averaged predictions. image-steps = training images seen, all epochs.")
     lines += paired_lines(results)
     return "\n".join(lines)
 

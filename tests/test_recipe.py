@@ -259,3 +259,21 @@ def test_train_stage_saves_the_weights_train_keep_names(tmp_path, keep):
     _, meta = load_checkpoint(tmp_path / "models/best.pth")
     expected = 3 if keep == "last" else summary["best/epoch"]
     assert meta["epoch"] == summary["kept/epoch"] == expected
+
+
+def test_fit_validates_every_n_epochs_and_after_the_last():
+    """val_every 2 over 3 epochs: epochs 2 and 3 are validated, epoch 1 is not (NaN) and can
+    never be the best."""
+    from chimuffin.model import build_model
+
+    p = load_params(REPO / "params.yaml")
+    t = p.train.__class__(**{**p.train.__dict__, "epochs": 3, "batch_size": 4, "val_every": 2})
+    images = np.random.default_rng(0).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
+    labels = np.array([0, 1] * 6)
+    torch.manual_seed(0)
+    seen = []
+    best = fit(build_model(2, [8], 0.1), images, np.arange(8), labels[:8], np.arange(8, 12),
+               labels[8:], t, seed=1, device=torch.device("cpu"), eval_batch_size=8,
+               on_epoch=lambda r, is_best: seen.append((r, is_best)))
+    assert [math.isnan(r.val_acc) for r, _ in seen] == [True, False, False]
+    assert not seen[0][1] and best.epoch in (2, 3)

@@ -101,6 +101,9 @@ class Train:
     # Which weights the stage saves: the best validation epoch (the reference's choice; its
     # validation accuracy is then optimistic) or the last epoch's (an honest validation number).
     keep: Literal["best", "last"] = field()
+    # Validate every N epochs (and always after the last): validation costs a forward pass over
+    # the validation images (two with val_tta_flip), worth skipping when only the last counts.
+    val_every: int = num(1, 10_000)
     device: Literal["auto", "cpu", "cuda"] = field()
     cpu_bf16: bool = field()  # bf16 autocast when training on CPU (native bf16 CPUs only)
     threads: int = num(0, 256)

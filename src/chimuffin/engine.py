@@ -7,6 +7,7 @@ class indices. Nothing here reads files or params.yaml.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -183,7 +184,7 @@ class EpochResult:
     epoch: int
     lr: float
     train: EpochStats
-    val_loss: float
+    val_loss: float  # NaN for an epoch that was not validated (train.val_every)
     val_acc: float
     seconds: float
     image_size: int | None = None  # training resolution of this epoch (None = the cache size)
@@ -208,7 +209,9 @@ def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labe
     on_epoch(result, is_best) after each; return the best epoch. result.model holds the
     validated weights (the EMA copy when cfg.ema_decay > 0): save that one.
 
-    Best = highest validation accuracy, ties broken by lower validation loss (never test)."""
+    Validation runs every cfg.val_every epochs and after the last (a stop asked by should_stop
+    comes after an epoch's validation, if any). Best = highest validation accuracy among the
+    validated epochs, ties broken by lower validation loss (never test)."""
     import time
 
     check_cpu_bf16(cfg.cpu_bf16, device, runtime.has_native_bf16())
@@ -233,15 +236,18 @@ def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labe
         if epoch_sched:
             epoch_sched()
         judged = ema.model if ema is not None else model
-        vloss, vacc = evaluate_rows(judged, images, val_rows, val_labels, eval_batch_size, device,
-                                    tta_flip=cfg.val_tta_flip)
+        vloss = vacc = math.nan
+        validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs
+        if validated:
+            vloss, vacc = evaluate_rows(judged, images, val_rows, val_labels, eval_batch_size,
+                                        device, tta_flip=cfg.val_tta_flip)
         res = EpochResult(epoch, lr, stats, vloss, vacc, time.perf_counter() - t0, size, judged)
-        is_best = best is None or (vacc, -vloss) > (best.val_acc, -best.val_loss)
+        is_best = validated and (best is None or (vacc, -vloss) > (best.val_acc, -best.val_loss))
         if is_best:
             best = res
         if on_epoch:
             on_epoch(res, is_best)
         if should_stop and should_stop(res):
             break
-    assert best is not None
-    return best
+    # a should_stop before the first validated epoch: the last epoch is the only candidate
+    return best if best is not None else res

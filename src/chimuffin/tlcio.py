@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -370,8 +371,10 @@ class TrainingRun:
 
     def epoch_end(self, r, model, images: np.ndarray, device) -> None:
         """After each epoch (engine.fit's on_epoch): scalars, and metrics when due."""
-        self.tlc.log({"epoch": r.epoch, "train_loss": r.train.loss, "train_accuracy": r.train.acc,
-                      "val_loss": r.val_loss, "val_accuracy": r.val_acc, "lr": r.lr})
+        scalars = {"epoch": r.epoch, "train_loss": r.train.loss, "train_accuracy": r.train.acc,
+                   "val_loss": r.val_loss, "val_accuracy": r.val_acc, "lr": r.lr}
+        # epochs that were not validated (train.val_every) log no validation numbers
+        self.tlc.log({k: v for k, v in scalars.items() if not math.isnan(v)})
         if self.collect_every > 0 and r.epoch % self.collect_every == 0:
             self.collect(model, images, device, r.epoch)
 

@@ -1,6 +1,7 @@
 """Stage `train`: ResNet-18 from scratch on the labeled training images; save the weights that
 train.keep names (the best validation epoch or the last)."""
 
+import math
 from pathlib import Path
 
 from tqdm import tqdm
@@ -54,7 +55,8 @@ def main(args, params) -> None:
         def on_epoch(r, is_best):
             for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
                                 ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
-                live.log_metric(name, value)
+                if not math.isnan(value):  # validation every train.val_every epochs
+                    live.log_metric(name, value)
             # r.model: the validated weights (the EMA copy when it is on)
             if is_best if t.keep == "best" else r.epoch == t.epochs:
                 kept.update(epoch=r.epoch, val_acc=r.val_acc)
