@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One improvement iteration on the embedded sample, as README's "One improvement iteration"
-# tells it, in a fresh clone of this repository's HEAD (nothing here is touched):
+# One improvement iteration on the embedded sample, as docs/iteration.md tells it,
+# in a fresh clone of this repository's HEAD (nothing here is touched):
 #   dvc repro (timed) -> commit -> the review queue's top 40 pool requests answered by the
 #   sample's true pool labels (the person) -> dvc exp run (timed) -> dvc metrics diff -> commit.
 # Usage: benchmarks/one_iteration.sh [DEST]   (default: a new temp dir; needs `make setup`)
