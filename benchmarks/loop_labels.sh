@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Pool labels accepted by the loop, on the real data: issue 5's way to grow the training set.
+# Pool labels accepted by the loop, on the real data: the time-to-accuracy protocol's way to
+# grow the training set.
 # In a fresh clone of HEAD (nothing here is touched):
 #   label files = time_to_accuracy.py --export-split (oracle rows; 100 of them validate; the
 #   protocol's validation rows are left out, so they are unlabeled pool images here);

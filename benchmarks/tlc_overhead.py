@@ -5,7 +5,8 @@ table of 4,693 images = 160 labeled + 4,533 pool, a val table of 40): `import tl
 tables, one metrics collection (per-sample columns + 512-d embeddings for every table row; the
 model's forward pass is left out, it costs what `evaluate` costs), and the final 3-D PaCMAP
 reduction of all collections. Prints seconds per step, and the collection and reduction cost as
-a ratio of one training epoch at the DESIGN.md figure (150-200 s per epoch on 2 CPU cores).
+a ratio of one training epoch over 4,733 images on 2 CPU cores, taken as 150-200 s (24-32 img/s;
+benchmarks/README.md, training throughput, has the measured rates).
 
     python benchmarks/tlc_overhead.py [--train-rows 4693] [--val-rows 40] [--collections 3]
 """
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCH_SECONDS = (150.0, 200.0)  # DESIGN.md s5: one epoch over 4,733 images on this CPU
+EPOCH_SECONDS = (150.0, 200.0)  # one epoch over 4,733 images at 24-32 img/s on 2 CPU cores
 
 
 def synthetic_manifest(train_rows: int, val_rows: int, labeled: int) -> pd.DataFrame:

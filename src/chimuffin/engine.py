@@ -50,7 +50,8 @@ def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> to
 def autocast(device: torch.device, cpu_bf16: bool = False):
     # Training only: bf16 autocast on CUDA (fp32 weights, optimizer state, BatchNorm statistics
     # and loss; bf16 has fp32's range, so no loss scaling). On CPU only when asked
-    # (train.cpu_bf16): it pays off with native bf16 (1.8x on AVX512_BF16) and is slower without.
+    # (train.cpu_bf16): it pays off with native bf16 and is slower without (measured:
+    # benchmarks/README.md, training throughput).
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if cpu_bf16:
