@@ -278,7 +278,8 @@ function renderPage() {
   if (S.view === "verify") remember();
   if (!pg) {
     grid.replaceChildren();
-    head.textContent = V.pages.length ? "no page matches the filter" : "";
+    head.textContent = V.pages.length ? "no page matches the filter"
+      : S.data.pages.error ? "" : "no pages: the suggest stage left no pool image to verify";
     setZoom(false);
     return;
   }
