@@ -580,6 +580,16 @@ def test_verify_a_page_by_keyboard_undo_and_reload(review):
         expect(page.locator(f'#page-grid .thumb[data-path="{names["queue"][0]}"]')) \
             .to_have_attribute("data-mark", "chihuahua")
 
+        # filters only hide pages (page 0 scores 0.80, page 1 0.625)
+        page.locator("#filter-min").fill("0.7")
+        page.locator("#filter-min").blur()
+        expect(head).to_have_text(re.compile("^Page 0 .* 1 of 1 pages shown"))
+        page.select_option("#filter-class", "muffin")
+        expect(head).to_have_text("no page matches the filter")
+        page.locator("#filter-min").fill("0.5")
+        page.locator("#filter-min").blur()
+        expect(head).to_have_text(re.compile("^Page 1 proposes muffin"))
+
 
 @pytest.mark.slow
 def test_plot_view_box_select_confirm_seeds_and_queue(review):

@@ -100,7 +100,7 @@ function applyAnswer(a) {
   renderSummary(a);
   if (S.plotDrawn) recolor();
   markDone();
-  if (typeof verifyRefresh === "function") verifyRefresh();
+  verifyRefresh(a);
 }
 
 async function undo() {
@@ -424,7 +424,11 @@ function onKey(ev) {
 
 async function main() {
   const res = await fetch("/api/state");
-  if (!res.ok) { status(`could not load: ${res.status}`, true); return; }
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    status(`could not load: ${body.error || res.status}`, true);
+    return;
+  }
   S.data = await res.json();
   S.data.points.path.forEach((x, i) => S.index.set(x, i));
   for (const [path, d] of Object.entries(S.data.decisions)) S.decisions.set(path, d);

@@ -8,6 +8,7 @@ const HOLD_MS = 350;  // click and hold a thumbnail this long: the enlarged view
 const V = {
   pages: [], filtered: [], pos: 0, cursor: 0,
   marks: new Map(),  // page number -> Map(path -> label): exceptions, until the page is accepted
+  pageOf: new Map(),  // path -> page number
   zoom: false, holdTimer: null, held: false, prefetched: new Set(),
 };
 
@@ -158,10 +159,7 @@ async function clearCursor() {
   const path = pg.images[V.cursor].path;
   if (!S.decisions.has(path)) { status("this image has no decision to clear", true); return; }
   const a = await write("/api/clear", { paths: [path] });
-  if (!a) return;
-  marksOf(pg).delete(path);
-  status(`cleared the decision of ${path}`, false);
-  renderPage();
+  if (a) status(`cleared the decision of ${path}`, false);
 }
 
 async function clearPage() {
@@ -173,10 +171,7 @@ async function clearPage() {
     return;
   }
   const a = await write("/api/clear", { paths });
-  if (!a) return;
-  V.marks.delete(pg.page);
-  status(`cleared ${a.changed} decision(s) on page ${pg.page}`, false);
-  renderPage();
+  if (a) status(`cleared ${a.changed} decision(s) on page ${pg.page}`, false);
 }
 
 // After an undo of a page: show that page again with the marks it was accepted with.
@@ -307,6 +302,7 @@ function prefetch(pg) {
 function verifyInit() {
   const info = S.data.pages;
   V.pages = info.list;
+  for (const pg of V.pages) for (const im of pg.images) V.pageOf.set(im.path, pg.page);
   const missing = $("verify-missing");
   missing.hidden = !info.error;
   missing.textContent = info.error ? `No pages to verify: ${info.error}. The plot and queue ` +
@@ -345,7 +341,9 @@ function verifyShown() {
   renderPage();  // (also puts the page and filters in the address: a reload comes back here)
 }
 
-// the label file changed (an answer or an undo): redraw what shows it
-function verifyRefresh() {
+// The label file changed (an answer or an undo): the touched pages' marks start again from
+// what the file now says (for a page just accepted that is exactly what was marked).
+function verifyRefresh(answer) {
+  for (const path of Object.keys(answer.changes)) V.marks.delete(V.pageOf.get(path));
   if (S.view === "verify") renderPage();
 }
