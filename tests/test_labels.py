@@ -9,6 +9,7 @@ from chimuffin.labels import (
     format_decisions,
     merge_decisions,
     parse_decisions,
+    remove_decisions,
 )
 
 CLASSES = ["chihuahua", "muffin"]
@@ -79,3 +80,10 @@ def test_merge_never_overrides_a_person():
     merged, changed = merge_decisions(old, new)
     assert {d.path: d.label for d in merged} == {"a": "muffin", "b": "chihuahua", "c": "muffin"}
     assert changed == 2
+
+
+def test_remove_decisions_drops_only_the_named_paths():
+    old = [Decision("a", "muffin", "human"), Decision("b", "muffin", "auto")]
+    kept, removed = remove_decisions(old, ["b", "not-decided"])
+    assert (kept, removed) == ([Decision("a", "muffin", "human")], 1)
+    assert remove_decisions(old, []) == (old, 0)

@@ -20,6 +20,8 @@ from chimuffin.errors import UserError
 
 DECISION_COLUMNS = ["path", "label", "source", "note"]
 SOURCES = ("human", "3lc", "auto", "rule", "oracle")
+# Sources that stand for a person's answer (the oracle simulates one); `auto` and `rule` do not.
+PERSON_SOURCES = ("human", "3lc", "oracle")
 UNDEFINED, REMOVE = "undefined", "remove"
 
 
@@ -149,6 +151,14 @@ def merge_decisions(old: list[Decision], new: list[Decision],
         by_path[d.path] = d
         changed += 1
     return sorted(by_path.values(), key=lambda d: d.path), changed
+
+
+def remove_decisions(old: list[Decision], paths) -> tuple[list[Decision], int]:
+    """Drop the decisions for `paths` (the images fall back to their folder label).
+    Returns (kept, number removed)."""
+    drop = set(paths)
+    kept = [d for d in old if d.path not in drop]
+    return kept, len(old) - len(kept)
 
 
 def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],

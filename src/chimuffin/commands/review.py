@@ -1,33 +1,59 @@
-"""`chimuffin review`: the offline review page on http://127.0.0.1:PORT (see review/server.py)."""
+"""`chimuffin review`: verify suggested labels page by page, or label from the embedding plot, in
+a local page on http://127.0.0.1:PORT (127.0.0.1 only, works offline). Every answer is written at
+once to the label file; the undo history and pace are kept in a git-ignored state file.
+"""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+from chimuffin import paths
 from chimuffin.config import load_params
-from chimuffin.review.server import HOST, Paths, ReviewData, make_server
+from chimuffin.errors import UserError
+from chimuffin.review.data import Paths, ReviewData
+from chimuffin.review.history import STATE_FILE
+from chimuffin.review.server import HOST, make_server
 
 
 def register(sub) -> None:
-    p = sub.add_parser("review", help="label images from the embedding plot in a local page "
-                       "(127.0.0.1 only, works offline)")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--decisions", default="data/labels/decisions.csv")
-    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p = sub.add_parser("review", help="verify and label images in a local page (127.0.0.1 only, "
+                       "works offline)", description=__doc__)
+    p.add_argument("--port", type=int, default=8765,
+                   help="port on 127.0.0.1; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--params", default=paths.PARAMS, help="params file (default: %(default)s)")
+    p.add_argument("--decisions", default=paths.DECISIONS,
+                   help="the label file the page writes (default: %(default)s)")
+    p.add_argument("--state", default=STATE_FILE,
+                   help="undo history and pace, git-ignored (default: %(default)s)")
+    p.add_argument("--open", action="store_true",
+                   help="open the page in the default browser (default: %(default)s)")
     p.set_defaults(func=run)
+
+
+def bind(data: ReviewData, port: int):
+    try:
+        return make_server(data, port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {HOST} is in use (another `chimuffin review`?); "
+                            "pick another with --port N, or --port 0 for a free one") from None
+        raise UserError(f"cannot listen on {HOST}:{port} ({e.strerror or e}); pick another "
+                        "with --port N, or --port 0 for a free one") from None
 
 
 def run(args) -> int:
     root = Path.cwd()
     params = load_params(args.params)
     data_dir = Path(params.prepare.data_dir)
-    data = ReviewData(Paths.under(root, args.params, args.decisions), params.base.classes,
-                      data_dir if data_dir.is_absolute() else root / data_dir)
-    server = make_server(data, args.port)
+    data = ReviewData(Paths.under(root, args.params, args.decisions, args.state),
+                      params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir)
+    server = bind(data, args.port)
     url = f"http://{HOST}:{server.server_address[1]}/"
-    print(f"review: {len(data.points)} images, {len(data.queue)} review requests; serving {url} "
-          f"(Ctrl-C to stop); labels go to {args.decisions}", flush=True)
+    pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
+        else f"no pages ({data.pages_error})"
+    print(f"review: {len(data.points)} images, {pages}, {len(data.queue)} review requests; "
+          f"serving {url} (Ctrl-C to stop); labels go to {args.decisions}", flush=True)
     if args.open:
         import webbrowser
 

@@ -1,54 +1,50 @@
-"""A local web page to label images from the embedding plot: the offline Dashboard.
+"""A local web page to verify and label images: the offline Dashboard (HTTP side).
 
 Serves on 127.0.0.1 only. Every script and style comes from this package or the installed
-`plotly` package (no CDN, no internet). Each label action is one POST that is validated whole
-and then written at once to the label file (atomic, source `human`); a bad request changes
-nothing and gets a JSON error with a 4xx status.
+`plotly` package (no CDN, no internet). The label actions themselves live in review/data.py.
+
+Safety, for a server any page in the person's browser could try to reach:
+- the Host header must name 127.0.0.1 or localhost (DNS rebinding);
+- a POST must be JSON (a cross-site HTML form cannot send it without the browser asking
+  first), and a POST that carries an Origin header must come from this server's own origin
+  (browsers always send Origin on POST; a client without one, like curl or a script on this
+  machine, is let through: it could edit the label file directly anyway);
+- a request body has `timeout` seconds to arrive in full, then gets 408, so a slow or stalled
+  client cannot hold a thread forever.
 """
 
 from __future__ import annotations
 
 import json
 import mimetypes
-import threading
-from collections import Counter
-from dataclasses import dataclass
+import sys
+import time
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-import pandas as pd
-
-from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
-from chimuffin.labels import (
-    Decision,
-    allowed_labels,
-    check_relative_path,
-    merge_decisions,
-    read_decisions,
-    write_decisions,
-)
+from chimuffin.review.data import RequestError, ReviewData
 
 HOST = "127.0.0.1"
 MAX_BODY = 2_000_000
+TIMEOUT_S = 10.0  # a request (headers, then the whole body) must arrive within this
 STATIC = {  # name -> content type; served from review/static
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "verify.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 # The page may talk to this server only: nothing else loads, even if a script tried.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
-
-
-class RequestError(Exception):
-    def __init__(self, status: HTTPStatus, message: str):
-        super().__init__(message)
-        self.status = status
+ACTIONS = {  # POST path -> ReviewData method
+    "/api/label": "label", "/api/verify": "verify", "/api/accept-cluster": "accept_cluster",
+    "/api/clear": "clear", "/api/undo": "undo",
+}
 
 
 def plotly_js() -> Path:
@@ -59,148 +55,16 @@ def plotly_js() -> Path:
     return path
 
 
-@dataclass
-class Paths:
-    params: Path
-    decisions: Path
-    prepared: Path
-    embed: Path
-    eval: Path
-    suggest: Path
-
-    @classmethod
-    def under(cls, root: Path, params: str = "params.yaml",
-              decisions: str = "data/labels/decisions.csv") -> Paths:
-        return cls(root / params, root / decisions, root / "data/prepared", root / "data/embed",
-                   root / "metrics/eval", root / "data/suggest")
-
-
-class ReviewData:
-    """The pipeline outputs the page shows, and the label file it writes."""
-
-    def __init__(self, paths: Paths, classes: list[str], data_dir: Path):
-        self.paths, self.classes = paths, classes
-        self.labels = allowed_labels(classes)
-        self.data_dir = data_dir.resolve()
-        self.lock = threading.Lock()
-        prepared = read_manifest(paths.prepared / "manifest.parquet")
-        # every image the label file may name: the prepared dataset minus the test split
-        # (test labels are never edited here: that would be tuning on test)
-        self.split = dict(zip(prepared["path"], prepared["split"], strict=True))
-        self.base_label = {p: lbl for p, lbl, s in zip(prepared["path"], prepared["label"],
-                                                       prepared["split"], strict=True)
-                           if s != "test"}
-        self.points = self._points()
-        self.queue = self._queue()
-
-    def _points(self) -> pd.DataFrame:
-        coords = _read(self.paths.embed / "pacmap.parquet", "embed")
-        pred = _read(self.paths.eval / "predictions.parquet", "evaluate")
-        df = coords[["path", "split", "x", "y"]].merge(
-            pred[["path", "prediction", "confidence"]], on="path", how="left", validate="1:1")
-        if df["prediction"].isna().any():
-            raise UserError(f"{self.paths.eval / 'predictions.parquet'}: stale (no prediction "
-                            "for some plotted images); run `dvc repro`")
-        return df[df["split"] != "test"].reset_index(drop=True)
-
-    def _queue(self) -> pd.DataFrame:
-        path = self.paths.suggest / "review_queue.parquet"
-        if not path.is_file():
-            return pd.DataFrame(columns=["rank", "path", "kind", "cluster", "proposed", "reason"])
-        q = pd.read_parquet(path)
-        return q[q["path"].isin(self.base_label)].reset_index(drop=True)
-
-    def decisions(self) -> list[Decision]:
-        return read_decisions(self.paths.decisions, self.classes)
-
-    def effective_labels(self, decisions: list[Decision]) -> dict[str, str]:
-        labels = dict(self.base_label)
-        labels.update({d.path: d.label for d in decisions if d.path in labels})
-        return labels
-
-    def counts(self, decisions: list[Decision]) -> dict:
-        eff = self.effective_labels(decisions)
-        return {"labels": {lbl: sum(1 for v in eff.values() if v == lbl) for lbl in self.labels},
-                "decisions": len(decisions),
-                "by_source": dict(sorted(Counter(d.source for d in decisions).items()))}
-
-    def state(self) -> dict:
-        decisions = self.decisions()
-        eff = self.effective_labels(decisions)
-        p = self.points
-        q = self.queue
-        return {
-            "classes": self.classes, "labels": self.labels,
-            "points": {"path": p["path"].tolist(), "split": p["split"].tolist(),
-                       "x": _floats(p["x"]), "y": _floats(p["y"]),
-                       "label": [eff[x] for x in p["path"]],
-                       "prediction": p["prediction"].tolist(),
-                       "confidence": _floats(p["confidence"])},
-            "queue": [{"rank": int(r.rank), "path": r.path, "kind": r.kind,
-                       "cluster": int(r.cluster), "proposed": r.proposed, "reason": r.reason}
-                      for r in q.itertuples()],
-            "counts": self.counts(decisions),
-        }
-
-    # --- checks shared by thumbnails and label actions ---
-
-    def check_path(self, path) -> str:
-        if not isinstance(path, str):
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"path must be a string, got {path!r}")
-        bad = check_relative_path(path)
-        if bad:
-            raise RequestError(HTTPStatus.FORBIDDEN, f"path {path!r}: {bad}")
-        if path not in self.split:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"path {path!r}: not an image of the "
-                               "prepared dataset")
-        full = (self.data_dir / path).resolve()
-        if not full.is_relative_to(self.data_dir):
-            raise RequestError(HTTPStatus.FORBIDDEN, f"path {path!r}: outside the dataset")
-        return path
-
-    def image_file(self, path) -> Path:
-        return (self.data_dir / self.check_path(path)).resolve()
-
-    def label(self, body) -> dict:
-        """Validate a whole label action, then write it; nothing is written if any part fails."""
-        if not isinstance(body, dict) or set(body) != {"paths", "label"}:
-            raise RequestError(HTTPStatus.BAD_REQUEST,
-                               'expected a JSON object {"paths": [...], "label": "..."}')
-        label, paths = body["label"], body["paths"]
-        if label not in self.labels:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown label {label!r}; allowed: "
-                               f"{', '.join(self.labels)}")
-        if not isinstance(paths, list) or not paths:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "paths must be a non-empty list")
-        for p in paths:
-            self.check_path(p)
-            if self.split[p] == "test":
-                raise RequestError(HTTPStatus.FORBIDDEN, f"path {p!r}: a test image; test "
-                                   "labels are not edited here")
-        new = [Decision(p, label, "human", "review page") for p in dict.fromkeys(paths)]
-        with self.lock:  # read-merge-write: another tool may have changed the file meanwhile
-            merged, changed = merge_decisions(self.decisions(), new, protect_sources=())
-            if changed:
-                write_decisions(self.paths.decisions, merged)
-        return {"ok": True, "changed": changed, "label": label, "paths": [d.path for d in new],
-                "counts": self.counts(merged)}
-
-
-def _read(path: Path, stage: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `dvc repro {stage}` first")
-    return pd.read_parquet(path)
-
-
-def _floats(s: pd.Series) -> list[float]:
-    return [round(float(v), 5) for v in np.asarray(s, dtype=np.float64)]
+def own_origins(port: int) -> tuple[str, str]:
+    return f"http://{HOST}:{port}", f"http://localhost:{port}"
 
 
 class Handler(BaseHTTPRequestHandler):
     data: ReviewData  # set on the subclass that make_server creates
+    timeout = TIMEOUT_S  # socket timeout for every read (StreamRequestHandler applies it)
     server_version = "chimuffin-review"
 
-    def log_message(self, fmt, *args) -> None:  # quiet: one line per error only
+    def log_message(self, fmt, *args) -> None:  # quiet: errors are answered, not logged
         pass
 
     def send(self, status: HTTPStatus, body: bytes, ctype: str, cache: bool = False) -> None:
@@ -222,14 +86,25 @@ class Handler(BaseHTTPRequestHandler):
         if host not in (HOST, "localhost"):
             raise RequestError(HTTPStatus.FORBIDDEN, f"unexpected Host header {host!r}")
 
+    def check_origin(self) -> None:
+        origin = self.headers.get("Origin")
+        if origin is not None and origin not in own_origins(self.server.server_address[1]):
+            raise RequestError(HTTPStatus.FORBIDDEN, f"a write from another site ({origin!r}) "
+                               "is refused")
+
     def handle_errors(self, fn) -> None:
         try:
             self.check_host()
             fn()
         except RequestError as e:
-            self.send_json(e.status, {"ok": False, "error": str(e)})
+            self.send_json(e.status, {"ok": False, "error": str(e), **e.extra})
         except UserError as e:
             self.send_json(HTTPStatus.CONFLICT, {"ok": False, "error": str(e)})
+        except Exception as e:  # a bug: answer it (the page shows it) and print the traceback
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+            self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                           {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"})
 
     def do_GET(self) -> None:
         self.handle_errors(self.get)
@@ -247,7 +122,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         if url.path == "/api/state":
             return self.send_json(HTTPStatus.OK, self.data.state())
-        if url.path == "/thumb":
+        if url.path == "/thumb":  # the original image file (the page scales it)
             values = parse_qs(url.query).get("path", [])
             if len(values) != 1:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "expected one ?path=")
@@ -266,8 +141,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send(HTTPStatus.OK, body, STATIC[name])
 
     def post(self) -> None:
-        if urlsplit(self.path).path != "/api/label":
+        action = ACTIONS.get(urlsplit(self.path).path)
+        if action is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such action {self.path!r}")
+        self.check_origin()
         # JSON only: a cross-site HTML form cannot send it without the browser asking first
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
@@ -280,15 +157,42 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body must be 1 to {MAX_BODY} bytes")
         try:
-            body = json.loads(self.rfile.read(length))
+            body = json.loads(self.read_body(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {e}") from None
-        self.send_json(HTTPStatus.OK, self.data.label(body))
+        self.send_json(HTTPStatus.OK, getattr(self.data, action)(body))
+
+    def read_body(self, length: int) -> bytes:
+        """Exactly `length` bytes, all within `timeout` seconds (not per read: a client that
+        trickles a byte at a time must not hold the thread either)."""
+        deadline = time.monotonic() + self.timeout
+        chunks, got = [], 0
+        try:
+            while got < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(length - got)
+                if not chunk:
+                    self.close_connection = True
+                    raise RequestError(HTTPStatus.BAD_REQUEST, f"the body ended after {got} "
+                                       f"of {length} bytes")
+                chunks.append(chunk)
+                got += len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within "
+                               f"{self.timeout:g} s ({got} of {length} bytes)") from None
+        finally:
+            self.connection.settimeout(self.timeout)  # the answer gets the full time again
+        return b"".join(chunks)
 
 
-def make_server(data: ReviewData, port: int = 0) -> ThreadingHTTPServer:
+def make_server(data: ReviewData, port: int = 0,
+                timeout: float = TIMEOUT_S) -> ThreadingHTTPServer:
     """Bound to 127.0.0.1 (never another interface); port 0 picks a free one."""
-    handler = type("BoundHandler", (Handler,), {"data": data})
+    handler = type("BoundHandler", (Handler,), {"data": data, "timeout": timeout})
     server = ThreadingHTTPServer((HOST, port), handler)
     server.daemon_threads = True
     return server

@@ -1,18 +1,166 @@
 "use strict";
-// The review page: PaCMAP plot (plotly: lasso/box selection), thumbnails, label actions.
-// Talks only to the local server: GET /api/state, GET /thumb?path=, POST /api/label.
+// The review page, shared parts and the plot view: PaCMAP plot (plotly lasso/box selection),
+// thumbnails of the selection, the review queue by cluster. verify.js holds the verify view.
+// Talks only to the local server: GET /api/state, GET /thumb?path=, POST /api/{label,verify,
+// accept-cluster,clear,undo}.
 
 const COLORS = ["#d95f02", "#1b9e77", "#7570b3", "#e7298a"];
 const FIXED = { undefined: "#b9b9b9", remove: "#222222" };
 const MAX_THUMBS = 300;
+const BIG_SELECTION = 100;  // asks before writing more than this many images at once
 
-const S = { data: null, index: new Map(), selection: [], excluded: new Set(), colorBy: "label" };
+const S = {
+  data: null, view: null, busy: false,
+  decisions: new Map(),  // path -> [label, source]: the label file, kept current from answers
+  index: new Map(),      // path -> point index
+  selection: [], excluded: new Set(), colorBy: "label", plotDrawn: false,
+};
 const $ = (id) => document.getElementById(id);
+
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  Object.assign(e, props || {});
+  e.append(...children);
+  return e;
+}
 
 function colorOf(name) {
   const i = S.data.classes.indexOf(name);
   return i >= 0 ? COLORS[i % COLORS.length] : FIXED[name] || "#999";
 }
+
+function status(text, isError) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+// --- labels as the label file says ---
+
+function isVerified(path) {
+  const d = S.decisions.get(path);
+  return !!d && S.data.person_sources.includes(d[1]);
+}
+
+function baseLabel(path) {
+  const i = S.index.get(path);
+  return i === undefined ? "undefined" : S.data.points.base[i];
+}
+
+function currentLabel(path) {
+  const d = S.decisions.get(path);
+  return d ? d[0] : baseLabel(path);
+}
+
+// somebody already labeled it: a folder or validation label, or a decision
+function isLabeled(path) {
+  return S.decisions.has(path) || baseLabel(path) !== "undefined";
+}
+
+// --- writing: every action goes through here ---
+
+async function post(url, body) {
+  try {
+    const res = await fetch(url, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { ok: res.ok, status: res.status, body: await res.json() };
+  } catch (e) {
+    return { ok: false, status: 0, body: { error: String(e) } };
+  }
+}
+
+// POST an action; when the server says it would change images somebody already labeled, ask
+// the person and send it again confirmed. Returns the answer, or null when nothing was written.
+async function write(url, body) {
+  if (S.busy) return null;
+  S.busy = true;
+  try {
+    let r = await post(url, body);
+    if (!r.ok && r.body.needs_confirm) {
+      const ok = window.confirm(`${r.body.overwrites} image(s) already have a label (a folder ` +
+        "or validation label, or an earlier decision) that this would change. Change them?");
+      if (!ok) { status("nothing changed", false); return null; }
+      r = await post(url, { ...body, confirm: true });
+    }
+    if (!r.ok) { status(`not saved: ${r.body.error || r.status}`, true); return null; }
+    applyAnswer(r.body);
+    return r.body;
+  } finally {
+    S.busy = false;
+  }
+}
+
+function applyAnswer(a) {
+  for (const [path, d] of Object.entries(a.changes)) {
+    if (d) S.decisions.set(path, d); else S.decisions.delete(path);
+    const i = S.index.get(path);
+    if (i !== undefined) S.data.points.label[i] = currentLabel(path);
+  }
+  renderSummary(a);
+  if (S.plotDrawn) recolor();
+  markDone();
+  verifyRefresh(a);
+}
+
+async function undo() {
+  if (S.busy) return;
+  S.busy = true;
+  let r;
+  try { r = await post("/api/undo", {}); } finally { S.busy = false; }
+  if (!r.ok) { status(`undo refused: ${r.body.error || r.status}`, true); return; }
+  applyAnswer(r.body);
+  status(`undone: ${r.body.undone.what}`, false);
+  if (r.body.undone.kind === "verify") verifyUndone(r.body.undone);
+}
+
+// --- counts, progress, undo ---
+
+function renderSummary(a) {
+  renderCounts(a.counts);
+  renderProgress(a.progress);
+  $("undo-info").textContent = a.undo.last ? `last: ${a.undo.last}` : "nothing to undo";
+  $("undo").disabled = !a.undo.last;
+}
+
+function renderCounts(c) {
+  const labels = S.data.labels.map((l) => `${l} ${c.labels[l]}`).join(", ");
+  const sources = Object.entries(c.by_source).map(([k, v]) => `${k} ${v}`).join(", ");
+  $("counts").textContent = `labels: ${labels} | decisions: ${c.decisions}` +
+    (sources ? ` (${sources})` : "");
+}
+
+function listed(obj) {
+  return Object.entries(obj).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(", ");
+}
+
+function renderProgress(p) {
+  let t = `verified ${p.verified} of ${p.pool} pool images`;
+  if (p.verified) t += ` (${listed(p.verified_by_label)})`;
+  if (p.pages) {
+    t += ` · left: ${p.left} images on ${p.pages_left} of ${p.pages} pages`;
+    if (p.left) t += ` (${listed(p.left_by_class)})`;
+  }
+  if (p.off_pages) t += ` · ${p.off_pages} on no page`;
+  t += p.per_minute === null ? " · pace: after two pages"
+    : ` · ${p.per_minute} images/min, about ${Math.ceil(p.minutes_left)} min left`;
+  const box = $("progress");
+  box.textContent = t;
+  Object.assign(box.dataset, { verified: p.verified, left: p.left, pagesLeft: p.pages_left });
+}
+
+// --- thumbnails ---
+
+function thumb(path, caption, onClick) {
+  const div = el("div", { className: "thumb", title: path });
+  div.dataset.path = path;
+  const img = el("img", { loading: "lazy", alt: path, src: "/thumb?path=" + encodeURIComponent(path) });
+  div.append(img, el("span", { className: "caption", textContent: caption }));
+  if (onClick) div.addEventListener("click", () => onClick(div));
+  return div;
+}
+
+// --- the plot view ---
 
 function markerColors() {
   const p = S.data.points;
@@ -26,15 +174,19 @@ function markerColors() {
 function legend() {
   if (S.colorBy === "confidence") { $("legend").textContent = ""; return; }
   const names = S.colorBy === "label" ? S.data.labels : S.data.classes;
-  $("legend").innerHTML = names.map((n) =>
-    `<span class="swatch" style="background:${colorOf(n)}"></span>${n}`).join("");
+  $("legend").replaceChildren(...names.flatMap((n) => [
+    el("span", { className: "swatch", style: `background:${colorOf(n)}` }), n]));
+}
+
+function customdata() {
+  const p = S.data.points;
+  return p.path.map((_, i) => [p.label[i], p.prediction[i], p.confidence[i]]);
 }
 
 function draw() {
   const p = S.data.points;
   const trace = {
-    type: "scatter", mode: "markers", x: p.x, y: p.y, text: p.path,
-    customdata: p.path.map((_, i) => [p.label[i], p.prediction[i], p.confidence[i]]),
+    type: "scatter", mode: "markers", x: p.x, y: p.y, text: p.path, customdata: customdata(),
     hovertemplate: "%{text}<br>label %{customdata[0]}<br>predicted %{customdata[1]} " +
       "(%{customdata[2]:.2f})<extra></extra>",
     marker: { size: 7, opacity: 0.85, ...markerColors() },
@@ -44,50 +196,43 @@ function draw() {
     dragmode: "lasso", hovermode: "closest", margin: { l: 10, r: 10, t: 10, b: 10 },
     xaxis: { visible: false }, yaxis: { visible: false },
   };
+  // offline: no "edit in Chart Studio" / "send to cloud" link or button, no plotly logo
   const config = { displaylogo: false, responsive: true, scrollZoom: true,
-                   modeBarButtonsToRemove: ["toImage", "autoScale2d"] };
+                   showSendToCloud: false, showEditInChartStudio: false, showLink: false,
+                   modeBarButtonsToRemove: ["toImage", "autoScale2d", "sendDataToCloud"] };
   Plotly.newPlot("plot", [trace], layout, config);
   const plot = $("plot");
   plot.on("plotly_selected", (ev) => {
-    setSelection(ev ? ev.points.map((pt) => p.path[pt.pointIndex]) : [], false);
+    setSelection(ev ? ev.points.map((pt) => p.path[pt.pointIndex]) : [], false, null);
   });
-  plot.on("plotly_deselect", () => setSelection([], false));
+  plot.on("plotly_deselect", () => setSelection([], false, null));
   legend();
+  S.plotDrawn = true;
+  document.body.dataset.plot = "1";
 }
 
 function recolor() {
   const m = markerColors();
-  const p = S.data.points;
   Plotly.restyle("plot", {
     "marker.color": [m.color], "marker.showscale": m.showscale,
     "marker.colorscale": m.colorscale || null, "marker.cmin": m.cmin, "marker.cmax": m.cmax,
-    customdata: [p.path.map((_, i) => [p.label[i], p.prediction[i], p.confidence[i]])],
+    customdata: [customdata()],
   });
   legend();
 }
 
-function thumb(path, caption, onClick) {
-  const div = document.createElement("div");
-  div.className = "thumb";
-  div.title = path;
-  div.dataset.path = path;
-  const img = document.createElement("img");
-  img.loading = "lazy";
-  img.alt = path;
-  img.src = "/thumb?path=" + encodeURIComponent(path);
-  div.append(img, document.createTextNode(caption));
-  if (onClick) div.addEventListener("click", () => onClick(div));
-  return div;
-}
-
-function setSelection(paths, highlight) {
+// The selection grid sits under the cluster it came from (or at the top for a lasso).
+function setSelection(paths, highlight, cluster) {
   S.selection = paths;
   S.excluded.clear();
-  if (highlight) {
+  if (highlight && S.plotDrawn) {
     const idx = paths.map((x) => S.index.get(x)).filter((i) => i !== undefined);
     Plotly.restyle("plot", { selectedpoints: [idx.length ? idx : null] });
   }
+  const box = $("selection-box");
+  if (cluster) cluster.after(box); else $("actions").after(box);
   renderSelection();
+  if (cluster) box.scrollIntoView({ block: "nearest" });
 }
 
 function renderSelection() {
@@ -97,12 +242,11 @@ function renderSelection() {
   for (const path of S.selection.slice(0, MAX_THUMBS)) {
     const i = S.index.get(path);
     const caption = i === undefined ? "" : `${p.label[i]} / ${p.prediction[i]}`;
-    const t = thumb(path, caption, (div) => {
+    grid.append(thumb(path, caption, (div) => {
       if (S.excluded.has(path)) S.excluded.delete(path); else S.excluded.add(path);
       div.classList.toggle("excluded", S.excluded.has(path));
       selectionInfo();
-    });
-    grid.append(t);
+    }));
   }
   selectionInfo();
 }
@@ -115,130 +259,196 @@ function selectionInfo() {
   $("selection-info").textContent = text;
 }
 
+function chosen() {
+  return S.selection.filter((x) => !S.excluded.has(x));
+}
+
+// What the person should know before a write: labeled images it changes, a big selection.
+function overwriteQuestion(paths, labelOf) {
+  const changed = paths.filter((x) => isLabeled(x) && currentLabel(x) !== labelOf(x));
+  const folder = changed.filter((x) => !S.decisions.has(x)).length;
+  const parts = [];
+  if (changed.length) {
+    parts.push(`${changed.length} of them already have a label that this changes ` +
+      `(${folder} folder or validation label(s), ${changed.length - folder} decision(s))`);
+  }
+  if (paths.length > BIG_SELECTION) parts.push(`that is more than ${BIG_SELECTION} images`);
+  return { changed: changed.length, question: parts.join("; ") };
+}
+
+async function applyLabel(label) {
+  const paths = chosen();
+  if (!paths.length) { status("select images first", true); return; }
+  const q = overwriteQuestion(paths, () => label);
+  if (q.question && !window.confirm(`Label ${paths.length} image(s) ${label}? ${q.question}.`)) {
+    status("nothing changed", false);
+    return;
+  }
+  const a = await write("/api/label", { paths, label, confirm: q.changed > 0 });
+  if (!a) return;
+  status(`saved: ${a.paths.length} image(s) -> ${label} (${a.changed} changed)`, false);
+  if (S.plotDrawn) {
+    Plotly.restyle("plot", { selectedpoints: [null] });
+    Plotly.relayout("plot", { selections: [] });
+  }
+  setSelection([], false, null);
+}
+
+async function clearSelection() {
+  const paths = chosen().filter((x) => S.decisions.has(x));
+  if (!paths.length) { status("no decisions in the selection", true); return; }
+  if (!window.confirm(`Clear the decisions of ${paths.length} image(s)? They fall back to ` +
+                      "their folder label.")) return;
+  const a = await write("/api/clear", { paths });
+  if (a) status(`cleared ${a.changed} decision(s)`, false);
+}
+
+// --- the review queue ---
+
+function clusters() {
+  const out = new Map();
+  for (const r of S.data.queue) {
+    if (!out.has(r.cluster)) out.set(r.cluster, []);
+    out.get(r.cluster).push(r);
+  }
+  return out;
+}
+
 function renderQueue() {
   const box = $("queue");
   box.replaceChildren();
   if (!S.data.queue.length) { box.textContent = "empty (run `dvc repro suggest`)"; return; }
-  const clusters = new Map();
-  for (const r of S.data.queue) {
-    if (!clusters.has(r.cluster)) clusters.set(r.cluster, []);
-    clusters.get(r.cluster).push(r);
-  }
-  for (const [id, rows] of clusters) {
-    const div = document.createElement("div");
-    div.className = "cluster";
+  for (const [id, rows] of clusters()) {
+    const div = el("div", { className: "cluster" });
     div.dataset.cluster = id;
-    const head = document.createElement("header");
+    const proposed = {};
+    for (const r of rows) proposed[r.proposed] = (proposed[r.proposed] || 0) + 1;
     const first = rows[0];
-    head.innerHTML = `<span>#${first.rank}: ${rows.length} image(s), ${first.kind}; ` +
-      `${first.reason}; proposed <b>${first.proposed}</b></span>`;
-    const btn = document.createElement("button");
-    btn.type = "button";
-    btn.textContent = "select";
-    btn.addEventListener("click", () => setSelection(rows.map((r) => r.path), true));
-    head.append(btn);
-    const grid = document.createElement("div");
-    grid.className = "grid";
-    for (const r of rows) grid.append(thumb(r.path, r.proposed, null));
+    const select = el("button", { type: "button", textContent: "select" });
+    select.addEventListener("click", () => setSelection(rows.map((r) => r.path), true, div));
+    const accept = el("button", { type: "button", textContent: "accept proposals",
+                                  className: "accept" });
+    accept.addEventListener("click", () => acceptCluster(id, rows));
+    const head = el("header", {},
+      el("span", { textContent: `#${first.rank}: ${rows.length} image(s), ${first.kind}; ` +
+                   `${first.reason}; proposes ${listed(proposed)}` }), select, accept);
+    const grid = el("div", { className: "grid" });
+    for (const r of rows) {
+      const t = thumb(r.path, `proposed ${r.proposed}`, null);
+      t.style.borderColor = colorOf(r.proposed);
+      grid.append(t);
+    }
     div.append(head, grid);
     box.append(div);
   }
   markDone();
 }
 
+async function acceptCluster(id, rows) {
+  const q = overwriteQuestion(rows.map((r) => r.path),
+                              (x) => rows.find((r) => r.path === x).proposed);
+  if (q.question && !window.confirm(`Accept the proposals for ${rows.length} image(s)? ` +
+                                    `${q.question}.`)) return;
+  const a = await write("/api/accept-cluster", { cluster: id, confirm: q.changed > 0 });
+  if (a) status(`saved: cluster #${rows[0].rank}, ${rows.length} image(s) as proposed ` +
+                `(${a.changed} changed)`, false);
+}
+
+// A cluster is done when a person answered every image in it (read from the label file).
 function markDone() {
   for (const div of document.querySelectorAll(".cluster")) {
-    const paths = [...div.querySelectorAll(".thumb")].map((t) => t.dataset.path);
-    const done = paths.every((x) => S.done.has(x));
-    div.classList.toggle("done", done);
+    const paths = [...div.querySelectorAll(".grid .thumb")].map((t) => t.dataset.path);
+    div.classList.toggle("done", paths.every(isVerified));
+    for (const t of div.querySelectorAll(".grid .thumb")) {
+      const d = S.decisions.get(t.dataset.path);
+      t.classList.toggle("verified", isVerified(t.dataset.path));
+      t.querySelector(".caption").dataset.decided = d ? `now ${d[0]}` : "";
+    }
   }
 }
 
-function renderCounts(c) {
-  const labels = S.data.labels.map((l) => `${l} ${c.labels[l]}`).join(", ");
-  const sources = Object.entries(c.by_source).map(([k, v]) => `${k} ${v}`).join(", ");
-  $("counts").textContent = `labels: ${labels} | decisions: ${c.decisions}` +
-    (sources ? ` (${sources})` : "");
-}
+// --- keys and views ---
 
-function status(text, isError) {
-  $("status").textContent = text;
-  $("status").className = isError ? "error" : "";
-}
-
-async function applyLabel(label) {
-  const paths = S.selection.filter((x) => !S.excluded.has(x));
-  if (!paths.length) { status("select images first", true); return; }
-  let res, body;
-  try {
-    res = await fetch("/api/label", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ paths, label }),
-    });
-    body = await res.json();
-  } catch (e) {
-    status(`could not save: ${e}`, true);
-    return;
-  }
-  if (!res.ok || !body.ok) { status(`not saved: ${body.error || res.status}`, true); return; }
-  const p = S.data.points;
-  for (const x of body.paths) {
-    const i = S.index.get(x);
-    if (i !== undefined) p.label[i] = label;
-    S.done.add(x);
-  }
-  renderCounts(body.counts);
-  status(`saved: ${body.paths.length} image(s) -> ${label} (${body.changed} changed)`, false);
-  recolor();
-  Plotly.restyle("plot", { selectedpoints: [null] });
-  Plotly.relayout("plot", { selections: [] });
-  setSelection([], false);
-  markDone();
-}
-
-function keyMap() {
-  const keys = {};
-  S.data.classes.forEach((c, i) => { keys[String(i + 1)] = c; });
-  keys.u = "undefined";
-  keys.x = "remove";
-  keys.Delete = "remove";
+function plotKeys() {
+  const keys = S.data.classes.map((c, i) => ({ keys: [String(i + 1)], shown: String(i + 1),
+                                              does: c, run: () => applyLabel(c) }));
+  keys.push({ keys: ["u"], shown: "u", does: "undefined", run: () => applyLabel("undefined") },
+            { keys: ["x", "Delete"], shown: "x", does: "remove", run: () => applyLabel("remove") },
+            { keys: ["Escape"], shown: "Esc", does: "deselect",
+              run: () => setSelection([], true, null) },
+            { keys: ["z"], shown: "z", does: "undo", run: undo });
   return keys;
 }
 
-function buttons() {
-  const keys = keyMap();
-  const byLabel = {};
-  for (const [k, l] of Object.entries(keys)) if (!byLabel[l]) byLabel[l] = k;
+function plotButtons() {
   const box = $("buttons");
+  const keyOf = Object.fromEntries(plotKeys().map((k) => [k.does, k.shown]));
   for (const label of S.data.labels) {
-    const b = document.createElement("button");
-    b.type = "button";
+    const b = el("button", { type: "button", textContent: `${label} (${keyOf[label]})` });
     b.dataset.label = label;
-    b.textContent = `${label} (${byLabel[label]})`;
     b.addEventListener("click", () => applyLabel(label));
     box.append(b);
   }
-  $("key-help").textContent = Object.entries(byLabel).map(([l, k]) => `${k} ${l}`).join(", ");
-  document.addEventListener("keydown", (ev) => {
-    if (ev.target.closest("input, select, textarea") || ev.ctrlKey || ev.metaKey) return;
-    if (ev.key === "Escape") { setSelection([], true); return; }
-    if (keys[ev.key]) { ev.preventDefault(); applyLabel(keys[ev.key]); }
-  });
-  $("clear").addEventListener("click", () => setSelection([], true));
+  $("key-help").textContent = plotKeys().map((k) => `${k.shown} ${k.does}`).join(", ");
+  $("deselect").addEventListener("click", () => setSelection([], true, null));
+  $("clear-selection").addEventListener("click", clearSelection);
+}
+
+function showView(name) {
+  S.view = name;
+  for (const v of ["verify", "plot"]) $(`${v}-view`).hidden = v !== name;
+  for (const b of document.querySelectorAll("#views button")) {
+    b.classList.toggle("active", b.dataset.view === name);
+  }
+  if (name === "plot") {
+    if (!S.plotDrawn) draw(); else Plotly.Plots.resize("plot");
+    history.replaceState(null, "", "#plot");
+  } else {
+    verifyShown();
+  }
+}
+
+function onKey(ev) {
+  if (ev.target.closest("input, select, textarea")) {
+    if (ev.key === "Escape") ev.target.blur();
+    return;
+  }
+  if (ev.altKey || ev.metaKey || (ev.ctrlKey && ev.key !== "z")) return;
+  const keys = S.view === "verify" ? verifyKeys() : plotKeys();
+  const k = keys.find((x) => x.keys.includes(ev.key));
+  if (!k) return;
+  ev.preventDefault();
+  if (k.once && ev.repeat) return;  // a held Enter must not accept page after page
+  k.run(ev);
 }
 
 async function main() {
   const res = await fetch("/api/state");
-  if (!res.ok) { status(`could not load: ${res.status}`, true); return; }
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    status(`could not load: ${body.error || res.status}`, true);
+    return;
+  }
   S.data = await res.json();
-  S.done = new Set();
   S.data.points.path.forEach((x, i) => S.index.set(x, i));
+  for (const [path, d] of Object.entries(S.data.decisions)) S.decisions.set(path, d);
   $("color-by").addEventListener("change", (ev) => { S.colorBy = ev.target.value; recolor(); });
-  buttons();
-  draw();
+  // buttons never keep the focus: Enter and Space stay the page's keys
+  document.addEventListener("mousedown", (ev) => {
+    if (ev.target.closest("button")) ev.preventDefault();
+  });
+  document.addEventListener("keydown", onKey);
+  for (const b of document.querySelectorAll("#views button")) {
+    b.addEventListener("click", () => showView(b.dataset.view));
+  }
+  $("undo").addEventListener("click", undo);
+  plotButtons();
   renderQueue();
-  renderCounts(S.data.counts);
+  renderSummary(S.data);
+  const wanted = location.hash.slice(1).split("?")[0];
+  verifyInit();
+  showView(wanted === "plot" || (wanted !== "verify" && S.data.pages.error) ? "plot" : "verify");
   document.body.dataset.ready = "1";
 }
 
-main();
+document.addEventListener("DOMContentLoaded", main);

@@ -1,0 +1,107 @@
+"""The verify view's input (data/suggest/pages.parquet) and the progress numbers.
+
+pages.parquet has one row per undecided pool image, sorted by (page, position): `page`
+(0 = the first page to review), `position`, `path`, `label` (the page's proposed class, the same
+on every row of a page), `score` (this image's score for that label), `page_score` (the page's
+mean), `model_label`, `knn_label`, `agree`. The page shows pages in the file's order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from pandas.api import types
+
+from chimuffin.errors import UserError
+from chimuffin.labels import PERSON_SOURCES, Decision
+from chimuffin.review.history import images_per_minute
+
+PAGES_FILE = "pages.parquet"
+# column -> the pandas check its values must pass
+PAGE_COLUMNS = {
+    "page": types.is_integer_dtype, "position": types.is_integer_dtype,
+    "path": types.is_string_dtype, "label": types.is_string_dtype,
+    "score": types.is_float_dtype, "page_score": types.is_float_dtype,
+    "model_label": types.is_string_dtype, "knn_label": types.is_string_dtype,
+    "agree": types.is_bool_dtype,
+}
+
+
+def read_pages(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame | None:
+    """The pages file checked against the images the page may label, or None when there is
+    none (older pipeline outputs). A UserError names the file and what is wrong."""
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow's ArrowInvalid, OSError... on a damaged file
+        raise UserError(f"{path}: not readable ({type(e).__name__}); run `dvc repro suggest`") \
+            from e
+    for col, check in PAGE_COLUMNS.items():
+        if col not in df.columns:
+            raise UserError(f"{path}: column {col!r} missing; run `dvc repro suggest`")
+        if not check(df[col]):
+            raise UserError(f"{path}: column {col!r} has type {df[col].dtype}")
+    fix = "the file is stale or damaged: run `dvc repro suggest`"
+    bad = df[~df["label"].isin(classes)]
+    if len(bad):
+        raise UserError(f"{path}: page {bad['page'].iat[0]} proposes {bad['label'].iat[0]!r}, "
+                        f"not a class ({', '.join(classes)})")
+    mixed = df.groupby("page")["label"].nunique()
+    if (mixed > 1).any():
+        raise UserError(f"{path}: page {mixed[mixed > 1].index[0]} proposes more than one class")
+    dup = df["path"].duplicated()
+    if dup.any():
+        raise UserError(f"{path}: {df['path'][dup].iat[0]} is on two pages; {fix}")
+    unknown = df[~df["path"].isin(pool)]
+    if len(unknown):
+        raise UserError(f"{path}: {unknown['path'].iat[0]} is not a pool image of the prepared "
+                        f"dataset; {fix}")
+    return df.reset_index(drop=True)
+
+
+def page_list(df: pd.DataFrame) -> list[dict]:
+    """Pages in the file's order (never re-sorted), each with its images in file order."""
+    out: dict[int, dict] = {}
+    for r in df.itertuples(index=False):
+        page = out.setdefault(int(r.page), {
+            "page": int(r.page), "label": r.label, "page_score": round(float(r.page_score), 4),
+            "images": []})
+        page["images"].append({"path": r.path, "score": round(float(r.score), 4),
+                               "model_label": r.model_label, "knn_label": r.knn_label,
+                               "agree": bool(r.agree)})
+    return list(out.values())
+
+
+def is_verified(d: Decision | None) -> bool:
+    return d is not None and d.source in PERSON_SOURCES
+
+
+def progress(pool: list[str], decisions: dict[str, Decision], pages: pd.DataFrame | None,
+             labels: list[str], classes: list[str], pace: dict) -> dict:
+    """How far the person is: pool images verified (by the label they got), images left on
+    the pages (by proposed class), pages left, pace and the minutes left at that pace."""
+    verified = Counter(decisions[p].label for p in pool if is_verified(decisions.get(p)))
+    if pages is None:
+        left, pages_total, pages_left, on_pages = [], 0, 0, set()
+    else:
+        todo = pages[[not is_verified(decisions.get(p)) for p in pages["path"]]]
+        left, pages_total = list(todo["label"]), int(pages["page"].nunique())
+        pages_left, on_pages = int(todo["page"].nunique()), set(pages["path"])
+    left_by_class = Counter(left)
+    rate = images_per_minute(pace)
+    return {
+        "pool": len(pool),
+        "verified": sum(verified.values()),
+        "verified_by_label": {lbl: verified[lbl] for lbl in labels},
+        "left": len(left),
+        "left_by_class": {c: left_by_class[c] for c in classes},
+        "pages": pages_total, "pages_left": pages_left,
+        # unverified pool images on no page (decided by a tool since suggest ran, or new)
+        "off_pages": sum(1 for p in pool if p not in on_pages
+                         and not is_verified(decisions.get(p))),
+        "per_minute": None if rate is None else round(rate, 1),
+        "minutes_left": None if rate is None else round(len(left) / rate, 1),
+    }

@@ -1,0 +1,349 @@
+"use strict";
+// The verify view: the suggest stage's pages in their file order, one at a time. A page proposes
+// one class for all its images; the person marks the exceptions and accepts the page with one
+// key. Everything works from the keyboard (the key map below is the one the page shows).
+
+const HOLD_MS = 350;  // click and hold a thumbnail this long: the enlarged view, until release
+
+const V = {
+  pages: [], filtered: [], pos: 0, cursor: 0,
+  marks: new Map(),  // page number -> Map(path -> label): exceptions, until the page is accepted
+  pageOf: new Map(),  // path -> page number
+  zoom: false, holdTimer: null, held: false, prefetched: new Set(),
+};
+
+function verifyKeys() {
+  const c = S.data.classes;
+  return [
+    { keys: ["ArrowLeft", "h"], shown: "← h", does: "move left", run: () => move(-1) },
+    { keys: ["ArrowRight", "l"], shown: "→ l", does: "move right", run: () => move(1) },
+    { keys: ["ArrowUp", "k"], shown: "↑ k", does: "move up", run: () => move(-columns()) },
+    { keys: ["ArrowDown", "j"], shown: "↓ j", does: "move down", run: () => move(columns()) },
+    ...c.map((cls, i) => ({ keys: [String(i + 1)], shown: String(i + 1),
+                            does: `mark: ${cls}`, run: () => mark(cls) })),
+    { keys: ["o"], shown: "o", does: "mark: the other class", run: () => mark(otherClass()) },
+    { keys: ["u"], shown: "u", does: "mark: undefined", run: () => mark("undefined") },
+    { keys: ["x", "Delete"], shown: "x Del", does: "mark: remove", run: () => mark("remove") },
+    { keys: ["0", "Backspace"], shown: "0 ⌫", does: "unmark", run: () => mark(null) },
+    { keys: ["Enter", "a"], shown: "Enter a", once: true, run: acceptPage,
+      does: "accept the page (marked images get their mark), go to the next unverified" },
+    { keys: ["n", "PageDown", "]"], shown: "n ]", does: "next page", run: () => turn(1) },
+    { keys: ["p", "PageUp", "["], shown: "p [", does: "previous page", run: () => turn(-1) },
+    { keys: ["e", " "], shown: "e Space", does: "enlarged view on/off (or click and hold)",
+      run: () => setZoom(!V.zoom) },
+    { keys: ["Escape"], shown: "Esc", does: "close the enlarged view", run: () => setZoom(false) },
+    { keys: ["z"], shown: "z Ctrl+Z", once: true, does: "undo the last action", run: undo },
+    { keys: ["c"], shown: "c", once: true, does: "clear the decision of the image at the cursor",
+      run: clearCursor },
+    { keys: ["C"], shown: "Shift+C", once: true, does: "clear the decisions of the whole page",
+      run: clearPage },
+  ];
+}
+
+// --- which pages ---
+
+function current() {
+  return V.filtered[V.pos] || null;
+}
+
+function pageVerified(pg) {
+  return pg.images.every((im) => isVerified(im.path));
+}
+
+function filterValues() {
+  return { cls: $("filter-class").value, min: Number($("filter-min").value),
+           max: Number($("filter-max").value) };
+}
+
+// Filters only hide pages: the order stays the file's.
+function applyFilter(keepPage) {
+  const f = filterValues();
+  V.filtered = V.pages.filter((pg) => (f.cls === "all" || pg.label === f.cls) &&
+                                      pg.page_score >= f.min && pg.page_score <= f.max);
+  let pos = V.filtered.findIndex((pg) => pg.page === keepPage);
+  if (pos < 0) pos = V.filtered.findIndex((pg) => !pageVerified(pg));
+  V.pos = Math.max(pos, 0);
+  V.cursor = 0;
+  renderPage();
+}
+
+function turn(step) {
+  const pos = V.pos + step;
+  if (pos < 0 || pos >= V.filtered.length) {
+    status(step > 0 ? "this is the last page" : "this is the first page", false);
+    return;
+  }
+  V.pos = pos;
+  V.cursor = 0;
+  renderPage();
+}
+
+function gotoNextUnverified() {
+  const n = V.filtered.length;
+  for (let k = 1; k <= n; k++) {
+    const pos = (V.pos + k) % n;
+    if (!pageVerified(V.filtered[pos])) { V.pos = pos; V.cursor = 0; renderPage(); return; }
+  }
+  renderPage();
+  status("every page shown by the filter is verified", false);
+}
+
+function remember() {
+  const pg = current(), f = filterValues();
+  const q = new URLSearchParams({ class: f.cls, min: f.min, max: f.max });
+  if (pg) q.set("page", pg.page);
+  history.replaceState(null, "", `#verify?${q}`);
+}
+
+// --- marks ---
+
+// A page's marks start from what people already decided on it (a verified page shows its
+// exceptions); after that they are the person's until the page is accepted.
+function marksOf(pg) {
+  if (!V.marks.has(pg.page)) {
+    const m = new Map();
+    for (const im of pg.images) {
+      const d = S.decisions.get(im.path);
+      if (isVerified(im.path) && d[0] !== pg.label) m.set(im.path, d[0]);
+    }
+    V.marks.set(pg.page, m);
+  }
+  return V.marks.get(pg.page);
+}
+
+function otherClass() {
+  const pg = current();
+  if (!pg) return null;
+  const others = S.data.classes.filter((c) => c !== pg.label);
+  const now = marksOf(pg).get(pg.images[V.cursor].path);
+  const i = others.indexOf(now);
+  return others[(i + 1) % others.length];
+}
+
+// mark(label): the cursor image gets `label` as an exception; again (or the page's own class,
+// or null) unmarks it.
+function mark(label) {
+  const pg = current();
+  if (!pg) return;
+  const marks = marksOf(pg), path = pg.images[V.cursor].path;
+  if (label === null || label === pg.label || marks.get(path) === label) marks.delete(path);
+  else marks.set(path, label);
+  renderPage();
+}
+
+function cycleMark(i) {
+  const pg = current(), marks = marksOf(pg), path = pg.images[i].path;
+  const order = [...S.data.classes.filter((c) => c !== pg.label), "undefined", "remove", null];
+  const next = order[(order.indexOf(marks.has(path) ? marks.get(path) : null) + 1) % order.length];
+  V.cursor = i;
+  mark(next === null ? null : next);
+}
+
+// --- actions ---
+
+async function acceptPage() {
+  const pg = current();
+  if (!pg) return;
+  const exceptions = Object.fromEntries(marksOf(pg));
+  const a = await write("/api/verify", { page: pg.page, exceptions });
+  if (!a) return;
+  const k = Object.keys(exceptions).length;
+  status(a.changed ? `page ${pg.page} verified: ${pg.images.length} image(s), ${k} exception(s)`
+                   : `page ${pg.page}: already verified like this, nothing changed`, false);
+  gotoNextUnverified();
+}
+
+async function clearCursor() {
+  const pg = current();
+  if (!pg) return;
+  const path = pg.images[V.cursor].path;
+  if (!S.decisions.has(path)) { status("this image has no decision to clear", true); return; }
+  const a = await write("/api/clear", { paths: [path] });
+  if (a) status(`cleared the decision of ${path}`, false);
+}
+
+async function clearPage() {
+  const pg = current();
+  if (!pg) return;
+  const paths = pg.images.map((im) => im.path).filter((x) => S.decisions.has(x));
+  if (!paths.length) { status("no decisions on this page", true); return; }
+  if (!window.confirm(`Clear the decisions of ${paths.length} image(s) on page ${pg.page}?`)) {
+    return;
+  }
+  const a = await write("/api/clear", { paths });
+  if (a) status(`cleared ${a.changed} decision(s) on page ${pg.page}`, false);
+}
+
+// After an undo of a page: show that page again with the marks it was accepted with.
+function verifyUndone(undone) {
+  V.marks.set(undone.page, new Map(Object.entries(undone.exceptions || {})));
+  let pos = V.filtered.findIndex((pg) => pg.page === undone.page);
+  if (pos < 0) {  // hidden by the filter: show every page again
+    $("filter-class").value = "all";
+    $("filter-min").value = 0;
+    $("filter-max").value = 1;
+    applyFilter(undone.page);
+    pos = V.pos;
+  }
+  V.pos = pos;
+  V.cursor = 0;
+  renderPage();
+}
+
+// --- cursor and enlarged view ---
+
+function columns() {
+  const items = $("page-grid").children;
+  if (!items.length) return 1;
+  const top = items[0].offsetTop;
+  let n = 0;
+  while (n < items.length && items[n].offsetTop === top) n++;
+  return n;
+}
+
+function move(step) {
+  const pg = current();
+  if (!pg) return;
+  V.cursor = Math.min(Math.max(V.cursor + step, 0), pg.images.length - 1);
+  renderCursor();
+}
+
+function renderCursor() {
+  const items = $("page-grid").children;
+  for (let i = 0; i < items.length; i++) items[i].classList.toggle("cursor", i === V.cursor);
+  if (items[V.cursor]) items[V.cursor].scrollIntoView({ block: "nearest" });
+  renderZoom();
+}
+
+function setZoom(on) {
+  V.zoom = on && !!current();
+  renderZoom();
+}
+
+function renderZoom() {
+  const box = $("zoom"), pg = current();
+  box.hidden = !V.zoom;
+  if (!V.zoom || !pg) return;
+  const im = pg.images[V.cursor], m = marksOf(pg).get(im.path), d = S.decisions.get(im.path);
+  $("zoom-img").src = "/thumb?path=" + encodeURIComponent(im.path);
+  $("zoom-img").alt = im.path;
+  $("zoom-info").textContent = `${im.path} · page proposes ${pg.label} (score ` +
+    `${im.score.toFixed(2)}) · model ${im.model_label}, neighbours ${im.knn_label}` +
+    (m ? ` · marked ${m}` : "") + (d ? ` · decided ${d[0]} (${d[1]})` : "");
+}
+
+// --- drawing ---
+
+function pageThumb(pg, im, i, marks) {
+  const m = marks.get(im.path), d = S.decisions.get(im.path);
+  const div = el("div", { className: "thumb big", title: `${im.path}\nscore ${im.score} for ` +
+    `${pg.label}; model ${im.model_label}, neighbours ${im.knn_label}` });
+  div.dataset.path = im.path;
+  div.dataset.mark = m || "";
+  if (m) div.style.borderColor = colorOf(m);
+  div.classList.toggle("marked", !!m);
+  div.classList.toggle("verified", isVerified(im.path));
+  const img = el("img", { alt: im.path, draggable: false,
+                          src: "/thumb?path=" + encodeURIComponent(im.path) });
+  const caption = el("span", { className: "caption",
+                               textContent: `${im.score.toFixed(2)}${im.agree ? "" : " ≠"}` });
+  if (m) caption.append(el("b", { textContent: ` → ${m}` }));
+  else if (d && isVerified(im.path)) caption.append(` ✓ ${d[0]}`);
+  div.append(img, caption);
+  div.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0) return;
+    V.held = false;
+    clearTimeout(V.holdTimer);
+    V.holdTimer = setTimeout(() => {
+      V.held = true;
+      V.cursor = i;
+      renderCursor();
+      setZoom(true);
+    }, HOLD_MS);
+  });
+  div.addEventListener("click", () => {
+    if (V.held) { V.held = false; return; }
+    cycleMark(i);
+  });
+  return div;
+}
+
+function renderPage() {
+  const grid = $("page-grid"), head = $("page-head"), pg = current();
+  if (S.view === "verify") remember();
+  if (!pg) {
+    grid.replaceChildren();
+    head.textContent = V.pages.length ? "no page matches the filter"
+      : S.data.pages.error ? "" : "no pages: the suggest stage left no pool image to verify";
+    setZoom(false);
+    return;
+  }
+  const marks = marksOf(pg);
+  head.replaceChildren(
+    `Page ${pg.page} proposes `, el("b", { textContent: pg.label, style: `color:${colorOf(pg.label)}` }),
+    ` · page score ${pg.page_score.toFixed(2)} · ${pg.images.length} images · ` +
+    `${marks.size} exception(s) marked · ${V.pos + 1} of ${V.filtered.length} pages shown` +
+    (pageVerified(pg) ? " · ✓ verified" : ""));
+  head.dataset.page = pg.page;
+  grid.replaceChildren(...pg.images.map((im, i) => pageThumb(pg, im, i, marks)));
+  renderCursor();
+  prefetch(V.filtered[V.pos + 1]);
+}
+
+// the next page's images load while the person looks at this one: turning a page is instant
+function prefetch(pg) {
+  if (!pg || V.prefetched.has(pg.page)) return;
+  V.prefetched.add(pg.page);
+  for (const im of pg.images) new Image().src = "/thumb?path=" + encodeURIComponent(im.path);
+}
+
+// --- set up ---
+
+function verifyInit() {
+  const info = S.data.pages;
+  V.pages = info.list;
+  for (const pg of V.pages) for (const im of pg.images) V.pageOf.set(im.path, pg.page);
+  const missing = $("verify-missing");
+  missing.hidden = !info.error;
+  missing.textContent = info.error ? `No pages to verify: ${info.error}. The plot and queue ` +
+    "view works without them." : "";
+  $("verify-bar").hidden = !!info.error;
+  const sel = $("filter-class");
+  sel.replaceChildren(el("option", { value: "all", textContent: "all" }),
+                      ...S.data.classes.map((c) => el("option", { value: c, textContent: c })));
+  const q = new URLSearchParams(location.hash.split("?")[1] || "");
+  if (q.has("class")) sel.value = q.get("class");
+  if (q.has("min")) $("filter-min").value = q.get("min");
+  if (q.has("max")) $("filter-max").value = q.get("max");
+  for (const id of ["filter-class", "filter-min", "filter-max"]) {
+    $(id).addEventListener("change", () => applyFilter(current() ? current().page : null));
+  }
+  $("prev-page").addEventListener("click", () => turn(-1));
+  $("next-page").addEventListener("click", () => turn(1));
+  $("accept-page").addEventListener("click", acceptPage);
+  $("clear-page").addEventListener("click", clearPage);
+  $("zoom").addEventListener("click", () => setZoom(false));
+  document.addEventListener("pointerup", () => {
+    clearTimeout(V.holdTimer);
+    if (V.held) setZoom(false);
+  });
+  $("key-map").replaceChildren(...verifyKeys().map((k) => el("tr", {},
+    el("td", {}, el("kbd", { textContent: k.shown })), el("td", { textContent: k.does }))),
+    el("tr", {}, el("td", { textContent: "click" }),
+       el("td", { textContent: "cycle the mark: other class, undefined, remove, none" })),
+    el("tr", {}, el("td", { textContent: "0.93 ≠ ✓" }),
+       el("td", { textContent: "under an image: its score for the page's class; ≠ the model " +
+                  "and the neighbours disagree; ✓ a person verified it" })));
+  applyFilter(q.has("page") ? Number(q.get("page")) : null);
+}
+
+function verifyShown() {
+  renderPage();  // (also puts the page and filters in the address: a reload comes back here)
+}
+
+// The label file changed (an answer or an undo): the touched pages' marks start again from
+// what the file now says (for a page just accepted that is exactly what was marked).
+function verifyRefresh(answer) {
+  for (const path of Object.keys(answer.changes)) V.marks.delete(V.pageOf.get(path));
+  if (S.view === "verify") renderPage();
+}
