@@ -35,8 +35,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from tests.conftest import default_params_dict  # noqa: E402
-from tests.conftest import make_repo as conftest_make_repo  # noqa: E402
+from tests.helpers.repo import default_params_dict  # noqa: E402
+from tests.helpers.repo import make_repo as conftest_make_repo  # noqa: E402
 
 from chimuffin.labels import Decision, read_decisions, write_decisions  # noqa: E402
 from chimuffin.loop import commit_round, read_oracle  # noqa: E402

@@ -2,7 +2,7 @@ import torch
 
 from chimuffin.augment import augment_batch, draw, erase_boxes, preprocess
 from chimuffin.config import load_params
-from tests.conftest import REPO
+from tests.helpers.repo import REPO
 
 AUG = load_params(REPO / "params.yaml").train.augment
 

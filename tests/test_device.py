@@ -16,7 +16,7 @@ from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.model import build_model
 from chimuffin.stages import embed, evaluate, train
-from tests.conftest import default_params_dict
+from tests.helpers.repo import default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]
 
@@ -94,15 +94,6 @@ def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
     engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), opt, None,
                            cfg.augment, 4, 1.0, 0.0, g, cpu, cpu_bf16=cpu_bf16)
     return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture
-def one_thread():
-    # tiny tensors: a second thread only spins (and crawls when another process holds a core)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_cpu_training_is_fp32_and_bit_for_bit_repeatable(one_thread):

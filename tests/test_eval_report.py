@@ -14,7 +14,7 @@ from chimuffin.config import load_params
 from chimuffin.errors import UserError
 from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
 from chimuffin.reference_recipe import load_reference, recipe_diff
-from tests.conftest import REPO, run
+from tests.helpers.repo import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]
 

@@ -13,20 +13,12 @@ from chimuffin.data.sample import write_sample
 from chimuffin.engine import predict, softmax, train_one_epoch
 from chimuffin.model import build_model, load_checkpoint, save_checkpoint
 from chimuffin.onnx_export import read_metadata, run_onnx, session
-from tests.conftest import REPO
+from tests.helpers.repo import REPO
 
-pytestmark = pytest.mark.slow  # each export traces and writes a ResNet-18 (seconds)
+# each export traces and writes a ResNet-18 (seconds)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 CLASSES = ["chihuahua", "muffin"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one thread costs the least CPU time."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def briefly_trained(images: np.ndarray, labels: np.ndarray, size: int, path) -> None:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import guarded_env, run
+from tests.helpers.repo import guarded_env, run
 
 pytestmark = pytest.mark.slow
 

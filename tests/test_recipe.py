@@ -23,7 +23,7 @@ from chimuffin.recipe import (
     resolution_at,
     restart_ends,
 )
-from tests.conftest import REPO, default_params_dict
+from tests.helpers.repo import REPO, default_params_dict
 
 
 def recipe_group(name: str) -> dict:
@@ -247,7 +247,7 @@ def test_train_stage_saves_the_weights_train_keep_names(tmp_path, keep):
     import json
 
     from chimuffin.model import load_checkpoint
-    from tests.badinput import stage, tiny_params, tiny_prepared, write_params
+    from tests.helpers.badinput import stage, tiny_params, tiny_prepared, write_params
 
     tiny_prepared(tmp_path, pool=2, seed=5)
     write_params(tmp_path / "params.yaml", tiny_params(train={"epochs": 3, "keep": keep}))
