@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def bf16_inference(model, images, rows, batch_size, device) -> int:
 def measure(device: torch.device, n_train: int, n_infer: int, params, batch_size: int,
             eval_batch_size: int, size: int) -> dict:
     t = params.train
+    cfg = replace(t, batch_size=batch_size)
     runtime.setup(params.base.seed, t.threads)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(n_train, n_infer), 3, size, size), dtype=np.uint8)
@@ -63,8 +65,7 @@ def measure(device: torch.device, n_train: int, n_infer: int, params, batch_size
 
     def train(n):
         rows = np.arange(n)
-        return engine.train_one_epoch(model, images, rows, labels[rows], opt, None, t.augment,
-                                      batch_size, t.grad_clip, t.label_smoothing, g, device)
+        return engine.train_one_epoch(model, images, rows, labels[rows], cfg, opt, g, device)
 
     def infer(n):
         return engine.predict(model, images, np.arange(n), eval_batch_size, device)

@@ -74,8 +74,7 @@ def train_briefly(images, labels, params, epochs: int, path: Path) -> None:
     g = torch.Generator().manual_seed(params.base.seed)
     rows = np.arange(len(images))
     for epoch in range(1, epochs + 1):
-        s = train_one_epoch(model, images, rows, labels, opt, None, t.augment, t.batch_size,
-                            t.grad_clip, t.label_smoothing, g, torch.device("cpu"))
+        s = train_one_epoch(model, images, rows, labels, t, opt, g, torch.device("cpu"))
         print(f"  train epoch {epoch}/{epochs}: loss {s.loss:.3f}, acc {s.acc:.3f}", flush=True)
     save_checkpoint(path, model, {"classes": list(params.base.classes), "head": list(t.head),
                                   "dropout": t.dropout, "image_size": params.base.image_size,

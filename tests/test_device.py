@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_p
 
 
 def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
-    cfg = parse_params(default_params_dict()).train
+    cfg = replace(parse_params(default_params_dict()).train, batch_size=4, cpu_bf16=cpu_bf16)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
     torch.manual_seed(seed)
@@ -91,8 +92,7 @@ def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
     opt = engine.make_optimizer(model, 1e-3, 1e-4)
     g = torch.Generator().manual_seed(seed)
     cpu = torch.device("cpu")
-    engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), opt, None,
-                           cfg.augment, 4, 1.0, 0.0, g, cpu, cpu_bf16=cpu_bf16)
+    engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), cfg, opt, g, cpu)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -105,15 +105,15 @@ def test_cpu_training_is_fp32_and_bit_for_bit_repeatable(one_thread):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_trains_in_bf16_and_predicts_in_fp32_close_to_cpu():
-    cfg = parse_params(default_params_dict()).train
+    cfg = replace(parse_params(default_params_dict()).train, batch_size=8)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
     rows, labels = np.arange(16), np.array([0, 1] * 8)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     model = build_model(2, [16], 0.3).to(cuda)
     opt = engine.make_optimizer(model, 1e-3, 1e-4)
-    stats = engine.train_one_epoch(model, images, rows, labels, opt, None, cfg.augment, 8, 1.0,
-                                   0.0, torch.Generator().manual_seed(0), cuda)
+    stats = engine.train_one_epoch(model, images, rows, labels, cfg, opt,
+                                   torch.Generator().manual_seed(0), cuda)
     assert np.isfinite(stats.loss) and stats.images == 16
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
     logits_gpu, emb_gpu = engine.predict(model, images, rows, 8, cuda, with_embeddings=True)

@@ -1,6 +1,7 @@
 """`chimuffin export --onnx`: onnxruntime agrees with PyTorch; metadata documents the input."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,11 +27,11 @@ def briefly_trained(images: np.ndarray, labels: np.ndarray, size: int, path) -> 
     torch.manual_seed(0)
     model = build_model(2, [16], 0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    aug = load_params(REPO / "params.yaml").train.augment
+    cfg = replace(load_params(REPO / "params.yaml").train, batch_size=8)
     g = torch.Generator().manual_seed(0)
     for _ in range(2):
-        train_one_epoch(model, images, np.arange(len(images)), labels, opt, None, aug, 8, 1.0,
-                        0.0, g, torch.device("cpu"))
+        train_one_epoch(model, images, np.arange(len(images)), labels, cfg, opt, g,
+                        torch.device("cpu"))
     save_checkpoint(path, model, {"classes": CLASSES, "head": [16], "dropout": 0.1,
                                   "image_size": size, "epoch": 2, "val_accuracy": 0.75})
 

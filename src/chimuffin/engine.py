@@ -75,31 +75,35 @@ class EpochStats:
 
 
 def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                    opt: torch.optim.Optimizer, step_sched: Callable[[], None] | None,
-                    aug_cfg, batch_size: int, grad_clip: float, label_smoothing: float,
-                    g: torch.Generator, device: torch.device, out_size: int | None = None,
-                    progress: Callable[[int], None] | None = None, mix: Mix | None = None,
-                    ema: WeightEMA | None = None, cpu_bf16: bool = False) -> EpochStats:
+                    cfg, opt: torch.optim.Optimizer, g: torch.Generator, device: torch.device,
+                    step_lr: Callable[[], None] | None = None, ema: WeightEMA | None = None,
+                    out_size: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> EpochStats:
+    """One shuffled pass over `rows` with the recipe in cfg (config.Train: batch size,
+    augmentation, mixup/cutmix, label smoothing, grad clipping, cpu_bf16). step_lr is called
+    after every optimizer step (the learning-rate schedule), ema updated after it; out_size is
+    this epoch's training resolution (None: the cache's)."""
+    mix = Mix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
     model.train()
     n_classes = model.fc[-1].out_features
     total_loss, correct, seen = 0.0, 0, 0
-    for pos in batches(len(rows), batch_size, g, min_size=2):
-        x = augment_batch(load_batch(images, rows[pos], device), aug_cfg, g, out_size)
+    for pos in batches(len(rows), cfg.batch_size, g, min_size=2):
+        x = augment_batch(load_batch(images, rows[pos], device), cfg.augment, g, out_size)
         y = torch.from_numpy(labels[pos]).to(device)
         target = y
-        if mix is not None and mix.on:
+        if mix.on:
             x, target = mix_batch(x, y, n_classes, mix, g)  # soft targets (rows sum to 1)
         x = x.contiguous(memory_format=CHANNELS_LAST)
-        with autocast(device, cpu_bf16):
+        with autocast(device, cfg.cpu_bf16):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        if step_sched:
-            step_sched()
+        if step_lr:
+            step_lr()
         if ema is not None:
             ema.update(model)
         total_loss += loss.item() * len(pos)
@@ -159,15 +163,15 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **kernels)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int):
-    """(per-step callback or None, per-epoch callback or None) for the chosen schedule."""
+def make_lr_schedule(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int
+                     ) -> Callable[[], None] | None:
+    """The callback to call after every optimizer step for cfg.scheduler (None: constant lr)."""
     if cfg.scheduler == "onecycle":
-        s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                steps_per_epoch=max(1, steps_per_epoch),
-                                                pct_start=0.15)
-        return s.step, None
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                   steps_per_epoch=max(1, steps_per_epoch),
+                                                   pct_start=0.15).step
     if cfg.scheduler == "constant" and cfg.warmup_epochs == 0:
-        return None, None
+        return None
 
     def factor(step: int) -> float:
         return lr_factor(step, steps_per_epoch, cfg.scheduler, cfg.epochs, cfg.warmup_epochs,
@@ -175,7 +179,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int):
 
     # Stepped per batch; cosine_restarts still changes only at epoch boundaries, like the
     # reference's CosineAnnealingWarmRestarts stepped once per epoch.
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor).step, None
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor).step
 
 
 @dataclass
@@ -216,8 +220,7 @@ def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labe
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.optimizer_impl)
     steps = sum(1 for _ in batches(len(train_rows), cfg.batch_size, min_size=2))
-    step_sched, epoch_sched = make_scheduler(opt, cfg, steps)
-    mix = Mix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+    step_lr = make_lr_schedule(opt, cfg, steps)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     full = int(images.shape[-1])
     best: EpochResult | None = None
@@ -226,12 +229,9 @@ def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labe
         lr = opt.param_groups[0]["lr"]
         size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start,
                              cfg.res_ramp_end, cfg.res_max)
-        stats = train_one_epoch(model, images, train_rows, train_labels, opt, step_sched,
-                                cfg.augment, cfg.batch_size, cfg.grad_clip, cfg.label_smoothing,
-                                g, device, out_size=None if size == full else size,
-                                progress=progress, mix=mix, ema=ema, cpu_bf16=cfg.cpu_bf16)
-        if epoch_sched:
-            epoch_sched()
+        stats = train_one_epoch(model, images, train_rows, train_labels, cfg, opt, g, device,
+                                step_lr, ema, out_size=None if size == full else size,
+                                progress=progress)
         judged = ema.model if ema is not None else model
         vloss, vacc = evaluate_rows(judged, images, val_rows, val_labels, eval_batch_size, device,
                                     tta_flip=cfg.val_tta_flip)
