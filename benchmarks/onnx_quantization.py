@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO / "src"))
 from chimuffin import runtime  # noqa: E402
 from chimuffin.config import load_params  # noqa: E402
 from chimuffin.data.images import decode_image  # noqa: E402
-from chimuffin.engine import make_optimizer, predict, softmax, train_one_epoch  # noqa: E402
+from chimuffin.engine import make_optimizer, train_one_epoch  # noqa: E402
+from chimuffin.forward import predict, softmax  # noqa: E402
 from chimuffin.metrics import wilson_interval  # noqa: E402
 from chimuffin.model import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from chimuffin.onnx_export import export_onnx, read_metadata, run_onnx, session  # noqa: E402

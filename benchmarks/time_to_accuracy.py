@@ -53,8 +53,9 @@ from chimuffin.data.manifest import COLUMNS
 from chimuffin.data.prepare import assign_splits, check_usable, decode_into_cache
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import fit, predict
+from chimuffin.engine import fit
 from chimuffin.errors import UserError
+from chimuffin.forward import predict
 from chimuffin.labels import (
     Decision,
     apply_decisions,

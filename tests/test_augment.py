@@ -1,7 +1,8 @@
 import torch
 
-from chimuffin.augment import augment_batch, draw, erase_boxes, preprocess
+from chimuffin.augment import augment_batch, draw, erase_boxes
 from chimuffin.config import load_params
+from chimuffin.preprocess import preprocess
 from tests.helpers.repo import REPO
 
 AUG = load_params(REPO / "params.yaml").train.augment

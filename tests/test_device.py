@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from chimuffin import engine, runtime
+from chimuffin import engine, forward, runtime
 from chimuffin.config import parse_params
 from chimuffin.data.prepare import prepare_dataset
 from chimuffin.data.sample import write_sample
@@ -116,8 +116,8 @@ def test_cuda_trains_in_bf16_and_predicts_in_fp32_close_to_cpu():
                                    torch.Generator().manual_seed(0), cuda)
     assert np.isfinite(stats.loss) and stats.images == 16
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
-    logits_gpu, emb_gpu = engine.predict(model, images, rows, 8, cuda, with_embeddings=True)
-    logits_cpu, emb_cpu = engine.predict(model.to(cpu), images, rows, 8, cpu,
+    logits_gpu, emb_gpu = forward.predict(model, images, rows, 8, cuda, with_embeddings=True)
+    logits_cpu, emb_cpu = forward.predict(model.to(cpu), images, rows, 8, cpu,
                                          with_embeddings=True)
     assert logits_gpu.dtype == np.float32
     # TF32 convolutions (PyTorch's default on Ampere+) keep ~3 decimal digits

@@ -12,17 +12,8 @@ import yaml
 from chimuffin.config import load_params, parse_params
 from chimuffin.engine import fit, make_optimizer
 from chimuffin.errors import UserError
-from chimuffin.recipe import (
-    Mix,
-    WeightEMA,
-    cutmix_box,
-    ema_decay_at,
-    ema_update_,
-    lr_factor,
-    mix_batch,
-    resolution_at,
-    restart_ends,
-)
+from chimuffin.regularize import Mix, WeightEMA, cutmix_box, ema_decay_at, ema_update_, mix_batch
+from chimuffin.schedules import lr_factor, resolution_at, restart_ends
 from tests.helpers.repo import REPO, default_params_dict
 
 

@@ -1,13 +1,15 @@
-"""Training and inference as plain functions that return numbers.
+"""Training as plain functions that return numbers: one epoch, the optimizer and learning-rate
+schedule, and fit (epochs, validation, the best epoch).
 
 Images come from the uint8 tensor cache (N,3,S,S), indexed by manifest row `idx`; labels are
-class indices. Nothing here reads files or params.yaml.
+class indices; the recipe is the `train` group of params.yaml (config.Train). Nothing here reads
+files. Inference (no training) is forward.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,34 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin import runtime
-from chimuffin.augment import augment_batch, preprocess
-from chimuffin.data.manifest import read_rows
-from chimuffin.model import forward_with_embedding
-from chimuffin.recipe import Mix, WeightEMA, lr_factor, mix_batch, resolution_at
-
-CHANNELS_LAST = torch.channels_last
-
-
-def batches(n: int, batch_size: int, g: torch.Generator | None = None,
-            min_size: int = 1) -> Iterator[np.ndarray]:
-    """Positions 0..n-1 in batches, shuffled when g is given; a tail smaller than min_size is
-    dropped (BatchNorm cannot train on a single sample)."""
-    order = torch.randperm(n, generator=g).numpy() if g is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        chunk = order[start:start + batch_size]
-        if len(chunk) >= min_size:
-            yield chunk
-
-
-def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    # Sorted reads are kinder to a memory-mapped cache; the order is restored after.
-    order = np.argsort(rows, kind="stable")
-    data = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
-    data[order] = read_rows(images, rows[order])
-    t = torch.from_numpy(data)
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
+from chimuffin.augment import augment_batch
+from chimuffin.forward import CHANNELS_LAST, batches, load_batch, per_sample_loss, predict
+from chimuffin.regularize import Mix, WeightEMA, mix_batch
+from chimuffin.schedules import lr_factor, resolution_at
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False):
@@ -112,47 +90,6 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
         if progress:
             progress(len(pos))
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int,
-            device: torch.device, tta_flip: bool = False, out_size: int | None = None,
-            with_embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (N,C) as float32, and 512-d embeddings when asked; flip TTA averages logits."""
-    model.eval()
-    all_logits, all_emb = [], []
-    for pos in batches(len(rows), batch_size):
-        x = preprocess(load_batch(images, rows[pos], device), out_size)
-        x = x.contiguous(memory_format=CHANNELS_LAST)
-        # fp32 on every device: inference is cheap next to training, and its logits and
-        # embeddings are products (bf16 would round confidences and losses to ~3 digits).
-        logits, emb = forward_with_embedding(model, x)
-        if tta_flip:
-            logits = (logits + model(torch.flip(x, dims=[3]))) / 2
-        all_logits.append(logits.float().cpu().numpy())
-        if with_embeddings:
-            all_emb.append(emb.float().cpu().numpy())
-    n_classes = model.fc[-1].out_features
-    logits = np.concatenate(all_logits) if all_logits else np.zeros((0, n_classes), np.float32)
-    emb = None
-    if with_embeddings:
-        emb = np.concatenate(all_emb) if all_emb else np.zeros((0, 512), np.float32)
-    return logits, emb
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def per_sample_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Cross-entropy per sample; NaN where the label is unknown (< 0)."""
-    p = softmax(logits.astype(np.float64))
-    out = np.full(len(labels), np.nan)
-    known = labels >= 0
-    out[known] = -np.log(np.clip(p[known, labels[known]], 1e-12, None))
-    return out
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float,

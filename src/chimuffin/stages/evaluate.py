@@ -9,7 +9,7 @@ from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
 from chimuffin.model import load_checkpoint
 from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
-from chimuffin.reference_recipe import load_reference, recipe_diff
+from chimuffin.recipe_diff import load_reference, recipe_diff
 from chimuffin.stages import common
 
 
