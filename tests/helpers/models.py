@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 CLASSES = ["chihuahua", "muffin"]
 SIZE = 32  # the checkpoint's image_size
 HEAD = [8]
@@ -14,6 +12,8 @@ HEAD = [8]
 def write_tiny_checkpoint(path: Path) -> Path:
     """ResNet-18 with an 8-unit head, seeded, its BatchNorm statistics spread so predictions are
     not all ~0.5; saved the way the train stage saves (with metadata)."""
+    import torch
+
     from chimuffin.model import build_model, save_checkpoint
 
     torch.manual_seed(0)

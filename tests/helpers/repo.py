@@ -61,7 +61,7 @@ def make_repo(dest: Path, params: dict) -> Path:
     for f in REPO_FILES:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, dest / f)
-    # dvc.yaml deps name the package's modules (the code that runs is the installed package)
+    # the stages run this copy of the code (src/stage.py): the files dvc.yaml's deps hash
     shutil.copytree(REPO / "src", dest / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

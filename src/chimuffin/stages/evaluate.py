@@ -4,7 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from chimuffin import atomic, runtime
+from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
 from chimuffin.model import load_checkpoint
@@ -68,6 +68,6 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--reference", default="recipes/reference.yaml",
+    p.add_argument("--reference", default=paths.REFERENCE_RECIPE,
                    help="the reference recipe the report compares params with")
     common.run(main, p.parse_args())
