@@ -18,7 +18,6 @@ import argparse
 import csv
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,18 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chimuffin import runtime
+from chimuffin.config import load_params
+from chimuffin.data.images import decode_image
+from chimuffin.engine import make_optimizer, train_one_epoch
+from chimuffin.forward import predict, softmax
+from chimuffin.metrics import wilson_interval
+from chimuffin.model import build_model, load_checkpoint, save_checkpoint
+from chimuffin.onnx_export import export_onnx, read_metadata, run_onnx, session
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from chimuffin import runtime  # noqa: E402
-from chimuffin.config import load_params  # noqa: E402
-from chimuffin.data.images import decode_image  # noqa: E402
-from chimuffin.engine import make_optimizer, train_one_epoch  # noqa: E402
-from chimuffin.forward import predict, softmax  # noqa: E402
-from chimuffin.metrics import wilson_interval  # noqa: E402
-from chimuffin.model import build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from chimuffin.onnx_export import export_onnx, read_metadata, run_onnx, session  # noqa: E402
-
 REAL = Path(os.environ.get("CHIMUFFIN_REAL_DATA", REPO.parent / "shared/data/chihuahua-muffin"))
 
 
