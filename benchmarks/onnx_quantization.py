@@ -18,7 +18,6 @@ import argparse
 import csv
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,17 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chimuffin import runtime
+from chimuffin.config import load_params
+from chimuffin.data.images import decode_image
+from chimuffin.engine import make_optimizer, train_one_epoch
+from chimuffin.forward import predict, softmax
+from chimuffin.metrics import wilson_interval
+from chimuffin.model import build_model, load_checkpoint, save_checkpoint
+from chimuffin.onnx_export import export_onnx, read_metadata, run_onnx, session
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from chimuffin import runtime  # noqa: E402
-from chimuffin.config import load_params  # noqa: E402
-from chimuffin.data.images import decode_image  # noqa: E402
-from chimuffin.engine import make_optimizer, predict, softmax, train_one_epoch  # noqa: E402
-from chimuffin.metrics import wilson_interval  # noqa: E402
-from chimuffin.model import build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from chimuffin.onnx_export import export_onnx, read_metadata, run_onnx, session  # noqa: E402
-
 REAL = Path(os.environ.get("CHIMUFFIN_REAL_DATA", REPO.parent / "shared/data/chihuahua-muffin"))
 
 
@@ -74,8 +72,7 @@ def train_briefly(images, labels, params, epochs: int, path: Path) -> None:
     g = torch.Generator().manual_seed(params.base.seed)
     rows = np.arange(len(images))
     for epoch in range(1, epochs + 1):
-        s = train_one_epoch(model, images, rows, labels, opt, None, t.augment, t.batch_size,
-                            t.grad_clip, t.label_smoothing, g, torch.device("cpu"))
+        s = train_one_epoch(model, images, rows, labels, t, opt, g, torch.device("cpu"))
         print(f"  train epoch {epoch}/{epochs}: loss {s.loss:.3f}, acc {s.acc:.3f}", flush=True)
     save_checkpoint(path, model, {"classes": list(params.base.classes), "head": list(t.head),
                                   "dropout": t.dropout, "image_size": params.base.image_size,

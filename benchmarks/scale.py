@@ -3,7 +3,7 @@
 For each size N (default 5,000 and 50,000 synthetic 128x128 JPEGs) it runs, each in a fresh
 subprocess:
   prepare  scan + decode + hash every image into the uint8 cache (data.prepare.prepare_dataset)
-  epoch    one shuffled pass over every cached image through engine.load_batch + augment_batch,
+  epoch    one shuffled pass over every cached image through forward.load_batch + augment_batch,
            i.e. a training epoch's data path WITHOUT the model (the model's memory does not
            depend on N, and its compute would make one 50k-image epoch ~30 min on 2 cores)
 and prints wall time, peak RSS (the kernel's VmHWM = getrusage ru_maxrss) and, sampled every
@@ -101,7 +101,7 @@ def child_epoch(prepared: Path, batch_size: int) -> dict:
     from chimuffin.augment import augment_batch
     from chimuffin.config import load_params
     from chimuffin.data.manifest import open_cache, read_manifest
-    from chimuffin.engine import batches, load_batch
+    from chimuffin.forward import batches, load_batch
 
     # the params.yaml that goes with the measured sources (--src)
     aug = load_params(Path(chimuffin.__file__).parents[2] / "params.yaml").train.augment

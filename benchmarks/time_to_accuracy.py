@@ -49,12 +49,12 @@ import yaml
 
 from chimuffin import runtime
 from chimuffin.config import parse_params
-from chimuffin.data.manifest import COLUMNS
-from chimuffin.data.prepare import assign_splits, check_usable, decode_into_cache
+from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import fit, predict
+from chimuffin.engine import fit
 from chimuffin.errors import UserError
+from chimuffin.forward import predict
 from chimuffin.labels import (
     Decision,
     apply_decisions,
@@ -134,19 +134,17 @@ def add_loop_decisions(oracle: list[Decision], extra: list[Decision],
 def prepare_protocol(root: Path, classes: list[str], size: int, seed: int,
                      decisions: list[Decision], validation: dict[str, str], dedupe: bool,
                      workdir: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """The prepare + clean stages restricted to the images the protocol uses (seeds, oracle
-    rows, validation rows): manifest after decisions, and the uint8 cache."""
+    """The prepare + clean stages' code restricted to the images the protocol uses (seeds,
+    oracle rows, validation rows): manifest after decisions, and the uint8 cache."""
     wanted = {d.path for d in decisions} | set(validation)
     candidates, _ = scan_dataset(root, classes)
     use = [c for c in candidates if c.split == "train" and
            (c.folder_label in classes or c.path in wanted)]
     cache_path = workdir / "images.npy"
-    rows, bad, _ = decode_into_cache(root, use, size, cache_path)
+    df, bad, _ = decode_and_split(root, use, [], classes, size, 0.0, seed, validation,
+                                  "reviewed_labels.csv (validation)", cache_path)
     if bad:
         raise UserError(f"{len(bad)} protocol images could not be decoded, e.g. {bad[0]}")
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df = assign_splits(df, classes, 0.0, seed, validation, "reviewed_labels.csv (validation)")
-    check_usable(df, classes, root)
     df = apply_decisions(df, decisions, name="reviewed_labels.csv (oracle decisions)")
     if dedupe:
         df, _, _ = dedupe_identical(df)

@@ -16,7 +16,7 @@ Interleaving rounds means that a change in machine load (other processes) hits e
 the medians and their ratio are what to quote. It also measures the machine's fp32 peak (a large
 matrix product and a large convolution), counts the model's training FLOPs per image
 (FlopCounterMode over forward + backward) and prints the fraction of that peak each path reaches,
-and the evaluation / embedding throughput (engine.predict, batch 128, channels_last, inference
+and the evaluation / embedding throughput (forward.predict, batch 128, channels_last, inference
 mode).
 
     python benchmarks/train_throughput.py                       # the numbers (minutes)
@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,12 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from chimuffin import runtime
-from chimuffin.augment import IMAGENET_MEAN, IMAGENET_STD
 from chimuffin.config import load_params
 from chimuffin.data.images import IMAGE_SUFFIXES, decode_image
-from chimuffin.engine import CHANNELS_LAST, make_optimizer, predict, train_one_epoch
+from chimuffin.engine import make_optimizer, train_one_epoch
+from chimuffin.forward import CHANNELS_LAST, predict
 from chimuffin.model import build_model
+from chimuffin.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
@@ -140,7 +142,10 @@ class ChimuffinPath:
         precision = "bf16" if self.bf16 else "fp32"
         self.name = (f"chimuffin (cache, CL, b{self.batch}, {impl}, {self.train_size}px, "
                      f"{precision})")
-        self.cache, self.labels, self.cfg = cache, np.asarray(labels), cfg
+        self.cache, self.labels = cache, np.asarray(labels)
+        # the reference's grad clip 1.0 and no label smoothing, at this path's batch/precision
+        self.cfg = replace(cfg, batch_size=self.batch, grad_clip=1.0, label_smoothing=0.0,
+                           cpu_bf16=self.bf16)
         self.model = build_model(n_classes, head, dropout).to(memory_format=CHANNELS_LAST)
         self.opt = make_optimizer(self.model, 5e-4, 5e-4, impl)
         self.g = torch.Generator().manual_seed(0)
@@ -149,9 +154,8 @@ class ChimuffinPath:
     def run(self, steps: int) -> int:
         n = -(-steps * 16 // self.batch) * self.batch  # as many images as 16-image steps
         rows = torch.randint(0, len(self.cache), (n,), generator=self.g).numpy()
-        stats = train_one_epoch(self.model, self.cache, rows, self.labels[rows], self.opt, None,
-                                self.cfg.augment, self.batch, 1.0, 0.0, self.g,
-                                torch.device("cpu"), out_size=self.out, cpu_bf16=self.bf16)
+        stats = train_one_epoch(self.model, self.cache, rows, self.labels[rows], self.cfg,
+                                self.opt, self.g, torch.device("cpu"), out_size=self.out)
         return stats.images
 
 

@@ -1,23 +1,15 @@
-"""Shared fixtures: tiny params, tiny synthetic datasets, temporary git + DVC repos."""
+"""Shared fixtures. Plain helpers (tiny params, temporary repos, subprocesses) live in
+tests/helpers/."""
 
 from __future__ import annotations
 
-import copy
-import os
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
-                                REPO.parent / "shared" / "data" / "chihuahua-muffin"))
-
+from tests.helpers import models, net
+from tests.helpers.repo import REAL_DATA, TINY, deep_update, default_params_dict, make_repo
 
 # Interrupt tests send SIGINT to child processes. A shell that starts pytest in the background
 # (`cmd &`, nohup) sets SIGINT to ignored, and children inherit that; a Python handler here is
@@ -25,81 +17,10 @@ REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# Small enough that a whole pipeline runs in seconds on 2 CPU cores.
-TINY = {
-    "base": {"image_size": 64},
-    "sample": {"labeled_per_class": 6, "pool": 10, "test_per_class": 4, "bad_files": True},
-    "prepare": {"val_fraction": 0.34},
-    "train": {"epochs": 1, "batch_size": 4},
-    "evaluate": {"batch_size": 32},
-    "embed": {"batch_size": 32, "n_neighbors": 5},
-    "tlc": {"enabled": False},  # tests/test_tlc_pipeline.py runs the 3LC-enabled pipeline
-}
-
-
-def deep_update(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-            else v
-    return out
-
-
-def default_params_dict() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
-
 
 @pytest.fixture
 def tiny_params_dict() -> dict:
     return deep_update(default_params_dict(), TINY)
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
-        env: dict | None = None) -> subprocess.CompletedProcess:
-    e = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-         "DVC_NO_ANALYTICS": "1", **(env or {})}
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/decisions.csv",
-              "data/labels/validation.csv", ".gitignore", ".dvcignore",
-              "tlc-config.yaml"]
-
-
-def make_repo(dest: Path, params: dict) -> Path:
-    """A temporary git + DVC repo holding this project's pipeline files and the given params."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in REPO_FILES:
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / f, dest / f)
-    # dvc.yaml deps name the package's modules (the code that runs is the installed package)
-    shutil.copytree(REPO / "src", dest / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run(["git", "config", "user.email", "t@example.com"], dest)
-    run(["git", "config", "user.name", "test"], dest)
-    run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "init"], dest)
-    return dest
-
-
-GUARDS = Path(__file__).parent / "guards"
-
-
-def guarded_env(tmp_path: Path, **extra: str) -> tuple[dict, Path]:
-    """Env that loads tests/guards/sitecustomize.py into every Python subprocess: DNS lookups
-    and outbound connections are refused and recorded in the returned log (which must stay
-    empty); CHIMUFFIN_FORBID_TLC=<file> in `extra` also refuses and records `import tlc`."""
-    log = tmp_path / "network.log"
-    path = [str(GUARDS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {"PYTHONPATH": os.pathsep.join(path), "CHIMUFFIN_NETGUARD_LOG": str(log),
-            "PYTHONUNBUFFERED": "1", **extra}, log
 
 
 @pytest.fixture
@@ -112,3 +33,28 @@ def real_data() -> Path:
     if not (REAL_DATA / "train128").is_dir():
         pytest.skip(f"real data not found at {REAL_DATA} (set CHIMUFFIN_REAL_DATA)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained 32 px checkpoint (tests/helpers/models.py), written once per session;
+    tests copy it rather than change it."""
+    return models.write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth")
+
+
+@pytest.fixture
+def free_port() -> int:
+    return net.free_port()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny tensors gain nothing from a second thread, and
+    the test machine's cores are shared (a second thread crawls when another process holds a
+    core)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

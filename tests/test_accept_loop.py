@@ -22,7 +22,7 @@ from chimuffin.loop import (
     parse_oracle,
     sigterm_as_interrupt,
 )
-from tests.conftest import REPO, run
+from tests.helpers.repo import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]
 

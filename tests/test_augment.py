@@ -1,8 +1,9 @@
 import torch
 
-from chimuffin.augment import augment_batch, draw, erase_boxes, preprocess
+from chimuffin.augment import augment_batch, draw, erase_boxes
 from chimuffin.config import load_params
-from tests.conftest import REPO
+from chimuffin.preprocess import preprocess
+from tests.helpers.repo import REPO
 
 AUG = load_params(REPO / "params.yaml").train.augment
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from chimuffin.data.images import ImageDecodeError, decode_image
 from chimuffin.data.scan import scan_dataset
-from tests.badinput import (
+from tests.helpers.badinput import (
     CLASSES,
     bomb_png,
     error_line,
@@ -36,7 +36,7 @@ from tests.badinput import (
     truncated_jpeg,
     write_params,
 )
-from tests.conftest import deep_update
+from tests.helpers.repo import deep_update
 
 NON_UTF8 = b"caf\xe9.jpg"  # Latin-1, as old Windows/FTP tools write names
 

@@ -18,7 +18,7 @@ from chimuffin.config import Params, as_dict, load_params, parse_params
 from chimuffin.data.prepare import parse_validation_labels
 from chimuffin.errors import UserError
 from chimuffin.labels import SOURCES, allowed_labels, check_relative_path, parse_decisions
-from tests.badinput import (
+from tests.helpers.badinput import (
     CLASSES,
     error_line,
     file_hash,
@@ -28,7 +28,7 @@ from tests.badinput import (
     tree_hashes,
     write_params,
 )
-from tests.conftest import make_repo, run
+from tests.helpers.repo import make_repo, run
 
 HEADER = "path,label,source,note"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from chimuffin.errors import UserError
-from tests.conftest import REPO
+from tests.helpers.repo import REPO
 
 
 def load(name: str):

@@ -5,7 +5,7 @@ import yaml
 
 from chimuffin.config import load_params, parse_params
 from chimuffin.errors import UserError
-from tests.conftest import REPO, default_params_dict
+from tests.helpers.repo import REPO, default_params_dict
 
 
 def test_repo_params_load_and_match_reference_recipe():

@@ -4,19 +4,20 @@ import argparse
 import contextlib
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from chimuffin import engine, runtime
+from chimuffin import engine, forward, runtime
 from chimuffin.config import parse_params
 from chimuffin.data.prepare import prepare_dataset
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.model import build_model
 from chimuffin.stages import embed, evaluate, train
-from tests.conftest import default_params_dict
+from tests.helpers.repo import default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]
 
@@ -83,7 +84,7 @@ def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_p
 
 
 def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
-    cfg = parse_params(default_params_dict()).train
+    cfg = replace(parse_params(default_params_dict()).train, batch_size=4, cpu_bf16=cpu_bf16)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
     torch.manual_seed(seed)
@@ -91,18 +92,8 @@ def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
     opt = engine.make_optimizer(model, 1e-3, 1e-4)
     g = torch.Generator().manual_seed(seed)
     cpu = torch.device("cpu")
-    engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), opt, None,
-                           cfg.augment, 4, 1.0, 0.0, g, cpu, cpu_bf16=cpu_bf16)
+    engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), cfg, opt, g, cpu)
     return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture
-def one_thread():
-    # tiny tensors: a second thread only spins (and crawls when another process holds a core)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_cpu_training_is_fp32_and_bit_for_bit_repeatable(one_thread):
@@ -114,19 +105,19 @@ def test_cpu_training_is_fp32_and_bit_for_bit_repeatable(one_thread):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_trains_in_bf16_and_predicts_in_fp32_close_to_cpu():
-    cfg = parse_params(default_params_dict()).train
+    cfg = replace(parse_params(default_params_dict()).train, batch_size=8)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
     rows, labels = np.arange(16), np.array([0, 1] * 8)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     model = build_model(2, [16], 0.3).to(cuda)
     opt = engine.make_optimizer(model, 1e-3, 1e-4)
-    stats = engine.train_one_epoch(model, images, rows, labels, opt, None, cfg.augment, 8, 1.0,
-                                   0.0, torch.Generator().manual_seed(0), cuda)
+    stats = engine.train_one_epoch(model, images, rows, labels, cfg, opt,
+                                   torch.Generator().manual_seed(0), cuda)
     assert np.isfinite(stats.loss) and stats.images == 16
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
-    logits_gpu, emb_gpu = engine.predict(model, images, rows, 8, cuda, with_embeddings=True)
-    logits_cpu, emb_cpu = engine.predict(model.to(cpu), images, rows, 8, cpu,
+    logits_gpu, emb_gpu = forward.predict(model, images, rows, 8, cuda, with_embeddings=True)
+    logits_cpu, emb_cpu = forward.predict(model.to(cpu), images, rows, 8, cpu,
                                          with_embeddings=True)
     assert logits_gpu.dtype == np.float32
     # TF32 convolutions (PyTorch's default on Ampere+) keep ~3 decimal digits

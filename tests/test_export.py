@@ -1,6 +1,7 @@
 """`chimuffin export --onnx`: onnxruntime agrees with PyTorch; metadata documents the input."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,23 +11,16 @@ from chimuffin.cli import main
 from chimuffin.config import load_params
 from chimuffin.data.images import decode_image
 from chimuffin.data.sample import write_sample
-from chimuffin.engine import predict, softmax, train_one_epoch
+from chimuffin.engine import train_one_epoch
+from chimuffin.forward import predict, softmax
 from chimuffin.model import build_model, load_checkpoint, save_checkpoint
 from chimuffin.onnx_export import read_metadata, run_onnx, session
-from tests.conftest import REPO
+from tests.helpers.repo import REPO
 
-pytestmark = pytest.mark.slow  # each export traces and writes a ResNet-18 (seconds)
+# each export traces and writes a ResNet-18 (seconds)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 CLASSES = ["chihuahua", "muffin"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one thread costs the least CPU time."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def briefly_trained(images: np.ndarray, labels: np.ndarray, size: int, path) -> None:
@@ -34,11 +28,11 @@ def briefly_trained(images: np.ndarray, labels: np.ndarray, size: int, path) -> 
     torch.manual_seed(0)
     model = build_model(2, [16], 0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    aug = load_params(REPO / "params.yaml").train.augment
+    cfg = replace(load_params(REPO / "params.yaml").train, batch_size=8)
     g = torch.Generator().manual_seed(0)
     for _ in range(2):
-        train_one_epoch(model, images, np.arange(len(images)), labels, opt, None, aug, 8, 1.0,
-                        0.0, g, torch.device("cpu"))
+        train_one_epoch(model, images, np.arange(len(images)), labels, cfg, opt, g,
+                        torch.device("cpu"))
     save_checkpoint(path, model, {"classes": CLASSES, "head": [16], "dropout": 0.1,
                                   "image_size": size, "epoch": 2, "val_accuracy": 0.75})
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from chimuffin.model import load_checkpoint
-from tests.badinput import tree_hashes
-from tests.conftest import BIN, TINY, deep_update, default_params_dict, make_repo, run
+from tests.helpers.badinput import tree_hashes
+from tests.helpers.repo import BIN, TINY, deep_update, default_params_dict, make_repo, run
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from chimuffin.engine import per_sample_loss, softmax
+from chimuffin.forward import per_sample_loss, softmax
 from chimuffin.metrics import (
     classification_report,
     confusion,

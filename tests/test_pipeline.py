@@ -1,12 +1,13 @@
 """End to end: the real dvc.yaml and stages in a temporary git + DVC repo on tiny data."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import guarded_env, run
+from tests.helpers.repo import guarded_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,44 @@ def test_repro_status_determinism_experiments_and_diffs(tiny_repo, tmp_path):
     diff = run(["dvc", "metrics", "diff", "--json"], repo).stdout
     changed = json.loads(diff)
     assert any(k.startswith("metrics/") for k in changed)
+
+
+def queue_finished(repo) -> str:
+    """Wait for the experiment queue's task to end (dvc queue status); return its status."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        done = [s for s in ("Success", "Failed") if s in status]
+        if done:
+            return done[0]
+        time.sleep(2)
+    raise AssertionError(f"the queued experiment did not finish:\n{status}")
+
+
+def test_a_queued_experiment_runs_the_code_it_queued(tiny_repo):
+    """`dvc exp run --queue` runs the experiment in a temporary copy of the repository; its
+    stages must import that copy's code (what DVC hashed), not the checkout the environment's
+    install points at. The changed code exists only in the queued experiment: the workspace is
+    restored before the queue runs."""
+    repo = tiny_repo
+    stage = repo / "src/chimuffin/stages/sample.py"
+    original = stage.read_text()
+    opened = "    with atomic.atomic_dir(args.out) as tmp:\n"
+    assert opened in original
+    stage.write_text(original.replace(
+        opened, opened + '        (tmp / "MARKER").write_text("the queued code ran\\n")\n'))
+    run(["dvc", "exp", "run", "--queue", "-n", "marked", "sample"], repo)
+    stage.write_text(original)
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+    try:
+        run(["dvc", "queue", "start"], repo)
+        status = queue_finished(repo)
+        assert status == "Success", run(["dvc", "queue", "logs", "marked"], repo,
+                                         check=False).stdout
+    finally:
+        run(["dvc", "queue", "stop"], repo, check=False)
+    # Only `sample` ran, so applying the experiment cannot check out the other stages' outputs
+    # (it says so and fails): check out sample's output alone.
+    run(["dvc", "exp", "apply", "marked"], repo, check=False)
+    run(["dvc", "checkout", "data/raw/sample"], repo)
+    assert (repo / "data/raw/sample/MARKER").read_text() == "the queued code ran\n"

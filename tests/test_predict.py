@@ -13,27 +13,9 @@ from PIL import Image
 from chimuffin.cli import main
 from chimuffin.data.prepare import decode_into_cache
 from chimuffin.data.scan import Candidate
-from chimuffin.engine import predict, softmax
+from chimuffin.forward import predict, softmax
 from chimuffin.inference import collect_inputs
-from chimuffin.model import build_model, save_checkpoint
-
-SIZE = 32
-CLASSES = ["chihuahua", "muffin"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = build_model(2, [8], 0.0)
-    # Spread the BatchNorm statistics so predictions are not all ~0.5.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-    path = tmp_path_factory.mktemp("model") / "best.pth"
-    save_checkpoint(path, model, {"classes": CLASSES, "head": [8], "dropout": 0.0,
-                                  "image_size": SIZE, "epoch": 1, "val_accuracy": 0.5})
-    return path
+from tests.helpers.models import CLASSES, SIZE
 
 
 def _rgb(seed: int, size=(40, 30)) -> Image.Image:
@@ -78,8 +60,8 @@ def test_collect_inputs_walks_folders_in_order_and_skips_hidden(folder):
     assert found.skipped == 1  # notes.txt inside the folder
 
 
-def test_predict_csv_reports_errors_and_matches_prepare_decoding(folder, ckpt, capsys):
-    rc = predict_cli(str(folder), "--model", str(ckpt), "--format", "csv",
+def test_predict_csv_reports_errors_and_matches_prepare_decoding(folder, tiny_checkpoint, capsys):
+    rc = predict_cli(str(folder), "--model", str(tiny_checkpoint), "--format", "csv",
                "--batch-size", "4")
     out, err = capsys.readouterr()
     assert rc == 0
@@ -94,13 +76,13 @@ def test_predict_csv_reports_errors_and_matches_prepare_decoding(folder, ckpt, c
         assert by_name[name]["label"] == "" and f"{name}: " in err
     assert "classified 6 image(s), 2 failed, 1 non-image file(s) in folders skipped" in err
 
-    # Same decoding and inference as the pipeline: prepare's cache -> engine.predict
+    # Same decoding and inference as the pipeline: prepare's cache -> forward.predict
     rows, excluded, _ = decode_into_cache(folder, [Candidate(n, "train", "undefined")
                                                    for n in GOOD], SIZE, folder.parent / "c.npy")
     assert not excluded
     from chimuffin.model import load_checkpoint
 
-    model, _ = load_checkpoint(ckpt)
+    model, _ = load_checkpoint(tiny_checkpoint)
     cache = np.load(folder.parent / "c.npy")
     expected = softmax(predict(model, cache, np.arange(len(GOOD)), 2, torch.device("cpu"))[0])
     got = np.array([[by_name[n]["p_chihuahua"], by_name[n]["p_muffin"]] for n in GOOD], float)
@@ -109,9 +91,9 @@ def test_predict_csv_reports_errors_and_matches_prepare_decoding(folder, ckpt, c
     assert len(set(np.round(got[:, 0], 4))) > 1  # the images really got different predictions
 
 
-def test_predict_table_json_output_file_and_tta(folder, ckpt, capsys, tmp_path):
+def test_predict_table_json_output_file_and_tta(folder, tiny_checkpoint, capsys, tmp_path):
     assert predict_cli(str(folder / "a.jpg"), str(folder / "b.png"), "--model",
-                 str(ckpt)) == 0
+                 str(tiny_checkpoint)) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["path", "label", "confidence"]
     assert [line.split()[0] for line in table[1:]] == [str(folder / "a.jpg"),
@@ -119,7 +101,7 @@ def test_predict_table_json_output_file_and_tta(folder, ckpt, capsys, tmp_path):
 
     out = tmp_path / "res" / "out.json"
     assert predict_cli(str(folder / "a.jpg"), str(folder / "broken.jpg"), "--model",
-                 str(ckpt), "--format", "json", "--output", str(out)) == 0
+                 str(tiny_checkpoint), "--format", "json", "--output", str(out)) == 0
     assert capsys.readouterr().out == ""
     plain = json.loads(out.read_text())
     assert [r["error"] is None for r in plain] == [True, False]
@@ -128,12 +110,12 @@ def test_predict_table_json_output_file_and_tta(folder, ckpt, capsys, tmp_path):
     assert plain[0]["confidence"] == max(plain[0]["probabilities"].values())
 
     # Flip TTA averages the logits of the image and its mirror image.
-    assert predict_cli(str(folder / "a.jpg"), "--model", str(ckpt), "--format", "json",
+    assert predict_cli(str(folder / "a.jpg"), "--model", str(tiny_checkpoint), "--format", "json",
                  "--tta-flip", "-o", str(out)) == 0
     tta = json.loads(out.read_text())[0]["probabilities"]["chihuahua"]
     mirrored = folder / "mirror.png"
     Image.open(folder / "a.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
-    assert predict_cli(str(folder / "a.jpg"), str(mirrored), "--model", str(ckpt),
+    assert predict_cli(str(folder / "a.jpg"), str(mirrored), "--model", str(tiny_checkpoint),
                  "--format", "csv") == 0
     df = pd.read_csv(io.StringIO(capsys.readouterr().out))
     logit_gap = np.log(df["p_chihuahua"] / df["p_muffin"]).mean()  # mean logit difference
@@ -141,18 +123,18 @@ def test_predict_table_json_output_file_and_tta(folder, ckpt, capsys, tmp_path):
     assert tta != pytest.approx(plain[0]["probabilities"]["chihuahua"], abs=1e-6)
 
 
-def test_predict_exit_codes(folder, ckpt, tmp_path, capsys):
+def test_predict_exit_codes(folder, tiny_checkpoint, tmp_path, capsys):
     # nothing classifiable -> 1, with every reason on stderr
     assert predict_cli(str(folder / "broken.jpg"), str(tmp_path / "gone"), "--model",
-                 str(ckpt)) == 1
+                 str(tiny_checkpoint)) == 1
     err = capsys.readouterr().err
     assert "gone: no such file or folder" in err and "classified 0 image(s), 2 failed" in err
     empty = tmp_path / "nothing"
     empty.mkdir()
-    assert predict_cli(str(empty), "--model", str(ckpt)) == 1
+    assert predict_cli(str(empty), "--model", str(tiny_checkpoint)) == 1
     # a missing or broken model is a usage error -> 2
     assert predict_cli(str(folder), "--model", str(tmp_path / "no.pth")) == 2
     assert "model file not found" in capsys.readouterr().err
     (tmp_path / "bad.pth").write_bytes(b"junk")
     assert predict_cli(str(folder), "--model", str(tmp_path / "bad.pth")) == 2
-    assert predict_cli(str(folder), "--model", str(ckpt), "--batch-size", "0") == 2
+    assert predict_cli(str(folder), "--model", str(tiny_checkpoint), "--batch-size", "0") == 2

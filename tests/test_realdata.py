@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import deep_update, default_params_dict, run
+from tests.helpers.repo import deep_update, default_params_dict, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 

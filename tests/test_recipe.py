@@ -12,18 +12,9 @@ import yaml
 from chimuffin.config import load_params, parse_params
 from chimuffin.engine import fit, make_optimizer
 from chimuffin.errors import UserError
-from chimuffin.recipe import (
-    Mix,
-    WeightEMA,
-    cutmix_box,
-    ema_decay_at,
-    ema_update_,
-    lr_factor,
-    mix_batch,
-    resolution_at,
-    restart_ends,
-)
-from tests.conftest import REPO, default_params_dict
+from chimuffin.regularize import Mix, WeightEMA, cutmix_box, ema_decay_at, ema_update_, mix_batch
+from chimuffin.schedules import lr_factor, resolution_at, restart_ends
+from tests.helpers.repo import REPO, default_params_dict
 
 
 def recipe_group(name: str) -> dict:
@@ -247,7 +238,7 @@ def test_train_stage_saves_the_weights_train_keep_names(tmp_path, keep):
     import json
 
     from chimuffin.model import load_checkpoint
-    from tests.badinput import stage, tiny_params, tiny_prepared, write_params
+    from tests.helpers.badinput import stage, tiny_params, tiny_prepared, write_params
 
     tiny_prepared(tmp_path, pool=2, seed=5)
     write_params(tmp_path / "params.yaml", tiny_params(train={"epochs": 3, "keep": keep}))

@@ -23,7 +23,7 @@ from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions, read_decisions
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.server import make_server
-from tests.conftest import default_params_dict
+from tests.helpers.repo import default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]
 CHROMIUM = "/usr/bin/chromium"

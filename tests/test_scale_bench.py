@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, run
+from tests.helpers.repo import REPO, run
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ Both use the pipeline up to `evaluate` (what comes after adds minutes and nothin
 import csv
 import io
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,7 +14,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.conftest import BIN, TINY, deep_update, default_params_dict, make_repo, run
+from tests.helpers.repo import BIN, TINY, deep_update, default_params_dict, make_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +26,10 @@ SHARED = ["data/prepared/images.npy", "data/prepared/manifest.parquet",
           "metrics/eval/predictions.parquet"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def s3_server(tmp_path):
+def s3_server(tmp_path, free_port):
     """A moto S3 server on 127.0.0.1 for this test only; yields (endpoint url, env)."""
-    port = free_port()
+    port = free_port
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "moto.log", "w")  # closed in the finally below
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],

@@ -20,7 +20,7 @@ from chimuffin.commands.pull_3lc import revision_decisions
 from chimuffin.config import parse_params
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, read_decisions, write_decisions
-from tests.conftest import REPO, default_params_dict
+from tests.helpers.repo import REPO, default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]
 

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import BIN, deep_update, guarded_env, make_repo, run
+from tests.helpers.repo import BIN, deep_update, guarded_env, make_repo, run
 
 TABLES = "data/3lc/chimuffin/datasets/chimuffin/tables"
 RUN = "data/3lc/chimuffin/runs/train"
@@ -198,12 +197,6 @@ def test_failed_reduction_stops_with_the_reason(tmp_path):
     assert_offline(log)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def listening_addresses(port: int) -> set[str]:
     """Local addresses listening on `port` (from /proc/net/tcp*, hex encoded)."""
     found = set()
@@ -217,10 +210,10 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.slow
-def test_dashboard_serves_on_loopback_and_stops_on_ctrl_c(tmp_path):
+def test_dashboard_serves_on_loopback_and_stops_on_ctrl_c(tmp_path, free_port):
     shutil.copy(Path(__file__).parents[1] / "tlc-config.yaml", tmp_path)
     env, log = guarded_env(tmp_path)
-    port = free_port()
+    port = free_port
     proc = subprocess.Popen([PY, "-m", "chimuffin.cli", "dashboard", "--port", str(port)],
                             cwd=tmp_path, env={**os.environ, **env}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

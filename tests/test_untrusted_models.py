@@ -13,8 +13,8 @@ import torch
 from torchvision.models import resnet34
 
 from chimuffin.errors import UserError
-from chimuffin.model import build_model, load_checkpoint, save_checkpoint
-from tests.badinput import (
+from chimuffin.model import load_checkpoint
+from tests.helpers.badinput import (
     CLASSES,
     error_line,
     file_hash,
@@ -24,8 +24,6 @@ from tests.badinput import (
     tree_hashes,
     write_params,
 )
-
-META = {"classes": CLASSES, "head": [8], "dropout": 0.1, "image_size": 32}
 
 
 class _RunsCode:
@@ -45,12 +43,11 @@ def _bytes(obj) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, tiny_checkpoint):
     """name -> (path, marker file the payload would create, or None)."""
     d = tmp_path_factory.mktemp("models")
-    model = build_model(2, [8], 0.1)
-    save_checkpoint(d / "good.pth", model, META)
-    good = (d / "good.pth").read_bytes()
+    good = tiny_checkpoint.read_bytes()
+    model, meta = load_checkpoint(tiny_checkpoint)
     out = {}
 
     def add(name, data, marker=None):
@@ -59,17 +56,17 @@ def models(tmp_path_factory):
 
     # torch's zip format with a payload inside, and a bare pickle calling os.system
     add("code_in_zip.pth", _bytes({"state_dict": _RunsCode(open, str(d / "PWNED_zip"), "w"),
-                                   "meta": META}), d / "PWNED_zip")
+                                   "meta": meta}), d / "PWNED_zip")
     add("code_raw_pickle.pth", pickle.dumps(_RunsCode(os.system, f"touch {d / 'PWNED_raw'}"),
                                             protocol=2), d / "PWNED_raw")
     add("resnet34.pth", _bytes({"state_dict": resnet34(weights=None).state_dict(),
-                                "meta": META}))
+                                "meta": meta}))
     add("plain_state_dict.pth", _bytes(model.state_dict()))
     add("truncated.pth", good[: len(good) // 2])
     add("empty.pth", b"")
     add("text.pth", b"these are not weights\n")
     add("other_classes.pth", _bytes({"state_dict": model.state_dict(),
-                                     "meta": {**META, "classes": ["cat", "dog"]}}))
+                                     "meta": {**meta, "classes": ["cat", "dog"]}}))
     add("bad_meta.pth", _bytes({"state_dict": model.state_dict(), "meta": {"head": "x"}}))
     return out
 

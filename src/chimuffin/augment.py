@@ -4,7 +4,7 @@ The reference recipe ran torchvision transforms one PIL image at a time: resize 
 random-crop 128, horizontal flip, rotation, affine shear and scale, colour jitter, random
 erasing. Here every geometric part is folded into one affine matrix per sample and applied with
 a single `grid_sample`, so the batch never leaves tensor land. Parameters are drawn per sample
-from the same ranges as the reference.
+from the same ranges as the reference. Evaluation's deterministic path is preprocess.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from chimuffin.preprocess import normalize, to_float
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,6 @@ def erase_boxes(mask: torch.Tensor, size: int, g: torch.Generator) -> torch.Tens
     return (box & mask[:, None, None])[:, None]
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def to_float(images_u8: torch.Tensor) -> torch.Tensor:
-    return images_u8.float().div_(255.0)
-
-
 def augment_batch(images_u8: torch.Tensor, cfg, g: torch.Generator,
                   out_size: int | None = None) -> torch.Tensor:
     """uint8 (B,3,S,S) -> normalised float (B,3,out,out), randomly augmented per sample.
@@ -121,12 +110,3 @@ def augment_batch(images_u8: torch.Tensor, cfg, g: torch.Generator,
     x = normalize(x)
     boxes = erase_boxes(d.erase, out, g).to(x.device)
     return torch.where(boxes, torch.zeros((), device=x.device), x)
-
-
-def preprocess(images_u8: torch.Tensor, out_size: int | None = None) -> torch.Tensor:
-    """Evaluation path: no randomness, optional resize, ImageNet normalisation."""
-    x = to_float(images_u8)
-    if out_size and out_size != x.shape[-1]:
-        x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", antialias=True,
-                          align_corners=False)
-    return normalize(x)

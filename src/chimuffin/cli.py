@@ -8,7 +8,7 @@ import sys
 from chimuffin.errors import UserError
 
 # Each module registers its subcommand; keep this list sorted.
-COMMANDS = ["dashboard", "export", "labels", "loop", "predict", "pull_3lc", "review", "sample"]
+COMMANDS = ["dashboard", "export", "labels", "loop", "predict", "pull_3lc", "review"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from chimuffin.errors import UserError
+from chimuffin.paths import PARAMS
 
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False):
@@ -297,7 +298,7 @@ def parse_params(raw: Any) -> Params:
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = PARAMS) -> Params:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

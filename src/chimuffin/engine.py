@@ -1,14 +1,16 @@
-"""Training and inference as plain functions that return numbers.
+"""Training as plain functions that return numbers: one epoch, the optimizer and learning-rate
+schedule, and fit (epochs, validation, the best epoch).
 
 Images come from the uint8 tensor cache (N,3,S,S), indexed by manifest row `idx`; labels are
-class indices. Nothing here reads files or params.yaml.
+class indices; the recipe is the `train` group of params.yaml (config.Train). Nothing here reads
+files. Inference (no training) is forward.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,34 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin import runtime
-from chimuffin.augment import augment_batch, preprocess
-from chimuffin.data.manifest import read_rows
-from chimuffin.model import forward_with_embedding
-from chimuffin.recipe import Mix, WeightEMA, lr_factor, mix_batch, resolution_at
-
-CHANNELS_LAST = torch.channels_last
-
-
-def batches(n: int, batch_size: int, g: torch.Generator | None = None,
-            min_size: int = 1) -> Iterator[np.ndarray]:
-    """Positions 0..n-1 in batches, shuffled when g is given; a tail smaller than min_size is
-    dropped (BatchNorm cannot train on a single sample)."""
-    order = torch.randperm(n, generator=g).numpy() if g is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        chunk = order[start:start + batch_size]
-        if len(chunk) >= min_size:
-            yield chunk
-
-
-def load_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    # Sorted reads are kinder to a memory-mapped cache; the order is restored after.
-    order = np.argsort(rows, kind="stable")
-    data = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
-    data[order] = read_rows(images, rows[order])
-    t = torch.from_numpy(data)
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
+from chimuffin.augment import augment_batch
+from chimuffin.forward import CHANNELS_LAST, batches, load_batch, per_sample_loss, predict
+from chimuffin.regularize import Mix, WeightEMA, mix_batch
+from chimuffin.schedules import lr_factor, resolution_at
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False):
@@ -77,31 +55,35 @@ class EpochStats:
 
 
 def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                    opt: torch.optim.Optimizer, step_sched: Callable[[], None] | None,
-                    aug_cfg, batch_size: int, grad_clip: float, label_smoothing: float,
-                    g: torch.Generator, device: torch.device, out_size: int | None = None,
-                    progress: Callable[[int], None] | None = None, mix: Mix | None = None,
-                    ema: WeightEMA | None = None, cpu_bf16: bool = False) -> EpochStats:
+                    cfg, opt: torch.optim.Optimizer, g: torch.Generator, device: torch.device,
+                    step_lr: Callable[[], None] | None = None, ema: WeightEMA | None = None,
+                    out_size: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> EpochStats:
+    """One shuffled pass over `rows` with the recipe in cfg (config.Train: batch size,
+    augmentation, mixup/cutmix, label smoothing, grad clipping, cpu_bf16). step_lr is called
+    after every optimizer step (the learning-rate schedule), ema updated after it; out_size is
+    this epoch's training resolution (None: the cache's)."""
+    mix = Mix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
     model.train()
     n_classes = model.fc[-1].out_features
     total_loss, correct, seen = 0.0, 0, 0
-    for pos in batches(len(rows), batch_size, g, min_size=2):
-        x = augment_batch(load_batch(images, rows[pos], device), aug_cfg, g, out_size)
+    for pos in batches(len(rows), cfg.batch_size, g, min_size=2):
+        x = augment_batch(load_batch(images, rows[pos], device), cfg.augment, g, out_size)
         y = torch.from_numpy(labels[pos]).to(device)
         target = y
-        if mix is not None and mix.on:
+        if mix.on:
             x, target = mix_batch(x, y, n_classes, mix, g)  # soft targets (rows sum to 1)
         x = x.contiguous(memory_format=CHANNELS_LAST)
-        with autocast(device, cpu_bf16):
+        with autocast(device, cfg.cpu_bf16):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        if step_sched:
-            step_sched()
+        if step_lr:
+            step_lr()
         if ema is not None:
             ema.update(model)
         total_loss += loss.item() * len(pos)
@@ -112,47 +94,6 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen)
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int,
-            device: torch.device, tta_flip: bool = False, out_size: int | None = None,
-            with_embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (N,C) as float32, and 512-d embeddings when asked; flip TTA averages logits."""
-    model.eval()
-    all_logits, all_emb = [], []
-    for pos in batches(len(rows), batch_size):
-        x = preprocess(load_batch(images, rows[pos], device), out_size)
-        x = x.contiguous(memory_format=CHANNELS_LAST)
-        # fp32 on every device: inference is cheap next to training, and its logits and
-        # embeddings are products (bf16 would round confidences and losses to ~3 digits).
-        logits, emb = forward_with_embedding(model, x)
-        if tta_flip:
-            logits = (logits + model(torch.flip(x, dims=[3]))) / 2
-        all_logits.append(logits.float().cpu().numpy())
-        if with_embeddings:
-            all_emb.append(emb.float().cpu().numpy())
-    n_classes = model.fc[-1].out_features
-    logits = np.concatenate(all_logits) if all_logits else np.zeros((0, n_classes), np.float32)
-    emb = None
-    if with_embeddings:
-        emb = np.concatenate(all_emb) if all_emb else np.zeros((0, 512), np.float32)
-    return logits, emb
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def per_sample_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Cross-entropy per sample; NaN where the label is unknown (< 0)."""
-    p = softmax(logits.astype(np.float64))
-    out = np.full(len(labels), np.nan)
-    known = labels >= 0
-    out[known] = -np.log(np.clip(p[known, labels[known]], 1e-12, None))
-    return out
-
-
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
                    impl: str = "default") -> torch.optim.Optimizer:
     """AdamW; `impl` picks torch's kernels: default (per-parameter loop on CPU), foreach
@@ -161,15 +102,15 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **kernels)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int):
-    """(per-step callback or None, per-epoch callback or None) for the chosen schedule."""
+def make_lr_schedule(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int
+                     ) -> Callable[[], None] | None:
+    """The callback to call after every optimizer step for cfg.scheduler (None: constant lr)."""
     if cfg.scheduler == "onecycle":
-        s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                steps_per_epoch=max(1, steps_per_epoch),
-                                                pct_start=0.15)
-        return s.step, None
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                   steps_per_epoch=max(1, steps_per_epoch),
+                                                   pct_start=0.15).step
     if cfg.scheduler == "constant" and cfg.warmup_epochs == 0:
-        return None, None
+        return None
 
     def factor(step: int) -> float:
         return lr_factor(step, steps_per_epoch, cfg.scheduler, cfg.epochs, cfg.warmup_epochs,
@@ -177,7 +118,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int):
 
     # Stepped per batch; cosine_restarts still changes only at epoch boundaries, like the
     # reference's CosineAnnealingWarmRestarts stepped once per epoch.
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor).step, None
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor).step
 
 
 @dataclass
@@ -220,8 +161,7 @@ def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labe
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.optimizer_impl)
     steps = sum(1 for _ in batches(len(train_rows), cfg.batch_size, min_size=2))
-    step_sched, epoch_sched = make_scheduler(opt, cfg, steps)
-    mix = Mix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+    step_lr = make_lr_schedule(opt, cfg, steps)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     full = int(images.shape[-1])
     best: EpochResult | None = None
@@ -230,12 +170,9 @@ def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labe
         lr = opt.param_groups[0]["lr"]
         size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start,
                              cfg.res_ramp_end, cfg.res_max)
-        stats = train_one_epoch(model, images, train_rows, train_labels, opt, step_sched,
-                                cfg.augment, cfg.batch_size, cfg.grad_clip, cfg.label_smoothing,
-                                g, device, out_size=None if size == full else size,
-                                progress=progress, mix=mix, ema=ema, cpu_bf16=cfg.cpu_bf16)
-        if epoch_sched:
-            epoch_sched()
+        stats = train_one_epoch(model, images, train_rows, train_labels, cfg, opt, g, device,
+                                step_lr, ema, out_size=None if size == full else size,
+                                progress=progress)
         judged = ema.model if ema is not None else model
         vloss = vacc = math.nan
         validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs

@@ -2,7 +2,7 @@
 
 Input choice: the ONNX model takes what an image decoder gives, `image`: uint8 RGB, NCHW,
 (batch, 3, S, S) with S = the checkpoint's image_size, values 0-255. Scaling to [0,1] and the
-ImageNet mean/std normalisation run inside the graph (the same `augment.preprocess` the
+ImageNet mean/std normalisation run inside the graph (the same `preprocess.preprocess` the
 evaluate stage uses), so a caller cannot get them wrong; only decoding and resizing to S x S
 stay outside, and the model's metadata_props say how (decode_image: EXIF orientation applied,
 RGB, alpha composited on white, bilinear resize). Outputs: `probabilities` (softmax) and `logits`,
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from chimuffin import atomic
-from chimuffin.augment import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from chimuffin.errors import UserError
+from chimuffin.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 OPSET = 17
 INPUT, OUTPUTS = "image", ("probabilities", "logits")
@@ -158,8 +158,8 @@ FP32_TOLERANCE = 1e-4
 
 
 def max_prob_diff(model: nn.Module, onnx_path: Path, images_u8: np.ndarray) -> float:
-    """Max abs difference of probabilities, ONNX vs the PyTorch inference path (engine.predict)."""
-    from chimuffin.engine import predict, softmax
+    """Max abs difference of probabilities, ONNX vs the PyTorch inference path (forward.predict)."""
+    from chimuffin.forward import predict, softmax
 
     logits, _ = predict(model, images_u8, np.arange(len(images_u8)), 64, torch.device("cpu"))
     sess = session(onnx_path, threads=1)  # 8 images: threads would only add overhead

@@ -6,6 +6,8 @@ stage commands pass exactly these paths.
 """
 
 PARAMS = "params.yaml"
+SAMPLE = "data/raw/sample"  # the embedded synthetic dataset (params.yaml prepare.data_dir)
+REFERENCE_RECIPE = "recipes/reference.yaml"  # the evaluate report lists params that differ
 DECISIONS = "data/labels/decisions.csv"  # the git-tracked label decisions (hand-edited data)
 VALIDATION = "data/labels/validation.csv"  # pool images a person labeled to validate on
 PREPARED = "data/prepared"
@@ -16,6 +18,7 @@ MODEL = "models/best.pth"
 ONNX = "models/model.onnx"
 TRAIN_METRICS = "metrics/train"
 EVAL = "metrics/eval"
+PREDICTIONS = "metrics/eval/predictions.parquet"  # one row per image (evaluate)
 EMBED = "data/embed"
 EMBED_PLOT = "metrics/embedding.png"
 SUGGEST = "data/suggest"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from chimuffin.data.views import label_index
-from chimuffin.engine import per_sample_loss, predict, softmax
+from chimuffin.forward import per_sample_loss, predict, softmax
 from chimuffin.metrics import classification_report, precision_recall_curve, roc_curve
 
 

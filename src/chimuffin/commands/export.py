@@ -12,6 +12,8 @@ image files/folders given with --calibration. benchmarks/onnx_quantization.py me
 
 from __future__ import annotations
 
+from chimuffin import paths
+
 CALIBRATION_IMAGES = 256
 
 
@@ -19,8 +21,8 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export the trained model (ONNX)", description=__doc__)
     p.add_argument("--onnx", action="store_true", required=True,
                    help="export to ONNX (the only format so far)")
-    p.add_argument("--model", default="models/best.pth", help="checkpoint (default %(default)s)")
-    p.add_argument("--output", "-o", default="models/model.onnx",
+    p.add_argument("--model", default=paths.MODEL, help="checkpoint (default %(default)s)")
+    p.add_argument("--output", "-o", default=paths.ONNX,
                    help="ONNX file to write (default %(default)s)")
     p.add_argument("--quantize", nargs="?", const="dynamic", choices=("dynamic", "static"),
                    help="int8 quantisation with onnxruntime: dynamic (weights only; measured "
@@ -29,9 +31,9 @@ def register(sub) -> None:
     p.add_argument("--calibration", nargs="+", metavar="PATH",
                    help="image files/folders to calibrate static quantisation on (default: "
                         "the pipeline's non-test images)")
-    p.add_argument("--prepared", default="data/prepared",
+    p.add_argument("--prepared", default=paths.PREPARED,
                    help="the pipeline's prepared folder, for the default calibration images")
-    p.add_argument("--clean", default="data/clean",
+    p.add_argument("--clean", default=paths.CLEAN,
                    help="the pipeline's clean folder (which cached images are not test)")
     p.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from chimuffin import atomic
+from chimuffin import atomic, paths
 
 FORMATS = ("table", "csv", "json")
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files and/or folders (searched recursively)")
-    p.add_argument("--model", default="models/best.pth", help="checkpoint (default %(default)s)")
+    p.add_argument("--model", default=paths.MODEL, help="checkpoint (default %(default)s)")
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="table (aligned text), csv or json (default %(default)s)")
     p.add_argument("--output", "-o", help="write the results to this file (atomically) "

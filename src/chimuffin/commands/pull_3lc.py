@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import tlcio
+from chimuffin import paths, tlcio
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
 from chimuffin.labels import (
@@ -26,8 +26,7 @@ from chimuffin.labels import (
     read_decisions,
     write_decisions,
 )
-
-TABLES = "data/3lc/chimuffin/datasets/chimuffin/tables"
+from chimuffin.paths import TABLES
 
 
 def register(sub) -> None:
@@ -36,10 +35,10 @@ def register(sub) -> None:
     p.add_argument("--table", choices=tlcio.SPLITS, default="train",
                    help="which pipeline table's revisions to read (default train)")
     p.add_argument("--tables", default=TABLES, help=f"tables folder (default {TABLES})")
-    p.add_argument("--decisions", default="data/labels/decisions.csv")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--decisions", default=paths.DECISIONS)
+    p.add_argument("--params", default=paths.PARAMS)
     p.add_argument("--tlc-config", default=tlcio.CONFIG)
-    p.add_argument("--archive", default="data/3lc-pulled",
+    p.add_argument("--archive", default=paths.PULLED_3LC,
                    help="where pulled revisions are moved (default data/3lc-pulled)")
     p.add_argument("--keep-revisions", action="store_true",
                    help="leave pulled revisions in place (they go stale after `dvc repro`)")

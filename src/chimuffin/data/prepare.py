@@ -108,18 +108,30 @@ def check_usable(df: pd.DataFrame, classes: list[str], root: Path) -> None:
         raise UserError(f"{root}: no labeled training images left after the validation split")
 
 
-def prepare_dataset(root: Path, classes: list[str], size: int, val_fraction: float, seed: int,
-                    validation: dict[str, str], validation_name: str, out_dir: Path) -> dict:
-    """Write images.npy + manifest.parquet into out_dir and return the report."""
-    candidates, excluded = scan_dataset(root, classes)
-    cache_path = out_dir / "images.npy"
+def decode_and_split(root: Path, candidates: list[Candidate], excluded: list[Excluded],
+                     classes: list[str], size: int, val_fraction: float, seed: int,
+                     validation: dict[str, str], validation_name: str, cache_path: Path
+                     ) -> tuple[pd.DataFrame, list[Excluded], Counter]:
+    """Decode the candidates into the cache at cache_path, split and check them: the manifest
+    (not written yet), `excluded` plus the images that could not be decoded, and the
+    conversion counts."""
     rows, bad, stats = decode_into_cache(root, candidates, size, cache_path)
-    excluded += bad
+    excluded = [*excluded, *bad]
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         raise UserError(f"{root}: no usable images (excluded {len(excluded)} files)")
     df = assign_splits(df, classes, val_fraction, seed, validation, validation_name)
     check_usable(df, classes, root)
+    return df, excluded, stats
+
+
+def prepare_dataset(root: Path, classes: list[str], size: int, val_fraction: float, seed: int,
+                    validation: dict[str, str], validation_name: str, out_dir: Path) -> dict:
+    """Write images.npy + manifest.parquet into out_dir and return the report."""
+    candidates, excluded = scan_dataset(root, classes)
+    df, excluded, stats = decode_and_split(root, candidates, excluded, classes, size,
+                                           val_fraction, seed, validation, validation_name,
+                                           out_dir / "images.npy")
     from chimuffin import atomic
 
     atomic.write_parquet(out_dir / "manifest.parquet", df)

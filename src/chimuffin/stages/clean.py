@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from chimuffin import atomic
+from chimuffin import atomic, paths
 from chimuffin.data.manifest import read_manifest
 from chimuffin.labels import apply_decisions, dedupe_identical, read_decisions
 from chimuffin.stages import common
@@ -38,6 +38,6 @@ def main(args, params) -> None:
 if __name__ == "__main__":
     p = common.parser(__doc__)
     p.add_argument("--prepared", required=True)
-    p.add_argument("--decisions", default="data/labels/decisions.csv")
+    p.add_argument("--decisions", default=paths.DECISIONS)
     p.add_argument("--out", required=True)
     common.run(main, p.parse_args())

@@ -7,13 +7,14 @@ import os
 import sys
 from collections.abc import Callable
 
+from chimuffin import paths
 from chimuffin.config import Params, load_params
 from chimuffin.errors import UserError
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("--params", default=paths.PARAMS, help="params file (default %(default)s)")
     return p
 
 

@@ -4,12 +4,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from chimuffin import atomic, runtime
+from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
 from chimuffin.model import load_checkpoint
 from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
-from chimuffin.reference_recipe import load_reference, recipe_diff
+from chimuffin.recipe_diff import load_reference, recipe_diff
 from chimuffin.stages import common
 
 
@@ -68,6 +68,6 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--reference", default="recipes/reference.yaml",
+    p.add_argument("--reference", default=paths.REFERENCE_RECIPE,
                    help="the reference recipe the report compares params with")
     common.run(main, p.parse_args())

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from chimuffin import atomic
+from chimuffin import atomic, paths
 from chimuffin.data.prepare import parse_validation_labels, prepare_dataset
 from chimuffin.labels import read_text_file
 from chimuffin.stages import common
@@ -28,7 +28,7 @@ def main(args, params) -> None:
 
 if __name__ == "__main__":
     p = common.parser(__doc__)
-    p.add_argument("--validation", default="data/labels/validation.csv",
+    p.add_argument("--validation", default=paths.VALIDATION,
                    help="git-tracked path,label file of pool images to validate on")
     p.add_argument("--out", required=True)
     common.run(main, p.parse_args())

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from tests.conftest import TINY, deep_update, default_params_dict, run
+from tests.helpers.repo import TINY, deep_update, default_params_dict, run
 
 CLASSES = ["chihuahua", "muffin"]
 

@@ -8,13 +8,13 @@ import yaml
 
 from chimuffin.config import Train, _build, as_dict
 from chimuffin.errors import UserError
+from chimuffin.paths import REFERENCE_RECIPE
 
-REFERENCE = Path("recipes/reference.yaml")
 # Where the code runs is not part of the recipe.
 NOT_RECIPE = {"device", "threads"}
 
 
-def load_reference(path: str | Path = REFERENCE) -> Train:
+def load_reference(path: str | Path = REFERENCE_RECIPE) -> Train:
     """The reference `train` group, checked as strictly as params.yaml."""
     path = Path(path)
     try:

@@ -1,0 +1,88 @@
+"""The repository under test: its paths and params, subprocesses, temporary git + DVC repos."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
+                                REPO.parent / "shared" / "data" / "chihuahua-muffin"))
+
+# Small enough that a whole pipeline runs in seconds on 2 CPU cores.
+TINY = {
+    "base": {"image_size": 64},
+    "sample": {"labeled_per_class": 6, "pool": 10, "test_per_class": 4, "bad_files": True},
+    "prepare": {"val_fraction": 0.34},
+    "train": {"epochs": 1, "batch_size": 4},
+    "evaluate": {"batch_size": 32},
+    "embed": {"batch_size": 32, "n_neighbors": 5},
+    "tlc": {"enabled": False},  # tests/test_tlc_pipeline.py runs the 3LC-enabled pipeline
+}
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
+def default_params_dict() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+         "DVC_NO_ANALYTICS": "1", **(env or {})}
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/decisions.csv",
+              "data/labels/validation.csv", ".gitignore", ".dvcignore",
+              "tlc-config.yaml"]
+
+
+def make_repo(dest: Path, params: dict) -> Path:
+    """A temporary git + DVC repo holding this project's pipeline files and the given params."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in REPO_FILES:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / f, dest / f)
+    # the stages run this copy of the code (src/stage.py): the files dvc.yaml's deps hash
+    shutil.copytree(REPO / "src", dest / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "t@example.com"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "config", "core.analytics", "false"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "init"], dest)
+    return dest
+
+
+GUARDS = REPO / "tests" / "guards"
+
+
+def guarded_env(tmp_path: Path, **extra: str) -> tuple[dict, Path]:
+    """Env that loads tests/guards/sitecustomize.py into every Python subprocess: DNS lookups
+    and outbound connections are refused and recorded in the returned log (which must stay
+    empty); CHIMUFFIN_FORBID_TLC=<file> in `extra` also refuses and records `import tlc`."""
+    log = tmp_path / "network.log"
+    path = [str(GUARDS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"PYTHONPATH": os.pathsep.join(path), "CHIMUFFIN_NETGUARD_LOG": str(log),
+            "PYTHONUNBUFFERED": "1", **extra}, log
