@@ -165,6 +165,27 @@ def test_cpu_bf16_is_refused_without_native_bf16():
     engine.check_cpu_bf16(True, cpu, native=True)
     engine.check_cpu_bf16(True, cuda, native=False)
     engine.check_cpu_bf16(False, cpu, native=False)
+    engine.check_cpu_bf16("auto", cpu, native=False)  # auto falls back to fp32 instead
+
+
+@pytest.mark.parametrize("setting,native,expected", [
+    (True, True, True), (True, False, True), (False, True, False), (False, False, False),
+    ("auto", True, True), ("auto", False, False)])
+def test_cpu_bf16_auto_follows_the_cpu(setting, native, expected):
+    assert engine.uses_cpu_bf16(setting, native) is expected
+
+
+@pytest.mark.parametrize("value,ok", [(True, True), (False, True), ("auto", True),
+                                      ("yes", False), (1, False), (None, False)])
+def test_cpu_bf16_accepts_true_false_or_auto(value, ok):
+    raw = default_params_dict()
+    raw["train"]["cpu_bf16"] = value
+    if ok:
+        assert parse_params(raw).train.cpu_bf16 == value
+    else:
+        with pytest.raises(UserError, match="train.cpu_bf16 must be true or false or one of "
+                                            "'auto'"):
+            parse_params(raw)
 
 
 def test_cpu_bf16_trains_under_autocast_repeatably_with_fp32_weights(one_thread):

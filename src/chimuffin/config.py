@@ -106,7 +106,9 @@ class Train:
     # the validation images (two with val_tta_flip), worth skipping when only the last counts.
     val_every: int = num(1, 10_000)
     device: Literal["auto", "cpu", "cuda"] = field()
-    cpu_bf16: bool = field()  # bf16 autocast when training on CPU (native bf16 CPUs only)
+    # bf16 autocast when training on CPU: true (native bf16 CPUs only), false, or auto (on where
+    # the CPU has native bf16, off elsewhere)
+    cpu_bf16: bool | Literal["auto"] = field()
     threads: int = num(0, 256)
 
 
@@ -156,6 +158,8 @@ class Params:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
@@ -230,6 +234,13 @@ def _convert(key: str, value: Any, tp, meta) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     origin = typing.get_origin(tp)
+    if origin is typing.Union:  # bool | Literal[...]: a bool, or one of the names
+        bool_ok = bool in typing.get_args(tp) and isinstance(value, bool)
+        names = [a for a in typing.get_args(tp) if typing.get_origin(a) is Literal]
+        if not bool_ok and not any(isinstance(value, str) and value in typing.get_args(n)
+                                   for n in names):
+            raise UserError(f"params: {key} must be {_type_name(tp)}, got {value!r}")
+        return value
     if origin is Literal:
         if not isinstance(value, str) or value not in typing.get_args(tp):
             raise UserError(f"params: {key} must be {_type_name(tp)}, got {value!r}")

@@ -37,14 +37,20 @@ def autocast(device: torch.device, cpu_bf16: bool = False):
     return contextlib.nullcontext()
 
 
-def check_cpu_bf16(cpu_bf16: bool, device: torch.device, native: bool) -> None:
-    """train.cpu_bf16 on a CPU without bf16 instructions would silently train slower: refuse."""
-    if cpu_bf16 and device.type == "cpu" and not native:
+def uses_cpu_bf16(cpu_bf16: bool | str, native: bool) -> bool:
+    """train.cpu_bf16 resolved on this CPU: true, or auto where the CPU has native bf16."""
+    return cpu_bf16 is True or (cpu_bf16 == "auto" and native)
+
+
+def check_cpu_bf16(cpu_bf16: bool | str, device: torch.device, native: bool) -> None:
+    """train.cpu_bf16 true on a CPU without bf16 instructions would silently train slower:
+    refuse (`auto` falls back to fp32 there instead)."""
+    if cpu_bf16 is True and device.type == "cpu" and not native:
         from chimuffin.errors import UserError
 
         raise UserError("params: train.cpu_bf16 is true but this CPU has no native bf16 "
                         "(flags avx512_bf16 or amx_bf16); emulated bf16 trains slower than "
-                        "fp32: set it to false")
+                        "fp32: set it to false or auto")
 
 
 @dataclass
@@ -64,6 +70,7 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
     after every optimizer step (the learning-rate schedule), ema updated after it; out_size is
     this epoch's training resolution (None: the cache's)."""
     mix = Mix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+    bf16 = uses_cpu_bf16(cfg.cpu_bf16, runtime.has_native_bf16())
     model.train()
     n_classes = model.fc[-1].out_features
     total_loss, correct, seen = 0.0, 0, 0
@@ -74,7 +81,7 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
         if mix.on:
             x, target = mix_batch(x, y, n_classes, mix, g)  # soft targets (rows sum to 1)
         x = x.contiguous(memory_format=CHANNELS_LAST)
-        with autocast(device, cfg.cpu_bf16):
+        with autocast(device, bf16):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from chimuffin import atomic, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import check_cpu_bf16, fit
+from chimuffin.engine import check_cpu_bf16, fit, uses_cpu_bf16
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, save_checkpoint
 from chimuffin.stages import common
@@ -76,9 +76,11 @@ def main(args, params) -> None:
         model.load_state_dict(best_state)
         save_checkpoint(args.model, model, checkpoint_meta(params, kept["epoch"],
                                                            kept["val_acc"]))
-    print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device}; best epoch "
-          f"{best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}; saved the "
-          f"{t.keep} weights (epoch {kept['epoch']})")
+    precision = "bf16 autocast" if device.type == "cuda" or uses_cpu_bf16(
+        t.cpu_bf16, runtime.has_native_bf16()) else "fp32"
+    print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device} ({precision}); "
+          f"best epoch {best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}; "
+          f"saved the {t.keep} weights (epoch {kept['epoch']})")
     if run3lc:
         summary = run3lc.finish(model, kept["epoch"], images, device)  # model: the saved weights
         print(f"train: 3LC run {summary['run']}: {summary['metrics_tables']} metrics tables, "
