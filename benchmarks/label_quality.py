@@ -38,9 +38,14 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]
 from tests.conftest import default_params_dict  # noqa: E402
 from tests.conftest import make_repo as conftest_make_repo  # noqa: E402
 
-from chimuffin.labels import Decision, read_decisions, write_decisions  # noqa: E402
-from chimuffin.loop import commit_round, read_oracle  # noqa: E402
-from chimuffin.suggest import accept  # noqa: E402
+from chimuffin.accept import accept  # noqa: E402
+from chimuffin.labels import (  # noqa: E402
+    Decision,
+    read_decisions,
+    read_path_labels,
+    write_decisions,
+)
+from chimuffin.loop import commit_round  # noqa: E402
 
 CLASSES = ["chihuahua", "muffin"]
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -163,7 +168,7 @@ def main() -> None:
     truth_csv = args.truth or data / "reviewed_labels.csv"
     if not (data / "train128").is_dir() or not truth_csv.is_file():
         sys.exit(f"{data}: real data not found (train128/ and {truth_csv.name})")
-    truth = read_oracle(truth_csv, CLASSES)
+    truth = read_path_labels(truth_csv, CLASSES, "truth file")
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="chimuffin-label-quality-"))
     repo = work / "repo"

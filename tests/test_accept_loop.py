@@ -15,13 +15,7 @@ from chimuffin import atomic
 from chimuffin.cli import main
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions, read_decisions
-from chimuffin.loop import (
-    commit_round,
-    deferred_signals,
-    oracle_answers,
-    parse_oracle,
-    sigterm_as_interrupt,
-)
+from chimuffin.loop import commit_round, deferred_signals, sigterm_as_interrupt
 from tests.conftest import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]
@@ -86,33 +80,6 @@ def test_labels_accept_names_missing_suggestions(tmp_path, capsys):
     assert "nope.parquet: suggestions not found (run `dvc repro suggest`)" in \
         capsys.readouterr().err
     assert not (tmp_path / "d.csv").exists()
-
-
-def test_oracle_file_formats_and_errors():
-    assert parse_oracle("relative_path,label\na.jpg,muffin\n", CLASSES, "o.csv") == \
-        {"a.jpg": "muffin"}
-    assert parse_oracle("\ufeffpath,label\r\nb.jpg,chihuahua\r\n", CLASSES, "o.csv") == \
-        {"b.jpg": "chihuahua"}
-    with pytest.raises(UserError, match="o.csv: row 2: unknown label 'cat'"):
-        parse_oracle("relative_path,label\na.jpg,cat\n", CLASSES, "o.csv")
-    with pytest.raises(UserError, match="o.csv: row 1 .header."):
-        parse_oracle("file,label\n", CLASSES, "o.csv")
-    with pytest.raises(UserError, match="row 2: path '../a.jpg'"):
-        parse_oracle("relative_path,label\n../a.jpg,muffin\n", CLASSES, "o.csv")
-
-
-def test_oracle_answers_top_requests_it_knows_and_never_overrides_a_person():
-    queue = pd.DataFrame({"rank": [3, 1, 2, 4, 5], "path": ["c", "a", "b", "d", "e"],
-                          "kind": ["pool"] * 4 + ["label_issue"]})
-    oracle = {"a": "muffin", "c": "chihuahua", "d": "muffin", "e": "chihuahua"}
-    person = [Decision("c", "remove", "human"), Decision("e", "muffin", "oracle"),
-              Decision("d", "chihuahua", "auto")]
-    answers, passed = oracle_answers(queue, oracle, person, budget=2)
-    assert [(a.path, a.label, a.source) for a in answers] == [("a", "muffin", "oracle"),
-                                                              ("d", "muffin", "oracle")]
-    assert passed == 1  # b: not in the oracle file
-    answers, _ = oracle_answers(queue, oracle, [], budget=10)
-    assert [a.path for a in answers] == ["a", "c", "d", "e"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
