@@ -168,7 +168,7 @@ def round_message(r: int, rounds: int, metrics: dict, clean_summary: dict,
     elif review:
         added.append(f"+{review.verified} oracle")
     if review:
-        added.append(f"{review.minutes:.1f} simulated min (total {total_s / 60:.1f})")
+        added.append(f"{review.minutes:.2f} simulated min (total {total_s / 60:.2f})")
         body += review_lines(review, reviewer, total_s, classes)
         trailers = review_trailers(review, total_s)
     if labels.accepted is not None:

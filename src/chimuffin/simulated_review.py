@@ -108,9 +108,13 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
                                     f"page {page} exception" if is_wrong else note))
     if stopped == "exhausted":
         n = pages["page"].nunique()
-        reason = (f"all {n} pages were reviewed ({budget_seconds - used:.1f} s of the "
-                  f"{budget_seconds:.0f} s budget left)" if n else
-                  "there are no review pages (no undecided pool images)")
+        if not n:
+            reason = "there are no review pages (no undecided pool images)"
+        elif not shown_pages:
+            reason = f"every image on the {n} pages is already decided by a person"
+        else:
+            reason = (f"all {n} pages were reviewed ({budget_seconds - used:.1f} s of the "
+                      f"{budget_seconds:.0f} s budget left)")
     result = ReviewResult("pages", budget_seconds, round(used, 6), shown_pages, len(new),
                           exceptions, passed, skipped, dict(Counter(d.label for d in new)),
                           stopped, reason)
@@ -149,7 +153,7 @@ def answer_queue(queue: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
         reason = (f"the budget paid for {max_answers} answers ({cost.single_s:g} s each)")
     else:
         reason = (f"the review queue held {len(queue)} requests (suggest.queue_size); "
-                  f"{skipped} were already answered and {passed} are not in the truth file; "
+                  f"{skipped} already answered, {passed} not in the truth file; "
                   "raise suggest.queue_size to ask more")
     result = ReviewResult("queue", budget_seconds, seconds, 0, len(answers), int(exceptions),
                           passed, skipped, dict(Counter(a.label for a in answers)), stopped,
