@@ -39,6 +39,7 @@ from chimuffin.labels import (
     merge_decisions,
     per_class,
     read_decisions,
+    read_path_labels,
 )
 from chimuffin.pages import PAGES_FILE, read_pages
 from chimuffin.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
@@ -50,10 +51,17 @@ from chimuffin.suggest import read_suggestions
 class Reviewer:
     """A simulated person: `pages` verifies review pages, `queue` answers review requests."""
     mode: str
-    truth: dict                 # path -> true label
-    truth_name: str             # the file it came from, for the commit message
+    truth_file: Path            # path,label file of true labels (read after each repro: the
+                                # sample stage writes one)
     budget_s: float             # simulated seconds per round
     cost: ReviewCost = ReviewCost()
+
+    def truth(self, classes: list[str]) -> dict[str, str]:
+        return read_path_labels(self.truth_file, classes, TRUTH_WHAT[self.mode])
+
+
+# how a missing truth file is named
+TRUTH_WHAT = {"pages": "reviewer's file of true labels", "queue": "oracle file"}
 
 
 @dataclass(frozen=True)
@@ -92,12 +100,13 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
     reviewed, review = [], None
     if cfg.reviewer:
         rv = cfg.reviewer
+        truth = rv.truth(cfg.classes)
         if rv.mode == "pages":
             pages = read_pages(cfg.suggest_dir / PAGES_FILE)
-            reviewed, review = review_pages(pages, rv.truth, decisions, rv.budget_s, rv.cost)
+            reviewed, review = review_pages(pages, truth, decisions, rv.budget_s, rv.cost)
         else:
             queue = pd.read_parquet(cfg.suggest_dir / "review_queue.parquet")
-            reviewed, review = answer_queue(queue, rv.truth, decisions, rv.budget_s, rv.cost)
+            reviewed, review = answer_queue(queue, truth, decisions, rv.budget_s, rv.cost)
         decisions, _ = merge_decisions(decisions, reviewed)
     accepted = None
     if cfg.auto:
@@ -143,7 +152,7 @@ def review_lines(review: ReviewResult, reviewer: Reviewer, total_s: float,
                  classes: list[str]) -> list[str]:
     what = (f"{review.pages} pages, {review.verified} images verified"
             if review.mode == "pages" else f"{review.verified} review requests answered")
-    return [f"Review session (simulated person answering from {reviewer.truth_name}; "
+    return [f"Review session (simulated person answering from {reviewer.truth_file.name}; "
             f"{reviewer.cost.describe()}):",
             f"  {what} ({per_class(labels_of(review), classes)}), "
             f"{review.exceptions} exceptions, {review.passed_over} passed over, "

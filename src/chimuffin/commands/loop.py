@@ -9,7 +9,6 @@ from chimuffin import paths
 from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
-from chimuffin.labels import read_path_labels
 from chimuffin.loop import AutoAccept, LoopConfig, Reviewer, repo_root, run_loop
 from chimuffin.simulated_review import ReviewCost
 
@@ -80,15 +79,18 @@ def check_args(args) -> None:
 
 
 def reviewer(args, classes: list[str]) -> Reviewer | None:
+    """The simulated person. Its truth file is read after each `dvc repro` (the sample stage
+    writes one); when it already exists it is checked now, before any round runs."""
     cost = ReviewCost()
     if args.reviewer:
-        truth = read_path_labels(args.reviewer, classes, "reviewer's file of true labels")
-        return Reviewer("pages", truth, Path(args.reviewer).name, args.minutes * 60.0, cost)
-    if args.oracle:
-        truth = read_path_labels(args.oracle, classes, "oracle file")
-        return Reviewer("queue", truth, Path(args.oracle).name, args.budget * cost.single_s,
-                        cost)
-    return None
+        rv = Reviewer("pages", Path(args.reviewer), args.minutes * 60.0, cost)
+    elif args.oracle:
+        rv = Reviewer("queue", Path(args.oracle), args.budget * cost.single_s, cost)
+    else:
+        return None
+    if rv.truth_file.exists():
+        rv.truth(classes)
+    return rv
 
 
 def run(args) -> int:
