@@ -69,7 +69,7 @@ REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
 ARMS = ("pages-confident", "pages-uncertain", "queue", "ceiling")
 SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
-WHOLE_POOL_MINUTES = 1e6  # "until every page is verified"
+WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},
                 "train": {"epochs": 1, "batch_size": 4, "threads": 1},
                 "evaluate": {"batch_size": 64}, "embed": {"batch_size": 64, "n_neighbors": 5},
@@ -252,13 +252,13 @@ def session(repo: Path, arm: str, minutes: float, truth_csv: Path, cost: ReviewC
     session's numbers come from the round's commit trailers."""
     loop = [sys.executable, "-m", "chimuffin.cli", "loop", "--rounds", "1"]
     if arm == "queue":
-        k = pool_size if minutes >= WHOLE_POOL_MINUTES else math.floor(minutes * 60 /
-                                                                        cost.single_s + 1e-9)
+        k = pool_size if math.isinf(minutes) else math.floor(minutes * 60 / cost.single_s
+                                                             + 1e-9)
         if k == 0:
             return {"seconds": 0.0, "pages": 0, "verified": 0, "exceptions": 0}
         loop += ["--oracle", str(truth_csv), "--budget", str(k)]
     else:
-        loop += ["--reviewer", str(truth_csv), "--minutes", f"{minutes:.6f}"]
+        loop += ["--reviewer", str(truth_csv), "--minutes", str(minutes)]
     sh(loop, repo)
     message, _ = sh(["git", "log", "-1", "--format=%B"], repo)
     t = parse_trailers(message)

@@ -254,12 +254,12 @@ def test_loop_reviewer_commits_each_round_with_its_session_and_stops_when_nothin
     assert subjects[:3] == [
         "loop round 3/5: val acc 0.7500 (n=8); +0 verified (0 pages, 0 exceptions), "
         "0.00 simulated min (total 0.10)",
-        "loop round 2/5: val acc 0.7500 (n=8); +2 verified (1 pages, 0 exceptions), "
+        "loop round 2/5: val acc 0.7500 (n=8); +2 verified (1 page, 0 exceptions), "
         "0.03 simulated min (total 0.10)",
-        "loop round 1/5: val acc 0.7500 (n=8); +3 verified (1 pages, 1 exceptions), "
+        "loop round 1/5: val acc 0.7500 (n=8); +3 verified (1 page, 1 exception), "
         "0.07 simulated min (total 0.07)"]
     first = git_log(repo, "%B").split("loop round 1/5")[1]
-    assert "1 pages, 3 images verified (chihuahua 2, muffin 1), 1 exceptions, 0 passed over" \
+    assert "1 page, 3 images verified (chihuahua 2, muffin 1), 1 exception, 0 passed over" \
         in first
     assert "4.2 s of a 5 s budget (0.07 simulated min); cumulative 0.07 min" in first
     assert "stopped: the next page (page 1, 2 images) needs 1.8 s and 0.6 s" in first
@@ -273,13 +273,15 @@ def test_loop_reviewer_commits_each_round_with_its_session_and_stops_when_nothin
                    "p/d.jpg": ("muffin", "oracle", "page 1 (muffin, page score 0.90)"),
                    "p/e.jpg": ("muffin", "oracle", "page 1 (muffin, page score 0.90)")}
     # a later loop keeps counting the simulated minutes from the last round's commit
-    p = loop_cli(repo, env, "--rounds", "1", "--reviewer", "truth.csv", "--minutes", "1")
-    assert "Review-Seconds-Total: 6.0" in git_log(repo, "%B").split("loop round 2/5")[0]
+    p = loop_cli(repo, env, "--rounds", "1", "--reviewer", "truth.csv", "--minutes", "inf")
+    last = git_log(repo, "%B").split("loop round 3/5")[0]
+    assert "Review-Seconds-Total: 6.0" in last and "0.0 s of an unlimited budget" in last
 
 
 @pytest.mark.parametrize("args,message", [
     ([], "nothing would add labels: give --reviewer CSV --minutes M"),
     (["--reviewer", "truth.csv"], "--reviewer needs --minutes M > 0"),
+    (["--reviewer", "truth.csv", "--minutes", "nan"], "--reviewer needs --minutes M > 0"),
     (["--minutes", "3"], "--minutes needs --reviewer"),
     (["--reviewer", "truth.csv", "--minutes", "3", "--oracle", "truth.csv", "--budget", "2"],
      "choose one"),

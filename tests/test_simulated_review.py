@@ -50,6 +50,8 @@ def test_a_budget_that_covers_every_page_reviews_the_whole_pool():
     assert {d.path: d.label for d in new}["g"] == "muffin"  # the wrong auto label is fixed
     assert r.reason.startswith("all 4 pages were reviewed")
     assert review_pages(PAGES, TRUTH, DECIDED, 0.0)[1].reason.startswith("the next page (page 0")
+    _, r = review_pages(PAGES, TRUTH, DECIDED, budget_seconds=float("inf"))
+    assert r.pages == 3 and r.reason == "all 4 pages were reviewed"
     none, r = review_pages(PAGES.iloc[:0], TRUTH, [], 60.0)
     assert none == [] and r.seconds == 0 and "no review pages" in r.reason
 
@@ -86,6 +88,7 @@ def test_a_queue_that_runs_dry_says_why():
     answers, r = answer_queue(QUEUE, ORACLE, person, budget_seconds=500 * 3.0)
     assert [a.path for a in answers] == ["a", "d", "f"] and r.seconds == 9.0
     assert r.stopped == "exhausted"
+    assert answer_queue(QUEUE, ORACLE, person, float("inf"))[1].reason == r.reason
     assert r.reason == ("the review queue held 6 requests (suggest.queue_size); 2 already "
                         "answered, 1 not in the truth file; raise suggest.queue_size to ask "
                         "more")

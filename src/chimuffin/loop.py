@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import signal
 import subprocess
@@ -148,16 +149,24 @@ def parse_trailers(message: str) -> dict[str, str]:
     return dict(m.groups() for m in re.finditer(r"^([A-Za-z-]+): (.*)$", last, re.MULTILINE))
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def budget_text(budget_s: float) -> str:
+    return "an unlimited budget" if math.isinf(budget_s) else f"a {budget_s:.0f} s budget"
+
+
 def review_lines(review: ReviewResult, reviewer: Reviewer, total_s: float,
                  classes: list[str]) -> list[str]:
-    what = (f"{review.pages} pages, {review.verified} images verified"
+    what = (f"{plural(review.pages, 'page')}, {review.verified} images verified"
             if review.mode == "pages" else f"{review.verified} review requests answered")
     return [f"Review session (simulated person answering from {reviewer.truth_file.name}; "
             f"{reviewer.cost.describe()}):",
             f"  {what} ({per_class(labels_of(review), classes)}), "
-            f"{review.exceptions} exceptions, {review.passed_over} passed over, "
+            f"{plural(review.exceptions, 'exception')}, {review.passed_over} passed over, "
             f"{review.skipped} already decided by a person",
-            f"  {review.seconds:.1f} s of a {review.budget_s:.0f} s budget "
+            f"  {review.seconds:.1f} s of {budget_text(review.budget_s)} "
             f"({review.minutes:.2f} simulated min); cumulative {total_s / 60:.2f} min",
             f"  stopped: {review.reason}"]
 
@@ -172,8 +181,8 @@ def round_message(r: int, rounds: int, metrics: dict, clean_summary: dict,
     added, body, trailers = [], [], []
     review = labels.review
     if review and review.mode == "pages":
-        added.append(f"+{review.verified} verified ({review.pages} pages, "
-                     f"{review.exceptions} exceptions)")
+        added.append(f"+{review.verified} verified ({plural(review.pages, 'page')}, "
+                     f"{plural(review.exceptions, 'exception')})")
     elif review:
         added.append(f"+{review.verified} oracle")
     if review:
@@ -321,8 +330,9 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
     total_s = progress["review_s"] + (labels.review.seconds if labels.review else 0.0)
     if labels.review:
         rv = labels.review
-        what = (f"verified {rv.verified} images on {rv.pages} pages ({rv.exceptions} "
-                f"exceptions, {rv.passed_over} passed over)" if rv.mode == "pages" else
+        what = (f"verified {rv.verified} images on {plural(rv.pages, 'page')} "
+                f"({plural(rv.exceptions, 'exception')}, {rv.passed_over} passed over)"
+                if rv.mode == "pages" else
                 f"answered {rv.verified} review requests ({rv.passed_over} passed over: not "
                 "in the truth file)")
         print(f"loop: the simulated reviewer {what} in {rv.minutes:.2f} simulated min "

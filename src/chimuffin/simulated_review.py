@@ -8,6 +8,8 @@ The cost model (ReviewCost; the defaults are what benchmarks and `chimuffin loop
   lacks gets no label: it is passed over, and charged as an exception (the person looked twice).
 - a single-image answer (the review queue): 3 s.
 
+A budget of math.inf seconds means "until every page (or request) is done".
+
 Images a person-like source (human, 3lc, oracle) already decided are skipped: not shown, not
 charged. A page is all or nothing: the session stops before the first page that does not fit in
 what is left of the budget. Every label given has source `oracle` (a simulated person).
@@ -113,8 +115,9 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
         elif not shown_pages:
             reason = f"every image on the {n} pages is already decided by a person"
         else:
-            reason = (f"all {n} pages were reviewed ({budget_seconds - used:.1f} s of the "
-                      f"{budget_seconds:.0f} s budget left)")
+            reason = f"all {n} pages were reviewed" + (
+                "" if math.isinf(budget_seconds) else
+                f" ({budget_seconds - used:.1f} s of the {budget_seconds:.0f} s budget left)")
     result = ReviewResult("pages", budget_seconds, round(used, 6), shown_pages, len(new),
                           exceptions, passed, skipped, dict(Counter(d.label for d in new)),
                           stopped, reason)
@@ -128,8 +131,8 @@ def answer_queue(queue: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
     lasts. Requests the truth file cannot answer are passed over at no cost (a simulation can
     only answer what it knows); images a person already decided are not asked again."""
     done = person_decided(decisions)
-    max_answers = math.floor(budget_seconds / cost.single_s + EPS) if cost.single_s > 0 \
-        else len(queue)
+    max_answers = len(queue) if math.isinf(budget_seconds) or cost.single_s <= 0 else \
+        math.floor(budget_seconds / cost.single_s + EPS)
     answers: list[Decision] = []
     exceptions, passed, skipped = 0, 0, 0
     stopped = "exhausted"
@@ -147,7 +150,7 @@ def answer_queue(queue: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
         answers.append(Decision(row.path, truth[row.path], "oracle",
                                 f"review request {row.rank} ({row.kind})"))
     seconds = len(answers) * cost.single_s
-    if len(answers) >= max_answers:
+    if len(answers) >= max_answers and not math.isinf(budget_seconds):
         stopped = "budget"
     if stopped == "budget":
         reason = (f"the budget paid for {max_answers} answers ({cost.single_s:g} s each)")

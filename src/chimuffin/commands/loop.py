@@ -31,8 +31,8 @@ def register(sub) -> None:
                      help="path,label (or relative_path,label) file of true labels; the person "
                      "verifies review pages in order (default: %(default)s)")
     who.add_argument("--minutes", type=float, default=None, metavar="M",
-                     help="simulated minutes of page review per round, with --reviewer "
-                     "(default: %(default)s)")
+                     help="simulated minutes of page review per round, with --reviewer; "
+                     "inf = until every page is verified (default: %(default)s)")
     who.add_argument("--oracle", metavar="CSV", default=None,
                      help="path,label (or relative_path,label) file of true labels; the person "
                      "answers review requests one at a time (default: %(default)s)")
@@ -63,8 +63,9 @@ def check_args(args) -> None:
     if args.reviewer and args.oracle:
         raise UserError("--reviewer (pages) and --oracle (review requests) are two ways to "
                         "simulate one person: choose one")
-    if args.reviewer and (args.minutes is None or args.minutes <= 0):
-        raise UserError("--reviewer needs --minutes M > 0 (simulated minutes per round)")
+    if args.reviewer and not (args.minutes is not None and args.minutes > 0):
+        raise UserError("--reviewer needs --minutes M > 0 (simulated minutes per round; inf: "
+                        "until every page is verified)")
     if args.minutes is not None and not args.reviewer:
         raise UserError("--minutes needs --reviewer (the file of true labels)")
     if args.budget < 0:
