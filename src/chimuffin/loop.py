@@ -106,7 +106,7 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
             pages = read_pages(cfg.suggest_dir / PAGES_FILE)
             reviewed, review = review_pages(pages, truth, decisions, rv.budget_s, rv.cost)
         else:
-            queue = pd.read_parquet(cfg.suggest_dir / "review_queue.parquet")
+            queue = read_queue(cfg.suggest_dir / "review_queue.parquet")
             reviewed, review = answer_queue(queue, truth, decisions, rv.budget_s, rv.cost)
         decisions, _ = merge_decisions(decisions, reviewed)
     accepted = None
@@ -116,6 +116,12 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
         decisions, accepted = accept(decisions, suggestions, a.min_score, a.require_agreement,
                                      a.per_class_cap)
     return RoundLabels(decisions, reviewed, review, accepted)
+
+
+def read_queue(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path}: review queue not found (run `dvc repro suggest`)")
+    return pd.read_parquet(path)
 
 
 def labels_of(review: ReviewResult) -> list[str]:
