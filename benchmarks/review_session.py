@@ -300,15 +300,16 @@ def run_ceiling(repo: Path, data: Data, classes: list[str]) -> Checkpoint:
 # --- reporting --------------------------------------------------------------------------------
 
 HEADER = (f"{'arm':<16} {'human-min':>9} {'pages':>6} {'verified':>8} {'exc':>5} "
-          f"{'train':>6}  {'val acc [95% CI]':<24} {'repro':>7}")
+          f"{'train':>6}  {'val acc [95% CI]':<24} {'repro':>7}    labels by source")
 
 
 def row_line(r: Checkpoint) -> str:
     minutes = "-" if math.isnan(r.minutes) else f"{r.minutes:.1f}"
-    ran = "" if r.trained else " (cached)"
+    ran = "  " if r.trained else "c "
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(r.sources.items())) or "-"
     return (f"{r.arm:<16} {minutes:>9} {r.pages:>6} {r.verified:>8} {r.exceptions:>5} "
             f"{r.train_images:>6}  {r.accuracy:.4f} [{r.lo:.4f}, {r.hi:.4f}] "
-            f"{r.repro_s / 60:6.1f}m{ran}")
+            f"{r.repro_s / 60:6.1f}m{ran}  {sources}")
 
 
 def table(rows: list[Checkpoint]) -> str:
@@ -316,7 +317,8 @@ def table(rows: list[Checkpoint]) -> str:
                       "human-min: cumulative simulated minutes; verified: images the person "
                       "labeled; exc: exceptions marked; train: labeled training images; val acc: "
                       "final weights on the reviewed validation images; repro: `dvc repro` wall "
-                      "time ((cached): the train stage did not run)"])
+                      "time (c: the train stage did not run: up to date or restored from the "
+                      "DVC cache)"])
 
 
 def plot(rows: list[Checkpoint], path: Path) -> None:
