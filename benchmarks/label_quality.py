@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chimuffin.labels import Decision, read_decisions, write_decisions
-from chimuffin.loop import commit_round, read_oracle
-from chimuffin.suggest import accept
+from chimuffin.accept import accept
+from chimuffin.labels import Decision, read_decisions, read_path_labels, write_decisions
+from chimuffin.loop import commit_round
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["chihuahua", "muffin"]
@@ -161,7 +161,7 @@ def main() -> None:
     truth_csv = args.truth or data / "reviewed_labels.csv"
     if not (data / "train128").is_dir() or not truth_csv.is_file():
         sys.exit(f"{data}: real data not found (train128/ and {truth_csv.name})")
-    truth = read_oracle(truth_csv, CLASSES)
+    truth = read_path_labels(truth_csv, CLASSES, "truth file")
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="chimuffin-label-quality-"))
     repo = work / "repo"

@@ -42,8 +42,10 @@ chimuffin labels accept --min-score "$min_score" --require-agreement
 python - "$data/reviewed_labels.csv" "$min_score" <<'PY'
 import sys
 import pandas as pd
+from chimuffin.config import load_params
+from chimuffin.labels import read_path_labels
 from chimuffin.metrics import wilson_interval
-truth = pd.read_csv(sys.argv[1]).set_index("relative_path")["label"]
+truth = pd.Series(read_path_labels(sys.argv[1], load_params().base.classes))
 s = pd.read_parquet("data/suggest/suggestions.parquet")
 s = s[s["path"].isin(truth.index)]
 ok = s[(s["score"] >= float(sys.argv[2])) & s["agree"]]

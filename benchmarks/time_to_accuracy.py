@@ -61,6 +61,7 @@ from chimuffin.labels import (
     dedupe_identical,
     merge_decisions,
     read_decisions,
+    read_path_labels,
     write_decisions,
 )
 from chimuffin.metrics import mcnemar_exact, wilson_interval
@@ -73,12 +74,16 @@ REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
 
 # --- the protocol's data ----------------------------------------------------------------------
 
-def split_reviewed(reviewed: Path, n_train: int, max_val: int | None, seed: int
-                   ) -> tuple[list[Decision], dict[str, str]]:
+def label_rows(path: Path, classes: list[str]) -> list[tuple[str, str]]:
+    """(path, label) rows of a path,label file (reviewed_labels.csv, pool_labels.csv), sorted."""
+    return sorted(read_path_labels(path, classes).items())
+
+
+def split_reviewed(reviewed: Path, n_train: int, max_val: int | None, seed: int,
+                   classes: list[str]) -> tuple[list[Decision], dict[str, str]]:
     """Seeded shuffle of reviewed_labels.csv: the first n_train rows become oracle decisions
     (training), the rest (at most max_val) the validation list. Disjoint by construction."""
-    with open(reviewed, newline="", encoding="utf-8") as f:
-        rows = sorted((r["relative_path"], r["label"]) for r in csv.DictReader(f))
+    rows = label_rows(reviewed, classes)
     if n_train >= len(rows):
         raise UserError(f"--train-reviewed {n_train} leaves no validation rows "
                         f"({reviewed} has {len(rows)})")
@@ -89,18 +94,14 @@ def split_reviewed(reviewed: Path, n_train: int, max_val: int | None, seed: int
     return decisions, dict(sorted(val))
 
 
-def split_pool(pool_labels: Path, reviewed: Path, max_val: int | None
+def split_pool(pool_labels: Path, reviewed: Path, max_val: int | None, classes: list[str]
                ) -> tuple[list[Decision], dict[str, str]]:
     """The labeled-pool protocol: every pool_labels.csv row NOT in reviewed_labels.csv becomes an
     oracle decision (training); the reviewed rows (at most max_val, in path order) validate."""
-    def rows(path: Path) -> list[tuple[str, str]]:
-        with open(path, newline="", encoding="utf-8") as f:
-            return sorted((r["relative_path"], r["label"]) for r in csv.DictReader(f))
-
-    reviewed_rows = rows(reviewed)
+    reviewed_rows = label_rows(reviewed, classes)
     held_out = {p for p, _ in reviewed_rows}  # never trained, even the rows --max-val leaves out
     val = dict(reviewed_rows[:max_val])
-    train = [(p, lbl) for p, lbl in rows(pool_labels) if p not in held_out]
+    train = [(p, lbl) for p, lbl in label_rows(pool_labels, classes) if p not in held_out]
     decisions = [Decision(p, lbl, "oracle", "pool_labels.csv") for p, lbl in train]
     return decisions, val
 
@@ -312,10 +313,11 @@ def main(argv=None) -> int:
         pool_labels = args.data / "pool_labels.csv"
         if not pool_labels.is_file():
             raise UserError(f"{pool_labels} not found (needed by --protocol pool)")
-        decisions, validation = split_pool(pool_labels, reviewed, args.max_val)
+        decisions, validation = split_pool(pool_labels, reviewed, args.max_val,
+                                           first.base.classes)
     else:
         decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
-                                               first.base.seed)
+                                               first.base.seed, first.base.classes)
     if args.export_split:
         export_split(args.export_split, decisions, args.export_val, first.base.seed)
         print(f"wrote {len(decisions) - args.export_val} oracle decisions and {args.export_val}"

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from chimuffin import atomic
 from chimuffin.cli import main
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions, read_decisions
-from chimuffin.loop import (
-    commit_round,
-    deferred_signals,
-    oracle_answers,
-    parse_oracle,
-    sigterm_as_interrupt,
+from chimuffin.labels import (
+    Decision,
+    format_decisions,
+    parse_decisions,
+    read_decisions,
+    read_path_labels,
 )
+from chimuffin.loop import commit_round, deferred_signals, parse_trailers, sigterm_as_interrupt
 from tests.helpers.repo import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]
@@ -86,33 +87,6 @@ def test_labels_accept_names_missing_suggestions(tmp_path, capsys):
     assert "nope.parquet: suggestions not found (run `dvc repro suggest`)" in \
         capsys.readouterr().err
     assert not (tmp_path / "d.csv").exists()
-
-
-def test_oracle_file_formats_and_errors():
-    assert parse_oracle("relative_path,label\na.jpg,muffin\n", CLASSES, "o.csv") == \
-        {"a.jpg": "muffin"}
-    assert parse_oracle("\ufeffpath,label\r\nb.jpg,chihuahua\r\n", CLASSES, "o.csv") == \
-        {"b.jpg": "chihuahua"}
-    with pytest.raises(UserError, match="o.csv: row 2: unknown label 'cat'"):
-        parse_oracle("relative_path,label\na.jpg,cat\n", CLASSES, "o.csv")
-    with pytest.raises(UserError, match="o.csv: row 1 .header."):
-        parse_oracle("file,label\n", CLASSES, "o.csv")
-    with pytest.raises(UserError, match="row 2: path '../a.jpg'"):
-        parse_oracle("relative_path,label\n../a.jpg,muffin\n", CLASSES, "o.csv")
-
-
-def test_oracle_answers_top_requests_it_knows_and_never_overrides_a_person():
-    queue = pd.DataFrame({"rank": [3, 1, 2, 4, 5], "path": ["c", "a", "b", "d", "e"],
-                          "kind": ["pool"] * 4 + ["label_issue"]})
-    oracle = {"a": "muffin", "c": "chihuahua", "d": "muffin", "e": "chihuahua"}
-    person = [Decision("c", "remove", "human"), Decision("e", "muffin", "oracle"),
-              Decision("d", "chihuahua", "auto")]
-    answers, passed = oracle_answers(queue, oracle, person, budget=2)
-    assert [(a.path, a.label, a.source) for a in answers] == [("a", "muffin", "oracle"),
-                                                              ("d", "muffin", "oracle")]
-    assert passed == 1  # b: not in the oracle file
-    answers, _ = oracle_answers(queue, oracle, [], budget=10)
-    assert [a.path for a in answers] == ["a", "c", "d", "e"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -229,3 +203,126 @@ def test_loop_interrupted_in_round_two_keeps_round_one_and_nothing_else(tmp_path
                           capture_output=True, text=True).stdout == ""
     assert [d.path for d in read_decisions(repo / "labels.csv", CLASSES)] == ["p/a.jpg",
                                                                               "p/b.jpg"]
+
+
+def git_log(repo, fmt="%s"):
+    return subprocess.run(["git", "log", f"--format={fmt}"], cwd=repo, capture_output=True,
+                          text=True).stdout
+
+
+def reviewer_repo(tmp_path):
+    """A git repo with this round's outputs already in place and a `dvc` that does nothing."""
+    repo = git_repo(tmp_path / "r")
+    (repo / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    rows = [(0, "chihuahua", ["p/a.jpg", "p/b.jpg", "p/c.jpg"]), (1, "muffin", ["p/d.jpg",
+                                                                               "p/e.jpg"])]
+    atomic.write_parquet(repo / "data/suggest/pages.parquet", pd.DataFrame(
+        [{"page": page, "position": i, "path": p, "label": label, "score": 0.9,
+          "page_score": 0.9, "model_label": label, "knn_label": label, "agree": True}
+         for page, label, paths in rows for i, p in enumerate(paths)]))
+    atomic.write_json(repo / "metrics/eval/metrics.json", {"val": {"accuracy": 0.75, "n": 8}})
+    atomic.write_json(repo / "data/clean/summary.json", {"by_split_label": {}})
+    # the header real-data truth files use, and a BOM
+    (repo / "truth.csv").write_text("\ufeffrelative_path,label\np/a.jpg,chihuahua\n"
+                                    "p/b.jpg,muffin\np/c.jpg,chihuahua\np/d.jpg,muffin\n"
+                                    "p/e.jpg,muffin\n", encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dvc").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "dvc").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return repo, env
+
+
+def loop_cli(repo, env, *args):
+    return subprocess.run([sys.executable, "-m", "chimuffin.cli", "loop", "--decisions",
+                           "labels.csv", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_loop_reviewer_commits_each_round_with_its_session_and_stops_when_nothing_is_left(
+        tmp_path):
+    repo, env = reviewer_repo(tmp_path)
+    # page 0: 1 + 3 x 0.4 + 2 (b is an exception) = 4.2 s; page 1: 1 + 2 x 0.4 = 1.8 s.
+    # 0.08 min = 4.8 s: round 1 reviews page 0 only; round 2 (page 0 now decided) page 1.
+    p = loop_cli(repo, env, "--rounds", "5", "--reviewer", "truth.csv", "--minutes", "0.08")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "loop: round 3 added no labels (the reviewer verified nothing: every image on the 2 " \
+        "pages is already decided by a person); stopping" in p.stdout
+    assert "loop: 3 round(s) committed" in p.stdout
+    subjects = git_log(repo).splitlines()
+    assert subjects[:3] == [
+        "loop round 3/5: val acc 0.7500 (n=8); +0 verified (0 pages, 0 exceptions), "
+        "0.00 simulated min (total 0.10)",
+        "loop round 2/5: val acc 0.7500 (n=8); +2 verified (1 page, 0 exceptions), "
+        "0.03 simulated min (total 0.10)",
+        "loop round 1/5: val acc 0.7500 (n=8); +3 verified (1 page, 1 exception), "
+        "0.07 simulated min (total 0.07)"]
+    first = git_log(repo, "%B").split("loop round 1/5")[1]
+    assert "1 page, 3 images verified (chihuahua 2, muffin 1), 1 exception, 0 passed over" \
+        in first
+    assert "4.2 s of a 5 s budget (0.07 simulated min); cumulative 0.07 min" in first
+    assert "stopped: the next page (page 1, 2 images) needs 1.8 s and 0.6 s" in first
+    assert "Review-Verified: 3\nReview-Exceptions: 1\nReview-Passed-Over: 0\n" \
+        "Review-Seconds: 4.2\nReview-Seconds-Total: 4.2" in first
+    got = {d.path: (d.label, d.source, d.note) for d in read_decisions(repo / "labels.csv",
+                                                                       CLASSES)}
+    assert got == {"p/a.jpg": ("chihuahua", "oracle", "page 0 (chihuahua, page score 0.90)"),
+                   "p/b.jpg": ("muffin", "oracle", "page 0 exception"),
+                   "p/c.jpg": ("chihuahua", "oracle", "page 0 (chihuahua, page score 0.90)"),
+                   "p/d.jpg": ("muffin", "oracle", "page 1 (muffin, page score 0.90)"),
+                   "p/e.jpg": ("muffin", "oracle", "page 1 (muffin, page score 0.90)")}
+    # a later loop keeps counting the simulated minutes from the last round's commit
+    p = loop_cli(repo, env, "--rounds", "1", "--reviewer", "truth.csv", "--minutes", "inf")
+    last = git_log(repo, "%B").split("loop round 3/5")[0]
+    assert "Review-Seconds-Total: 6.0" in last and "0.0 s of an unlimited budget" in last
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "nothing would add labels: give --reviewer CSV --minutes M"),
+    (["--reviewer", "truth.csv"], "--reviewer needs --minutes M > 0"),
+    (["--reviewer", "truth.csv", "--minutes", "nan"], "--reviewer needs --minutes M > 0"),
+    (["--minutes", "3"], "--minutes needs --reviewer"),
+    (["--reviewer", "truth.csv", "--minutes", "3", "--oracle", "truth.csv", "--budget", "2"],
+     "choose one"),
+    (["--oracle", "truth.csv"], "--oracle needs --budget K > 0"),
+    (["--per-class-cap", "3", "--reviewer", "truth.csv", "--minutes", "1"],
+     "--require-agreement and --per-class-cap need --min-score"),
+    (["--reviewer", "nope.csv", "--minutes", "1"],
+     "nope.csv: reviewer's file of true labels not found"),
+])
+def test_loop_refuses_unclear_options_before_running_anything(tmp_path, args, message):
+    repo, env = reviewer_repo(tmp_path)
+    p = loop_cli(repo, env, "--rounds", "1", *args)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert git_log(repo).splitlines() == ["init"]
+
+
+@pytest.mark.slow
+def test_loop_with_a_simulated_reviewer_on_the_sample(tiny_repo):
+    repo = tiny_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["suggest"]["page_size"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "pages of 3"], repo)
+    p = run(["python", "-m", "chimuffin.cli", "loop", "--rounds", "2", "--reviewer",
+             "data/raw/sample/pool_labels.csv", "--minutes", "0.1"], repo, timeout=1200)
+    assert "loop: 2 round(s) committed" in p.stdout, p.stdout + p.stderr
+    messages = [m for m in run(["git", "log", "--format=%B%x00"], repo).stdout.split("\0")
+                if m.strip().startswith("loop round")]
+    assert len(messages) == 2
+    trailers = [parse_trailers(m) for m in reversed(messages)]
+    seconds = [float(t["Review-Seconds"]) for t in trailers]
+    assert all(0 < s <= 6.0 for s in seconds)  # 0.1 min, pages all or nothing
+    assert float(trailers[1]["Review-Seconds-Total"]) == pytest.approx(sum(seconds))
+    truth = read_path_labels(repo / "data/raw/sample/pool_labels.csv", CLASSES)
+    rows = read_decisions(repo / "data/labels/decisions.csv", CLASSES)
+    assert rows and all(d.source == "oracle" and d.label == truth[d.path]
+                        and d.note.startswith("page ") for d in rows)
+    assert len(rows) == sum(int(t["Review-Verified"]) for t in trailers)
+    # round 2 reviewed pages built without the images round 1 labeled
+    round1 = run(["git", "show", "HEAD~1:data/labels/decisions.csv"], repo).stdout
+    pages = pd.read_parquet(repo / "data/suggest/pages.parquet")
+    assert {d.path for d in parse_decisions(round1, CLASSES)}.isdisjoint(pages["path"])
+    changed = run(["git", "show", "--name-only", "--format=", "HEAD"], repo).stdout.split()
+    assert set(changed) == {"data/labels/decisions.csv", "dvc.lock"}

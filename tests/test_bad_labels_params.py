@@ -15,9 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chimuffin.config import Params, as_dict, load_params, parse_params
-from chimuffin.data.prepare import parse_validation_labels
 from chimuffin.errors import UserError
-from chimuffin.labels import SOURCES, allowed_labels, check_relative_path, parse_decisions
+from chimuffin.labels import (
+    SOURCES,
+    allowed_labels,
+    check_relative_path,
+    parse_decisions,
+    parse_path_labels,
+)
 from tests.helpers.badinput import (
     CLASSES,
     error_line,
@@ -230,7 +235,7 @@ def test_decisions_parser_loads_or_raises_user_error(header, rows, sep, newline,
 @given(text=st.text(max_size=200))
 def test_decisions_and_validation_parsers_take_any_text(text):
     for parse in (lambda t: parse_decisions(t, CLASSES, "d.csv"),
-                  lambda t: parse_validation_labels(t, CLASSES, "v.csv")):
+                  lambda t: parse_path_labels(t, CLASSES, "v.csv")):
         try:
             parse(text)
         except UserError:

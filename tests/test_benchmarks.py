@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -9,10 +10,13 @@ import pytest
 from chimuffin.errors import UserError
 from tests.helpers.repo import REPO
 
+CLASSES = ["chihuahua", "muffin"]
+
 
 def load(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -22,19 +26,23 @@ def test_reviewed_rows_split_into_disjoint_oracle_and_validation(tmp_path):
     f = tmp_path / "reviewed_labels.csv"
     rows = [(f"train128/undefined/u_{i:012x}.jpg", "chihuahua" if i % 3 else "muffin")
             for i in range(30)]
-    f.write_text("relative_path,label\n" + "".join(f"{p},{lbl}\n" for p, lbl in rows))
-    decisions, validation = tta.split_reviewed(f, 12, None, seed=0)
+    # a BOM, as spreadsheet tools write: read through the one path,label parser
+    f.write_text("\ufeffrelative_path,label\n" + "".join(f"{p},{lbl}\n" for p, lbl in rows))
+    decisions, validation = tta.split_reviewed(f, 12, None, 0, CLASSES)
     assert len(decisions) == 12 and len(validation) == 18
     assert {d.path for d in decisions}.isdisjoint(validation)
     assert {d.path for d in decisions} | set(validation) == {p for p, _ in rows}
     truth = dict(rows)
     assert all(d.source == "oracle" and d.label == truth[d.path] for d in decisions)
     assert all(truth[p] == lbl for p, lbl in validation.items())
-    _, capped = tta.split_reviewed(f, 12, 5, seed=0)
+    _, capped = tta.split_reviewed(f, 12, 5, 0, CLASSES)
     assert len(capped) == 5 and set(capped) <= set(validation)
-    assert tta.split_reviewed(f, 12, None, seed=0)[0] == decisions  # seeded
+    assert tta.split_reviewed(f, 12, None, 0, CLASSES)[0] == decisions  # seeded
     with pytest.raises(UserError, match="leaves no validation rows"):
-        tta.split_reviewed(f, 30, None, seed=0)
+        tta.split_reviewed(f, 30, None, 0, CLASSES)
+    f.write_text("relative_path,label\na.jpg,cat\n")
+    with pytest.raises(UserError, match="reviewed_labels.csv: row 2: unknown label 'cat'"):
+        tta.split_reviewed(f, 1, None, 0, CLASSES)
 
 
 def test_recipes_are_named_by_name_or_yaml_path():
@@ -157,3 +165,63 @@ def test_train_throughput_refuses_an_unknown_precision():
     with pytest.raises(SystemExit, match=r"'64:fused:96:bf61'.*bf16 or fp32, not 'bf61'"):
         tp.ChimuffinPath(np.zeros((1, 3, 8, 8), np.uint8), [0], None, "64:fused:96:bf61", 2,
                          [16], 0.3)
+
+
+def test_review_session_params_keep_the_protocol_whatever_the_overrides(tmp_path):
+    import yaml
+
+    rs = load("review_session")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    sets = [rs.parse_set("train.epochs=3"), rs.parse_set("prepare.val_fraction=0.5"),
+            rs.parse_set("train.augment.resize=144")]
+    fast = rs.recipe_train("fast", base)
+    p = rs.arm_params(base, fast, sets, tmp_path, "pages-uncertain", smoke=False)
+    assert p["train"]["epochs"] == 3 and p["train"]["augment"]["resize"] == 144
+    assert p["train"]["batch_size"] == fast["batch_size"]
+    assert p["prepare"] == {"data_dir": str(tmp_path), "val_fraction": 0.0}  # protocol wins
+    assert p["train"]["keep"] == "last" and p["tlc"]["enabled"] is False
+    assert p["suggest"]["page_order"] == "uncertain"
+    q = rs.arm_params(base, base["train"], [], tmp_path, "queue", smoke=False)
+    assert q["suggest"]["queue_size"] == 1_000_000 and q["train"] == {**base["train"],
+                                                                       "keep": "last"}
+    with pytest.raises(UserError, match="unknown key train.epoch"):
+        rs.arm_params(base, fast, [rs.parse_set("train.epoch=3")], tmp_path, "queue", False)
+    with pytest.raises(UserError, match="GROUP.KEY=VALUE"):
+        rs.parse_set("epochs=3")
+    with pytest.raises(UserError, match="no `train:` group"):
+        rs.recipe_train("nope", base)
+
+
+def test_review_session_names_missing_data(tmp_path, capsys):
+    rs = load("review_session")
+    (tmp_path / "data/train128").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"{tmp_path / 'data' / 'reviewed_labels.csv'} not found"):
+        rs.main(["--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "w")])
+    with pytest.raises(UserError, match="nowhere/train128 not found"):
+        rs.main(["--data", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "w")])
+
+
+@pytest.mark.slow
+def test_review_session_smoke(tmp_path, capsys):
+    """The whole protocol on the sample generator: pages, queue and ceiling arms."""
+    rs = load("review_session")
+    out = tmp_path / "out"
+    assert rs.main(["--smoke", "--arms", "pages-uncertain", "queue", "ceiling", "--schedule",
+                    "0", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
+    result = json.loads((out / "review_session.json").read_text())
+    assert (out / "review_session.png").stat().st_size > 0
+    rows = {(r["arm"], i): r for i, r in enumerate(result["checkpoints"])}
+    arms = [r["arm"] for r in result["checkpoints"]]
+    assert arms == ["pages-uncertain", "pages-uncertain", "queue", "queue", "ceiling"]
+    pool = result["pool_images"]
+    start, whole = rows[("pages-uncertain", 0)], rows[("pages-uncertain", 1)]
+    assert start["minutes"] == 0 and start["verified"] == 0 and start["sources"] == {}
+    # the whole pool verified, every label from the simulated person, at the cost model's price
+    assert whole["verified"] == pool == whole["sources"]["oracle"]
+    assert whole["minutes"] == pytest.approx(
+        (whole["pages"] * 1.0 + pool * 0.4 + whole["exceptions"] * 2.0) / 60)
+    assert rows[("queue", 3)]["minutes"] == pytest.approx(pool * 3.0 / 60)
+    ceiling = rows[("ceiling", 4)]
+    assert ceiling["minutes"] is None and ceiling["train_images"] == whole["train_images"]
+    assert all(r["n"] == result["validation_images"] for r in result["checkpoints"])
+    assert "cpu: " in capsys.readouterr().out

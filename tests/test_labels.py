@@ -9,6 +9,8 @@ from chimuffin.labels import (
     format_decisions,
     merge_decisions,
     parse_decisions,
+    parse_path_labels,
+    read_path_labels,
     remove_decisions,
 )
 
@@ -87,3 +89,38 @@ def test_remove_decisions_drops_only_the_named_paths():
     kept, removed = remove_decisions(old, ["b", "not-decided"])
     assert (kept, removed) == ([Decision("a", "muffin", "human")], 1)
     assert remove_decisions(old, []) == (old, 0)
+# --- path,label files: validation.csv and the true-label files ------------------------------
+
+def test_path_label_files_take_either_header_a_bom_and_blank_rows():
+    assert parse_path_labels("relative_path,label\na.jpg,muffin\n", CLASSES, "o.csv") == \
+        {"a.jpg": "muffin"}
+    assert parse_path_labels("\ufeffpath,label\r\nb.jpg,chihuahua\r\n\r\n c.jpg , muffin\r\n",
+                             CLASSES, "v.csv") == {"b.jpg": "chihuahua", "c.jpg": "muffin"}
+    assert parse_path_labels("path,label\n", CLASSES, "v.csv") == {}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "o.csv: row 1 (header): expected 'path,label' or 'relative_path,label'"),
+    ("file,label\na.jpg,muffin\n", "o.csv: row 1 (header): expected"),
+    ("path,label\na.jpg,cat\n", "o.csv: row 2: unknown label 'cat' for a.jpg; allowed: "
+     "chihuahua, muffin"),
+    ("path,label\na.jpg,undefined\n", "o.csv: row 2: unknown label 'undefined'"),
+    ("relative_path,label\n../a.jpg,muffin\n", "o.csv: row 2: path '../a.jpg': path contains"),
+    ("path,label\n/a.jpg,muffin\n", "o.csv: row 2: path '/a.jpg': absolute path"),
+    ("path,label\na.jpg,muffin,extra\n", "o.csv: row 2: expected 2 fields (path,label), got 3"),
+    ("path,label\na.jpg,muffin\n\na.jpg,chihuahua\n",
+     "o.csv: row 4: duplicate row for a.jpg (first at row 2)"),
+])
+def test_path_label_files_name_the_file_and_row_of_a_bad_line(text, message):
+    with pytest.raises(UserError) as e:
+        parse_path_labels(text, CLASSES, "o.csv")
+    assert message in str(e.value)
+
+
+def test_reading_a_path_label_file_names_what_is_missing(tmp_path):
+    with pytest.raises(UserError, match="nope.csv: oracle file not found"):
+        read_path_labels(tmp_path / "nope.csv", CLASSES, "oracle file")
+    f = tmp_path / "v.csv"
+    f.write_bytes(b"path,label\n\xff.jpg,muffin\n")
+    with pytest.raises(UserError, match="v.csv: not UTF-8 text"):
+        read_path_labels(f, CLASSES)

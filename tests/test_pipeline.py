@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from chimuffin.pages import PAGE_SCHEMA
 from tests.helpers.repo import guarded_env, run
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,10 @@ def test_repro_status_determinism_experiments_and_diffs(tiny_repo, tmp_path):
     assert len(pred) == len(clean) and (pred["label"] == "undefined").sum() == 10
     emb = pd.read_parquet(repo / "data/embed/pacmap.parquet")
     assert len(emb) == len(clean) and {"x", "y", "x3", "y3", "z3"} <= set(emb.columns)
+    pages = pd.read_parquet(repo / "data/suggest/pages.parquet")  # what the review page reads
+    suggestions = pd.read_parquet(repo / "data/suggest/suggestions.parquet")
+    assert pages.dtypes.astype(str).to_dict() == PAGE_SCHEMA
+    assert sorted(pages["path"]) == sorted(suggestions["path"]) and len(pages) == 10
     report = json.loads((repo / "data/prepared/report.json").read_text())
     assert len(report["excluded"]) == 3  # the sample's broken, empty and hidden files
 

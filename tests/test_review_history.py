@@ -93,7 +93,7 @@ def pages_frame(rows) -> pd.DataFrame:
     return df.assign(model_label=df["label"], knn_label=df["label"], agree=True)
 
 
-def test_pages_keep_the_file_order_and_bad_files_are_named(tmp_path):
+def test_pages_come_in_page_order_and_bad_files_are_named(tmp_path):
     f = tmp_path / "pages.parquet"
     assert read_pages(f, set(), CLASSES) is None
     df = pages_frame([(3, 0, "p1", "muffin", 0.9), (3, 1, "p2", "muffin", 0.7),
@@ -101,8 +101,8 @@ def test_pages_keep_the_file_order_and_bad_files_are_named(tmp_path):
     df.to_parquet(f)
     got = page_list(read_pages(f, {"p1", "p2", "p3"}, CLASSES))
     assert [(p["page"], p["label"], [im["path"] for im in p["images"]]) for p in got] == \
-        [(3, "muffin", ["p1", "p2"]), (0, "chihuahua", ["p3"])]
-    assert got[0]["page_score"] == pytest.approx(0.8)
+        [(0, "chihuahua", ["p3"]), (3, "muffin", ["p1", "p2"])]
+    assert got[1]["page_score"] == pytest.approx(0.8)
     with pytest.raises(UserError, match="p3 is not a pool image.*dvc repro suggest"):
         read_pages(f, {"p1", "p2"}, CLASSES)
     df.drop(columns="agree").to_parquet(f)

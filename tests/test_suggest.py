@@ -6,16 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from chimuffin.accept import accept, select_accepted
 from chimuffin.labels import Decision
 from chimuffin.suggest import (
-    accept,
     build_tables,
     cosine_knn,
     greedy_clusters,
     knn_vote,
     near_duplicates,
     pixel_signatures,
-    select_accepted,
     unit_rows,
 )
 

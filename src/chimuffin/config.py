@@ -133,6 +133,10 @@ class Suggest:
     queue_size: int = num(1, 1_000_000)
     cluster_similarity: float = num(-1.0, 1.0)  # embedding cosine to join a review cluster
     cluster_size: int = num(1, 10_000)
+    page_size: int = num(1, 1000)             # images on one review page (one proposed label)
+    # Which pages come first: confident (highest scores: cover the pool fastest) or uncertain
+    # (low margin, model/neighbour disagreement: more information per image).
+    page_order: Literal["confident", "uncertain"] = field()
 
 
 @dataclass(frozen=True)

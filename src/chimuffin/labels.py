@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -20,7 +21,8 @@ from chimuffin.errors import UserError
 
 DECISION_COLUMNS = ["path", "label", "source", "note"]
 SOURCES = ("human", "3lc", "auto", "rule", "oracle")
-# Sources that stand for a person's answer (the oracle simulates one); `auto` and `rule` do not.
+# Sources that stand for a person's answer (the oracle simulates one): never shown or asked
+# again. `auto` and `rule` do not (a person may still fix an accepted label).
 PERSON_SOURCES = ("human", "3lc", "oracle")
 UNDEFINED, REMOVE = "undefined", "remove"
 
@@ -95,6 +97,50 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
     return out
 
 
+# `path,label` files: data/labels/validation.csv, and the true-label files that stand in for a
+# person (the real data's reviewed_labels.csv and pool_labels.csv, the sample's pool_labels.csv),
+# whose header says `relative_path` instead of `path`.
+PATH_LABEL_HEADERS = (["path", "label"], ["relative_path", "label"])
+
+
+def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str]:
+    """`path,label` (or `relative_path,label`) rows -> {path: label}, every label a class.
+    A BOM is dropped and blank rows skipped; a bad header or row stops with the file and row."""
+    text = text.removeprefix("\ufeff")  # a BOM from spreadsheet tools
+    rows = read_csv_rows(text, name)
+    if not rows or [h.strip() for h in rows[0]] not in PATH_LABEL_HEADERS:
+        expected = " or ".join(f"'{','.join(h)}'" for h in PATH_LABEL_HEADERS)
+        raise UserError(f"{name}: row 1 (header): expected {expected}")
+    out: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        where = f"{name}: row {lineno}"
+        if len(row) != 2:
+            raise UserError(f"{where}: expected 2 fields (path,label), got {len(row)}")
+        path, label = row[0].strip(), row[1].strip()
+        bad = check_relative_path(path)
+        if bad:
+            raise UserError(f"{where}: path {path!r}: {bad}")
+        if label not in classes:
+            raise UserError(f"{where}: unknown label {label!r} for {path}; allowed: "
+                            f"{', '.join(classes)}")
+        if path in out:
+            raise UserError(f"{where}: duplicate row for {path} (first at row {first[path]})")
+        out[path], first[path] = label, lineno
+    return out
+
+
+def read_path_labels(path: str | Path, classes: list[str], what: str = "label file"
+                     ) -> dict[str, str]:
+    """A `path,label` file; `what` names it in the not-found message."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    return parse_path_labels(read_text_file(path), classes, str(path))
+
+
 def read_csv_rows(text: str, name: str) -> list[list[str]]:
     """CSV records of a hand-edited file; a malformed one is a UserError, not a traceback."""
     try:
@@ -134,6 +180,12 @@ def format_decisions(decisions: list[Decision]) -> str:
 
 def write_decisions(path: str | Path, decisions: list[Decision]) -> None:
     atomic.write_text(path, format_decisions(decisions))
+
+
+def per_class(labels, classes: list[str]) -> str:
+    """'chihuahua 3, muffin 0': how many of `labels` are each class."""
+    counts = Counter(labels)
+    return ", ".join(f"{c} {counts.get(c, 0)}" for c in classes)
 
 
 def merge_decisions(old: list[Decision], new: list[Decision],

@@ -1,9 +1,13 @@
-"""The automated data-centric loop: reproduce, accept suggestions, ask the oracle, commit.
+"""The automated data-centric loop: reproduce, review (a simulated person), accept, commit.
 
-One round = `dvc repro`, then the label file gains the oracle's answers to the top review
-requests (source `oracle`, simulating a person) and the suggestions above a score (source
-`auto`), then ONE git commit holds the label file and dvc.lock, with the round's metrics in its
-message.
+One round = `dvc repro`; then the label file gains
+- a simulated person's review (chimuffin.simulated_review) of this repro's review pages for a
+  budget of simulated minutes (`--reviewer`), or its answers to the top review requests
+  (`--oracle`), source `oracle`; and/or
+- the suggestions above a score (`--min-score`), source `auto`;
+then ONE git commit holds the label file and dvc.lock, with the round's metrics and the review
+session in its message (and the session's numbers as `Review-*` trailers, which the next round
+reads to keep the cumulative simulated minutes).
 
 Interrupting (Ctrl-C, SIGTERM) is safe: before the commit step nothing is written (an
 interrupted `dvc repro` leaves only its own atomic outputs); during the write + commit step the
@@ -16,72 +20,189 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from chimuffin import atomic
-from chimuffin.data.prepare import parse_validation_labels
+from chimuffin.accept import accept
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions
+from chimuffin.labels import (
+    Decision,
+    format_decisions,
+    merge_decisions,
+    per_class,
+    read_decisions,
+    read_path_labels,
+)
+from chimuffin.pages import PAGES_FILE, read_pages
+from chimuffin.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
+from chimuffin.suggest import read_suggestions
 
-# Images a person (or the oracle standing in for one) has already answered are not asked again.
-ANSWERED_SOURCES = ("human", "3lc", "oracle")
+# --- what a round does ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reviewer:
+    """A simulated person: `pages` verifies review pages, `queue` answers review requests."""
+    mode: str
+    truth_file: Path            # path,label file of true labels (read after each repro: the
+                                # sample stage writes one)
+    budget_s: float             # simulated seconds per round
+    cost: ReviewCost = ReviewCost()
+
+    def truth(self, classes: list[str]) -> dict[str, str]:
+        return read_path_labels(self.truth_file, classes, TRUTH_WHAT[self.mode])
 
 
-def parse_oracle(text: str, classes: list[str], name: str) -> dict[str, str]:
-    """`relative_path,label` rows (reviewed_labels.csv, the sample's pool_labels.csv), checked
-    like data/labels/validation.csv, whose `path,label` header is accepted too."""
-    first, newline, rest = text.removeprefix("\ufeff").partition("\n")
-    if [h.strip() for h in first.split(",")] == ["relative_path", "label"]:
-        first = "path,label"
-    return parse_validation_labels(first + newline + rest, classes, name)
+# how a missing truth file is named
+TRUTH_WHAT = {"pages": "reviewer's file of true labels", "queue": "oracle file"}
 
 
-def read_oracle(path: str | Path, classes: list[str]) -> dict[str, str]:
-    path = Path(path)
+@dataclass(frozen=True)
+class AutoAccept:
+    min_score: float
+    require_agreement: bool = False
+    per_class_cap: int | None = None
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    rounds: int
+    classes: list
+    decisions: Path
+    suggest_dir: Path
+    eval_dir: Path
+    clean_dir: Path
+    reviewer: Reviewer | None = None
+    auto: AutoAccept | None = None
+
+
+@dataclass(frozen=True)
+class RoundLabels:
+    decisions: list             # the label file after this round
+    reviewed: list              # the simulated person's new decisions
+    review: ReviewResult | None
+    accepted: pd.DataFrame | None  # suggestion rows accepted as `auto` (None: not asked)
+
+    @property
+    def added(self) -> int:
+        return len(self.reviewed) + (0 if self.accepted is None else len(self.accepted))
+
+
+def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
+    """The label file after this round's review and acceptance (reads this repro's outputs)."""
+    reviewed, review = [], None
+    if cfg.reviewer:
+        rv = cfg.reviewer
+        truth = rv.truth(cfg.classes)
+        if rv.mode == "pages":
+            pages = read_pages(cfg.suggest_dir / PAGES_FILE)
+            reviewed, review = review_pages(pages, truth, decisions, rv.budget_s, rv.cost)
+        else:
+            queue = read_queue(cfg.suggest_dir / "review_queue.parquet")
+            reviewed, review = answer_queue(queue, truth, decisions, rv.budget_s, rv.cost)
+        decisions, _ = merge_decisions(decisions, reviewed)
+    accepted = None
+    if cfg.auto:
+        a = cfg.auto
+        suggestions = read_suggestions(cfg.suggest_dir / "suggestions.parquet")
+        decisions, accepted = accept(decisions, suggestions, a.min_score, a.require_agreement,
+                                     a.per_class_cap)
+    return RoundLabels(decisions, reviewed, review, accepted)
+
+
+def read_queue(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise UserError(f"{path}: oracle file not found")
-    return parse_oracle(path.read_text(encoding="utf-8"), classes, str(path))
+        raise UserError(f"{path}: review queue not found (run `dvc repro suggest`)")
+    return pd.read_parquet(path)
 
 
-def oracle_answers(queue: pd.DataFrame, oracle: dict[str, str], decisions: list[Decision],
-                   budget: int) -> tuple[list[Decision], int]:
-    """The oracle's answers to the first `budget` review requests it can answer, in queue
-    order. Requests the oracle does not know are passed over (a simulation can only answer
-    what it knows); images a person or the oracle already answered are never asked again
-    (an `auto` label can be: that is how a wrong accepted label gets fixed).
-    Returns (answers, requests passed over)."""
-    person = {d.path for d in decisions if d.source in ANSWERED_SOURCES}
-    answers, passed = [], 0
-    for row in queue.sort_values("rank").itertuples():
-        if len(answers) >= budget:
-            break
-        if row.path in person:
-            continue
-        if row.path not in oracle:
-            passed += 1
-            continue
-        answers.append(Decision(row.path, oracle[row.path], "oracle",
-                                f"review request {row.rank} ({row.kind})"))
-    return answers, passed
+def labels_of(review: ReviewResult) -> list[str]:
+    return [c for c, n in review.by_class.items() for _ in range(n)]
+
+
+def nothing_added_reason(labels: RoundLabels) -> str:
+    parts = []
+    if labels.review:
+        parts.append(f"the reviewer verified nothing: {labels.review.reason}")
+    if labels.accepted is not None:
+        parts.append("no undecided suggestion passed --min-score")
+    return "; ".join(parts)
+
+
+# --- the commit message -----------------------------------------------------------------------
+
+TOTAL_TRAILER = "Review-Seconds-Total"
+
+
+def review_trailers(review: ReviewResult, total_s: float) -> list[str]:
+    return [f"Review-Mode: {review.mode}", f"Review-Pages: {review.pages}",
+            f"Review-Verified: {review.verified}", f"Review-Exceptions: {review.exceptions}",
+            f"Review-Passed-Over: {review.passed_over}", f"Review-Seconds: {review.seconds:.1f}",
+            f"{TOTAL_TRAILER}: {total_s:.1f}"]
+
+
+def parse_trailers(message: str) -> dict[str, str]:
+    """`Key: value` lines of a commit message's last paragraph."""
+    last = message.strip().split("\n\n")[-1]
+    return dict(m.groups() for m in re.finditer(r"^([A-Za-z-]+): (.*)$", last, re.MULTILINE))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def budget_text(budget_s: float) -> str:
+    return "an unlimited budget" if math.isinf(budget_s) else f"a {budget_s:.0f} s budget"
+
+
+def review_lines(review: ReviewResult, reviewer: Reviewer, total_s: float,
+                 classes: list[str]) -> list[str]:
+    what = (f"{plural(review.pages, 'page')}, {review.verified} images verified"
+            if review.mode == "pages" else f"{review.verified} review requests answered")
+    return [f"Review session (simulated person answering from {reviewer.truth_file.name}; "
+            f"{reviewer.cost.describe()}):",
+            f"  {what} ({per_class(labels_of(review), classes)}), "
+            f"{plural(review.exceptions, 'exception')}, {review.passed_over} passed over, "
+            f"{review.skipped} already decided by a person",
+            f"  {review.seconds:.1f} s of {budget_text(review.budget_s)} "
+            f"({review.minutes:.2f} simulated min); cumulative {total_s / 60:.2f} min",
+            f"  stopped: {review.reason}"]
 
 
 def round_message(r: int, rounds: int, metrics: dict, clean_summary: dict,
-                  accepted: pd.DataFrame, answers: list[Decision], classes: list[str]) -> str:
+                  labels: RoundLabels, reviewer: Reviewer | None, total_s: float,
+                  classes: list[str]) -> str:
     val = metrics.get("val")
     acc = f"val acc {val['accuracy']:.4f} (n={val['n']})" if val else "no validation metrics"
     by_split = clean_summary.get("by_split_label", {})
     n_train = sum(by_split.get(f"train/{c}", 0) for c in classes)
-    auto = ", ".join(f"{c} {(accepted['label'] == c).sum()}" for c in classes)
-    head = (f"loop round {r}/{rounds}: {acc}; +{len(accepted)} auto ({auto}), "
-            f"+{len(answers)} oracle")
-    body = [f"Trained on {n_train} labeled train images; metrics/eval/metrics.json:",
-            json.dumps(metrics, sort_keys=True)]
-    return head + "\n\n" + "\n".join(body) + "\n"
+    added, body, trailers = [], [], []
+    review = labels.review
+    if review and review.mode == "pages":
+        added.append(f"+{review.verified} verified ({plural(review.pages, 'page')}, "
+                     f"{plural(review.exceptions, 'exception')})")
+    elif review:
+        added.append(f"+{review.verified} oracle")
+    if review:
+        added.append(f"{review.minutes:.2f} simulated min (total {total_s / 60:.2f})")
+        body += review_lines(review, reviewer, total_s, classes)
+        trailers = review_trailers(review, total_s)
+    if labels.accepted is not None:
+        added.append(f"+{len(labels.accepted)} auto "
+                     f"({per_class(labels.accepted['label'], classes)})")
+    head = f"loop round {r}/{rounds}: {acc}; " + ", ".join(added)
+    body += [f"Trained on {n_train} labeled train images; metrics/eval/metrics.json:",
+             json.dumps(metrics, sort_keys=True)]
+    message = head + "\n\n" + "\n".join(body) + "\n"
+    return message + ("\n" + "\n".join(trailers) + "\n" if trailers else "")
 
 
 @contextlib.contextmanager
@@ -188,3 +309,74 @@ def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: {what} not found after `dvc repro`")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- the rounds -------------------------------------------------------------------------------
+
+def previous_review_seconds(root: Path) -> float:
+    """The cumulative simulated review time recorded by the last loop round in this branch's
+    history (0 when there is none)."""
+    p = git(["log", "-1", "-E", f"--grep=^{TOTAL_TRAILER}: ", "--format=%B"], root, check=False)
+    value = parse_trailers(p.stdout).get(TOTAL_TRAILER) if p.returncode == 0 else None
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0
+
+
+def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabels:
+    """dvc repro, review + accept, commit. progress["committed"] = r once committed;
+    progress["review_s"] holds the cumulative simulated review seconds."""
+    print(f"loop: round {r}/{cfg.rounds}: dvc repro", flush=True)
+    rc = run_child(["dvc", "repro"], root)
+    if rc != 0:
+        raise UserError(f"round {r}: `dvc repro` failed (exit {rc}); the label file is "
+                        "unchanged since the last round's commit")
+    labels = round_labels(cfg, read_decisions(cfg.decisions, cfg.classes))
+    total_s = progress["review_s"] + (labels.review.seconds if labels.review else 0.0)
+    if labels.review:
+        rv = labels.review
+        what = (f"verified {rv.verified} images on {plural(rv.pages, 'page')} "
+                f"({plural(rv.exceptions, 'exception')}, {rv.passed_over} passed over)"
+                if rv.mode == "pages" else
+                f"answered {rv.verified} review requests ({rv.passed_over} passed over: not "
+                "in the truth file)")
+        print(f"loop: the simulated reviewer {what} in {rv.minutes:.2f} simulated min "
+              f"({per_class(labels_of(rv), cfg.classes)}); stopped: "
+              f"{rv.reason}", flush=True)
+    if labels.accepted is not None:
+        print(f"loop: accepted {len(labels.accepted)} suggestions "
+              f"({per_class(labels.accepted['label'], cfg.classes)})", flush=True)
+    metrics = read_json(cfg.eval_dir / "metrics.json", "evaluation metrics")
+    summary = read_json(cfg.clean_dir / "summary.json", "clean summary")
+    message = round_message(r, cfg.rounds, metrics, summary, labels, cfg.reviewer, total_s,
+                            cfg.classes)
+
+    def on_commit(commit: str) -> None:
+        progress["committed"] = r
+        progress["review_s"] = total_s
+        print(f"loop: committed {commit[:10]}: {message.splitlines()[0]}", flush=True)
+
+    commit_round(root, cfg.decisions.resolve(), labels.decisions, message, on_commit)
+    return labels
+
+
+def run_loop(cfg: LoopConfig, root: Path) -> int:
+    """Up to cfg.rounds rounds; a round that adds no label is the last (the next one would
+    train on the same data). Returns the number of rounds committed."""
+    check_clean(root, cfg.decisions.resolve())
+    progress = {"committed": 0, "review_s": previous_review_seconds(root)}
+    with sigterm_as_interrupt():
+        try:
+            for r in range(1, cfg.rounds + 1):
+                labels = one_round(r, cfg, root, progress)
+                if labels.added == 0:
+                    print(f"loop: round {r} added no labels ({nothing_added_reason(labels)}); "
+                          "stopping: the next round would train on the same data")
+                    break
+        except KeyboardInterrupt:
+            print(f"loop: interrupted; {progress['committed']} complete round(s) committed; "
+                  "the label file is as of the last commit", file=sys.stderr)
+            raise
+    print(f"loop: {progress['committed']} round(s) committed")
+    return progress["committed"]

@@ -6,29 +6,37 @@ pulling edits from 3LC) register their own `labels` subcommand in SUBCOMMANDS be
 
 from __future__ import annotations
 
-from collections import Counter
+from pathlib import Path
 
+from chimuffin import paths
+from chimuffin.accept import accept
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
-from chimuffin.labels import read_decisions, write_decisions
-from chimuffin.suggest import accept, read_suggestions
+from chimuffin.labels import per_class, read_decisions, write_decisions
+from chimuffin.suggest import read_suggestions
 
 
 def register(sub) -> None:
-    p = sub.add_parser("labels", help="edit data/labels/decisions.csv (accept suggestions, ...)")
+    p = sub.add_parser("labels", help=f"edit {paths.DECISIONS} (accept suggestions, ...)",
+                       description=f"Tools that write the git-tracked label file "
+                       f"({paths.DECISIONS}); stages only read it.")
     lsub = p.add_subparsers(dest="labels_command", required=True)
     for add in SUBCOMMANDS:
         add(lsub)
 
 
-def add_accept_options(p) -> None:
-    """Options shared by `labels accept` and `loop`."""
-    p.add_argument("--min-score", type=float, required=True,
-                   help="accept suggestions scoring at least this (0-1)")
+def add_accept_options(p, required: bool = True) -> None:
+    """Options shared by `labels accept` and `loop` (where accepting is optional)."""
+    p.add_argument("--min-score", type=float, required=required, default=None,
+                   help="accept suggestions scoring at least this (0-1)"
+                   + ("" if required else "; none are accepted without it (default: "
+                      "%(default)s)"))
     p.add_argument("--require-agreement", action="store_true",
-                   help="only where the model and the labeled neighbours agree")
+                   help="only where the model and the labeled neighbours agree "
+                   "(default: %(default)s)")
     p.add_argument("--per-class-cap", type=int, default=None, metavar="N",
-                   help="accept at most N new labels per class (highest scores first)")
+                   help="accept at most N new labels per class, highest scores first "
+                   "(default: %(default)s = no cap)")
 
 
 def check_accept_options(args) -> None:
@@ -40,26 +48,26 @@ def check_accept_options(args) -> None:
 
 def add_accept(lsub) -> None:
     p = lsub.add_parser("accept", help="merge label suggestions (source auto); never overrides "
-                        "an existing decision")
+                        "an existing decision",
+                        description="Merge the suggest stage's proposals scoring at least "
+                        "--min-score into the label file with source auto. An image that already "
+                        "has a decision (a person's, an oracle's, an earlier one) is never "
+                        "changed.")
     add_accept_options(p)
-    p.add_argument("--suggestions", default="data/suggest/suggestions.parquet")
-    p.add_argument("--decisions", default="data/labels/decisions.csv")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--suggestions", default=f"{paths.SUGGEST}/suggestions.parquet",
+                   help="default: %(default)s")
+    p.add_argument("--decisions", default=paths.DECISIONS, help="default: %(default)s")
+    p.add_argument("--params", default=paths.PARAMS, help="default: %(default)s")
     p.add_argument("--dry-run", action="store_true", help="print what would be added, write "
-                   "nothing")
+                   "nothing (default: %(default)s)")
     p.set_defaults(func=run_accept)
-
-
-def per_class(labels, classes: list[str]) -> str:
-    counts = Counter(labels)
-    return ", ".join(f"{c} {counts.get(c, 0)}" for c in classes)
 
 
 def run_accept(args) -> int:
     check_accept_options(args)
     classes = load_params(args.params).base.classes
     decisions = read_decisions(args.decisions, classes)
-    suggestions = read_suggestions(args.suggestions)
+    suggestions = read_suggestions(Path(args.suggestions))
     merged, rows = accept(decisions, suggestions, args.min_score, args.require_agreement,
                           args.per_class_cap)
     above = int((suggestions["score"] >= args.min_score).sum())

@@ -1,109 +1,105 @@
-"""`chimuffin loop --rounds R`: rounds of `dvc repro`, oracle answers, accepted suggestions and
-one git commit each (see chimuffin.loop for what an interruption leaves behind)."""
+"""`chimuffin loop --rounds R`: rounds of `dvc repro`, a simulated person's review and/or
+accepted suggestions, and one git commit each (the rounds live in chimuffin.loop)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import pandas as pd
-
-from chimuffin.commands.labels import add_accept_options, check_accept_options, per_class
+from chimuffin import paths
+from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
-from chimuffin.labels import merge_decisions, read_decisions
-from chimuffin.loop import (
-    check_clean,
-    commit_round,
-    oracle_answers,
-    read_json,
-    read_oracle,
-    repo_root,
-    round_message,
-    run_child,
-    sigterm_as_interrupt,
-)
-from chimuffin.suggest import accept, read_suggestions
+from chimuffin.loop import AutoAccept, LoopConfig, Reviewer, repo_root, run_loop
+from chimuffin.simulated_review import ReviewCost
+
+DESCRIPTION = """\
+Each round: `dvc repro`; then a simulated person adds labels (source oracle) from a file of
+true labels, either verifying this repro's review pages (data/suggest/pages.parquet) for
+--minutes simulated minutes (--reviewer) or answering the top --budget review requests one by
+one (--oracle); and/or suggestions scoring at least --min-score are accepted (source auto).
+Then ONE git commit holds the label file and dvc.lock; its message states the round's metrics
+and the review session. A round that adds no label is the last. Ctrl-C leaves every round
+committed whole or not at all. Simulated cost: """ + ReviewCost().describe() + "."
 
 
 def register(sub) -> None:
-    p = sub.add_parser("loop", help="rounds of: dvc repro, accept suggestions, ask the oracle, "
-                       "commit the label file")
-    p.add_argument("--rounds", type=int, required=True)
-    add_accept_options(p)
-    p.add_argument("--oracle", help="relative_path,label CSV that answers review requests "
-                   "(simulates a person)")
-    p.add_argument("--budget", type=int, default=0, metavar="K",
-                   help="review requests the oracle answers per round")
-    p.add_argument("--decisions", default="data/labels/decisions.csv")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--suggest-dir", default="data/suggest")
-    p.add_argument("--eval-dir", default="metrics/eval")
-    p.add_argument("--clean-dir", default="data/clean")
+    p = sub.add_parser("loop", help="rounds of: dvc repro, a simulated review, accepted "
+                       "suggestions, one commit each", description=DESCRIPTION)
+    p.add_argument("--rounds", type=int, required=True, help="rounds to run (at most)")
+    who = p.add_argument_group("simulated person (choose one)")
+    who.add_argument("--reviewer", metavar="CSV", default=None,
+                     help="path,label (or relative_path,label) file of true labels; the person "
+                     "verifies review pages in order (default: %(default)s)")
+    who.add_argument("--minutes", type=float, default=None, metavar="M",
+                     help="simulated minutes of page review per round, with --reviewer; "
+                     "inf = until every page is verified (default: %(default)s)")
+    who.add_argument("--oracle", metavar="CSV", default=None,
+                     help="path,label (or relative_path,label) file of true labels; the person "
+                     "answers review requests one at a time (default: %(default)s)")
+    who.add_argument("--budget", type=int, default=0, metavar="K",
+                     help="review requests answered per round, with --oracle "
+                     "(default: %(default)s)")
+    add_accept_options(p.add_argument_group("accepting suggestions (optional)"), required=False)
+    files = p.add_argument_group("files")
+    files.add_argument("--decisions", default=paths.DECISIONS,
+                       help="the label file (default: %(default)s)")
+    files.add_argument("--params", default=paths.PARAMS, help="default: %(default)s")
+    files.add_argument("--suggest-dir", default=paths.SUGGEST,
+                       help="the suggest stage's output (default: %(default)s)")
+    files.add_argument("--eval-dir", default=paths.EVAL,
+                       help="the evaluate stage's output (default: %(default)s)")
+    files.add_argument("--clean-dir", default=paths.CLEAN,
+                       help="the clean stage's output (default: %(default)s)")
     p.set_defaults(func=run)
 
 
 def check_args(args) -> None:
-    check_accept_options(args)
     if args.rounds < 1:
         raise UserError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.min_score is not None:
+        check_accept_options(args)
+    elif args.require_agreement or args.per_class_cap is not None:
+        raise UserError("--require-agreement and --per-class-cap need --min-score")
+    if args.reviewer and args.oracle:
+        raise UserError("--reviewer (pages) and --oracle (review requests) are two ways to "
+                        "simulate one person: choose one")
+    if args.reviewer and not (args.minutes is not None and args.minutes > 0):
+        raise UserError("--reviewer needs --minutes M > 0 (simulated minutes per round; inf: "
+                        "until every page is verified)")
+    if args.minutes is not None and not args.reviewer:
+        raise UserError("--minutes needs --reviewer (the file of true labels)")
     if args.budget < 0:
         raise UserError(f"--budget must be >= 0, got {args.budget}")
     if args.budget and not args.oracle:
         raise UserError("--budget needs --oracle (the file that answers review requests)")
+    if args.oracle and not args.budget:
+        raise UserError("--oracle needs --budget K > 0 (review requests per round)")
+    if not (args.reviewer or args.oracle or args.min_score is not None):
+        raise UserError("nothing would add labels: give --reviewer CSV --minutes M, "
+                        "--oracle CSV --budget K, or --min-score X")
 
 
-def one_round(r: int, args, root: Path, classes: list[str], progress: dict) -> int:
-    """Returns the number of decisions added; progress["committed"] = r once committed."""
-    print(f"loop: round {r}/{args.rounds}: dvc repro", flush=True)
-    rc = run_child(["dvc", "repro"], root)
-    if rc != 0:
-        raise UserError(f"round {r}: `dvc repro` failed (exit {rc}); the label file is "
-                        "unchanged since the last round's commit")
-    decisions_path = Path(args.decisions)
-    decisions = read_decisions(decisions_path, classes)
-    answers: list = []
-    if args.oracle and args.budget:
-        queue = pd.read_parquet(Path(args.suggest_dir) / "review_queue.parquet")
-        answers, passed = oracle_answers(queue, read_oracle(args.oracle, classes), decisions,
-                                         args.budget)
-        decisions, _ = merge_decisions(decisions, answers)
-        print(f"loop: oracle answered {len(answers)} review requests "
-              f"({per_class([a.label for a in answers], classes)}); passed over {passed} it "
-              "cannot answer")
-    suggestions = read_suggestions(Path(args.suggest_dir) / "suggestions.parquet")
-    decisions, accepted = accept(decisions, suggestions, args.min_score,
-                                 args.require_agreement, args.per_class_cap)
-    print(f"loop: accepted {len(accepted)} suggestions "
-          f"({per_class(accepted['label'], classes)})")
-    metrics = read_json(Path(args.eval_dir) / "metrics.json", "evaluation metrics")
-    summary = read_json(Path(args.clean_dir) / "summary.json", "clean summary")
-    message = round_message(r, args.rounds, metrics, summary, accepted, answers, classes)
-
-    def on_commit(commit: str) -> None:
-        progress["committed"] = r
-        print(f"loop: committed {commit[:10]}: {message.splitlines()[0]}", flush=True)
-
-    commit_round(root, decisions_path.resolve(), decisions, message, on_commit)
-    return len(accepted) + len(answers)
+def reviewer(args, classes: list[str]) -> Reviewer | None:
+    """The simulated person. Its truth file is read after each `dvc repro` (the sample stage
+    writes one); when it already exists it is checked now, before any round runs."""
+    cost = ReviewCost()
+    if args.reviewer:
+        rv = Reviewer("pages", Path(args.reviewer), args.minutes * 60.0, cost)
+    elif args.oracle:
+        rv = Reviewer("queue", Path(args.oracle), args.budget * cost.single_s, cost)
+    else:
+        return None
+    if rv.truth_file.exists():
+        rv.truth(classes)
+    return rv
 
 
 def run(args) -> int:
     check_args(args)
     classes = load_params(args.params).base.classes
-    root = repo_root(Path.cwd())
-    check_clean(root, Path(args.decisions).resolve())
-    progress = {"committed": 0}
-    with sigterm_as_interrupt():
-        try:
-            for r in range(1, args.rounds + 1):
-                if one_round(r, args, root, classes, progress) == 0:
-                    print(f"loop: round {r} added no labels; stopping (the next round would "
-                          "train on the same data)")
-                    break
-        except KeyboardInterrupt:
-            print(f"loop: interrupted; {progress['committed']} complete round(s) committed; "
-                  "the label file is as of the last commit", file=sys.stderr)
-            raise
-    print(f"loop: {progress['committed']} round(s) committed")
+    auto = (AutoAccept(args.min_score, args.require_agreement, args.per_class_cap)
+            if args.min_score is not None else None)
+    cfg = LoopConfig(args.rounds, classes, Path(args.decisions), Path(args.suggest_dir),
+                     Path(args.eval_dir), Path(args.clean_dir), reviewer(args, classes), auto)
+    run_loop(cfg, repo_root(Path.cwd()))
     return 0

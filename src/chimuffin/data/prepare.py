@@ -14,35 +14,6 @@ from chimuffin.data.images import ImageDecodeError, decode_image
 from chimuffin.data.manifest import COLUMNS, CacheWriter, stratified_val
 from chimuffin.data.scan import Candidate, Excluded, scan_dataset
 from chimuffin.errors import UserError
-from chimuffin.labels import check_relative_path, read_csv_rows
-
-VALIDATION_COLUMNS = ["path", "label"]
-
-
-def parse_validation_labels(text: str, classes: list[str], name: str) -> dict[str, str]:
-    """`path,label` rows naming pool images a person labeled to validate on (never trained)."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    rows = read_csv_rows(text, name)
-    if not rows or [h.strip() for h in rows[0]] != VALIDATION_COLUMNS:
-        raise UserError(f"{name}: row 1 (header): expected '{','.join(VALIDATION_COLUMNS)}'")
-    out: dict[str, str] = {}
-    for lineno, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) != 2:
-            raise UserError(f"{name}: row {lineno}: expected 2 fields (path,label)")
-        path, label = row[0].strip(), row[1].strip()
-        bad = check_relative_path(path)
-        if bad:
-            raise UserError(f"{name}: row {lineno}: path {path!r}: {bad}")
-        if label not in classes:
-            raise UserError(f"{name}: row {lineno}: unknown label {label!r}; allowed: "
-                            f"{', '.join(classes)}")
-        if path in out:
-            raise UserError(f"{name}: row {lineno}: duplicate row for {path}")
-        out[path] = label
-    return out
 
 
 def decode_into_cache(root: Path, candidates: list[Candidate], size: int, cache_path: Path,

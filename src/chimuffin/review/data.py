@@ -35,8 +35,9 @@ from chimuffin.labels import (
     parse_decisions,
     remove_decisions,
 )
+from chimuffin.pages import PAGES_FILE
 from chimuffin.review import history
-from chimuffin.review.pages import PAGES_FILE, page_list, progress, read_pages
+from chimuffin.review.pages import page_list, progress, read_pages
 
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)

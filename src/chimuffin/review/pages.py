@@ -3,7 +3,7 @@
 pages.parquet has one row per undecided pool image, sorted by (page, position): `page`
 (0 = the first page to review), `position`, `path`, `label` (the page's proposed class, the same
 on every row of a page), `score` (this image's score for that label), `page_score` (the page's
-mean), `model_label`, `knn_label`, `agree`. The page shows pages in the file's order.
+mean), `model_label`, `knn_label`, `agree`. The page shows pages in page order (page 0 first), as the simulated reviewer goes through them.
 """
 
 from __future__ import annotations
@@ -12,58 +12,33 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from pandas.api import types
 
+from chimuffin import pages
 from chimuffin.errors import UserError
 from chimuffin.labels import PERSON_SOURCES, Decision
 from chimuffin.review.history import images_per_minute
 
-PAGES_FILE = "pages.parquet"
-# column -> the pandas check its values must pass
-PAGE_COLUMNS = {
-    "page": types.is_integer_dtype, "position": types.is_integer_dtype,
-    "path": types.is_string_dtype, "label": types.is_string_dtype,
-    "score": types.is_float_dtype, "page_score": types.is_float_dtype,
-    "model_label": types.is_string_dtype, "knn_label": types.is_string_dtype,
-    "agree": types.is_bool_dtype,
-}
-
 
 def read_pages(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame | None:
-    """The pages file checked against the images the page may label, or None when there is
-    none (older pipeline outputs). A UserError names the file and what is wrong."""
+    """The pages file checked (chimuffin.pages.read_pages) against the images the page may
+    label, or None when there is none (older pipeline outputs)."""
     if not path.is_file():
         return None
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow's ArrowInvalid, OSError... on a damaged file
-        raise UserError(f"{path}: not readable ({type(e).__name__}); run `dvc repro suggest`") \
-            from e
-    for col, check in PAGE_COLUMNS.items():
-        if col not in df.columns:
-            raise UserError(f"{path}: column {col!r} missing; run `dvc repro suggest`")
-        if not check(df[col]):
-            raise UserError(f"{path}: column {col!r} has type {df[col].dtype}")
+    df = pages.read_pages(path)
     fix = "the file is stale or damaged: run `dvc repro suggest`"
     bad = df[~df["label"].isin(classes)]
     if len(bad):
         raise UserError(f"{path}: page {bad['page'].iat[0]} proposes {bad['label'].iat[0]!r}, "
                         f"not a class ({', '.join(classes)})")
-    mixed = df.groupby("page")["label"].nunique()
-    if (mixed > 1).any():
-        raise UserError(f"{path}: page {mixed[mixed > 1].index[0]} proposes more than one class")
-    dup = df["path"].duplicated()
-    if dup.any():
-        raise UserError(f"{path}: {df['path'][dup].iat[0]} is on two pages; {fix}")
     unknown = df[~df["path"].isin(pool)]
     if len(unknown):
         raise UserError(f"{path}: {unknown['path'].iat[0]} is not a pool image of the prepared "
                         f"dataset; {fix}")
-    return df.reset_index(drop=True)
+    return df
 
 
 def page_list(df: pd.DataFrame) -> list[dict]:
-    """Pages in the file's order (never re-sorted), each with its images in file order."""
+    """Pages in page order (as read_pages sorts them), each with its images by position."""
     out: dict[int, dict] = {}
     for r in df.itertuples(index=False):
         page = out.setdefault(int(r.page), {

@@ -4,15 +4,15 @@ import json
 from pathlib import Path
 
 from chimuffin import atomic, paths
-from chimuffin.data.prepare import parse_validation_labels, prepare_dataset
-from chimuffin.labels import read_text_file
+from chimuffin.data.prepare import prepare_dataset
+from chimuffin.labels import parse_path_labels, read_text_file
 from chimuffin.stages import common
 
 
 def main(args, params) -> None:
     b, p = params.base, params.prepare
     val_file = Path(args.validation)
-    validation = (parse_validation_labels(read_text_file(val_file), b.classes, str(val_file))
+    validation = (parse_path_labels(read_text_file(val_file), b.classes, str(val_file))
                   if val_file.exists() else {})
     with atomic.atomic_dir(args.out) as tmp:
         report = prepare_dataset(Path(p.data_dir), b.classes, b.image_size, p.val_fraction,

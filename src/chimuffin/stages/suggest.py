@@ -1,4 +1,5 @@
-"""Stage `suggest`: label suggestions for the pool, label-issue scores, and the review queue."""
+"""Stage `suggest`: label suggestions for the pool, label-issue scores, the review queue, and
+the review pages."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from chimuffin import atomic
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.embeddings import read_embeddings
 from chimuffin.errors import UserError
+from chimuffin.pages import build_pages, summarize_pages
 from chimuffin.stages import common
 from chimuffin.suggest import align, build_tables, pixel_signatures, summarize
 
@@ -29,7 +31,10 @@ def main(args, params) -> None:
     signatures = pixel_signatures(images, df["idx"].to_numpy())
 
     tables = build_tables(df, p_model, emb, signatures, classes, cfg)
-    summary = summarize(tables, classes, cfg)
+    pool_emb = emb[align(tables["suggestions"], df["path"], "the clean manifest")]
+    tables["pages"] = build_pages(tables["suggestions"], pool_emb, cfg.page_size, cfg.page_order)
+    summary = {**summarize(tables, classes, cfg),
+               **summarize_pages(tables["pages"], classes, cfg.page_size, cfg.page_order)}
     with atomic.atomic_dir(args.out) as tmp:
         for name, table in tables.items():
             atomic.write_parquet(tmp / f"{name}.parquet", table)
@@ -38,7 +43,8 @@ def main(args, params) -> None:
           f"neighbours agree); proposed at score >= 0.9: {summary['proposed_by_min_score']['0.9']}"
           f"; {summary['label_issues_over_threshold']} of {summary['labeled']} labeled images "
           f"look mislabeled; {summary['near_duplicates']} near duplicates; review queue "
-          f"{summary['review_queue']} images in {summary['review_clusters']} clusters")
+          f"{summary['review_queue']} images in {summary['review_clusters']} clusters; "
+          f"{summary['pages']} review pages of up to {cfg.page_size} ({cfg.page_order} first)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 "use strict";
-// The verify view: the suggest stage's pages in their file order, one at a time. A page proposes
+// The verify view: the suggest stage's pages in page order, one at a time. A page proposes
 // one class for all its images; the person marks the exceptions and accepts the page with one
 // key. Everything works from the keyboard (the key map below is the one the page shows).
 

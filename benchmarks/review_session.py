@@ -1,0 +1,438 @@
+"""Accuracy per human-minute: a simulated person verifies review pages (or answers the review
+queue one image at a time), and the model is retrained after every session.
+
+Protocol, per arm, in a fresh temporary git + DVC repository made from this checkout (tracked
+files as they are in the working tree; the data is read in place, never copied):
+- params: prepare.data_dir = the data, prepare.val_fraction 0, tlc.enabled false, train.keep
+  last (final weights: an honest validation number), the train group of params.yaml unless
+  --recipe / --set say otherwise;
+- data/labels/validation.csv = every row of reviewed_labels.csv: those images validate and are
+  never shown to the simulated person (they are not pool images); decisions.csv starts empty;
+- the person answers from pool_labels.csv without the reviewed rows, at the cost model of
+  chimuffin.simulated_review (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
+  single answer).
+
+Arms:
+- pages-confident, pages-uncertain: rounds of `chimuffin loop --rounds 1 --reviewer CSV
+  --minutes M` with suggest.page_order confident / uncertain;
+- queue: rounds of `chimuffin loop --rounds 1 --oracle CSV --budget K`, K = M * 60 / 3, with
+  suggest.queue_size raised so that the queue never runs dry;
+- ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`.
+Each round's M takes the arm to the next checkpoint of --schedule (cumulative simulated
+minutes; pages are all or nothing, so an arm may stop a little short); the last round reviews
+the whole pool. Before each round, and after the last, `dvc repro` trains and evaluates: each
+checkpoint is the validation accuracy of the model trained on what the person verified so far.
+The arms share one DVC cache, so identical stages (the 0-minute model) run once.
+
+    python benchmarks/review_session.py --recipe fast --set train.epochs=30
+    python benchmarks/review_session.py --arms pages-confident queue --schedule 0 5 10
+    python benchmarks/review_session.py --smoke          # the embedded sample, tiny, ~2 min
+
+Writes OUT/review_session.json and OUT/review_session.png; prints a table and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # this checkout's code, like the repositories it makes
+
+from chimuffin import runtime  # noqa: E402
+from chimuffin.config import as_dict, parse_params  # noqa: E402
+from chimuffin.data.sample import write_sample  # noqa: E402
+from chimuffin.errors import UserError  # noqa: E402
+from chimuffin.labels import (  # noqa: E402
+    Decision,
+    format_decisions,
+    read_decisions,
+    read_path_labels,
+)
+from chimuffin.loop import parse_trailers  # noqa: E402
+from chimuffin.metrics import wilson_interval  # noqa: E402
+from chimuffin.simulated_review import ReviewCost  # noqa: E402
+
+REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
+                                REPO.parent / "shared" / "data" / "chihuahua-muffin"))
+ARMS = ("pages-confident", "pages-uncertain", "queue", "ceiling")
+SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
+WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
+SMOKE_PARAMS = {"base": {"image_size": 32},
+                "train": {"epochs": 1, "batch_size": 4, "threads": 1},
+                "evaluate": {"batch_size": 64}, "embed": {"batch_size": 64, "n_neighbors": 5},
+                "sample": {"labeled_per_class": 4, "pool": 4, "test_per_class": 0},
+                "suggest": {"page_size": 4}}
+
+
+# --- the data ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Data:
+    root: Path
+    reviewed: dict          # validation: path -> label
+    pool_truth: dict        # what the person knows: pool_labels.csv minus the reviewed rows
+
+
+def load_data(root: Path, classes: list[str]) -> Data:
+    root = root.resolve()
+    for need in (root / "train128", root / "reviewed_labels.csv", root / "pool_labels.csv"):
+        if not need.exists():
+            raise UserError(f"{need} not found: the data must hold train128/, "
+                            "reviewed_labels.csv and pool_labels.csv (set --data or "
+                            "CHIMUFFIN_REAL_DATA, or run --smoke)")
+    reviewed = read_path_labels(root / "reviewed_labels.csv", classes)
+    pool = read_path_labels(root / "pool_labels.csv", classes)
+    return Data(root, reviewed, {p: lbl for p, lbl in pool.items() if p not in reviewed})
+
+
+def smoke_data(dest: Path, seed: int, classes: list[str]) -> Path:
+    """The embedded sample's generator, in the real data's layout: a third of the pool labels
+    become reviewed_labels.csv (validation)."""
+    write_sample(dest, labeled_per_class=6, pool=36, test_per_class=0, seed=seed,
+                 classes=tuple(classes))
+    pool = sorted(read_path_labels(dest / "pool_labels.csv", classes).items())
+    pick = np.sort(np.random.default_rng(seed).permutation(len(pool))[:len(pool) // 3])
+    write_path_labels(dest / "reviewed_labels.csv", dict(pool[i] for i in pick),
+                      "relative_path")
+    return dest
+
+
+def write_path_labels(path: Path, rows: dict, header: str = "path") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{header},label\n" + "".join(f"{p},{lbl}\n" for p, lbl in
+                                                 sorted(rows.items())), encoding="utf-8")
+
+
+# --- params -----------------------------------------------------------------------------------
+
+def recipe_train(name: str | None, base: dict) -> dict:
+    """The train group: params.yaml's, or a recipe file's (`train:` group) / recipes/NAME.yaml."""
+    if not name:
+        return base["train"]
+    path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "recipes" / f"{name}.yaml"
+    group = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
+        raise UserError(f"--recipe {name}: {path} is missing or has no `train:` group")
+    return group["train"]
+
+
+def parse_set(item: str) -> tuple[list[str], object]:
+    """'train.KEY=VALUE' (any GROUP.KEY) -> (key path, YAML-parsed value)."""
+    key, eq, value = item.partition("=")
+    if not eq or "." not in key:
+        raise UserError(f"--set {item!r}: expected GROUP.KEY=VALUE, e.g. train.epochs=30")
+    return key.split("."), yaml.safe_load(value)
+
+
+def deep_set(raw: dict, path: list[str], value) -> None:
+    node = raw
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = value
+
+
+def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke: bool) -> dict:
+    """params.yaml for one arm: recipe, --set overrides, then the protocol's own keys (which
+    win). Validated strictly, like `dvc repro` would."""
+    raw = yaml.safe_load(yaml.safe_dump(base))
+    raw["train"] = yaml.safe_load(yaml.safe_dump(train))
+    for group, values in (SMOKE_PARAMS.items() if smoke else ()):
+        for k, v in values.items():
+            raw[group][k] = v
+    for path, value in sets:
+        deep_set(raw, path, value)
+    raw["prepare"].update(data_dir=str(data), val_fraction=0.0)
+    raw["tlc"]["enabled"] = False
+    raw["train"]["keep"] = "last"
+    if arm.startswith("pages-"):
+        raw["suggest"]["page_order"] = arm.removeprefix("pages-")
+    if arm == "queue":
+        raw["suggest"]["queue_size"] = 1_000_000
+    return as_dict(parse_params(raw))
+
+
+# --- a repository per arm -----------------------------------------------------------------------
+
+def env_for(repo: Path) -> dict:
+    # the stages import the repository's copy of the code (what dvc.lock hashes)
+    return {**os.environ, "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def sh(cmd: list[str], repo: Path) -> tuple[str, float]:
+    """Run a command in the repo; (stdout + stderr, wall seconds). Fails loudly."""
+    t = time.perf_counter()
+    p = subprocess.run(cmd, cwd=repo, env=env_for(repo), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise UserError(f"{' '.join(cmd)} failed in {repo} ({p.returncode}):\n"
+                        f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+    return p.stdout + p.stderr, time.perf_counter() - t
+
+
+def tracked_files() -> list[str]:
+    """The checkout's files as they are now: tracked ones, and new ones git does not ignore."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    return [f for f in out.split("\0") if f and not f.startswith(".dvc/")
+            and (REPO / f).is_file()]
+
+
+def make_repo(dest: Path, params: dict, validation: dict, cache: Path) -> Path:
+    for f in tracked_files():
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_path_labels(dest / "data/labels/validation.csv", validation)
+    (dest / "data/labels/decisions.csv").write_text(format_decisions([]))
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
+                ["git", "config", "user.name", "review_session"], ["dvc", "init", "-q"],
+                ["dvc", "config", "core.analytics", "false"],
+                ["dvc", "config", "cache.dir", str(cache)], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "review_session: start"]):
+        sh(cmd, dest)
+    return dest
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    arm: str
+    minutes: float              # cumulative simulated human-minutes
+    accuracy: float
+    correct: int
+    n: int
+    lo: float
+    hi: float
+    train_images: int
+    sources: dict               # decisions per source
+    pages: int = 0              # cumulative
+    verified: int = 0
+    exceptions: int = 0
+    repro_s: float = 0.0        # wall time of this checkpoint's `dvc repro`
+    trained: bool = True        # False: the train stage was up to date or restored from cache
+    sessions: list = field(default_factory=list)
+
+
+def measure(repo: Path, classes: list[str], arm: str, minutes: float, totals: dict,
+            ) -> Checkpoint:
+    out, wall = sh(["dvc", "repro"], repo)
+    metrics = json.loads((repo / "metrics/eval/metrics.json").read_text())["val"]
+    n = int(metrics["n"])
+    k = round(metrics["accuracy"] * n)
+    lo, hi = wilson_interval(k, n)
+    summary = json.loads((repo / "data/clean/summary.json").read_text())
+    by = summary.get("by_split_label", {})
+    sources: dict = {}
+    for d in read_decisions(repo / "data/labels/decisions.csv", classes):
+        sources[d.source] = sources.get(d.source, 0) + 1
+    return Checkpoint(arm, minutes, metrics["accuracy"], k, n, lo, hi,
+                      sum(by.get(f"train/{c}", 0) for c in classes), sources,
+                      totals["pages"], totals["verified"], totals["exceptions"], wall,
+                      "Running stage 'train'" in out)
+
+
+def session(repo: Path, arm: str, minutes: float, truth_csv: Path, cost: ReviewCost,
+            pool_size: int) -> dict:
+    """One `chimuffin loop --rounds 1` (its `dvc repro` finds everything up to date); the
+    session's numbers come from the round's commit trailers."""
+    loop = [sys.executable, "-m", "chimuffin.cli", "loop", "--rounds", "1"]
+    if arm == "queue":
+        k = pool_size if math.isinf(minutes) else math.floor(minutes * 60 / cost.single_s
+                                                             + 1e-9)
+        if k == 0:
+            return {"seconds": 0.0, "pages": 0, "verified": 0, "exceptions": 0}
+        loop += ["--oracle", str(truth_csv), "--budget", str(k)]
+    else:
+        loop += ["--reviewer", str(truth_csv), "--minutes", str(minutes)]
+    sh(loop, repo)
+    message, _ = sh(["git", "log", "-1", "--format=%B"], repo)
+    t = parse_trailers(message)
+    return {"seconds": float(t.get("Review-Seconds", 0)), "pages": int(t.get("Review-Pages", 0)),
+            "verified": int(t.get("Review-Verified", 0)),
+            "exceptions": int(t.get("Review-Exceptions", 0))}
+
+
+def run_arm(arm: str, repo: Path, data: Data, truth_csv: Path, classes: list[str],
+            schedule: list[float], whole_pool: bool) -> list[Checkpoint]:
+    cost = ReviewCost()
+    totals = {"seconds": 0.0, "pages": 0, "verified": 0, "exceptions": 0}
+    targets = [m for m in schedule if m > 0] + ([WHOLE_POOL_MINUTES] if whole_pool else [])
+    rows = []
+    while True:
+        rows.append(measure(repo, classes, arm, totals["seconds"] / 60, totals))
+        print(row_line(rows[-1]), flush=True)
+        if not targets:
+            return rows
+        target = targets.pop(0)
+        s = session(repo, arm, target - totals["seconds"] / 60, truth_csv, cost,
+                    len(data.pool_truth))
+        for key in totals:
+            totals[key] += s[key]
+        rows[-1].sessions.append(s)
+
+
+def run_ceiling(repo: Path, data: Data, classes: list[str]) -> Checkpoint:
+    decisions = [Decision(p, lbl, "oracle", "pool_labels.csv")
+                 for p, lbl in sorted(data.pool_truth.items())]
+    (repo / "data/labels/decisions.csv").write_text(format_decisions(decisions))
+    sh(["git", "commit", "-qam", "ceiling: every pool label"], repo)
+    row = measure(repo, classes, "ceiling", math.nan, {"pages": 0, "verified": len(decisions),
+                                                       "exceptions": 0})
+    print(row_line(row), flush=True)
+    return row
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+HEADER = (f"{'arm':<16} {'human-min':>9} {'pages':>6} {'verified':>8} {'exc':>5} "
+          f"{'train':>6}  {'val acc [95% CI]':<24} {'repro':>7}    labels by source")
+
+
+def row_line(r: Checkpoint) -> str:
+    minutes = "-" if math.isnan(r.minutes) else f"{r.minutes:.1f}"
+    ran = "  " if r.trained else "c "
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(r.sources.items())) or "-"
+    return (f"{r.arm:<16} {minutes:>9} {r.pages:>6} {r.verified:>8} {r.exceptions:>5} "
+            f"{r.train_images:>6}  {r.accuracy:.4f} [{r.lo:.4f}, {r.hi:.4f}] "
+            f"{r.repro_s / 60:6.1f}m{ran}  {sources}")
+
+
+def table(rows: list[Checkpoint]) -> str:
+    return "\n".join([HEADER, *map(row_line, rows),
+                      "human-min: cumulative simulated minutes; verified: images the person "
+                      "labeled; exc: exceptions marked; train: labeled training images; val acc: "
+                      "final weights on the reviewed validation images; repro: `dvc repro` wall "
+                      "time (c: the train stage did not run: up to date or restored from the "
+                      "DVC cache)"])
+
+
+def plot(rows: list[Checkpoint], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in dict.fromkeys(r.arm for r in rows if r.arm != "ceiling"):
+        rs = [r for r in rows if r.arm == arm]
+        x = [r.minutes for r in rs]
+        y = np.array([r.accuracy for r in rs])
+        err = [y - [r.lo for r in rs], [r.hi for r in rs] - y]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
+    for r in rows:
+        if r.arm == "ceiling":
+            ax.axhline(r.accuracy, color="black", linestyle="--",
+                       label=f"ceiling (every pool label) {r.accuracy:.3f}")
+            ax.axhspan(r.lo, r.hi, color="black", alpha=0.08)
+    ax.set_xlabel("cumulative simulated human-minutes")
+    ax.set_ylabel("validation accuracy (95% Wilson interval)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REAL_DATA,
+                    help="train128/ + reviewed_labels.csv + pool_labels.csv (default: "
+                    "%(default)s; CHIMUFFIN_REAL_DATA overrides)")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                    help="default: %(default)s")
+    ap.add_argument("--schedule", nargs="+", type=float, default=None, metavar="MIN",
+                    help="checkpoints in cumulative simulated minutes (default: "
+                    f"{' '.join(f'{m:g}' for m in SCHEDULE)}; --smoke: 0 0.2)")
+    ap.add_argument("--no-whole-pool", dest="whole_pool", action="store_false",
+                    help="stop at the last checkpoint instead of reviewing the whole pool")
+    ap.add_argument("--recipe", default=None, metavar="FILE",
+                    help="train group from a recipe (recipes/NAME.yaml or a yaml path; "
+                    "default: params.yaml's)")
+    ap.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
+                    help="override a param, e.g. train.epochs=30; repeatable (the protocol's "
+                    "own keys win)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the embedded sample's generator, tiny sizes: checks the script runs")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where the JSON and PNG go (default: WORKDIR/results)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="repositories and scratch files (default: a new temporary folder)")
+    ap.add_argument("--keep-repos", action="store_true",
+                    help="keep each arm's repository (default: removed at the end)")
+    args = ap.parse_args(argv)
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    classes = base["base"]["classes"]
+    schedule = sorted(args.schedule if args.schedule is not None
+                      else [0.0, 0.2] if args.smoke else SCHEDULE)
+    if schedule[0] < 0:
+        raise UserError(f"--schedule: minutes must be >= 0, got {schedule[0]}")
+    sets = [parse_set(item) for item in args.set]
+    train = recipe_train(args.recipe, base)
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="chimuffin-review-session-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    root = smoke_data(work / "sample-data", base["base"]["seed"], classes) if args.smoke \
+        else args.data
+    data = load_data(root, classes)
+    out = (args.out or work / "results").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    truth_csv = work / "pool_truth.csv"
+    write_path_labels(truth_csv, data.pool_truth)
+    params = {arm: arm_params(base, train, sets, data.root, arm, args.smoke)
+              for arm in args.arms}
+    cpu = runtime.cpu_summary()
+    print(f"review_session: {data.root}: {len(data.pool_truth)} pool images the person can "
+          f"verify, {len(data.reviewed)} reviewed validation images; arms {args.arms}; "
+          f"schedule {schedule} min{' + the whole pool' if args.whole_pool else ''}; "
+          f"cost: {ReviewCost().describe()}; cpu: {cpu}; work: {work}", flush=True)
+    print(HEADER, flush=True)
+
+    rows: list[Checkpoint] = []
+    cache = work / "dvc-cache"
+    for arm in args.arms:
+        repo = make_repo(work / f"repo-{arm}", params[arm], data.reviewed, cache)
+        if arm == "ceiling":
+            rows.append(run_ceiling(repo, data, classes))
+        else:
+            rows += run_arm(arm, repo, data, truth_csv, classes, schedule, args.whole_pool)
+        if not args.keep_repos:
+            shutil.rmtree(repo, ignore_errors=True)
+
+    print()
+    print(table(rows))
+    print(f"cpu: {cpu}")
+    result = {"cpu": cpu, "data": str(data.root), "smoke": args.smoke,
+              "cost": asdict(ReviewCost()), "schedule": schedule, "whole_pool": args.whole_pool,
+              "train": params[args.arms[0]]["train"], "validation_images": len(data.reviewed),
+              "pool_images": len(data.pool_truth),
+              "checkpoints": [{**asdict(r), "minutes": None if math.isnan(r.minutes)
+                               else r.minutes} for r in rows]}
+    (out / "review_session.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(rows, out / "review_session.png")
+    print(f"wrote {out / 'review_session.json'} and {out / 'review_session.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"review_session: error: {e}", file=sys.stderr)
+        sys.exit(2)

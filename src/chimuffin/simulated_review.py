@@ -1,0 +1,161 @@
+"""A simulated person: verifies review pages, or answers review requests one by one, from a file
+of true labels, and is charged a fixed number of seconds for each thing it does.
+
+The cost model (ReviewCost; the defaults are what benchmarks and `chimuffin loop` use):
+
+- a page: 1 s to take it in, 0.4 s per thumbnail shown on it, 2 s per exception marked (an image
+  whose true label is not the page's label; it gets its true label). An image the truth file
+  lacks gets no label: it is passed over, and charged as an exception (the person looked twice).
+- a single-image answer (the review queue): 3 s.
+
+A budget of math.inf seconds means "until every page (or request) is done".
+
+Images a person-like source (human, 3lc, oracle) already decided are skipped: not shown, not
+charged. A page is all or nothing: the session stops before the first page that does not fit in
+what is left of the budget. Every label given has source `oracle` (a simulated person).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from chimuffin.labels import PERSON_SOURCES, Decision
+
+EPS = 1e-9  # float slack when comparing sums of seconds with the budget
+
+
+@dataclass(frozen=True)
+class ReviewCost:
+    page_s: float = 1.0       # taking in one page
+    thumb_s: float = 0.4      # per thumbnail shown on it
+    exception_s: float = 2.0  # per exception marked (or image passed over) on a page
+    single_s: float = 3.0     # per single-image answer in the review queue
+
+    def page(self, shown: int, marked: int) -> float:
+        return self.page_s + self.thumb_s * shown + self.exception_s * marked
+
+    def describe(self) -> str:
+        return (f"{self.page_s:g} s per page + {self.thumb_s:g} s per thumbnail + "
+                f"{self.exception_s:g} s per exception; {self.single_s:g} s per single answer")
+
+
+@dataclass(frozen=True)
+class ReviewResult:
+    mode: str                 # "pages" or "queue"
+    budget_s: float
+    seconds: float            # simulated seconds used
+    pages: int                # pages shown
+    verified: int             # images given a label
+    exceptions: int           # labels that differ from the proposed one
+    passed_over: int          # images the truth file lacks
+    skipped: int              # images already decided by a person
+    by_class: dict = field(default_factory=dict)  # labels given, per class
+    stopped: str = "exhausted"  # "budget" or "exhausted"
+    reason: str = ""
+
+    @property
+    def unused_s(self) -> float:
+        return max(0.0, self.budget_s - self.seconds)
+
+    @property
+    def minutes(self) -> float:
+        return self.seconds / 60.0
+
+
+def person_decided(decisions: list[Decision]) -> set[str]:
+    return {d.path for d in decisions if d.source in PERSON_SOURCES}
+
+
+def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Decision],
+                 budget_seconds: float, cost: ReviewCost = ReviewCost()
+                 ) -> tuple[list[Decision], ReviewResult]:
+    """Go through the pages in order (the pages table of the suggest stage) until the budget
+    cannot pay for the next page. Returns (new decisions, what the session did)."""
+    done = person_decided(decisions)
+    pages = pages.sort_values(["page", "position"], kind="stable")
+    new: list[Decision] = []
+    used, shown_pages, exceptions, passed, skipped = 0.0, 0, 0, 0, 0
+    stopped, reason = "exhausted", ""
+    for page, rows in pages.groupby("page", sort=False):
+        label = rows["label"].iloc[0]
+        todo = rows[~rows["path"].isin(done)]
+        skipped += len(rows) - len(todo)
+        if todo.empty:
+            continue
+        true = todo["path"].map(truth)
+        unknown = true.isna()
+        wrong = ~unknown & (true != label)
+        seconds = cost.page(len(todo), int(wrong.sum() + unknown.sum()))
+        if used + seconds > budget_seconds + EPS:
+            stopped = "budget"
+            reason = (f"the next page (page {page}, {len(todo)} images) needs {seconds:.1f} s and "
+                      f"{budget_seconds - used:.1f} s of the {budget_seconds:.0f} s budget were "
+                      "left")
+            break
+        used += seconds
+        shown_pages += 1
+        exceptions += int(wrong.sum())
+        passed += int(unknown.sum())
+        note = f"page {page} ({label}, page score {rows['page_score'].iloc[0]:.2f})"
+        for path, t, is_wrong in zip(todo["path"], true, wrong, strict=True):
+            if isinstance(t, str):
+                new.append(Decision(path, t, "oracle",
+                                    f"page {page} exception" if is_wrong else note))
+    if stopped == "exhausted":
+        n = pages["page"].nunique()
+        if not n:
+            reason = "there are no review pages (no undecided pool images)"
+        elif not shown_pages:
+            reason = f"every image on the {n} pages is already decided by a person"
+        else:
+            reason = f"all {n} pages were reviewed" + (
+                "" if math.isinf(budget_seconds) else
+                f" ({budget_seconds - used:.1f} s of the {budget_seconds:.0f} s budget left)")
+    result = ReviewResult("pages", budget_seconds, round(used, 6), shown_pages, len(new),
+                          exceptions, passed, skipped, dict(Counter(d.label for d in new)),
+                          stopped, reason)
+    return new, result
+
+
+def answer_queue(queue: pd.DataFrame, truth: dict[str, str], decisions: list[Decision],
+                 budget_seconds: float, cost: ReviewCost = ReviewCost()
+                 ) -> tuple[list[Decision], ReviewResult]:
+    """Answer review requests one by one in rank order, cost.single_s each, while the budget
+    lasts. Requests the truth file cannot answer are passed over at no cost (a simulation can
+    only answer what it knows); images a person already decided are not asked again."""
+    done = person_decided(decisions)
+    max_answers = len(queue) if math.isinf(budget_seconds) or cost.single_s <= 0 else \
+        math.floor(budget_seconds / cost.single_s + EPS)
+    answers: list[Decision] = []
+    exceptions, passed, skipped = 0, 0, 0
+    stopped = "exhausted"
+    for row in queue.sort_values("rank", kind="stable").itertuples():
+        if len(answers) >= max_answers:
+            stopped = "budget"
+            break
+        if row.path in done:
+            skipped += 1
+            continue
+        if row.path not in truth:
+            passed += 1
+            continue
+        exceptions += truth[row.path] != row.proposed
+        answers.append(Decision(row.path, truth[row.path], "oracle",
+                                f"review request {row.rank} ({row.kind})"))
+    seconds = len(answers) * cost.single_s
+    if len(answers) >= max_answers and not math.isinf(budget_seconds):
+        stopped = "budget"
+    if stopped == "budget":
+        reason = (f"the budget paid for {max_answers} answers ({cost.single_s:g} s each)")
+    else:
+        reason = (f"the review queue held {len(queue)} requests (suggest.queue_size); "
+                  f"{skipped} already answered, {passed} not in the truth file; "
+                  "raise suggest.queue_size to ask more")
+    result = ReviewResult("queue", budget_seconds, seconds, 0, len(answers), int(exceptions),
+                          passed, skipped, dict(Counter(a.label for a in answers)), stopped,
+                          reason)
+    return answers, result
