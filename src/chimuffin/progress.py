@@ -53,7 +53,7 @@ class Progress:
     """Counts units of work; a tqdm bar on a terminal, throttled lines in a log.
 
     `update(n)` is the callback long loops take (engine.fit's and predict_manifest's progress);
-    every_s=None leaves the lines to the caller (training prints one per epoch).
+    every_s=None leaves every line to the caller (training prints one per epoch).
     """
 
     def __init__(self, what: str, total: int, unit: str = "img", log: bool | None = None,
@@ -91,7 +91,7 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-        if self.log:
+        if self.log and self.every_s is not None:
             self.print(f"{self.what}: {self.done} {self.unit} in {duration(self.elapsed())}")
 
     def __enter__(self) -> Progress:
