@@ -1,4 +1,4 @@
-"""Progress of long work: a bar with an ETA on a terminal, plain dated lines in a log.
+"""Progress of long work: a bar with an ETA on a terminal, plain lines in a log.
 
 The bar (tqdm, on stderr) shows only when stderr is a terminal: tqdm's `disable=None` turns it
 off otherwise, which under `dvc repro > run.log 2>&1`, `dvc exp run --queue` or CI would leave a

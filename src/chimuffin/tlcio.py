@@ -379,7 +379,7 @@ class TrainingRun:
         from chimuffin.predictions import predict_manifest
         from chimuffin.progress import Progress
 
-        what = f"3LC metrics of the {'saved model' if best else f'epoch {epoch}'}"
+        what = f"3LC metrics, {'saved model' if best else f'epoch {epoch}'}"
         total = sum(len(t.frame) for t in self.tables)
         with Progress(what, total, leave=False) as bar:
             preds = [predict_manifest(model, images, t.frame, self.classes, self.batch_size,

@@ -24,7 +24,7 @@ def main(args, params) -> None:
                                   params.embed.batch_size, device, with_embeddings=True,
                                   progress=bar.update)
     seed, k = params.base.seed, params.embed.n_neighbors
-    # PaCMAP reports no progress; the first call in a fresh environment also JIT-compiles
+    # PaCMAP reports no progress; its first call in a fresh environment also compiles numba code
     with timed(f"embed: PaCMAP 2-D of {len(df)} embeddings"):
         xy = pacmap_reduce(emb, 2, k, seed)
     with timed(f"embed: PaCMAP 3-D of {len(df)} embeddings"):
