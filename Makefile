@@ -1,18 +1,23 @@
 # Thin wrappers. Everything runs from the project's own .venv.
 PY ?= python3.11
 VENV := .venv
+PLOTS_TEMPLATE := .dvc/offline_plots.html
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup browser test test-fast lint repro bench bench-accuracy review dashboard
+.PHONY: setup browser test test-fast lint repro exp check-data bench bench-accuracy review dashboard
 
-setup: $(BIN)/chimuffin browser  ## fresh machine: venv + pinned deps + Chromium for UI tests
+setup: $(BIN)/chimuffin browser $(PLOTS_TEMPLATE)  ## fresh machine: venv + pinned deps + Chromium for UI tests + offline plots
 
 $(BIN)/chimuffin: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
+
+# `dvc plots show/diff` page template with Vega inlined (.dvc/config names it): works offline
+$(PLOTS_TEMPLATE): $(BIN)/chimuffin
+	$(BIN)/chimuffin plots-template --output $@
 
 browser:  ## Debian's Chromium for the review-page tests (Playwright drives it; never downloads one)
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -32,6 +37,19 @@ lint:
 
 repro:  ## the main job: the whole pipeline on the data named in params.yaml
 	$(BIN)/dvc repro
+
+check-data:  ## names DVC cannot hash in prepare.data_dir (run before `make repro` on new data)
+	$(BIN)/chimuffin check-data
+
+# The experiment table, short: name, date, the params that differ between the rows shown, and
+# the saved model's validation/test accuracy (best validation first). Everything else (deps
+# hashes, unchanged params, other metrics) is dropped; EXP_ARGS adds options, e.g. --md, -A.
+EXP_KEEP := ^(Experiment|Created|val\.accuracy|test\.accuracy)$$
+EXP_PARAMS := base|sample|prepare|clean|train|evaluate|embed|suggest|tlc
+exp:  ## short experiment table: params that differ + saved-model val/test accuracy
+	@$(BIN)/dvc exp show --no-pager --only-changed --keep '$(EXP_KEEP)' \
+	  --drop '^(?!($(EXP_PARAMS))\.)' --sort-by metrics/eval/metrics.json:val.accuracy \
+	  --sort-order desc --precision 4 $(EXP_ARGS)
 
 bench:  ## training / evaluation img/s: reference pipeline vs chimuffin (quiet machine)
 	$(BIN)/python benchmarks/train_throughput.py

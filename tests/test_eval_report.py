@@ -119,9 +119,12 @@ def test_pipeline_writes_report_and_dvc_plots_show_renders(tiny_repo, tmp_path):
 
     shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
     kinds = {name: [p["type"] for p in plots] for name, plots in shown["data"].items()}
-    assert kinds == {"Training curves": ["vega"], "Accuracy": ["vega"],
-                     "Learning rate": ["vega"], "Confusion matrix (validation)": ["vega"],
-                     "ROC (validation)": ["vega"], "Precision-recall (validation)": ["vega"],
+    curves = [f"{kind} ({split}, saved model)" for kind in ("Confusion matrix", "ROC",
+                                                            "Precision-recall")
+              for split in ("validation", "test")]
+    assert kinds == {"Loss per epoch (train, validation)": ["vega"],
+                     "Accuracy per epoch (train, validation)": ["vega"],
+                     "Learning rate per epoch": ["vega"], **{c: ["vega"] for c in curves},
                      "metrics/embedding.png": ["image"], "metrics/eval/mistakes.png": ["image"]}
     for name, plots in shown["data"].items():
         if plots[0]["type"] == "vega":

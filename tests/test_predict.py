@@ -129,9 +129,15 @@ def test_predict_exit_codes(folder, tiny_checkpoint, tmp_path, capsys):
                  str(tiny_checkpoint)) == 1
     err = capsys.readouterr().err
     assert "gone: no such file or folder" in err and "classified 0 image(s), 2 failed" in err
+    # folders without any image: a usage error, one line (before the model is even loaded)
     empty = tmp_path / "nothing"
-    empty.mkdir()
-    assert predict_cli(str(empty), "--model", str(tiny_checkpoint)) == 1
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no images here")
+    assert predict_cli(str(empty), "--model", str(tmp_path / "no.pth")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"chimuffin predict: error: no images found in {empty} (looked for .jpg/"
+                   ".jpeg/.png/.bmp/.gif/.tif/.tiff/.webp files in every subfolder, hidden "
+                   "files skipped; 1 other file(s) skipped)")
     # a missing or broken model is a usage error -> 2
     assert predict_cli(str(folder), "--model", str(tmp_path / "no.pth")) == 2
     assert "model file not found" in capsys.readouterr().err

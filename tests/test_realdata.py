@@ -46,6 +46,6 @@ def test_prepare_clean_counts_and_one_epoch(real_data, tmp_path):
          "--tables", str(tmp_path / "tables")], tmp_path)
     live = json.loads((tmp_path / "live/metrics.json").read_text())
     assert live["best/epoch"] == 1 and live["train_images"] == 160
-    assert 0.0 <= live["val"]["acc"] <= 1.0
+    assert 0.0 <= live["last_epoch"]["val_acc"] <= 1.0
     manifest = pd.read_parquet(tmp_path / "clean/manifest.parquet")
     assert (manifest["split"] == "val").sum() == 40

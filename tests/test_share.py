@@ -168,7 +168,7 @@ def test_queued_experiments_run_and_compare(baseline):
     assert sorted(float(r["train.lr"]) for r in exps) == [5e-4, 1e-3]
     assert all(r["State"] == "Success" for r in exps)
     # Each trained a model of its own: its validation loss is none of the others'.
-    loss = "metrics/eval/metrics.json:val.loss"
+    loss = "val.loss"  # the evaluated model's (training's own is last_epoch.val_loss)
     assert len({float(r[loss]) for r in [base, *exps]}) == 3, [r[loss] for r in rows]
     assert all(0 <= float(r["val.accuracy"]) <= 1 for r in exps)
 

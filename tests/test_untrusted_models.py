@@ -79,7 +79,8 @@ MESSAGES = {
     "plain_state_dict.pth": "a bare state_dict without chimuffin's metadata",
     "truncated.pth": "not a readable model file: truncated, corrupt or not a PyTorch checkpoint",
     "empty.pth": "not a readable model file: truncated, corrupt",
-    "text.pth": "not a readable model file: truncated, corrupt",
+    "text.pth": "not a PyTorch checkpoint: a text file (it starts with 'these are not "
+                "weights')",
     "other_classes.pth": "model was trained for classes ['cat', 'dog'], but base.classes is "
                          "['chihuahua', 'muffin']",
     "bad_meta.pth": "checkpoint metadata is incomplete or invalid",

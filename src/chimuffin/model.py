@@ -47,8 +47,30 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     atomic.write_torch(path, {"state_dict": state, "meta": meta})
 
 
+# torch.save writes a zip archive; its legacy format and a bare pickle start with protocol 2-5.
+CHECKPOINT_HEADERS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def not_a_checkpoint(head: bytes) -> str | None:
+    """Why a file starting with `head` cannot be a PyTorch checkpoint, or None if it may be
+    one (an empty file is left to torch.load, which calls it truncated)."""
+    if not head or head.startswith(CHECKPOINT_HEADERS):
+        return None
+    text = head.decode("utf-8", errors="replace")
+    if b"\x00" not in head and text.count("\ufffd") <= 1 and all(
+            c.isprintable() or c in "\t\r\n\ufffd" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (it starts with {first!r})"
+    return f"neither a zip archive nor a pickle (it starts with {head[:8]!r})"
+
+
 def _read_checkpoint(path: Path, device: str):
     """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    with path.open("rb") as f:
+        why = not_a_checkpoint(f.read(64))
+    if why:
+        raise UserError(f"{path}: not a PyTorch checkpoint: {why}; use a model file written "
+                        "by chimuffin's train stage")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch's note on foreign pickle protocols

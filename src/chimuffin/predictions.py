@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -9,15 +11,39 @@ from chimuffin.data.views import label_index
 from chimuffin.forward import per_sample_loss, predict, softmax
 from chimuffin.metrics import classification_report, precision_recall_curve, roc_curve
 
+# Batches per progress report: chunks are whole batches, so every batch holds the same images
+# as in one call over all rows.
+BATCHES_PER_REPORT = 8
+
+
+def predict_rows(model, images: np.ndarray, rows: np.ndarray, batch_size: int, device,
+                 tta_flip: bool = False, with_embeddings: bool = False,
+                 progress: Callable[[int], None] | None = None):
+    """engine.predict over rows, calling progress(n_images) every few batches."""
+    if progress is None or not len(rows):
+        return predict(model, images, rows, batch_size, device, tta_flip,
+                       with_embeddings=with_embeddings)
+    step = batch_size * BATCHES_PER_REPORT
+    parts = []
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        parts.append(predict(model, images, chunk, batch_size, device, tta_flip,
+                             with_embeddings=with_embeddings))
+        progress(len(chunk))
+    emb = np.concatenate([p[1] for p in parts]) if with_embeddings else None
+    return np.concatenate([p[0] for p in parts]), emb
+
 
 def predict_manifest(model, images: np.ndarray, df: pd.DataFrame, classes: list[str],
                      batch_size: int, device, tta_flip: bool = False,
-                     with_embeddings: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
+                     with_embeddings: bool = False,
+                     progress: Callable[[int], None] | None = None,
+                     ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """One row per image: path, split, label, prediction, confidence, p_<class>, loss
     (loss is NaN for undefined images)."""
     rows = df["idx"].to_numpy(dtype=np.int64)
-    logits, emb = predict(model, images, rows, batch_size, device, tta_flip,
-                          with_embeddings=with_embeddings)
+    logits, emb = predict_rows(model, images, rows, batch_size, device, tta_flip,
+                               with_embeddings, progress)
     probs = softmax(logits.astype(np.float64))
     y = label_index(df["label"], classes)
     out = df[["path", "split", "label", "label_source"]].reset_index(drop=True).copy()

@@ -380,10 +380,15 @@ class TrainingRun:
 
     def collect(self, model, images: np.ndarray, device, epoch: int, best: bool = False) -> None:
         from chimuffin.predictions import predict_manifest
+        from chimuffin.progress import Progress
 
-        for t in self.tables:
-            pred, emb = predict_manifest(model, images, t.frame, self.classes, self.batch_size,
-                                         device, with_embeddings=True)
+        what = f"3LC metrics, {'saved model' if best else f'epoch {epoch}'}"
+        total = sum(len(t.frame) for t in self.tables)
+        with Progress(what, total, leave=False) as bar:
+            preds = [predict_manifest(model, images, t.frame, self.classes, self.batch_size,
+                                      device, with_embeddings=True, progress=bar.update)
+                     for t in self.tables]
+        for t, (pred, emb) in zip(self.tables, preds, strict=True):
             self.run.add_metrics(metrics_columns(pred, emb, self.classes, epoch, best),
                                  column_schemas=self.schemas, foreign_table_url=t.url,
                                  foreign_table_display_name=t.split)
@@ -396,8 +401,10 @@ class TrainingRun:
         return self.reduce()
 
     def reduce(self) -> dict:
+        from chimuffin.progress import timed
+
         expected = len(self.collected) * len(self.tables)
-        with tlc_warnings() as notes:
+        with tlc_warnings() as notes, timed(f"3LC: PaCMAP 3-D of {expected} metrics tables"):
             reduced = self.run.reduce_embeddings_by_foreign_table_url(
                 self.train_url, method="pacmap", n_components=3, random_state=self.seed,
                 n_neighbors=self.n_neighbors, delete_source_tables=True)

@@ -17,9 +17,11 @@ def register(sub) -> None:
     p = sub.add_parser("dashboard", help="serve the 3LC tables and runs to the 3LC Dashboard",
                        description=__doc__)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5015)
-    p.add_argument("--tlc-config", default=tlcio.CONFIG)
+                   help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=5015,
+                   help="port of the Object Service (default %(default)s, the Dashboard's)")
+    p.add_argument("--tlc-config", default=tlcio.CONFIG,
+                   help="3LC config naming the tables and runs (default %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,5 @@
-"""`chimuffin export --onnx`: the trained model as ONNX, preprocessing inside the graph.
+"""`chimuffin export`: the trained model as ONNX (the only format; `--onnx` is optional),
+preprocessing inside the graph.
 
 The ONNX input is `image`: uint8 RGB NCHW at the checkpoint's image_size (0-255); scaling and
 mean/std normalisation run inside the model. Its metadata_props (keys chimuffin.*) record the
@@ -18,23 +19,26 @@ CALIBRATION_IMAGES = 256
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export the trained model (ONNX)", description=__doc__)
-    p.add_argument("--onnx", action="store_true", required=True,
-                   help="export to ONNX (the only format so far)")
-    p.add_argument("--model", default=paths.MODEL, help="checkpoint (default %(default)s)")
+    p = sub.add_parser("export", help="export the trained model as ONNX", description=__doc__)
+    p.add_argument("--onnx", action="store_true",
+                   help="ONNX: the default and, so far, the only format (optional)")
+    p.add_argument("--model", default=paths.MODEL,
+                   help="checkpoint written by the train stage (default %(default)s)")
     p.add_argument("--output", "-o", default=paths.ONNX,
                    help="ONNX file to write (default %(default)s)")
     p.add_argument("--quantize", nargs="?", const="dynamic", choices=("dynamic", "static"),
-                   help="int8 quantisation with onnxruntime: dynamic (weights only; measured "
-                        "slower on CPU, see the README) or static (weights and activations, "
-                        "calibrated)")
+                   help="int8 quantisation with onnxruntime: dynamic (weights only, what a bare "
+                        "--quantize means; measured slower on CPU: benchmarks/README.md) or static "
+                        "(weights and activations, calibrated) (default: none, float32)")
     p.add_argument("--calibration", nargs="+", metavar="PATH",
                    help="image files/folders to calibrate static quantisation on (default: "
-                        "the pipeline's non-test images)")
+                        f"up to {CALIBRATION_IMAGES} of the pipeline's non-test images)")
     p.add_argument("--prepared", default=paths.PREPARED,
-                   help="the pipeline's prepared folder, for the default calibration images")
+                   help="the pipeline's prepared folder, for the default calibration images "
+                        "(default %(default)s)")
     p.add_argument("--clean", default=paths.CLEAN,
-                   help="the pipeline's clean folder (which cached images are not test)")
+                   help="the pipeline's clean folder: which cached images are not test "
+                        "(default %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -2,8 +2,8 @@
 
 Exit codes: 0 when at least one image was classified (unreadable files are reported, per file,
 on stderr and as rows with an `error` in CSV/JSON output); 1 when nothing could be classified
-(no images found, or every one failed); 2 for a usage error (bad option, missing or unloadable
-model); 130 on Ctrl-C.
+(every file failed or was missing); 2 for a usage error (bad option, folders without any image,
+missing or unloadable model); 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,18 +20,32 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files and/or folders (searched recursively)")
-    p.add_argument("--model", default=paths.MODEL, help="checkpoint (default %(default)s)")
+    p.add_argument("--model", default=paths.MODEL,
+                   help="checkpoint written by the train stage (default %(default)s)")
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="table (aligned text), csv or json (default %(default)s)")
-    p.add_argument("--output", "-o", help="write the results to this file (atomically) "
-                   "instead of stdout")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write the results to FILE, atomically (default: stdout)")
     p.add_argument("--tta-flip", action="store_true",
-                   help="average the logits of the image and its mirror image")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                   help="average the logits of the image and its mirror image (default: off)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass (default %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto uses CUDA when present (default %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads (default 0: every core this process may use)")
+                   help="CPU threads; 0 = every core this process may use (default %(default)s)")
     p.set_defaults(func=run)
+
+
+def no_images_message(paths_given: list[str], skipped: int) -> str:
+    """The error for folders that hold no image at all."""
+    from chimuffin.data.images import IMAGE_SUFFIXES
+
+    common = [".jpg", ".jpeg", ".png"]
+    suffixes = "/".join(common + sorted(IMAGE_SUFFIXES - set(common)))
+    other = f"; {skipped} other file(s) skipped" if skipped else ""
+    return (f"no images found in {', '.join(paths_given)} (looked for {suffixes} files in "
+            f"every subfolder, hidden files skipped{other})")
 
 
 def run(args) -> int:
@@ -47,11 +61,13 @@ def run(args) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0, got {args.threads}")
+    found = collect_inputs(args.paths)
+    if not found.items and not found.missing:  # only folders, and no image in any of them
+        raise UserError(no_images_message(args.paths, found.skipped))
     runtime.setup(0, args.threads)  # deterministic kernels; the seed is unused
     device = runtime.pick_device(args.device)
     model, meta = load_checkpoint(args.model, device=str(device))
     classes = list(meta["classes"])
-    found = collect_inputs(args.paths)
     with tqdm(total=len(found.items), unit="img", desc="predict", file=sys.stderr,
               disable=None if len(found.items) > 1 else True) as bar:
         df = classify(model, meta, found.items, args.batch_size, device, args.tta_flip,

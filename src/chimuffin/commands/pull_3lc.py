@@ -26,23 +26,27 @@ from chimuffin.labels import (
     read_decisions,
     write_decisions,
 )
-from chimuffin.paths import TABLES
 
 
 def register(sub) -> None:
     p = sub.add_parser("pull-3lc", help="merge 3LC Dashboard edits into data/labels/decisions.csv",
                        description=__doc__)
     p.add_argument("--table", choices=tlcio.SPLITS, default="train",
-                   help="which pipeline table's revisions to read (default train)")
-    p.add_argument("--tables", default=TABLES, help=f"tables folder (default {TABLES})")
-    p.add_argument("--decisions", default=paths.DECISIONS)
-    p.add_argument("--params", default=paths.PARAMS)
-    p.add_argument("--tlc-config", default=tlcio.CONFIG)
+                   help="which pipeline table's revisions to read (default %(default)s)")
+    p.add_argument("--tables", default=paths.TABLES, help="tables folder (default %(default)s)")
+    p.add_argument("--decisions", default=paths.DECISIONS,
+                   help="label file to merge into (default %(default)s)")
+    p.add_argument("--params", default=paths.PARAMS,
+                   help="params file (base.classes) (default %(default)s)")
+    p.add_argument("--tlc-config", default=tlcio.CONFIG,
+                   help="3LC config naming the tables (default %(default)s)")
     p.add_argument("--archive", default=paths.PULLED_3LC,
-                   help="where pulled revisions are moved (default data/3lc-pulled)")
+                   help="where pulled revisions are moved (default %(default)s)")
     p.add_argument("--keep-revisions", action="store_true",
-                   help="leave pulled revisions in place (they go stale after `dvc repro`)")
-    p.add_argument("--dry-run", action="store_true", help="report only; write and move nothing")
+                   help="leave pulled revisions in place; they go stale after `dvc repro` "
+                        "(default: move them)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="report only; write and move nothing (default: off)")
     p.set_defaults(func=run)
 
 

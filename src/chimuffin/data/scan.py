@@ -40,7 +40,8 @@ def _classify_file(root: Path, p: Path) -> str | None:
     try:
         os.fsencode(_rel(root, p)).decode("utf-8")
     except UnicodeDecodeError:
-        return "file or folder name is not valid UTF-8 (rename it)"
+        return ("file or folder name is not valid UTF-8 (DVC cannot hash it either: "
+                "`chimuffin check-data` prints the commands that rename it)")
     # resolve() follows every link on the way, so a linked file and a file inside a linked
     # folder are both caught: a dataset must not make us read files from elsewhere.
     target = p.resolve()

@@ -3,7 +3,8 @@
 pages.parquet has one row per undecided pool image, sorted by (page, position): `page`
 (0 = the first page to review), `position`, `path`, `label` (the page's proposed class, the same
 on every row of a page), `score` (this image's score for that label), `page_score` (the page's
-mean), `model_label`, `knn_label`, `agree`. The page shows pages in page order (page 0 first), as the simulated reviewer goes through them.
+mean), `model_label`, `knn_label`, `agree`. The page shows pages in page order (page 0
+first), the order the simulated reviewer goes through them.
 """
 
 from __future__ import annotations

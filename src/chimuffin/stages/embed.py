@@ -9,6 +9,7 @@ from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.embeddings import embeddings_frame, pacmap_reduce, scatter_png
 from chimuffin.model import load_checkpoint
 from chimuffin.predictions import predict_manifest
+from chimuffin.progress import Progress, timed
 from chimuffin.stages import common
 
 
@@ -18,10 +19,16 @@ def main(args, params) -> None:
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
     model, _ = load_checkpoint(args.model, device=str(device), classes=params.base.classes)
-    _, emb = predict_manifest(model, images, df, params.base.classes,
-                                 params.embed.batch_size, device, with_embeddings=True)
+    with Progress("embed", len(df)) as bar:
+        _, emb = predict_manifest(model, images, df, params.base.classes,
+                                  params.embed.batch_size, device, with_embeddings=True,
+                                  progress=bar.update)
     seed, k = params.base.seed, params.embed.n_neighbors
-    xy, xyz = pacmap_reduce(emb, 2, k, seed), pacmap_reduce(emb, 3, k, seed)
+    # PaCMAP reports no progress; its first call in a fresh environment also compiles numba code
+    with timed(f"embed: PaCMAP 2-D of {len(df)} embeddings"):
+        xy = pacmap_reduce(emb, 2, k, seed)
+    with timed(f"embed: PaCMAP 3-D of {len(df)} embeddings"):
+        xyz = pacmap_reduce(emb, 3, k, seed)
     coords = pd.DataFrame({"path": df["path"].to_numpy(), "split": df["split"].to_numpy(),
                            "label": df["label"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1],
                            "x3": xyz[:, 0], "y3": xyz[:, 1], "z3": xyz[:, 2]})

@@ -4,11 +4,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
 from chimuffin.model import load_checkpoint
 from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
+from chimuffin.progress import Progress
 from chimuffin.recipe_diff import load_reference, recipe_diff
 from chimuffin.stages import common
 
@@ -19,6 +22,24 @@ def headline(report: dict) -> dict:
     out["accuracy_ci95_low"], out["accuracy_ci95_high"] = report["accuracy_ci95"]
     for cls, m in report["per_class"].items():
         out[f"f1_{cls}"] = m["f1"]
+    return out
+
+
+# Every split's plot tables are written, a split without labeled images (no test128/) as
+# header-only files: dvc.yaml declares both splits' plots, and `dvc plots show` then draws an
+# empty chart instead of warning that it failed to load a file.
+PLOT_SPLITS = ("val", "test")
+CURVE_COLUMNS = {"confusion": ["actual", "predicted"], "roc": ["fpr", "tpr"],
+                 "pr": ["recall", "precision"]}
+
+
+def plot_tables(pred, classes: list[str], reports: dict) -> dict[str, pd.DataFrame]:
+    """{file name: table} for the confusion/ROC/PR plots of every split in PLOT_SPLITS."""
+    out = {}
+    for split in PLOT_SPLITS:
+        tables = curve_tables(pred, split, classes) if split in reports else \
+            {name: pd.DataFrame(columns=cols) for name, cols in CURVE_COLUMNS.items()}
+        out.update({f"{name}_{split}.csv": table for name, table in tables.items()})
     return out
 
 
@@ -43,17 +64,17 @@ def main(args, params) -> None:
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
     model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
-    pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size, device,
-                               params.evaluate.tta_flip)
-    reports = {s: r for s in ("val", "test") if (r := split_metrics(pred, s, classes))}
+    with Progress("evaluate", len(df)) as bar:
+        pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size,
+                                   device, params.evaluate.tta_flip, progress=bar.update)
+    reports = {s: r for s in PLOT_SPLITS if (r := split_metrics(pred, s, classes))}
     out = Path(args.out)
     with atomic.atomic_dir(out) as tmp:
         atomic.write_parquet(tmp / "predictions.parquet", pred)
         atomic.write_json(tmp / "report.json", {"best_epoch": meta.get("epoch"), **reports})
         atomic.write_json(tmp / "metrics.json", {s: headline(r) for s, r in reports.items()})
-        for split in reports:
-            for name, table in curve_tables(pred, split, classes).items():
-                table.to_csv(tmp / f"{name}_{split}.csv", index=False, float_format="%.6g")
+        for name, table in plot_tables(pred, classes, reports).items():
+            table.to_csv(tmp / name, index=False, float_format="%.6g")
         write_report(tmp, args, params, meta, pred, df, images, reports)
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]

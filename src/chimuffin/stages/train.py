@@ -4,14 +4,13 @@ train.keep names (the best validation epoch or the last)."""
 import math
 from pathlib import Path
 
-from tqdm import tqdm
-
 from chimuffin import atomic, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.engine import check_cpu_bf16, fit, uses_cpu_bf16
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, save_checkpoint
+from chimuffin.progress import Progress, duration, eta
 from chimuffin.stages import common
 
 
@@ -20,6 +19,28 @@ def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:
     return {"classes": list(params.base.classes), "head": list(t.head), "dropout": t.dropout,
             "image_size": params.base.image_size, "epoch": epoch, "val_accuracy": val_acc,
             "preprocess": "RGB, resize to image_size, /255, ImageNet mean/std"}
+
+
+# DVCLive names: metrics.json keeps the last value logged, so these read `last_epoch.val_acc`
+# in `dvc metrics show` / `dvc exp show`, apart from the evaluate stage's `val.accuracy` (the
+# saved model, evaluated); their per-epoch history is under plots/metrics/last_epoch/.
+def epoch_metrics(r) -> dict[str, float]:
+    """What DVCLive logs per epoch; no validation numbers for an epoch that was not validated
+    (train.val_every)."""
+    metrics = {"last_epoch/train_loss": r.train.loss, "last_epoch/train_acc": r.train.acc,
+               "last_epoch/val_loss": r.val_loss, "last_epoch/val_acc": r.val_acc,
+               "last_epoch/lr": r.lr}
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}
+
+
+def epoch_line(r, epochs: int, elapsed: float) -> str:
+    """One log line per epoch (when stdout is not a terminal)."""
+    left = eta(r.epoch, epochs, elapsed)
+    tail = f", about {duration(left)} left" if left is not None and r.epoch < epochs else ""
+    val = "not validated" if math.isnan(r.val_acc) else \
+        f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f}"
+    return (f"train: epoch {r.epoch}/{epochs}: loss {r.train.loss:.4f} acc {r.train.acc:.4f}, "
+            f"{val}, lr {r.lr:.3g}; {duration(elapsed)} elapsed{tail}")
 
 
 def main(args, params) -> None:
@@ -43,7 +64,8 @@ def main(args, params) -> None:
 
     from dvclive import Live
 
-    bar = tqdm(total=t.epochs * len(train_rows), unit="img", desc="train", disable=None)
+    # a bar with an ETA on a terminal; one line per epoch in a log (progress.py)
+    bar = Progress("train", t.epochs * len(train_rows), every_s=None)
     # All or nothing: the best weights are kept in memory and DVCLive (which writes its files
     # in place, epoch by epoch) writes into a temporary folder; models/best.pth and
     # metrics/train appear only when training completes. Ctrl-C removes the temporary folder;
@@ -53,10 +75,8 @@ def main(args, params) -> None:
     with atomic.atomic_dir(args.live) as live_dir, \
             Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def on_epoch(r, is_best):
-            for name, value in (("train/loss", r.train.loss), ("train/acc", r.train.acc),
-                                ("val/loss", r.val_loss), ("val/acc", r.val_acc), ("lr", r.lr)):
-                if not math.isnan(value):  # validation every train.val_every epochs
-                    live.log_metric(name, value)
+            for name, value in epoch_metrics(r).items():
+                live.log_metric(name, value)
             # r.model: the validated weights (the EMA copy when it is on)
             if is_best if t.keep == "best" else r.epoch == t.epochs:
                 kept.update(epoch=r.epoch, val_acc=r.val_acc)
@@ -64,7 +84,9 @@ def main(args, params) -> None:
                                    for k, v in r.model.state_dict().items()})
             if run3lc:
                 run3lc.epoch_end(r, r.model, images, device)
-            bar.set_postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
+            bar.postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
+            if bar.log:
+                bar.print(epoch_line(r, t.epochs, bar.elapsed()))
             live.next_step()
 
         best = fit(model, images, train_rows, train_y, val_rows, val_y, t, params.base.seed,
