@@ -18,7 +18,7 @@ from chimuffin.data.names import (
     unique_name,
 )
 from chimuffin.data.sample import write_sample
-from tests.conftest import REPO, run
+from tests.helpers.repo import REPO, run
 
 LATIN1 = b"caf\xe9.jpg"  # 'café.jpg' written by a system using Latin-1
 

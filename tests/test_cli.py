@@ -29,7 +29,7 @@ def test_version_comes_from_the_package_metadata(capsys):
 
 def test_every_command_has_a_description():
     commands = subcommands()
-    assert {"sample", "review", "loop", "labels", "check-data", "plots-template"} <= set(commands)
+    assert {"review", "loop", "labels", "check-data", "plots-template"} <= set(commands)
     for name, parser in commands.items():
         assert parser.description and len(parser.description.strip()) > 20, name
         assert name in parser.format_usage()

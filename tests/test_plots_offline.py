@@ -15,7 +15,7 @@ import yaml
 from chimuffin import paths
 from chimuffin.errors import UserError
 from chimuffin.plots_page import SCRIPTS, build_template, inline_script, read_scripts
-from tests.conftest import REPO, run
+from tests.helpers.repo import REPO, run
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
