@@ -48,22 +48,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))  # this checkout's code, like the repositories it makes
+from chimuffin import runtime
+from chimuffin.config import as_dict, parse_params
+from chimuffin.data.sample import write_sample
+from chimuffin.errors import UserError
+from chimuffin.labels import Decision, format_decisions, read_decisions, read_path_labels
+from chimuffin.loop import parse_trailers
+from chimuffin.metrics import wilson_interval
+from chimuffin.simulated_review import ReviewCost
 
-from chimuffin import runtime  # noqa: E402
-from chimuffin.config import as_dict, parse_params  # noqa: E402
-from chimuffin.data.sample import write_sample  # noqa: E402
-from chimuffin.errors import UserError  # noqa: E402
-from chimuffin.labels import (  # noqa: E402
-    Decision,
-    format_decisions,
-    read_decisions,
-    read_path_labels,
-)
-from chimuffin.loop import parse_trailers  # noqa: E402
-from chimuffin.metrics import wilson_interval  # noqa: E402
-from chimuffin.simulated_review import ReviewCost  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
