@@ -67,7 +67,7 @@ def decode(root: Path, items: list[tuple[str, int]], size: int) -> tuple[np.ndar
 def train_briefly(images, labels, params, epochs: int, path: Path) -> None:
     t = params.train
     torch.manual_seed(params.base.seed)
-    model = build_model(len(params.base.classes), t.head, t.dropout)
+    model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)
     opt = make_optimizer(model, t.lr, t.weight_decay)
     g = torch.Generator().manual_seed(params.base.seed)
     rows = np.arange(len(images))
@@ -75,7 +75,8 @@ def train_briefly(images, labels, params, epochs: int, path: Path) -> None:
         s = train_one_epoch(model, images, rows, labels, t, opt, g, torch.device("cpu"))
         print(f"  train epoch {epoch}/{epochs}: loss {s.loss:.3f}, acc {s.acc:.3f}", flush=True)
     save_checkpoint(path, model, {"classes": list(params.base.classes), "head": list(t.head),
-                                  "dropout": t.dropout, "image_size": params.base.image_size,
+                                  "dropout": t.dropout, "upsample": t.upsample,
+                                  "image_size": params.base.image_size,
                                   "epoch": epochs, "val_accuracy": None})
 
 

@@ -204,7 +204,7 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
         train_rows, train_y = train_rows[keep], train_y[keep]
     runtime.setup(seed, t.threads)
     device = runtime.pick_device(t.device)
-    model = build_model(len(classes), t.head, t.dropout)
+    model = build_model(len(classes), t.head, t.dropout, t.upsample)
     start, history = time.perf_counter(), []
 
     def on_epoch(r, is_best):

@@ -115,3 +115,17 @@ def test_export_refuses_a_missing_model(tmp_path, capsys):
                  "--output", str(tmp_path / "m.onnx")]) == 2
     assert "model file not found" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_applies_the_models_upsampling(tmp_path, capsys):
+    """train.upsample lives in the model, so the exported graph upsamples too."""
+    from tests.helpers.models import SIZE, write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "up.pth", upsample=1.5)
+    out = tmp_path / "up.onnx"
+    assert main(["export", "--model", str(ckpt), "--output", str(out)]) == 0
+    capsys.readouterr()
+    images = np.random.default_rng(0).integers(0, 256, (6, 3, SIZE, SIZE), dtype=np.uint8)
+    onnx_p = run_onnx(session(out, 1), images, batch_size=4)
+    ref = torch_probs(ckpt, images)
+    assert np.abs(onnx_p - ref).max() < 1e-4

@@ -84,6 +84,9 @@ class Train:
     grad_clip: float = num(0.0)
     head: list[int] = field()
     dropout: float = num(0.0, 1.0, hi_open=True)
+    # Bilinear upsampling of the input inside the model (1 = none): more feature-map resolution
+    # for small images at upsample^2 the compute; part of the model, so every use applies it.
+    upsample: float = num(1.0, 4.0)
     label_smoothing: float = num(0.0, 1.0, hi_open=True)
     augment: Augment = field()
     # Resolution schedule: train at res_min (0 = off) until res_ramp_start, then ramp linearly

@@ -17,6 +17,7 @@ from chimuffin.stages import common
 def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:
     t = params.train
     return {"classes": list(params.base.classes), "head": list(t.head), "dropout": t.dropout,
+            "upsample": t.upsample,
             "image_size": params.base.image_size, "epoch": epoch, "val_accuracy": val_acc,
             "preprocess": "RGB, resize to image_size, /255, ImageNet mean/std"}
 
@@ -60,7 +61,7 @@ def main(args, params) -> None:
     else:
         tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
     images = open_cache(Path(args.prepared) / "images.npy")
-    model = build_model(len(classes), t.head, t.dropout)
+    model = build_model(len(classes), t.head, t.dropout, t.upsample)
 
     from dvclive import Live
 
