@@ -15,7 +15,8 @@ files as they are in the working tree; the data is read in place, never copied):
 Arms:
 - pages-confident, pages-uncertain: rounds of `chimuffin loop --rounds 1 --reviewer CSV
   --minutes M` with suggest.page_order confident / uncertain;
-- queue: rounds of `chimuffin loop --rounds 1 --oracle CSV --budget K`, K = M * 60 / 3, with
+- queue: rounds of `chimuffin loop --rounds 1 --oracle CSV --budget K`, K = M * 60 / 3 (up to
+  the last checkpoint only: the whole pool one answer at a time would be hours), with
   suggest.queue_size raised so that the queue never runs dry;
 - ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`.
 Each round's M takes the arm to the next checkpoint of --schedule (cumulative simulated
@@ -355,7 +356,9 @@ def main(argv=None) -> int:
                     help="checkpoints in cumulative simulated minutes (default: "
                     f"{' '.join(f'{m:g}' for m in SCHEDULE)}; --smoke: 0 0.2)")
     ap.add_argument("--no-whole-pool", dest="whole_pool", action="store_false",
-                    help="stop at the last checkpoint instead of reviewing the whole pool")
+                    help="stop at the last checkpoint instead of reviewing the whole pool (the "
+                    "queue arm always stops there: the whole pool one image at a time would "
+                    "be hours)")
     ap.add_argument("--recipe", default=None, metavar="FILE",
                     help="train group from a recipe (recipes/NAME.yaml or a yaml path; "
                     "default: params.yaml's)")
@@ -405,7 +408,10 @@ def main(argv=None) -> int:
         if arm == "ceiling":
             rows.append(run_ceiling(repo, data, classes))
         else:
-            rows += run_arm(arm, repo, data, truth_csv, classes, schedule, args.whole_pool)
+            # the whole pool one answer at a time would be hours of human time: queue stops at
+            # the last checkpoint
+            rows += run_arm(arm, repo, data, truth_csv, classes, schedule,
+                            args.whole_pool and arm != "queue")
         if not args.keep_repos:
             shutil.rmtree(repo, ignore_errors=True)
 
