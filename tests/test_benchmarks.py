@@ -207,21 +207,23 @@ def test_review_session_smoke(tmp_path, capsys):
     rs = load("review_session")
     out = tmp_path / "out"
     assert rs.main(["--smoke", "--arms", "pages-uncertain", "queue", "ceiling", "--schedule",
-                    "0", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
+                    "0", "0.2", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     result = json.loads((out / "review_session.json").read_text())
     assert (out / "review_session.png").stat().st_size > 0
-    rows = {(r["arm"], i): r for i, r in enumerate(result["checkpoints"])}
-    arms = [r["arm"] for r in result["checkpoints"]]
-    assert arms == ["pages-uncertain", "pages-uncertain", "queue", "queue", "ceiling"]
+    rows = result["checkpoints"]
+    # pages: 0 min, 0.2 min, the whole pool; the queue stops at the last checkpoint (0.2 min)
+    assert [r["arm"] for r in rows] == ["pages-uncertain"] * 3 + ["queue"] * 2 + ["ceiling"]
     pool = result["pool_images"]
-    start, whole = rows[("pages-uncertain", 0)], rows[("pages-uncertain", 1)]
+    start, whole = rows[0], rows[2]
     assert start["minutes"] == 0 and start["verified"] == 0 and start["sources"] == {}
     # the whole pool verified, every label from the simulated person, at the cost model's price
     assert whole["verified"] == pool == whole["sources"]["oracle"]
     assert whole["minutes"] == pytest.approx(
         (whole["pages"] * 1.0 + pool * 0.4 + whole["exceptions"] * 2.0) / 60)
-    assert rows[("queue", 3)]["minutes"] == pytest.approx(pool * 3.0 / 60)
-    ceiling = rows[("ceiling", 4)]
+    queued = rows[4]
+    # 0.2 min at 3 s per single answer: 4 answers
+    assert queued["verified"] == 4 and queued["minutes"] == pytest.approx(4 * 3.0 / 60)
+    ceiling = rows[5]
     assert ceiling["minutes"] is None and ceiling["train_images"] == whole["train_images"]
-    assert all(r["n"] == result["validation_images"] for r in result["checkpoints"])
+    assert all(r["n"] == result["validation_images"] for r in rows)
     assert "cpu: " in capsys.readouterr().out
