@@ -25,7 +25,7 @@ def test_default_params_are_the_reference_recipe_file():
     assert default_params_dict()["train"] == recipe_group("reference")
 
 
-@pytest.mark.parametrize("name", ["reference", "fast"])
+@pytest.mark.parametrize("name", ["reference", "fast", "pool"])
 def test_recipe_files_are_complete_valid_train_groups(name):
     raw = copy.deepcopy(default_params_dict())
     raw["train"] = recipe_group(name)
