@@ -29,6 +29,12 @@ is dropped (and counted), and the oracle rows win over any other.
 
 With two or more recipes, a paired line per pair compares their final weights on the same
 validation images (exact McNemar test): the images only one of them gets right, and the p-value.
+`--paired-with FILE` adds the results of an earlier run (its --json) to the table and the pairs,
+marked "(saved)"; it must come from the same --protocol and data (checked: the validation
+images' digest, and their number). `--recipes` may then be empty: compare saved runs only.
+
+    python benchmarks/time_to_accuracy.py --protocol pool --recipes reference \
+        --budget-minutes 45 --paired-with pool-candidate.json --json reference.json
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -224,7 +231,7 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     logits, _ = predict(last.model, images, val_rows, params.evaluate.batch_size, device,
                         tta_flip=t.val_tta_flip)
     correct = logits.argmax(1) == val_y
-    return {"recipe": name, "epochs": last.epoch, "planned_epochs": t.epochs,
+    return {"recipe": name, "validation_digest": validation_digest(labeled(df, "val")), "epochs": last.epoch, "planned_epochs": t.epochs,
             "wall_s": wall, "train_images": int(len(train_rows)), "val_images": int(n),
             "val_tta_flip": t.val_tta_flip, "device": str(device),
             "final_acc": float(correct.mean()), "final_k": int(correct.sum()),
@@ -233,8 +240,41 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
             "final_correct": correct.astype(int).tolist()}
 
 
+def validation_digest(val: pd.DataFrame) -> str:
+    """Which validation images, in which order: earlier results pair only with the same ones."""
+    return hashlib.sha256("\n".join(val["path"].astype(str)).encode()).hexdigest()[:16]
+
+
+def read_saved_results(path: Path, digest: str | None, n_val: int | None) -> list[dict]:
+    """An earlier run's --json, checked against this run's validation images where known."""
+    if not path.is_file():
+        raise UserError(f"--paired-with {path}: file not found")
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"--paired-with {path}: not JSON ({e})") from None
+    needed = {"recipe", "epochs", "planned_epochs", "wall_s", "image_steps", "train_images",
+              "val_images", "final_acc", "final_k", "val_tta_flip", "best_acc", "best_epoch",
+              "final_correct"}
+    if not isinstance(saved, list) or not all(isinstance(r, dict) for r in saved):
+        raise UserError(f"--paired-with {path}: not a time_to_accuracy --json result list")
+    for r in saved:
+        if missing := sorted(needed - set(r)):
+            raise UserError(f"--paired-with {path}: recipe {r.get('recipe')} lacks "
+                            f"{', '.join(missing)} (not a time_to_accuracy --json result)")
+    for r in saved:
+        if digest and r.get("validation_digest", digest) != digest:
+            raise UserError(f"--paired-with {path}: recipe {r.get('recipe')} was validated on "
+                            "other images (another --protocol or data)")
+        if n_val is not None and len(r["final_correct"]) != n_val:
+            raise UserError(f"--paired-with {path}: recipe {r.get('recipe')} has "
+                            f"{len(r['final_correct'])} validation results, this run {n_val}")
+        r["recipe"] = f"{r['recipe']} (saved)"
+    return saved
+
+
 def table(results: list[dict]) -> str:
-    lines = [f"{'recipe':<12} {'epochs':>8} {'wall':>9} {'image-steps':>11} {'train':>6} "
+    lines = [f"{'recipe':<16} {'epochs':>8} {'wall':>9} {'image-steps':>11} {'train':>6} "
              f"{'val':>5}  "
              f"{'final val acc [95% CI]':<26} {'best-epoch val acc':<19}"]
     for r in results:
@@ -242,7 +282,7 @@ def table(results: list[dict]) -> str:
                                      else f"/{r['planned_epochs']}")
         lo, hi = wilson_interval(r["final_k"], r["val_images"])
         tta = " tta" if r["val_tta_flip"] else ""
-        lines.append(f"{r['recipe']:<12} {epochs:>8} {r['wall_s'] / 60:8.1f}m "
+        lines.append(f"{r['recipe']:<16} {epochs:>8} {r['wall_s'] / 60:8.1f}m "
                      f"{r['image_steps']:>11,} {r['train_images']:>6} {r['val_images']:>5}  "
                      f"{r['final_acc']:.4f} [{lo:.4f}, {hi:.4f}]{tta:<5} "
                      f"{r['best_acc']:.4f} (ep {r['best_epoch']})")
@@ -267,8 +307,9 @@ def paired_lines(results: list[dict]) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipes", nargs="+", default=["reference", "fast"],
-                    help="recipe names (recipes/NAME.yaml) or yaml paths, run in this order")
+    ap.add_argument("--recipes", nargs="*", default=["reference", "fast"],
+                    help="recipe names (recipes/NAME.yaml) or yaml paths, run in this order "
+                         "(none: only compare --paired-with files)")
     ap.add_argument("--data", type=Path, default=REAL_DATA, help=f"default {REAL_DATA}")
     ap.add_argument("--protocol", choices=["reviewed", "pool"], default="reviewed",
                     help="reviewed: seeds + --train-reviewed reviewed rows train, the other "
@@ -288,6 +329,9 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="default base.image_size")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: temp)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--paired-with", type=Path, action="append", default=[], metavar="FILE",
+                    help="an earlier run's --json (same --protocol and data): its results join "
+                         "the table and the paired tests; repeatable")
     ap.add_argument("--export-split", type=Path, default=None, metavar="DIR",
                     help="write label files for growing the training set (oracle rows as "
                          "DIR/decisions.csv and --export-val of them as "
@@ -297,6 +341,8 @@ def main(argv=None) -> int:
     ap.add_argument("--decisions", type=Path, default=None, metavar="FILE",
                     help="a decisions.csv (e.g. pool labels the loop accepted) added to training")
     args = ap.parse_args(argv)
+    if not args.recipes:
+        return compare_saved(args.paired_with)
     reviewed = args.data / "reviewed_labels.csv"
     if not reviewed.is_file():
         raise UserError(f"{reviewed} not found (the real data; set --data or "
@@ -349,10 +395,25 @@ def main(argv=None) -> int:
         results = [train_recipe(recipe_label(n), p, df, images, args.max_train, budget)
                    for n, p in params.items()]
         del images
+    first_result = results[0]
+    saved = [r for path in args.paired_with for r in read_saved_results(
+        path, first_result["validation_digest"], first_result["val_images"])]
     print()
-    print(table(results))
+    print(table(results + saved))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def compare_saved(paths: list[Path]) -> int:
+    """No recipe to train: the table and paired tests of earlier runs, checked alike."""
+    if len(paths) < 1:
+        raise UserError("--recipes is empty: name recipes to train, or --paired-with files to "
+                        "compare")
+    first = read_saved_results(paths[0], None, None)
+    digest, n_val = first[0].get("validation_digest"), len(first[0]["final_correct"])
+    saved = first + [r for path in paths[1:] for r in read_saved_results(path, digest, n_val)]
+    print(table(saved))
     return 0
 
 

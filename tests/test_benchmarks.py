@@ -117,6 +117,44 @@ def test_overrides_are_checked_and_validated_strictly():
         tta.recipe_params(base, "fast", None, [("fast", "lrr", 1.0)])
 
 
+def saved_result(recipe: str, correct: list[int], digest: str = "abc") -> dict:
+    return {"recipe": recipe, "validation_digest": digest, "epochs": 1, "planned_epochs": 1,
+            "wall_s": 60.0, "train_images": 10, "val_images": len(correct),
+            "val_tta_flip": False, "final_acc": sum(correct) / len(correct),
+            "final_k": sum(correct), "image_steps": 10, "best_epoch": 1,
+            "best_acc": sum(correct) / len(correct), "final_correct": correct}
+
+
+def test_time_to_accuracy_pairs_saved_results(tmp_path, capsys):
+    tta = load("time_to_accuracy")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([saved_result("one", [1] * 10)]))
+    b.write_text(json.dumps([saved_result("two", [0] * 8 + [1, 1])]))
+    assert tta.main(["--recipes", "--paired-with", str(a), "--paired-with", str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "one (saved) alone right on 8, two (saved) alone right on 0" in out
+    assert "exact McNemar p = 0.00781" in out  # 2 * 0.5**8
+
+
+@pytest.mark.parametrize("other,message", [
+    ([saved_result("two", [1] * 10, digest="xyz")], "validated on other images"),
+    ([saved_result("two", [1] * 9)], "has 9 validation results, this run 10"),
+    ({"recipe": "two"}, "not a time_to_accuracy --json result list"),
+    ([{"recipe": "two"}], "recipe two lacks best_acc, best_epoch, epochs"),
+])
+def test_time_to_accuracy_refuses_saved_results_of_another_protocol(tmp_path, other, message):
+    tta = load("time_to_accuracy")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([saved_result("one", [1] * 10)]))
+    b.write_text(json.dumps(other))
+    with pytest.raises(UserError, match=message):
+        tta.main(["--recipes", "--paired-with", str(a), "--paired-with", str(b)])
+    with pytest.raises(UserError, match="not found"):
+        tta.main(["--recipes", "--paired-with", str(tmp_path / "none.json")])
+    with pytest.raises(UserError, match="--recipes is empty"):
+        tta.main(["--recipes"])
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_time_to_accuracy_smoke(real_data, tmp_path, capsys):
@@ -131,8 +169,13 @@ def test_time_to_accuracy_smoke(real_data, tmp_path, capsys):
                for r in results)
     assert all(r["final_k"] == sum(r["final_correct"]) == round(r["final_acc"] * 8)
                for r in results)
-    out = capsys.readouterr().out
-    assert "final val acc [95% CI]" in out and "paired, final weights: reference alone" in out
+    out_text = capsys.readouterr().out
+    assert "final val acc [95% CI]" in out_text
+    assert "paired, final weights: reference alone" in out_text
+    # the saved results compare again without training, checked by their validation digest
+    assert len({r["validation_digest"] for r in results}) == 1
+    assert tta.main(["--recipes", "--paired-with", str(out)]) == 0
+    assert "paired, final weights: reference (saved) alone" in capsys.readouterr().out
 
 
 @pytest.mark.slow
