@@ -290,6 +290,10 @@ def table(results: list[dict]) -> str:
                  "on this same validation set (optimistic; among validated epochs). tta = "
                  "flip-averaged predictions. image-steps = training images seen, all epochs.")
     lines += paired_lines(results)
+    if len(results) > 1:
+        wrong = ~np.array([r["final_correct"] for r in results], bool)
+        lines.append(f"wrong for every recipe (final weights): {int(wrong.all(0).sum())} of "
+                     f"{wrong.shape[1]} validation images")
     return "\n".join(lines)
 
 

@@ -129,11 +129,14 @@ def test_time_to_accuracy_pairs_saved_results(tmp_path, capsys):
     tta = load("time_to_accuracy")
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps([saved_result("one", [1] * 10)]))
-    b.write_text(json.dumps([saved_result("two", [0] * 8 + [1, 1])]))
+    b.write_text(json.dumps([saved_result("two", [0] * 8 + [1, 1]),
+                             saved_result("three", [0] * 3 + [1] * 7)]))
     assert tta.main(["--recipes", "--paired-with", str(a), "--paired-with", str(b)]) == 0
     out = capsys.readouterr().out
     assert "one (saved) alone right on 8, two (saved) alone right on 0" in out
     assert "exact McNemar p = 0.00781" in out  # 2 * 0.5**8
+    assert "one (saved) alone right on 3, three (saved) alone right on 0" in out
+    assert "wrong for every recipe (final weights): 0 of 10 validation images" in out
 
 
 @pytest.mark.parametrize("other,message", [
