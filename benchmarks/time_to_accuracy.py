@@ -231,7 +231,8 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     logits, _ = predict(last.model, images, val_rows, params.evaluate.batch_size, device,
                         tta_flip=t.val_tta_flip)
     correct = logits.argmax(1) == val_y
-    return {"recipe": name, "validation_digest": validation_digest(labeled(df, "val")), "epochs": last.epoch, "planned_epochs": t.epochs,
+    return {"recipe": name, "validation_digest": validation_digest(labeled(df, "val")),
+            "epochs": last.epoch, "planned_epochs": t.epochs,
             "wall_s": wall, "train_images": int(len(train_rows)), "val_images": int(n),
             "val_tta_flip": t.val_tta_flip, "device": str(device),
             "final_acc": float(correct.mean()), "final_k": int(correct.sum()),
