@@ -57,6 +57,17 @@ def check_relative_path(path: str) -> str | None:
     return None
 
 
+def check_path_and_label(where: str, path: str, label: str, allowed: list[str]) -> None:
+    """One row's path (relative, inside the dataset) and label (one of `allowed`), or a
+    UserError that starts with `where` (file and row)."""
+    bad = check_relative_path(path)
+    if bad:
+        raise UserError(f"{where}: path {path!r}: {bad}")
+    if label not in allowed:
+        raise UserError(f"{where}: unknown label {label!r} for {path}; allowed: "
+                        f"{', '.join(allowed)}")
+
+
 def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") -> list[Decision]:
     """Parse and validate the decisions CSV text; raise UserError naming the row on any problem."""
     if text.startswith("\ufeff"):
@@ -82,12 +93,7 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
             raise UserError(f"{where}: expected {len(DECISION_COLUMNS)} fields "
                             f"({','.join(DECISION_COLUMNS)}), got {len(row)}")
         path, label, source, note = (c.strip() for c in row)
-        bad = check_relative_path(path)
-        if bad:
-            raise UserError(f"{where}: path {path!r}: {bad}")
-        if label not in labels:
-            raise UserError(f"{where}: unknown label {label!r} for {path}; allowed: "
-                            f"{', '.join(labels)}")
+        check_path_and_label(where, path, label, labels)
         if source not in SOURCES:
             raise UserError(f"{where}: unknown source {source!r}; allowed: {', '.join(SOURCES)}")
         if path in seen:
@@ -120,12 +126,7 @@ def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str
         if len(row) != 2:
             raise UserError(f"{where}: expected 2 fields (path,label), got {len(row)}")
         path, label = row[0].strip(), row[1].strip()
-        bad = check_relative_path(path)
-        if bad:
-            raise UserError(f"{where}: path {path!r}: {bad}")
-        if label not in classes:
-            raise UserError(f"{where}: unknown label {label!r} for {path}; allowed: "
-                            f"{', '.join(classes)}")
+        check_path_and_label(where, path, label, classes)
         if path in out:
             raise UserError(f"{where}: duplicate row for {path} (first at row {first[path]})")
         out[path], first[path] = label, lineno

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types
 
+from chimuffin.data.manifest import read_parquet_output
 from chimuffin.errors import UserError
 from chimuffin.suggest import review_value, unit_rows
 
@@ -127,13 +128,7 @@ def read_pages(path: str | Path) -> pd.DataFrame:
     matching type, one proposed label per page, each image on one page. A UserError names the
     file and what is wrong (a stale or damaged file: `dvc repro suggest` rewrites it)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: review pages not found (run `dvc repro suggest`)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow's ArrowInvalid, OSError... on a damaged file
-        raise UserError(f"{path}: not readable ({type(e).__name__}); run `dvc repro suggest`") \
-            from e
+    df = read_parquet_output(path, "review pages", "dvc repro suggest")
     for col, dtype in PAGE_SCHEMA.items():
         if col not in df.columns:
             raise UserError(f"{path}: column {col!r} missing; run `dvc repro suggest`")

@@ -22,15 +22,22 @@ COLUMNS = ["path", "split", "label", "label_source", "idx", "content_hash", "wid
 SPLITS = ("train", "val", "test")
 
 
-def read_manifest(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
+def read_parquet_output(path: str | Path, what: str, rebuild: str) -> pd.DataFrame:
+    """A stage's parquet output; a missing or damaged file stops with the path and the command
+    that rebuilds it."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: manifest not found (run `dvc repro` for the earlier stages)")
+        raise UserError(f"{path}: {what} not found (run `{rebuild}`)")
     try:
-        df = pd.read_parquet(path)
+        return pd.read_parquet(path)
     except Exception as e:  # pyarrow's ArrowInvalid, OSError... on a damaged file
-        raise UserError(f"{path}: not a readable manifest ({type(e).__name__}); rerun "
-                        "`dvc repro` to rebuild it") from e
+        raise UserError(f"{path}: {what} not readable ({type(e).__name__}); run `{rebuild}` "
+                        "to rebuild it") from e
+
+
+def read_manifest(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
+    path = Path(path)
+    df = read_parquet_output(path, "manifest", "dvc repro")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise UserError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
