@@ -11,12 +11,14 @@ DISABLED = "3LC is off (params.yaml tlc.enabled: false): no table was written."
 
 
 def main(args, params) -> None:
-    df = read_manifest(Path(args.clean) / "manifest.parquet")
     if not params.tlc.enabled:
+        # placeholders need no manifest; and a process that exits milliseconds after reading a
+        # parquet file can be aborted by pyarrow's still-busy threads (see common.run)
         for split in tlcio.SPLITS:
             tlcio.write_placeholder(Path(args.out) / split, DISABLED)
         print(f"tables: {DISABLED}")
         return
+    df = read_manifest(Path(args.clean) / "manifest.parquet")
     status = tlcio.write_tables(df, args.out, params.base.classes, params.prepare.data_dir,
                                 args.tlc_config)
     print("tables: " + "; ".join(f"{split}: {s}" for split, s in status.items()))
