@@ -302,9 +302,12 @@ def test_loop_refuses_unclear_options_before_running_anything(tmp_path, args, me
 def test_loop_with_a_simulated_reviewer_on_the_sample(tiny_repo):
     repo = tiny_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["suggest"]["page_size"] = 3
+    # Pages of 2: whatever the 1-epoch model proposes, any one page (at most 1 + 2 x 0.4 + 2 x 2
+    # = 5.8 s) fits the 0.1-minute budget, and the 10-image pool (>= 5 pages, >= 9 s) does not:
+    # each round verifies at least one page and leaves work for the next.
+    params["suggest"]["page_size"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "commit", "-qam", "pages of 3"], repo)
+    run(["git", "commit", "-qam", "pages of 2"], repo)
     p = run(["python", "-m", "chimuffin.cli", "loop", "--rounds", "2", "--reviewer",
              "data/raw/sample/pool_labels.csv", "--minutes", "0.1"], repo, timeout=1200)
     assert "loop: 2 round(s) committed" in p.stdout, p.stdout + p.stderr
