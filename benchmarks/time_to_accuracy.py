@@ -263,7 +263,6 @@ def read_saved_results(path: Path, digest: str | None, n_val: int | None) -> lis
         if missing := sorted(needed - set(r)):
             raise UserError(f"--paired-with {path}: recipe {r.get('recipe')} lacks "
                             f"{', '.join(missing)} (not a time_to_accuracy --json result)")
-    for r in saved:
         if digest and r.get("validation_digest", digest) != digest:
             raise UserError(f"--paired-with {path}: recipe {r.get('recipe')} was validated on "
                             "other images (another --protocol or data)")
@@ -412,7 +411,7 @@ def main(argv=None) -> int:
 
 def compare_saved(paths: list[Path]) -> int:
     """No recipe to train: the table and paired tests of earlier runs, checked alike."""
-    if len(paths) < 1:
+    if not paths:
         raise UserError("--recipes is empty: name recipes to train, or --paired-with files to "
                         "compare")
     first = read_saved_results(paths[0], None, None)
