@@ -13,8 +13,8 @@ files as they are in the working tree; the data is read in place, never copied):
   single answer).
 
 Arms:
-- pages-confident, pages-uncertain: rounds of `chimuffin loop --rounds 1 --reviewer CSV
-  --minutes M` with suggest.page_order confident / uncertain;
+- pages-confident, pages-uncertain, pages-mixed: rounds of `chimuffin loop --rounds 1 --reviewer
+  CSV --minutes M` with suggest.page_order confident / uncertain / mixed;
 - queue: rounds of `chimuffin loop --rounds 1 --oracle CSV --budget K`, K = M * 60 / 3 (up to
   the last checkpoint only: the whole pool one answer at a time would be hours), with
   suggest.queue_size raised so that the queue never runs dry;
@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
-ARMS = ("pages-confident", "pages-uncertain", "queue", "ceiling")
+ARMS = ("pages-confident", "pages-uncertain", "pages-mixed", "queue", "ceiling")
 SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
 WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},

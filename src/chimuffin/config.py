@@ -137,9 +137,11 @@ class Suggest:
     cluster_similarity: float = num(-1.0, 1.0)  # embedding cosine to join a review cluster
     cluster_size: int = num(1, 10_000)
     page_size: int = num(1, 1000)             # images on one review page (one proposed label)
-    # Which pages come first: confident (highest scores: cover the pool fastest) or uncertain
-    # (low margin, model/neighbour disagreement: more information per image).
-    page_order: Literal["confident", "uncertain"] = field()
+    # Which pages come first: confident (highest scores: cover the pool fastest), uncertain
+    # (low margin, model/neighbour disagreement: more information per image), or mixed (both
+    # ends, about uncertain_share of the pages from the uncertain one; the middle comes last).
+    page_order: Literal["confident", "uncertain", "mixed"] = field()
+    uncertain_share: float = num(0.0, 1.0, lo_open=True, hi_open=True)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ How pages are built (deterministic; ties go to the path):
 - Every pool image gets a priority. `confident`: its suggestion score, highest first (clean,
   confident pages cover the pool fastest). `uncertain`: the review queue's value, 1 - margin plus
   0.5 when the model and the neighbours disagree, highest first (more information per image, and
-  more exceptions to mark).
+  more exceptions to mark). `mixed`: both ends at once, leaving the middle for last: an image's
+  place is its better one of `rank_confident * s` and `rank_uncertain * (1 - s)`, so about a
+  share s of the pages start from the uncertain end (s = `uncertain_share`). The bulk goes fast
+  and the hard images, which carry the last points of accuracy, are not all left to the end.
 - Within each proposed label, the highest-priority image not yet on a page seeds a new page and
   takes the `page_size - 1` unassigned images of the same label most similar to it (embedding
   cosine; ties by priority). Positions on a page follow that order: the seed first, then by
@@ -30,7 +33,7 @@ from chimuffin.data.manifest import read_parquet_output
 from chimuffin.errors import UserError
 from chimuffin.suggest import review_value, unit_rows
 
-ORDERS = ("confident", "uncertain")
+ORDERS = ("confident", "uncertain", "mixed")
 PAGES_FILE = "pages.parquet"  # in the suggest stage's output folder
 
 # The table the review page and the simulated reviewer read, in this column order.
@@ -42,18 +45,28 @@ COLUMN_CHECKS = {"int64": types.is_integer_dtype, "float64": types.is_float_dtyp
                  "object": types.is_string_dtype, "bool": types.is_bool_dtype}
 
 
-def priority(suggestions: pd.DataFrame, order: str) -> np.ndarray:
-    """Higher = reviewed earlier."""
+def priority(suggestions: pd.DataFrame, order: str, uncertain_share: float | None = None
+             ) -> np.ndarray:
+    """Higher = reviewed earlier. uncertain_share: for `mixed` only, in (0, 1)."""
     if order == "confident":
         return suggestions["score"].to_numpy(dtype=np.float64)
     if order == "uncertain":
         return review_value(suggestions)
+    if order == "mixed":
+        if uncertain_share is None or not 0.0 < uncertain_share < 1.0:
+            raise ValueError(f"page order mixed needs uncertain_share in (0, 1), got "
+                             f"{uncertain_share!r}")
+        confident = priority_rank(suggestions, "confident") * uncertain_share
+        uncertain = priority_rank(suggestions, "uncertain") * (1.0 - uncertain_share)
+        return -np.minimum(confident, uncertain).astype(np.float64)
     raise ValueError(f"unknown page order {order!r}; expected one of {', '.join(ORDERS)}")
 
 
-def priority_rank(suggestions: pd.DataFrame, order: str) -> np.ndarray:
+def priority_rank(suggestions: pd.DataFrame, order: str, uncertain_share: float | None = None
+                  ) -> np.ndarray:
     """0 = the image to review first; ties by path."""
-    keys = np.lexsort((suggestions["path"].to_numpy(dtype=str), -priority(suggestions, order)))
+    keys = np.lexsort((suggestions["path"].to_numpy(dtype=str),
+                       -priority(suggestions, order, uncertain_share)))
     rank = np.empty(len(keys), dtype=np.int64)
     rank[keys] = np.arange(len(keys))
     return rank
@@ -79,16 +92,17 @@ def greedy_pages(unit: np.ndarray, page_size: int) -> list[np.ndarray]:
 
 
 def build_pages(suggestions: pd.DataFrame, embeddings: np.ndarray, page_size: int,
-                order: str) -> pd.DataFrame:
+                order: str, uncertain_share: float | None = None) -> pd.DataFrame:
     """One row per suggestion (pool image), sorted by (page, position); see the module text.
 
-    suggestions: the suggest stage's table; embeddings: (N, D), row-aligned with it."""
+    suggestions: the suggest stage's table; embeddings: (N, D), row-aligned with it;
+    uncertain_share: the `mixed` order's share of pages from the uncertain end."""
     if len(suggestions) != len(embeddings):
         raise ValueError(f"{len(suggestions)} suggestions but {len(embeddings)} embeddings")
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
     s = suggestions.reset_index(drop=True)
-    rank = priority_rank(s, order)
+    rank = priority_rank(s, order, uncertain_share)
     unit = unit_rows(embeddings)
     made = []  # (seed's rank, member rows in position order)
     for label in sorted(s["label"].unique()):
@@ -116,9 +130,11 @@ def build_pages(suggestions: pd.DataFrame, embeddings: np.ndarray, page_size: in
     return out.astype(PAGE_SCHEMA)
 
 
-def summarize_pages(pages: pd.DataFrame, classes: list[str], page_size: int, order: str) -> dict:
+def summarize_pages(pages: pd.DataFrame, classes: list[str], page_size: int, order: str,
+                    uncertain_share: float | None = None) -> dict:
     per_page = pages.groupby("page")["label"].first()
     return {"pages": int(pages["page"].nunique()), "page_size": page_size, "page_order": order,
+            **({"uncertain_share": uncertain_share} if order == "mixed" else {}),
             "pages_by_label": {c: int((per_page == c).sum()) for c in classes},
             "images_on_pages": len(pages)}
 

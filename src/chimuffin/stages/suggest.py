@@ -32,9 +32,11 @@ def main(args, params) -> None:
 
     tables = build_tables(df, p_model, emb, signatures, classes, cfg)
     pool_emb = emb[align(tables["suggestions"], df["path"], "the clean manifest")]
-    tables["pages"] = build_pages(tables["suggestions"], pool_emb, cfg.page_size, cfg.page_order)
+    tables["pages"] = build_pages(tables["suggestions"], pool_emb, cfg.page_size, cfg.page_order,
+                                  cfg.uncertain_share)
     summary = {**summarize(tables, classes, cfg),
-               **summarize_pages(tables["pages"], classes, cfg.page_size, cfg.page_order)}
+               **summarize_pages(tables["pages"], classes, cfg.page_size, cfg.page_order,
+                                 cfg.uncertain_share)}
     with atomic.atomic_dir(args.out) as tmp:
         for name, table in tables.items():
             atomic.write_parquet(tmp / f"{name}.parquet", table)
