@@ -227,6 +227,9 @@ def test_review_session_params_keep_the_protocol_whatever_the_overrides(tmp_path
     assert p["prepare"] == {"data_dir": str(tmp_path), "val_fraction": 0.0}  # protocol wins
     assert p["train"]["keep"] == "last" and p["tlc"]["enabled"] is False
     assert p["suggest"]["page_order"] == "uncertain"
+    mixed = rs.arm_params(base, fast, [rs.parse_set("suggest.uncertain_share=0.15")], tmp_path,
+                          "pages-mixed", smoke=False)["suggest"]
+    assert (mixed["page_order"], mixed["uncertain_share"]) == ("mixed", 0.15)
     q = rs.arm_params(base, base["train"], [], tmp_path, "queue", smoke=False)
     assert q["suggest"]["queue_size"] == 1_000_000 and q["train"] == {**base["train"],
                                                                        "keep": "last"}

@@ -1,10 +1,11 @@
-"""Review pages: one proposed label per page, every pool image once, the two orders."""
+"""Review pages: one proposed label per page, every pool image once, the three orders."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from chimuffin.pages import PAGE_SCHEMA, build_pages, summarize_pages
+from chimuffin.pages import (PAGE_SCHEMA, build_pages, page_end, priority_rank,
+                             summarize_pages)
 from chimuffin.suggest import review_value, unit_rows
 
 CLASSES = ["chihuahua", "muffin"]
@@ -26,11 +27,11 @@ def pool(n=130, seed=0):
     return s, emb.astype(np.float32)
 
 
-@pytest.mark.parametrize("order", ["confident", "uncertain"])
+@pytest.mark.parametrize("order", ["confident", "uncertain", "mixed"])
 @pytest.mark.parametrize("page_size", [1, 7, 48, 1000])
 def test_pages_hold_one_label_respect_the_size_and_cover_the_pool_once(order, page_size):
     s, emb = pool()
-    pages = build_pages(s, emb, page_size, order)
+    pages = build_pages(s, emb, page_size, order, uncertain_share=0.3)
     assert list(pages.columns) == list(PAGE_SCHEMA)
     assert pages.dtypes.astype(str).to_dict() == PAGE_SCHEMA
     assert sorted(pages["path"]) == sorted(s["path"])  # every pool image exactly once
@@ -73,6 +74,40 @@ def test_confident_pages_start_from_the_highest_scores_and_uncertain_from_the_le
     assert conf["path"].tolist() != unc["path"].tolist()
 
 
+def test_the_mixed_order_gives_every_1_over_share_th_page_to_the_uncertain_end():
+    ends = [page_end(i, "mixed", 0.2) for i in range(10)]
+    assert ends == ["confident"] * 4 + ["uncertain"] + ["confident"] * 4 + ["uncertain"]
+    assert [i for i in range(10) if page_end(i, "mixed", 0.3) == "uncertain"] == [3, 6, 9]
+    assert {page_end(i, o) for o in ("confident", "uncertain") for i in range(5)} == {
+        "confident", "uncertain"}
+    assert [page_end(i, "uncertain") for i in range(3)] == ["uncertain"] * 3
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25, 0.5])
+def test_mixed_pages_seed_from_their_end_with_the_best_image_not_yet_on_a_page(share):
+    s, emb = pool(n=600, seed=5)
+    pages = build_pages(s, emb, 10, "mixed", uncertain_share=share)
+    ranks = {end: pd.Series(priority_rank(s, end), index=s["path"])
+             for end in ("confident", "uncertain")}
+    earlier: list[str] = []
+    ends = []
+    for page, rows in pages.groupby("page"):
+        ends.append(page_end(page, "mixed", share))
+        assert rows["path"].iloc[0] == ranks[ends[-1]].drop(earlier).idxmin()
+        earlier += rows["path"].tolist()
+    assert ends.index("uncertain") == round(1 / share) - 1
+    assert ends.count("uncertain") == int(len(ends) * share + 1e-9)
+    # the confident end is not the uncertain one: the orders differ from the first page
+    assert pages["path"].tolist() != build_pages(s, emb, 10, "confident")["path"].tolist()
+
+
+@pytest.mark.parametrize("share", [None, 0.0, 1.0, 1.5])
+def test_mixed_pages_need_a_share_strictly_between_0_and_1(share):
+    s, emb = pool()
+    with pytest.raises(ValueError, match="mixed needs uncertain_share in \\(0, 1\\)"):
+        build_pages(s, emb, 10, "mixed", uncertain_share=share)
+
+
 def test_a_page_takes_the_images_most_similar_to_its_seed():
     s = pd.DataFrame({"path": list("abcdef"), "label": ["muffin"] * 6,
                       "score": [0.99, 0.9, 0.8, 0.7, 0.6, 0.5], "margin": 0.5, "agree": True,
@@ -102,6 +137,8 @@ def test_no_pool_gives_an_empty_table_with_the_schema_and_a_summary():
     empty = build_pages(s.iloc[:0], emb[:0], 48, "confident")
     assert empty.empty and empty.dtypes.astype(str).to_dict() == PAGE_SCHEMA
     assert summarize_pages(empty, CLASSES, 48, "confident")["pages"] == 0
+    assert "uncertain_share" not in summarize_pages(empty, CLASSES, 48, "confident")
+    assert summarize_pages(empty, CLASSES, 48, "mixed", 0.2)["uncertain_share"] == 0.2
     pages = build_pages(s, unit_rows(emb), 48, "confident")
     summary = summarize_pages(pages, CLASSES, 48, "confident")
     assert summary["images_on_pages"] == len(s)

@@ -6,19 +6,19 @@ the exceptions, so a clean page costs one key press and a glance per thumbnail.
 
 How pages are built (deterministic; ties go to the path):
 
-- Every pool image gets a priority. `confident`: its suggestion score, highest first (clean,
-  confident pages cover the pool fastest). `uncertain`: the review queue's value, 1 - margin plus
-  0.5 when the model and the neighbours disagree, highest first (more information per image, and
-  more exceptions to mark). `mixed`: both ends at once, leaving the middle for last: an image's
-  place is its better one of `rank_confident * s` and `rank_uncertain * (1 - s)`, so about a
-  share s of the pages start from the uncertain end (s = `uncertain_share`). The bulk goes fast
-  and the hard images, which carry the last points of accuracy, are not all left to the end.
-- Within each proposed label, the highest-priority image not yet on a page seeds a new page and
-  takes the `page_size - 1` unassigned images of the same label most similar to it (embedding
-  cosine; ties by priority). Positions on a page follow that order: the seed first, then by
-  similarity to it.
-- Pages are numbered by their seed's priority across labels, so the classes interleave and
-  within one label the pages keep the order they were made in.
+- Every pool image has a rank at each end of the pool. Confident end: its suggestion score,
+  highest first (clean, confident pages cover the pool fastest). Uncertain end: the review
+  queue's value, 1 - margin plus 0.5 when the model and the neighbours disagree, highest first
+  (more information per image, and more exceptions to mark).
+- Pages are made one after another. Each starts from one end: always the confident one for the
+  order `confident`, always the uncertain one for `uncertain`; for `mixed`, page i starts from
+  the uncertain end when floor((i + 1) * s) > floor(i * s) (s = `uncertain_share`: at 0.2,
+  pages 4, 9, 14, ...), from the confident end otherwise. The bulk goes fast, the hard images
+  (the last points of accuracy) are not all left for the end, and the middle comes last.
+- A page's seed is the best-ranked image, at its end, not yet on a page; it takes the
+  `page_size - 1` free images of the same proposed label most similar to it (embedding cosine;
+  ties by that rank). Positions on a page follow that order: the seed first, then by similarity.
+  The classes interleave, since each seed is the best free image of either class.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from chimuffin.data.manifest import read_parquet_output
 from chimuffin.errors import UserError
 from chimuffin.suggest import review_value, unit_rows
 
-ORDERS = ("confident", "uncertain", "mixed")
+ENDS = ("confident", "uncertain")  # where a page's seed comes from
+ORDERS = (*ENDS, "mixed")
+EPS = 1e-9  # float slack in the mixed order's page arithmetic
 PAGES_FILE = "pages.parquet"  # in the suggest stage's output folder
 
 # The table the review page and the simulated reviewer read, in this column order.
@@ -45,47 +47,51 @@ COLUMN_CHECKS = {"int64": types.is_integer_dtype, "float64": types.is_float_dtyp
                  "object": types.is_string_dtype, "bool": types.is_bool_dtype}
 
 
-def priority(suggestions: pd.DataFrame, order: str, uncertain_share: float | None = None
-             ) -> np.ndarray:
-    """Higher = reviewed earlier. uncertain_share: for `mixed` only, in (0, 1)."""
-    if order == "confident":
+def priority(suggestions: pd.DataFrame, end: str) -> np.ndarray:
+    """Higher = reviewed earlier from that end."""
+    if end == "confident":
         return suggestions["score"].to_numpy(dtype=np.float64)
-    if order == "uncertain":
+    if end == "uncertain":
         return review_value(suggestions)
-    if order == "mixed":
-        if uncertain_share is None or not 0.0 < uncertain_share < 1.0:
-            raise ValueError(f"page order mixed needs uncertain_share in (0, 1), got "
-                             f"{uncertain_share!r}")
-        confident = priority_rank(suggestions, "confident") * uncertain_share
-        uncertain = priority_rank(suggestions, "uncertain") * (1.0 - uncertain_share)
-        return -np.minimum(confident, uncertain).astype(np.float64)
-    raise ValueError(f"unknown page order {order!r}; expected one of {', '.join(ORDERS)}")
+    raise ValueError(f"unknown end {end!r}; expected one of {', '.join(ENDS)}")
 
 
-def priority_rank(suggestions: pd.DataFrame, order: str, uncertain_share: float | None = None
-                  ) -> np.ndarray:
-    """0 = the image to review first; ties by path."""
-    keys = np.lexsort((suggestions["path"].to_numpy(dtype=str),
-                       -priority(suggestions, order, uncertain_share)))
+def priority_rank(suggestions: pd.DataFrame, end: str) -> np.ndarray:
+    """0 = the image to review first from that end; ties by path."""
+    keys = np.lexsort((suggestions["path"].to_numpy(dtype=str), -priority(suggestions, end)))
     rank = np.empty(len(keys), dtype=np.int64)
     rank[keys] = np.arange(len(keys))
     return rank
 
 
-def greedy_pages(unit: np.ndarray, page_size: int) -> list[np.ndarray]:
-    """Pages of rows given in priority order: the first free row seeds a page and takes the
-    page_size - 1 free rows most similar to it (ties: earlier rows first)."""
-    free = np.ones(len(unit), dtype=bool)
+def page_end(index: int, order: str, uncertain_share: float | None = None) -> str:
+    """The end page `index` (0 = the first) starts from; see the module text."""
+    if order in ENDS:
+        return order
+    if order != "mixed":
+        raise ValueError(f"unknown page order {order!r}; expected one of {', '.join(ORDERS)}")
+    if uncertain_share is None or not 0.0 < uncertain_share < 1.0:
+        raise ValueError(f"page order mixed needs uncertain_share in (0, 1), got "
+                         f"{uncertain_share!r}")
+    done_before = np.floor(index * uncertain_share + EPS)
+    return "uncertain" if np.floor((index + 1) * uncertain_share + EPS) > done_before \
+        else "confident"
+
+
+def greedy_pages(labels: np.ndarray, unit: np.ndarray, ranks: dict[str, np.ndarray],
+                 page_size: int, order: str, uncertain_share: float | None) -> list[np.ndarray]:
+    """Member rows of each page, in page and position order (see the module text)."""
+    free = np.ones(len(labels), dtype=bool)
     pages = []
     while free.any():
-        seed = int(np.argmax(free))
+        rank = ranks[page_end(len(pages), order, uncertain_share)]
         cand = np.nonzero(free)[0]
-        if page_size == 1:
-            take = np.array([seed])
-        else:
-            sim = unit[cand] @ unit[seed]
-            sim[cand == seed] = np.inf  # the seed always opens its own page
-            take = cand[np.argsort(-sim, kind="stable")[:page_size]]
+        seed = cand[np.argmin(rank[cand])]
+        cand = cand[labels[cand] == labels[seed]]
+        cand = cand[np.argsort(rank[cand])]  # similarity ties go to the better rank
+        sim = unit[cand] @ unit[seed]
+        sim[cand == seed] = np.inf  # the seed always opens its own page
+        take = cand[np.argsort(-sim, kind="stable")[:page_size]]
         free[take] = False
         pages.append(take)
     return pages
@@ -101,16 +107,11 @@ def build_pages(suggestions: pd.DataFrame, embeddings: np.ndarray, page_size: in
         raise ValueError(f"{len(suggestions)} suggestions but {len(embeddings)} embeddings")
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
+    page_end(0, order, uncertain_share)  # a bad order or share fails before any work
     s = suggestions.reset_index(drop=True)
-    rank = priority_rank(s, order, uncertain_share)
-    unit = unit_rows(embeddings)
-    made = []  # (seed's rank, member rows in position order)
-    for label in sorted(s["label"].unique()):
-        rows = np.nonzero((s["label"] == label).to_numpy())[0]
-        rows = rows[np.argsort(rank[rows], kind="stable")]
-        made += [(rank[rows[p[0]]], rows[p]) for p in greedy_pages(unit[rows], page_size)]
-    made.sort(key=lambda m: m[0])
-    members = [m[1] for m in made]
+    ranks = {end: priority_rank(s, end) for end in ENDS if order in (end, "mixed")}
+    members = greedy_pages(s["label"].to_numpy(dtype=str), unit_rows(embeddings), ranks,
+                           page_size, order, uncertain_share)
     row = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
     sizes = np.array([len(m) for m in members], dtype=np.int64)
     page = np.repeat(np.arange(len(members), dtype=np.int64), sizes)
