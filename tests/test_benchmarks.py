@@ -252,16 +252,17 @@ def test_review_session_names_missing_data(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_review_session_smoke(tmp_path, capsys):
-    """The whole protocol on the sample generator: pages, queue and ceiling arms."""
+    """The whole protocol on the sample generator: pages (the mixed order, which runs the
+    suggest stage with both ends), queue and ceiling arms."""
     rs = load("review_session")
     out = tmp_path / "out"
-    assert rs.main(["--smoke", "--arms", "pages-uncertain", "queue", "ceiling", "--schedule",
+    assert rs.main(["--smoke", "--arms", "pages-mixed", "queue", "ceiling", "--schedule",
                     "0", "0.2", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     result = json.loads((out / "review_session.json").read_text())
     assert (out / "review_session.png").stat().st_size > 0
     rows = result["checkpoints"]
     # pages: 0 min, 0.2 min, the whole pool; the queue stops at the last checkpoint (0.2 min)
-    assert [r["arm"] for r in rows] == ["pages-uncertain"] * 3 + ["queue"] * 2 + ["ceiling"]
+    assert [r["arm"] for r in rows] == ["pages-mixed"] * 3 + ["queue"] * 2 + ["ceiling"]
     pool = result["pool_images"]
     start, whole = rows[0], rows[2]
     assert start["minutes"] == 0 and start["verified"] == 0 and start["sources"] == {}
