@@ -144,3 +144,14 @@ def test_no_pool_gives_an_empty_table_with_the_schema_and_a_summary():
     assert sum(summary["pages_by_label"].values()) == summary["pages"] == pages["page"].nunique()
     with pytest.raises(ValueError, match="unknown page order"):
         build_pages(s, emb, 48, "random")
+
+
+def test_the_suggest_stage_says_which_order_it_used():
+    from types import SimpleNamespace
+
+    from chimuffin.stages.suggest import order_text
+
+    assert order_text(SimpleNamespace(page_order="confident", uncertain_share=0.2)) == \
+        "confident first"
+    assert order_text(SimpleNamespace(page_order="mixed", uncertain_share=0.25)) == \
+        "mixed order (0.25 of the pages from the uncertain end)"

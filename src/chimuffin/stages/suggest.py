@@ -46,7 +46,13 @@ def main(args, params) -> None:
           f"; {summary['label_issues_over_threshold']} of {summary['labeled']} labeled images "
           f"look mislabeled; {summary['near_duplicates']} near duplicates; review queue "
           f"{summary['review_queue']} images in {summary['review_clusters']} clusters; "
-          f"{summary['pages']} review pages of up to {cfg.page_size} ({cfg.page_order} first)")
+          f"{summary['pages']} review pages of up to {cfg.page_size}, {order_text(cfg)}")
+
+
+def order_text(cfg) -> str:
+    if cfg.page_order == "mixed":
+        return f"mixed order ({cfg.uncertain_share:g} of the pages from the uncertain end)"
+    return f"{cfg.page_order} first"
 
 
 if __name__ == "__main__":
