@@ -138,8 +138,8 @@ class Suggest:
     cluster_size: int = num(1, 10_000)
     page_size: int = num(1, 1000)             # images on one review page (one proposed label)
     # Which pages come first: confident (highest scores: cover the pool fastest), uncertain
-    # (low margin, model/neighbour disagreement: more information per image), or mixed (both
-    # ends, about uncertain_share of the pages from the uncertain one; the middle comes last).
+    # (low margin, model/neighbour disagreement: more information per image), or mixed (every
+    # 1/uncertain_share-th page from the uncertain end, the others confident; the middle last).
     page_order: Literal["confident", "uncertain", "mixed"] = field()
     uncertain_share: float = num(0.0, 1.0, lo_open=True, hi_open=True)
 
