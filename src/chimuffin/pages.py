@@ -23,6 +23,7 @@ How pages are built (deterministic; ties go to the path):
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +65,21 @@ def priority_rank(suggestions: pd.DataFrame, end: str) -> np.ndarray:
     return rank
 
 
-def page_end(index: int, order: str, uncertain_share: float | None = None) -> str:
-    """The end page `index` (0 = the first) starts from; see the module text."""
-    if order in ENDS:
-        return order
-    if order != "mixed":
+def check_order(order: str, uncertain_share: float | None) -> None:
+    if order not in ORDERS:
         raise ValueError(f"unknown page order {order!r}; expected one of {', '.join(ORDERS)}")
-    if uncertain_share is None or not 0.0 < uncertain_share < 1.0:
+    if order == "mixed" and (uncertain_share is None or not 0.0 < uncertain_share < 1.0):
         raise ValueError(f"page order mixed needs uncertain_share in (0, 1), got "
                          f"{uncertain_share!r}")
-    done_before = np.floor(index * uncertain_share + EPS)
-    return "uncertain" if np.floor((index + 1) * uncertain_share + EPS) > done_before \
-        else "confident"
+
+
+def page_end(index: int, order: str, uncertain_share: float | None = None) -> str:
+    """The end page `index` (0 = the first) starts from (see the module text); the order and
+    share are valid (check_order)."""
+    if order in ENDS:
+        return order
+    pages_due = math.floor((index + 1) * uncertain_share + EPS)
+    return "uncertain" if pages_due > math.floor(index * uncertain_share + EPS) else "confident"
 
 
 def greedy_pages(labels: np.ndarray, unit: np.ndarray, ranks: dict[str, np.ndarray],
@@ -107,7 +111,7 @@ def build_pages(suggestions: pd.DataFrame, embeddings: np.ndarray, page_size: in
         raise ValueError(f"{len(suggestions)} suggestions but {len(embeddings)} embeddings")
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
-    page_end(0, order, uncertain_share)  # a bad order or share fails before any work
+    check_order(order, uncertain_share)
     s = suggestions.reset_index(drop=True)
     ranks = {end: priority_rank(s, end) for end in ENDS if order in (end, "mixed")}
     members = greedy_pages(s["label"].to_numpy(dtype=str), unit_rows(embeddings), ranks,
