@@ -408,8 +408,13 @@ function showView(name) {
   }
 }
 
+// A control with the focus (reached with Tab) gets its own keys: Enter and Space press the
+// focused button, type into the focused box. Esc gives the keys back to the page.
+const CONTROLS = "button, input, select, textarea, a[href], summary, [contenteditable], " +
+                 "[tabindex]:not([tabindex='-1'])";
+
 function onKey(ev) {
-  if (ev.target.closest("input, select, textarea")) {
+  if (ev.target instanceof Element && ev.target.closest(CONTROLS)) {
     if (ev.key === "Escape") ev.target.blur();
     return;
   }

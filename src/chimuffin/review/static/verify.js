@@ -10,6 +10,8 @@ const V = {
   marks: new Map(),  // page number -> Map(path -> label): exceptions, until the page is accepted
   pageOf: new Map(),  // path -> page number
   zoom: false, holdTimer: null, held: false, prefetched: new Set(),
+  shownPage: null,  // the page on screen, and which of its images have been fully in view:
+  seen: new Set(),  // Enter accepts only a page whose every image was on screen
 };
 
 function verifyKeys() {
@@ -144,6 +146,7 @@ function cycleMark(i) {
 async function acceptPage() {
   const pg = current();
   if (!pg) return;
+  if (showUnseen(pg)) return;
   const exceptions = Object.fromEntries(marksOf(pg));
   const a = await write("/api/verify", { page: pg.page, exceptions });
   if (!a) return;
@@ -268,6 +271,36 @@ function pageThumb(pg, im, i, marks) {
   return div;
 }
 
+// --- every image seen before an accept ---
+
+// The images fully inside the scrolling box now count as seen (the box's own edges: the
+// bar above it does not scroll, so nothing is hidden under it).
+function noteSeen() {
+  const box = $("page-scroll"), r = box.getBoundingClientRect();
+  if (S.view !== "verify" || !r.height) return;
+  const items = $("page-grid").children;
+  for (let i = 0; i < items.length; i++) {
+    const t = items[i].getBoundingClientRect();
+    if (t.top >= r.top - 1 && t.bottom <= r.bottom + 1) V.seen.add(i);
+  }
+}
+
+// Before an accept: if some images of the page were never on screen, scroll the first of
+// them to the top, say so, and accept nothing (the next Enter accepts once all were seen).
+function showUnseen(pg) {
+  noteSeen();
+  const unseen = pg.images.map((_, i) => i).filter((i) => !V.seen.has(i));
+  if (!unseen.length) return false;
+  const box = $("page-scroll"), item = $("page-grid").children[unseen[0]];
+  box.scrollTop += item.getBoundingClientRect().top - box.getBoundingClientRect().top - 4;
+  noteSeen();
+  const left = pg.images.length - V.seen.size;
+  status(`not accepted yet: ${unseen.length} image(s) of this page were not on screen; ` +
+         "they are shown now" + (left ? ` (${left} still below)` : "") +
+         ". Look, then Enter accepts.", false);
+  return true;
+}
+
 function renderPage() {
   const grid = $("page-grid"), head = $("page-head"), pg = current();
   if (S.view === "verify") remember();
@@ -286,7 +319,13 @@ function renderPage() {
     (pageVerified(pg) ? " · ✓ verified" : ""));
   head.dataset.page = pg.page;
   grid.replaceChildren(...pg.images.map((im, i) => pageThumb(pg, im, i, marks)));
+  if (V.shownPage !== pg.page) {  // a new page starts at its top, header in view
+    V.shownPage = pg.page;
+    V.seen = new Set();
+    $("page-scroll").scrollTop = 0;
+  }
   renderCursor();
+  noteSeen();
   prefetch(V.filtered[V.pos + 1]);
 }
 
@@ -323,6 +362,8 @@ function verifyInit() {
   $("accept-page").addEventListener("click", acceptPage);
   $("clear-page").addEventListener("click", clearPage);
   $("zoom").addEventListener("click", () => setZoom(false));
+  $("page-scroll").addEventListener("scroll", noteSeen, { passive: true });
+  window.addEventListener("resize", noteSeen);
   document.addEventListener("pointerup", () => {
     clearTimeout(V.holdTimer);
     if (V.held) setZoom(false);

@@ -1,0 +1,268 @@
+"""The review page as a person uses it, in headless Chromium driven by Playwright, on pages as
+long as the real ones (48 images): keys never fire while a control has the focus, Enter never
+accepts images that were not on screen, a new page starts with its header in view, the pace
+after an undo, marks kept over a reload, the view keys, the queue's headers. The label file on
+disk is the oracle after every step. The harness prints page-load and per-action timings
+(measured, never asserted: the machine is shared)."""
+
+import contextlib
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chimuffin import atomic
+from chimuffin.data.sample import write_sample
+from chimuffin.labels import Decision, format_decisions
+from chimuffin.review.data import Paths, ReviewData
+from tests.test_review import (
+    BROWSER_ARGS,
+    CHROMIUM,
+    CLASSES,
+    browser_or_skip,
+    on_disk,
+    serving,
+    write_pages,
+)
+
+pytestmark = pytest.mark.slow
+PAGE = 48  # images on a long page, as the suggest stage makes them
+TIMINGS: list[tuple[str, float]] = []
+
+
+def build_long_pages(root: Path) -> tuple[Paths, Path, dict]:
+    """A dataset with 100 pool images and the outputs the page reads. Pages: 0 = pool 0-47
+    (chihuahua), 1 = pool 48-95 (muffin), 2 = pool 96-98 (chihuahua); pool 99 has an `auto`
+    decision. The review queue: cluster 2 (ranks 49-52: one label issue, three uncertain)."""
+    data = root / "dataset"
+    write_sample(data, labeled_per_class=2, pool=100, test_per_class=1, seed=5)
+    files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))
+    rows = [{"path": f, "split": "test" if f.startswith("test128") else "train",
+             "label": f.split("/")[1], "label_source": "folder", "idx": i,
+             "content_hash": f"h{i}", "width": 64, "height": 64} for i, f in enumerate(files)]
+    manifest = pd.DataFrame(rows)
+    paths = Paths.under(root)
+    atomic.write_parquet(paths.prepared / "manifest.parquet", manifest)
+    pool = list(manifest.loc[manifest["label"] == "undefined", "path"])
+    labeled = [f for f in files if "/undefined/" not in f and f.startswith("train")]
+    xy = np.array([(i % 10, i // 10) for i in range(len(manifest))], dtype=float)
+    atomic.write_parquet(paths.embed / "pacmap.parquet", manifest[["path", "split", "label"]]
+                         .assign(x=xy[:, 0], y=xy[:, 1]))
+    atomic.write_parquet(paths.eval / "predictions.parquet", manifest[["path"]].assign(
+        prediction="muffin", confidence=0.7))
+    queue = pd.DataFrame({"rank": [49, 50, 51, 52], "path": [labeled[0], *pool[96:99]],
+                          "kind": ["label_issue", "pool", "pool", "pool"], "cluster": 2,
+                          "proposed": ["muffin", "chihuahua", "chihuahua", "muffin"],
+                          "reason": ["model disagrees with the folder label", "uncertain",
+                                     "uncertain", "uncertain"]})
+    atomic.write_parquet(paths.suggest / "review_queue.parquet", queue)
+    scores = [0.95 - 0.004 * i for i in range(PAGE)]
+    write_pages(paths.suggest / "pages.parquet",
+                [("chihuahua", list(zip(pool[:PAGE], scores, strict=True))),
+                 ("muffin", list(zip(pool[PAGE:2 * PAGE], scores, strict=True))),
+                 ("chihuahua", [(p, 0.6) for p in pool[96:99]])])
+    return paths, data, {"pool": pool, "labeled": labeled}
+
+
+@pytest.fixture(scope="module")
+def long_built(tmp_path_factory):
+    return build_long_pages(tmp_path_factory.mktemp("review-long"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_timings(request):
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\nreview page timings (measured, not asserted; the machine is shared):")
+        for what, ms in TIMINGS:
+            print(f"  {what}: {ms:.0f} ms")
+
+
+@pytest.fixture
+def long_review(long_built):
+    paths, data, names = long_built
+    atomic.write_text(paths.decisions, format_decisions(
+        [Decision(names["pool"][99], "chihuahua", "auto", "accepted")]))
+    paths.state.unlink(missing_ok=True)
+    with serving(ReviewData(paths, CLASSES, data)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", paths, names
+
+
+@contextlib.contextmanager
+def browser_at(url, width, height):
+    """A page of the given size in headless Chromium; every page error fails the test, and
+    nothing may leave 127.0.0.1."""
+    sync_playwright, expect = browser_or_skip()
+    seen = {"requests": [], "errors": []}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.on("request", lambda r: seen["requests"].append(r.url))
+        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+        page.on("console", lambda m: seen["errors"].append(m.text) if m.type == "error"
+                else None)
+        started = time.perf_counter()
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        TIMINGS.append((f"page load at {width}x{height}", 1000 * (time.perf_counter() - started)))
+        yield page, expect, seen
+        browser.close()
+    assert seen["errors"] == []
+    assert all(r.startswith(url.split("#")[0]) for r in seen["requests"])
+
+
+def timed(page, what: str, key: str, selector: str) -> None:
+    """Press `key` and wait until `selector` matches: the time it took is one action's."""
+    started = time.perf_counter()
+    page.keyboard.press(key)
+    page.wait_for_selector(selector, timeout=10_000)
+    TIMINGS.append((what, 1000 * (time.perf_counter() - started)))
+
+
+def fully_visible(page, selector: str) -> list[str]:
+    """data-path of the matches lying wholly inside the window and inside their scrolling
+    box (what a person can see)."""
+    return page.eval_on_selector_all(selector, """els => els.filter(e => {
+        const r = e.getBoundingClientRect();
+        const box = e.closest('#page-scroll, #right');
+        const b = box ? box.getBoundingClientRect() : {top: 0, bottom: innerHeight};
+        return r.top >= Math.max(0, b.top) - 1 && r.bottom <= Math.min(innerHeight, b.bottom) + 1
+            && r.height > 0;
+    }).map(e => e.dataset.path)""")
+
+
+def header_in_view(page) -> None:
+    """The page's header and its first row of images are on screen, nothing over them, and
+    the title row at the top is not cut (the document itself does not scroll)."""
+    layout = page.evaluate("""() => {
+        const r = (id) => document.getElementById(id).getBoundingClientRect();
+        const first = document.querySelector('#page-grid .thumb').getBoundingClientRect();
+        const at = (x, y) => document.elementFromPoint(x, y);
+        const h = r('page-head');
+        return {head: [h.top, h.bottom], box: [r('page-scroll').top, r('page-scroll').bottom],
+                bar: r('verify-bar').bottom, first: [first.top, first.bottom],
+                title: document.querySelector('#top strong').getBoundingClientRect().top,
+                headOnTop: document.getElementById('page-head').contains(
+                    at(h.left + 5, (h.top + h.bottom) / 2)),
+                overflow: document.scrollingElement.scrollHeight - innerHeight};
+    }""")
+    assert layout["box"][0] >= layout["bar"] - 1, layout
+    assert layout["box"][0] <= layout["head"][0] and layout["headOnTop"], layout
+    assert layout["head"][1] <= layout["first"][0] <= layout["first"][1] <= layout["box"][1], \
+        layout
+    assert layout["title"] >= 0 and layout["overflow"] <= 0, layout
+
+
+def page_shown(page, n: int) -> str:
+    return f"#page-head[data-page='{n}']"
+
+
+# --- 1. a control with the focus keeps its keys -----------------------------------------
+
+def test_keys_go_to_the_focused_control_never_to_the_page(long_review):
+    url, paths, names = long_review
+    start = paths.decisions.read_bytes()
+    with browser_at(url, 1440, 900) as (page, expect, _):
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        # Tab, Tab, Enter: the focus is on "Plot and queue", Enter presses it; nothing written
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        focused = page.evaluate("() => document.activeElement.textContent")
+        assert focused.startswith("Plot and queue")
+        timed(page, "Tab Tab Enter: plot view (plotly loaded on demand)", "Enter",
+              "body[data-plot='1']")
+        expect(page.locator("#plot-view")).to_be_visible()
+        assert paths.decisions.read_bytes() == start
+        # back with the focused "Verify pages" button and Space (a page key otherwise)
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press("Space")
+        expect(page.locator("#verify-view")).to_be_visible()
+        expect(page.locator("#zoom")).to_be_hidden()
+        # page keys on a focused button do nothing: 'o' marks nothing, Enter presses "next"
+        page.focus("#next-page")
+        page.keyboard.press("o")
+        page.keyboard.press("x")
+        expect(page.locator("#page-grid .thumb.marked")).to_have_count(0)
+        page.keyboard.press("Enter")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
+        page.keyboard.press("Enter")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "2")
+        assert paths.decisions.read_bytes() == start
+        # Esc gives the keys back to the page: 'o' marks again
+        page.keyboard.press("Escape")
+        page.keyboard.press("o")
+        expect(page.locator("#page-grid .thumb.marked")).to_have_count(1)
+        # a focused accept button does what it says (page 2 fits: every image is on screen)
+        page.focus("#accept-page")
+        timed(page, "accept a page of 3 (Enter on the focused button)", "Enter",
+              "#progress[data-verified='3']")
+        expect(page.locator("#status")).to_have_text(re.compile("^page 2 verified"))
+        p = names["pool"]
+        assert on_disk(paths) == {
+            p[96]: ("muffin", "human", "review page: page 2"),
+            p[97]: ("chihuahua", "human", "review page: page 2"),
+            p[98]: ("chihuahua", "human", "review page: page 2"),
+            p[99]: ("chihuahua", "auto", "accepted")}
+
+
+# --- 2. and 3. every accepted image seen; a new page starts at its header ----------------
+
+@pytest.mark.parametrize("width,height", [(1440, 900), (1280, 720)])
+def test_enter_accepts_only_after_every_image_was_on_screen(long_review, width, height):
+    url, paths, names = long_review
+    start = paths.decisions.read_bytes()
+    with browser_at(url, width, height) as (page, expect, _):
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        header_in_view(page)
+        thumbs = "#page-grid .thumb"
+        expect(page.locator(thumbs)).to_have_count(PAGE)
+        seen = set(fully_visible(page, thumbs))
+        assert 0 < len(seen) < PAGE  # the page is taller than the window
+        presses = 0
+        while paths.decisions.read_bytes() == start:
+            assert presses < 10, "Enter never accepted the page"
+            before = paths.decisions.read_bytes()
+            seen |= set(fully_visible(page, thumbs))
+            page.keyboard.press("Enter")
+            presses += 1
+            if presses == 1:  # the first Enter only shows what was below
+                expect(page.locator("#status")).to_contain_text("not accepted yet")
+                assert paths.decisions.read_bytes() == before
+            page.wait_for_timeout(50)
+            if paths.decisions.read_bytes() == before:
+                expect(page.locator("#status")).to_contain_text("not accepted yet")
+        # the press that wrote came after every image had been fully on screen
+        assert presses >= 2 and seen == set(names["pool"][:PAGE])
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
+        rows = on_disk(paths)
+        assert [rows[p] for p in names["pool"][:PAGE]] == \
+            [("chihuahua", "human", "review page: page 0")] * PAGE
+        header_in_view(page)
+
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (1920, 1080)])
+def test_a_new_page_shows_its_header_and_first_row(long_review, width, height):
+    url, paths, names = long_review
+    with browser_at(url, width, height) as (page, expect, _):
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        header_in_view(page)
+        # to the bottom of the page with the cursor, then turn the page
+        for _ in range(8):
+            page.keyboard.press("j")
+        assert names["pool"][PAGE - 1] in fully_visible(page, "#page-grid .thumb") or \
+            page.evaluate("() => document.getElementById('page-scroll').scrollTop") > 0
+        timed(page, f"page turn (n) at {width}x{height}", "n", page_shown(page, 1))
+        header_in_view(page)
+        timed(page, f"page back (p) at {width}x{height}", "p", page_shown(page, 0))
+        header_in_view(page)
+        # accept from the bottom (the Enter presses that show the rest first), then the
+        # next page's header is in view
+        while not page.locator(page_shown(page, 1)).count():
+            page.keyboard.press("Enter")
+            page.wait_for_timeout(50)
+        assert on_disk(paths)[names["pool"][0]][0] == "chihuahua"
+        header_in_view(page)
