@@ -6,6 +6,7 @@ disk is the oracle after every step. The harness prints page-load and per-action
 (measured, never asserted: the machine is shared)."""
 
 import contextlib
+import json
 import re
 import time
 from pathlib import Path
@@ -27,8 +28,10 @@ from tests.test_review import (
     serving,
     write_pages,
 )
+from tests.test_review import (
+    request as http_request,
+)
 
-pytestmark = pytest.mark.slow
 PAGE = 48  # images on a long page, as the suggest stage makes them
 TIMINGS: list[tuple[str, float]] = []
 
@@ -76,6 +79,8 @@ def long_built(tmp_path_factory):
 def report_timings(request):
     yield
     capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if not TIMINGS:
+        return
     with capture.global_and_fixture_disabled():
         print("\nreview page timings (measured, not asserted; the machine is shared):")
         for what, ms in TIMINGS:
@@ -163,6 +168,7 @@ def page_shown(page, n: int) -> str:
 
 # --- 1. a control with the focus keeps its keys -----------------------------------------
 
+@pytest.mark.slow
 def test_keys_go_to_the_focused_control_never_to_the_page(long_review):
     url, paths, names = long_review
     start = paths.decisions.read_bytes()
@@ -211,6 +217,7 @@ def test_keys_go_to_the_focused_control_never_to_the_page(long_review):
 
 # --- 2. and 3. every accepted image seen; a new page starts at its header ----------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width,height", [(1440, 900), (1280, 720)])
 def test_enter_accepts_only_after_every_image_was_on_screen(long_review, width, height):
     url, paths, names = long_review
@@ -244,6 +251,7 @@ def test_enter_accepts_only_after_every_image_was_on_screen(long_review, width, 
         header_in_view(page)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width,height", [(1280, 720), (1920, 1080)])
 def test_a_new_page_shows_its_header_and_first_row(long_review, width, height):
     url, paths, names = long_review
@@ -266,3 +274,33 @@ def test_a_new_page_shows_its_header_and_first_row(long_review, width, height):
             page.wait_for_timeout(50)
         assert on_disk(paths)[names["pool"][0]][0] == "chihuahua"
         header_in_view(page)
+
+
+# --- 4. the pace after an undo ---------------------------------------------------------
+
+def test_an_undone_page_leaves_the_pace(long_built):
+    paths, data, names = long_built
+    atomic.write_text(paths.decisions, "path,label,source,note\n")
+    paths.state.unlink(missing_ok=True)
+    clock = iter([1000.0, 1060.0, 1070.0, 1160.0, 1170.0])
+
+    def progress(server):
+        return json.loads(http_request(server, "GET", "/api/state")[2])["progress"]
+
+    with serving(ReviewData(paths, CLASSES, data, clock=lambda: next(clock))) as server:
+        post = lambda page: json.loads(http_request(  # noqa: E731
+            server, "POST", "/api/verify", {"page": page, "exceptions": {}})[2])
+        post(2)  # the first page after a pause counts no time and no images
+        assert post(0)["progress"]["per_minute"] == 48.0  # 48 images in 60 s
+        # undo the page just accepted: it leaves the pace, nothing counts yet again
+        undone = json.loads(http_request(server, "POST", "/api/undo", {})[2])
+        assert undone["progress"]["per_minute"] is None
+        assert undone["progress"]["minutes_left"] is None
+        # accepted again later: its time runs from the last action still standing (page 2)
+        assert post(0)["progress"]["per_minute"] == round(48 / (1070 - 1000) * 60, 1)
+        assert progress(server)["left"] == 48
+        # undo both: the pace is as before the first page, an empty one
+        for _ in range(2):
+            http_request(server, "POST", "/api/undo", {})
+        assert progress(server)["per_minute"] is None
+        assert post(2)["progress"]["per_minute"] is None  # a first page again: no pace

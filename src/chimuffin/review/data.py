@@ -321,6 +321,8 @@ class ReviewData:
                 atomic.write_bytes(self.paths.decisions, restored)
                 new = parse_decisions(restored.decode("utf-8"), self.classes)
             history.pop_undo(state, self.key)
+            if "pace_before" in record:
+                state["pace"] = record["pace_before"]
             history.save_state(self.paths.state, state)
         undone = {k: record[k] for k in ("kind", "what", "page", "exceptions", "cluster")
                   if k in record}
@@ -345,6 +347,8 @@ class ReviewData:
                         needs_confirm=True, overwrites=len(over), paths=over[:CONFIRM_LISTED])
                 after = format_decisions(new).encode()
                 atomic.write_bytes(self.paths.decisions, after)
+                if pace_images:  # undoing the action takes its images out of the pace
+                    info = {**info, "pace_before": state["pace"]}
                 history.push_undo(state, self.key, history.undo_record(before, old, new, after,
                                                                        info))
                 if pace_images:
