@@ -304,3 +304,52 @@ def test_an_undone_page_leaves_the_pace(long_built):
             http_request(server, "POST", "/api/undo", {})
         assert progress(server)["per_minute"] is None
         assert post(2)["progress"]["per_minute"] is None  # a first page again: no pace
+
+
+# --- 5. marks not yet accepted survive a reload ------------------------------------------
+
+@pytest.mark.slow
+def test_marks_not_yet_accepted_survive_a_reload(long_review):
+    url, paths, names = long_review
+    p = names["pool"]
+    start = paths.decisions.read_bytes()
+    with browser_at(url, 1440, 900) as (page, expect, _):
+        marked = page.locator("#page-grid .thumb.marked")
+        page.keyboard.press("n")
+        page.keyboard.press("n")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "2")
+        page.keyboard.press("o")  # p96 -> muffin
+        page.keyboard.press("l")
+        page.keyboard.press("u")  # p97 -> undefined
+        expect(marked).to_have_count(2)
+        started = time.perf_counter()
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        TIMINGS.append(("reload with marks kept", 1000 * (time.perf_counter() - started)))
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "2")
+        expect(marked).to_have_count(2)
+        expect(page.locator(f'#page-grid .thumb[data-path="{p[97]}"]')) \
+            .to_have_attribute("data-mark", "undefined")
+        assert paths.decisions.read_bytes() == start  # kept in the browser, not written
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text(re.compile("^page 2 verified"))
+        assert {x: on_disk(paths)[x][0] for x in p[96:99]} == {
+            p[96]: "muffin", p[97]: "undefined", p[98]: "chihuahua"}
+        # marks on page 1, then something else writes one of its images: the kept marks no
+        # longer match the label file and are dropped at the next load
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        page.keyboard.press("n")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
+        page.keyboard.press("o")
+        expect(marked).to_have_count(1)
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        expect(marked).to_have_count(1)
+        rows = format_decisions([Decision(x, *on_disk(paths)[x]) for x in on_disk(paths)]
+                                + [Decision(p[50], "muffin", "3lc", "from elsewhere")])
+        atomic.write_text(paths.decisions, rows)
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
+        expect(marked).to_have_count(0)
+        assert p[48] not in on_disk(paths)

@@ -100,17 +100,61 @@ function remember() {
 // --- marks ---
 
 // A page's marks start from what people already decided on it (a verified page shows its
-// exceptions); after that they are the person's until the page is accepted.
+// exceptions), or from the marks kept in the browser over a reload; after that they are the
+// person's until the page is accepted.
 function marksOf(pg) {
   if (!V.marks.has(pg.page)) {
-    const m = new Map();
-    for (const im of pg.images) {
-      const d = S.decisions.get(im.path);
-      if (isVerified(im.path) && d[0] !== pg.label) m.set(im.path, d[0]);
+    let m = storedMarks(pg);
+    if (!m) {
+      m = new Map();
+      for (const im of pg.images) {
+        const d = S.decisions.get(im.path);
+        if (isVerified(im.path) && d[0] !== pg.label) m.set(im.path, d[0]);
+      }
     }
     V.marks.set(pg.page, m);
   }
   return V.marks.get(pg.page);
+}
+
+// --- marks kept over a reload ---
+// Marks not yet accepted live in the browser's localStorage, per page, with what the label
+// file said about the page's images when they were made: if the file changed since (an
+// accept, an undo, another tool), the kept marks no longer apply and are dropped.
+
+const MARKS_KEY = "chimuffin-review-marks";
+
+function pageBasis(pg) {
+  return JSON.stringify(pg.images.map((im) => [im.path, S.decisions.get(im.path) || null]));
+}
+
+function readStore() {
+  try { return JSON.parse(localStorage.getItem(MARKS_KEY)) || {}; } catch { return {}; }
+}
+
+function writeStore(store) {
+  try {
+    if (Object.keys(store).length) localStorage.setItem(MARKS_KEY, JSON.stringify(store));
+    else localStorage.removeItem(MARKS_KEY);
+  } catch { /* storage off or full: the marks stay in this page only */ }
+}
+
+function storedMarks(pg) {
+  const store = readStore(), kept = store[pg.page];
+  if (!kept) return null;
+  if (kept.basis !== pageBasis(pg)) { delete store[pg.page]; writeStore(store); return null; }
+  return new Map(Object.entries(kept.marks));
+}
+
+function keepMarks(pg) {
+  const store = readStore();
+  store[pg.page] = { basis: pageBasis(pg), marks: Object.fromEntries(marksOf(pg)) };
+  writeStore(store);
+}
+
+function forgetMarks(page) {
+  const store = readStore();
+  if (page in store) { delete store[page]; writeStore(store); }
 }
 
 function otherClass() {
@@ -130,6 +174,7 @@ function mark(label) {
   const marks = marksOf(pg), path = pg.images[V.cursor].path;
   if (label === null || label === pg.label || marks.get(path) === label) marks.delete(path);
   else marks.set(path, label);
+  keepMarks(pg);
   renderPage();
 }
 
@@ -180,6 +225,8 @@ async function clearPage() {
 // After an undo of a page: show that page again with the marks it was accepted with.
 function verifyUndone(undone) {
   V.marks.set(undone.page, new Map(Object.entries(undone.exceptions || {})));
+  const pg = V.pages.find((x) => x.page === undone.page);
+  if (pg) keepMarks(pg);
   let pos = V.filtered.findIndex((pg) => pg.page === undone.page);
   if (pos < 0) {  // hidden by the filter: show every page again
     $("filter-class").value = "all";
@@ -385,6 +432,11 @@ function verifyShown() {
 // The label file changed (an answer or an undo): the touched pages' marks start again from
 // what the file now says (for a page just accepted that is exactly what was marked).
 function verifyRefresh(answer) {
-  for (const path of Object.keys(answer.changes)) V.marks.delete(V.pageOf.get(path));
+  for (const path of Object.keys(answer.changes)) {
+    const page = V.pageOf.get(path);
+    if (page === undefined) continue;
+    V.marks.delete(page);
+    forgetMarks(page);
+  }
   if (S.view === "verify") renderPage();
 }
