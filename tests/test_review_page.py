@@ -353,3 +353,41 @@ def test_marks_not_yet_accepted_survive_a_reload(long_review):
         expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
         expect(marked).to_have_count(0)
         assert p[48] not in on_disk(paths)
+
+
+# --- 6. keys switch the views; the key map lists them ------------------------------------
+
+@pytest.mark.slow
+def test_view_keys_and_the_key_map(long_review):
+    url, paths, _ = long_review
+    start = paths.decisions.read_bytes()
+    with browser_at(url, 1280, 720) as (page, expect, _):
+        rows = dict(page.eval_on_selector_all("#key-map tr", """rows => rows.map(
+            r => [r.cells[0].textContent, r.cells[1].textContent])"""))
+        assert (rows["v"], rows["g"], rows["?"]) == (
+            "the verify view", "the plot and queue view", "every key (this map) on/off")
+        assert rows["q"].startswith("the review queue")
+        timed(page, "g: the plot view", "g", "body[data-plot='1']")
+        expect(page.locator("#plot-view")).to_be_visible()
+        assert "g the plot and queue view" in page.text_content("#key-help")
+        timed(page, "v: the verify view", "v", "#verify-view:not([hidden])")
+        expect(page.locator("#verify-view")).to_be_visible()
+        page.keyboard.press("q")
+        expect(page.locator("#plot-view")).to_be_visible()
+        assert page.locator("#queue-head").bounding_box()["y"] < 720
+        # ? shows every key of both views; other keys do nothing while it is open
+        page.keyboard.press("?")
+        help_box = page.locator("#help")
+        expect(help_box).to_be_visible()
+        expect(help_box).to_contain_text("accept the page")
+        expect(help_box).to_contain_text("the review queue")
+        page.keyboard.press("v")
+        expect(page.locator("#plot-view")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(help_box).to_be_hidden()
+        page.keyboard.press("v")
+        expect(page.locator("#verify-view")).to_be_visible()
+        page.keyboard.press("?")
+        page.keyboard.press("?")
+        expect(help_box).to_be_hidden()
+    assert paths.decisions.read_bytes() == start

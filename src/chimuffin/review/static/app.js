@@ -380,6 +380,37 @@ function plotKeys() {
   return keys;
 }
 
+// Keys that work in every view: switch views, the key map.
+function viewKeys() {
+  return [
+    { keys: ["v"], shown: "v", does: "the verify view", run: () => showView("verify") },
+    { keys: ["g"], shown: "g", does: "the plot and queue view", run: () => showView("plot") },
+    { keys: ["q"], shown: "q", does: "the review queue (in the plot view)", run: showQueue },
+    { keys: ["?"], shown: "?", does: "every key (this map) on/off", run: () => setHelp(null) },
+  ];
+}
+
+function showQueue() {
+  showView("plot");
+  $("queue-head").scrollIntoView({ block: "start" });
+}
+
+function keyTable(keys) {
+  return el("table", {}, ...keys.map((k) => el("tr", {},
+    el("td", {}, el("kbd", { textContent: k.shown })), el("td", { textContent: k.does }))));
+}
+
+// the key map of both views and the view keys; null toggles it
+function setHelp(on) {
+  const box = $("help");
+  box.hidden = on === null ? !box.hidden : !on;
+  if (box.hidden) return;
+  $("help-tables").replaceChildren(
+    el("div", {}, el("h4", { textContent: "Anywhere" }), keyTable(viewKeys())),
+    el("div", {}, el("h4", { textContent: "Verify pages" }), keyTable(verifyKeys())),
+    el("div", {}, el("h4", { textContent: "Plot and queue" }), keyTable(plotKeys())));
+}
+
 function plotButtons() {
   const box = $("buttons");
   const keyOf = Object.fromEntries(plotKeys().map((k) => [k.does, k.shown]));
@@ -389,7 +420,8 @@ function plotButtons() {
     b.addEventListener("click", () => applyLabel(label));
     box.append(b);
   }
-  $("key-help").textContent = plotKeys().map((k) => `${k.shown} ${k.does}`).join(", ");
+  $("key-help").textContent = [...plotKeys(), ...viewKeys()].map((k) => `${k.shown} ${k.does}`)
+    .join(", ");
   $("deselect").addEventListener("click", () => setSelection([], true, null));
   $("clear-selection").addEventListener("click", clearSelection);
 }
@@ -419,7 +451,11 @@ function onKey(ev) {
     return;
   }
   if (ev.altKey || ev.metaKey || (ev.ctrlKey && ev.key !== "z")) return;
-  const keys = S.view === "verify" ? verifyKeys() : plotKeys();
+  if (!$("help").hidden && ev.key !== "?") {  // the key map is open: keys close it only
+    if (ev.key === "Escape") { ev.preventDefault(); setHelp(false); }
+    return;
+  }
+  const keys = [...viewKeys(), ...(S.view === "verify" ? verifyKeys() : plotKeys())];
   const k = keys.find((x) => x.keys.includes(ev.key));
   if (!k) return;
   ev.preventDefault();
@@ -447,6 +483,8 @@ async function main() {
     b.addEventListener("click", () => showView(b.dataset.view));
   }
   $("undo").addEventListener("click", undo);
+  $("help-button").addEventListener("click", () => setHelp(null));
+  $("help").addEventListener("click", () => setHelp(false));
   plotButtons();
   renderQueue();
   renderSummary(S.data);

@@ -415,7 +415,7 @@ function verifyInit() {
     clearTimeout(V.holdTimer);
     if (V.held) setZoom(false);
   });
-  $("key-map").replaceChildren(...verifyKeys().map((k) => el("tr", {},
+  $("key-map").replaceChildren(...[...verifyKeys(), ...viewKeys()].map((k) => el("tr", {},
     el("td", {}, el("kbd", { textContent: k.shown })), el("td", { textContent: k.does }))),
     el("tr", {}, el("td", { textContent: "click" }),
        el("td", { textContent: "cycle the mark: other class, undefined, remove, none" })),
