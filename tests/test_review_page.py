@@ -374,7 +374,8 @@ def test_view_keys_and_the_key_map(long_review):
         expect(page.locator("#verify-view")).to_be_visible()
         page.keyboard.press("q")
         expect(page.locator("#plot-view")).to_be_visible()
-        assert page.locator("#queue-head").bounding_box()["y"] < 720
+        head, bar = (page.locator(x).bounding_box() for x in ("#queue-head", "#actions"))
+        assert bar["y"] + bar["height"] <= head["y"] < 720  # in view, not under the bar
         # ? shows every key of both views; other keys do nothing while it is open
         page.keyboard.press("?")
         help_box = page.locator("#help")
@@ -391,3 +392,40 @@ def test_view_keys_and_the_key_map(long_review):
         page.keyboard.press("?")
         expect(help_box).to_be_hidden()
     assert paths.decisions.read_bytes() == start
+
+
+# --- 7. the queue: counts over the whole cluster, the label file's cluster number --------
+
+@pytest.mark.slow
+def test_queue_headers_count_the_whole_cluster_and_name_the_files_cluster(long_review):
+    url, paths, names = long_review
+    with browser_at(url + "#plot", 1440, 900) as (page, expect, _):
+        page.wait_for_selector("body[data-plot='1']")
+        cluster = page.locator(".cluster")
+        expect(cluster).to_have_count(1)
+        expect(cluster.locator("header span")).to_have_text(
+            "cluster 2 · 4 image(s): 3 uncertain, 1 label issue · proposes muffin 2, chihuahua 2")
+        # captions are whole (they wrap), the full story is in the tooltip
+        cut = page.eval_on_selector_all(".cluster .caption, #selection .caption",
+                                        "els => els.filter(e => e.scrollWidth > e.clientWidth)"
+                                        ".length")
+        assert cut == 0
+        assert "label issue (model disagrees with the folder label)" in \
+            cluster.locator(".thumb").first.get_attribute("title")
+        cluster.locator("button", has_text="select").click()
+        expect(page.locator("#selection-legend")).to_be_visible()
+        expect(page.locator("#selection-legend")).to_contain_text("label now / the model's")
+        # the label issue changes a folder label: asked first, then written as cluster 2
+        page.on("dialog", lambda d: d.accept())
+        cluster.locator("button", has_text="accept proposals").click()
+        expect(page.locator("#status")).to_have_text(re.compile("^saved: queue cluster 2, 4"))
+        rows = on_disk(paths)
+        assert {rows[p] for p in names["pool"][96:99]} | {rows[names["labeled"][0]]} == {
+            ("chihuahua", "human", "review page: queue cluster 2"),
+            ("muffin", "human", "review page: queue cluster 2")}
+        assert rows[names["labeled"][0]][0] == "muffin"
+        expect(page.locator(".cluster.done")).to_have_count(1)
+        cut = page.eval_on_selector_all(".cluster .caption",
+                                        "els => els.filter(e => e.scrollWidth > e.clientWidth)"
+                                        ".length")
+        assert cut == 0  # "proposed muffin · now muffin" wraps too

@@ -323,18 +323,19 @@ function renderQueue() {
     div.dataset.cluster = id;
     const proposed = {};
     for (const r of rows) proposed[r.proposed] = (proposed[r.proposed] || 0) + 1;
-    const first = rows[0];
     const select = el("button", { type: "button", textContent: "select" });
     select.addEventListener("click", () => setSelection(rows.map((r) => r.path), true, div));
     const accept = el("button", { type: "button", textContent: "accept proposals",
                                   className: "accept" });
     accept.addEventListener("click", () => acceptCluster(id, rows));
+    // the cluster number is the one the label file's note records ("queue cluster N")
     const head = el("header", {},
-      el("span", { textContent: `#${first.rank}: ${rows.length} image(s), ${first.kind}; ` +
-                   `${first.reason}; proposes ${listed(proposed)}` }), select, accept);
+      el("span", { textContent: `cluster ${id} · ${rows.length} image(s): ` +
+                   `${whyListed(rows)} · proposes ${listed(proposed)}` }), select, accept);
     const grid = el("div", { className: "grid" });
     for (const r of rows) {
       const t = thumb(r.path, `proposed ${r.proposed}`, null);
+      t.title = `${r.path}\n#${r.rank}: ${why(r)}; proposed ${r.proposed}`;
       t.style.borderColor = colorOf(r.proposed);
       grid.append(t);
     }
@@ -344,13 +345,28 @@ function renderQueue() {
   markDone();
 }
 
+// why an image is in the queue: a label issue, or the pool image's reason (uncertain, ...)
+function why(r) {
+  return r.kind === "label_issue" ? `label issue (${r.reason})` : r.reason;
+}
+
+// over the whole cluster, most frequent first: "1 label issue, 23 uncertain"
+function whyListed(rows) {
+  const n = new Map();
+  for (const r of rows) {
+    const k = r.kind === "label_issue" ? "label issue" : r.reason;
+    n.set(k, (n.get(k) || 0) + 1);
+  }
+  return [...n].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${v} ${k}`).join(", ");
+}
+
 async function acceptCluster(id, rows) {
   const q = overwriteQuestion(rows.map((r) => r.path),
                               (x) => rows.find((r) => r.path === x).proposed);
   if (q.question && !window.confirm(`Accept the proposals for ${rows.length} image(s)? ` +
                                     `${q.question}.`)) return;
   const a = await write("/api/accept-cluster", { cluster: id, confirm: q.changed > 0 });
-  if (a) status(`saved: cluster #${rows[0].rank}, ${rows.length} image(s) as proposed ` +
+  if (a) status(`saved: queue cluster ${id}, ${rows.length} image(s) as proposed ` +
                 `(${a.changed} changed)`, false);
 }
 
@@ -392,7 +408,9 @@ function viewKeys() {
 
 function showQueue() {
   showView("plot");
-  $("queue-head").scrollIntoView({ block: "start" });
+  // its heading just under the sticky action bar (not under it)
+  $("right").scrollTop += $("queue-head").getBoundingClientRect().top -
+    $("actions").getBoundingClientRect().bottom - 4;
 }
 
 function keyTable(keys) {
