@@ -429,3 +429,46 @@ def test_queue_headers_count_the_whole_cluster_and_name_the_files_cluster(long_r
                                         "els => els.filter(e => e.scrollWidth > e.clientWidth)"
                                         ".length")
         assert cut == 0  # "proposed muffin · now muffin" wraps too
+
+
+# --- 8. plotly only for the plot; its toolbar always shown; a server gone, said plainly ----
+
+@pytest.mark.slow
+def test_plotly_loads_with_the_plot_view_only_and_a_dead_server_is_named(long_built):
+    paths, data, names = long_built
+    atomic.write_text(paths.decisions, "path,label,source,note\n")
+    paths.state.unlink(missing_ok=True)
+    start = paths.decisions.read_bytes()
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(serving(ReviewData(paths, CLASSES, data)))
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        page, expect, seen = stack.enter_context(browser_at(url, 1280, 720))
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        assert not [r for r in seen["requests"] if "plotly" in r]  # the verify view: none
+        timed(page, "g: the plot view, first time (loads plotly.min.js)", "g",
+              "body[data-plot='1']")
+        assert [r for r in seen["requests"] if r.endswith("/static/plotly.min.js")]
+        # the toolbar shows without hovering the plot (the hint says where it is)
+        expect(page.locator(".modebar")).to_be_visible()
+        assert page.locator(".modebar-container").evaluate(
+            "e => getComputedStyle(e.querySelector('.modebar')).opacity") == "1"
+        assert "toolbar top right" in page.text_content(".hint")
+        # the server stops: an accept says so in words, the marks stay, nothing is written
+        page.keyboard.press("v")
+        page.keyboard.press("n")
+        page.keyboard.press("n")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "2")
+        page.keyboard.press("o")
+        server.shutdown()
+        server.server_close()
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text(re.compile(
+            "^not saved: the review server is not reachable .*your marks are kept"))
+        expect(page.locator("#status")).to_have_class("error")
+        expect(page.locator("#page-grid .thumb.marked")).to_have_count(1)
+        page.keyboard.press("z")
+        expect(page.locator("#status")).to_have_text(re.compile(
+            "^not undone: the review server is not reachable"))
+        assert paths.decisions.read_bytes() == start
+        # the browser logs the refused connections: expected here, nothing else
+        seen["errors"][:] = [e for e in seen["errors"] if "ERR_CONNECTION_REFUSED" not in e]

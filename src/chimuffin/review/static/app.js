@@ -8,6 +8,8 @@ const COLORS = ["#d95f02", "#1b9e77", "#7570b3", "#e7298a"];
 const FIXED = { undefined: "#b9b9b9", remove: "#222222" };
 const MAX_THUMBS = 300;
 const BIG_SELECTION = 100;  // asks before writing more than this many images at once
+const UNREACHABLE = "the review server is not reachable (is `chimuffin review` still " +
+  "running?); your marks are kept, try again once it runs";
 
 const S = {
   data: null, view: null, busy: false,
@@ -65,8 +67,8 @@ async function post(url, body) {
       body: JSON.stringify(body),
     });
     return { ok: res.ok, status: res.status, body: await res.json() };
-  } catch (e) {
-    return { ok: false, status: 0, body: { error: String(e) } };
+  } catch {  // no answer at all: the server is down (fetch says only "Failed to fetch")
+    return { ok: false, status: 0, body: { error: UNREACHABLE } };
   }
 }
 
@@ -108,7 +110,10 @@ async function undo() {
   S.busy = true;
   let r;
   try { r = await post("/api/undo", {}); } finally { S.busy = false; }
-  if (!r.ok) { status(`undo refused: ${r.body.error || r.status}`, true); return; }
+  if (!r.ok) {
+    status(`${r.status ? "undo refused" : "not undone"}: ${r.body.error || r.status}`, true);
+    return;
+  }
   applyAnswer(r.body);
   status(`undone: ${r.body.undone.what}`, false);
   if (r.body.undone.kind === "verify") verifyUndone(r.body.undone);
@@ -184,6 +189,8 @@ function customdata() {
 }
 
 function draw() {
+  if (S.plotDrawn) return;
+  $("plot").textContent = "";
   const p = S.data.points;
   const trace = {
     type: "scatter", mode: "markers", x: p.x, y: p.y, text: p.path, customdata: customdata(),
@@ -197,7 +204,8 @@ function draw() {
     xaxis: { visible: false }, yaxis: { visible: false },
   };
   // offline: no "edit in Chart Studio" / "send to cloud" link or button, no plotly logo
-  const config = { displaylogo: false, responsive: true, scrollZoom: true,
+  // the toolbar always shows (the hint points at it), not only while the mouse is on the plot
+  const config = { displaylogo: false, responsive: true, scrollZoom: true, displayModeBar: true,
                    showSendToCloud: false, showEditInChartStudio: false, showLink: false,
                    modeBarButtonsToRemove: ["toImage", "autoScale2d", "sendDataToCloud"] };
   Plotly.newPlot("plot", [trace], layout, config);
@@ -209,6 +217,28 @@ function draw() {
   legend();
   S.plotDrawn = true;
   document.body.dataset.plot = "1";
+}
+
+// plotly.js (4.8 MB) loads only when the plot view first opens: the verify view never waits
+// for it. Once: the promise is kept.
+let plotlyLoading = null;
+
+function loadPlotly() {
+  if (!plotlyLoading) {
+    $("plot").textContent = "loading the plot…";
+    plotlyLoading = new Promise((resolve, reject) => {
+      const s = el("script", { src: "/static/plotly.min.js" });
+      s.onload = resolve;
+      s.onerror = () => { plotlyLoading = null; reject(new Error(UNREACHABLE)); };
+      document.head.append(s);
+    });
+  }
+  return plotlyLoading;
+}
+
+function plotFailed(e) {
+  $("plot").textContent = "";
+  status(`the plot could not load: ${e.message}`, true);
 }
 
 function recolor() {
@@ -451,7 +481,7 @@ function showView(name) {
     b.classList.toggle("active", b.dataset.view === name);
   }
   if (name === "plot") {
-    if (!S.plotDrawn) draw(); else Plotly.Plots.resize("plot");
+    if (S.plotDrawn) Plotly.Plots.resize("plot"); else loadPlotly().then(draw, plotFailed);
     history.replaceState(null, "", "#plot");
   } else {
     verifyShown();
@@ -491,7 +521,10 @@ async function main() {
   S.data = await res.json();
   S.data.points.path.forEach((x, i) => S.index.set(x, i));
   for (const [path, d] of Object.entries(S.data.decisions)) S.decisions.set(path, d);
-  $("color-by").addEventListener("change", (ev) => { S.colorBy = ev.target.value; recolor(); });
+  $("color-by").addEventListener("change", (ev) => {
+    S.colorBy = ev.target.value;
+    if (S.plotDrawn) recolor();
+  });
   // buttons never keep the focus: Enter and Space stay the page's keys
   document.addEventListener("mousedown", (ev) => {
     if (ev.target.closest("button")) ev.preventDefault();
