@@ -193,6 +193,8 @@ def test_keys_go_to_the_focused_control_never_to_the_page(long_review):
         page.keyboard.press("o")
         page.keyboard.press("x")
         expect(page.locator("#page-grid .thumb.marked")).to_have_count(0)
+        expect(page.locator("#status")).to_have_text(
+            'the keys go to the focused "next (n)" button; Esc gives them back to the page')
         page.keyboard.press("Enter")
         expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
         page.keyboard.press("Enter")

@@ -496,6 +496,12 @@ const CONTROLS = "button, input, select, textarea, a[href], summary, [contentedi
 function onKey(ev) {
   if (ev.target instanceof Element && ev.target.closest(CONTROLS)) {
     if (ev.key === "Escape") ev.target.blur();
+    else if (ev.target.closest("button, a") && ev.key.length === 1 && ev.key !== " " &&
+             !ev.ctrlKey && !ev.altKey && !ev.metaKey) {
+      // a page key on a focused button: it does nothing, so say where the keys go
+      status(`the keys go to the focused "${ev.target.textContent.trim()}" button; Esc ` +
+             "gives them back to the page", false);
+    }
     return;
   }
   if (ev.altKey || ev.metaKey || (ev.ctrlKey && ev.key !== "z")) return;
