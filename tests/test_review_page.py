@@ -474,3 +474,44 @@ def test_plotly_loads_with_the_plot_view_only_and_a_dead_server_is_named(long_bu
         assert paths.decisions.read_bytes() == start
         # the browser logs the refused connections: expected here, nothing else
         seen["errors"][:] = [e for e in seen["errors"] if "ERR_CONNECTION_REFUSED" not in e]
+
+
+# --- doubtful images marked; a page flipped to the other class with one key ------------
+
+@pytest.mark.slow
+def test_doubtful_images_are_marked_and_a_page_flips_with_one_key(long_review):
+    url, paths, names = long_review
+    p = names["pool"]
+    start = paths.decisions.read_bytes()
+    with browser_at(url, 1440, 900) as (page, expect, _):
+        head, cursor = page.locator("#page-head"), page.locator("#page-grid .thumb.cursor")
+        # page 0: only its first image has model and neighbours disagreeing (the fixture)
+        expect(head).to_contain_text("1 doubtful (?)")
+        expect(page.locator("#page-grid .thumb.doubt")).to_have_count(1)
+        widths = page.eval_on_selector_all("#page-grid .conf i", "els => els.map(e => "
+                                           "e.getBoundingClientRect().width)")
+        assert len(widths) == PAGE and widths[0] > widths[-1] > 0  # the score as a bar
+        page.keyboard.press("l")
+        expect(cursor).to_have_attribute("data-path", p[1])
+        page.keyboard.press(".")  # the next doubtful image, wrapping round
+        expect(cursor).to_have_attribute("data-path", p[0])
+        # page 2 (chihuahua): mark one undefined, flip: the rest become muffin, the mark stays
+        page.keyboard.press("n")
+        page.keyboard.press("n")
+        expect(head).to_have_attribute("data-page", "2")
+        page.keyboard.press("u")
+        timed(page, "f: flip a page", "f", "#page-grid .thumb.marked >> nth=2")
+        marks = page.eval_on_selector_all("#page-grid .thumb", "els => els.map(e => "
+                                          "e.dataset.mark)")
+        assert marks == ["undefined", "muffin", "muffin"]
+        page.keyboard.press("f")  # again: the flip is taken back, the earlier mark stays
+        expect(page.locator("#page-grid .thumb.marked")).to_have_count(1)
+        page.keyboard.press("f")
+        page.keyboard.press("l")
+        page.keyboard.press("l")
+        page.keyboard.press("o")  # the exception to the flip: this one is a chihuahua
+        assert paths.decisions.read_bytes() == start
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text(re.compile("^page 2 verified"))
+        assert {x: on_disk(paths)[x][0] for x in p[96:99]} == {
+            p[96]: "undefined", p[97]: "muffin", p[98]: "chihuahua"}

@@ -4,12 +4,16 @@
 // key. Everything works from the keyboard (the key map below is the one the page shows).
 
 const HOLD_MS = 350;  // click and hold a thumbnail this long: the enlarged view, until release
+// An image is doubtful (a likely exception) when the model and its labeled neighbours disagree,
+// or when its score for the page's class is under this (two classes: 0.5 is a coin toss).
+const DOUBT_BELOW = 0.6;
 
 const V = {
   pages: [], filtered: [], pos: 0, cursor: 0,
   marks: new Map(),  // page number -> Map(path -> label): exceptions, until the page is accepted
   pageOf: new Map(),  // path -> page number
   zoom: false, holdTimer: null, held: false, prefetched: new Set(),
+  flipped: new Map(),  // page number -> paths the last flip marked (f again takes them back)
   shownPage: null,  // the page on screen, and which of its images have been fully in view:
   seen: new Set(),  // Enter accepts only a page whose every image was on screen
 };
@@ -39,6 +43,10 @@ function verifyKeys() {
       run: clearCursor },
     { keys: ["C"], shown: "Shift+C", once: true, does: "clear the decisions of the whole page",
       run: clearPage },
+    { keys: ["."], shown: ".", does: "cursor to the next doubtful image (dashed, ?)",
+      run: nextDoubtful },
+    { keys: ["f"], shown: "f", does: "flip: every unmarked image gets the other class " +
+      "(marks kept; f again takes the flip back)", run: flipPage },
   ];
 }
 
@@ -186,6 +194,44 @@ function cycleMark(i) {
   mark(next === null ? null : next);
 }
 
+function doubtful(im) {
+  return !im.agree || im.score < DOUBT_BELOW;
+}
+
+function nextDoubtful() {
+  const pg = current();
+  if (!pg) return;
+  const n = pg.images.length;
+  for (let k = 1; k <= n; k++) {
+    const i = (V.cursor + k) % n;
+    if (doubtful(pg.images[i])) { V.cursor = i; renderCursor(); return; }
+  }
+  status("no doubtful image on this page", false);
+}
+
+// A page that is mostly the other class: every unmarked image gets the other class, the marks
+// already made stay. Pressed again while nothing is unmarked, it takes that flip back.
+function flipPage() {
+  const pg = current();
+  if (!pg) return;
+  const marks = marksOf(pg), other = S.data.classes.find((c) => c !== pg.label);
+  const unmarked = pg.images.filter((im) => !marks.has(im.path)).map((im) => im.path);
+  if (unmarked.length) {
+    for (const path of unmarked) marks.set(path, other);
+    V.flipped.set(pg.page, unmarked);
+    status(`flipped: ${unmarked.length} image(s) marked ${other}; mark the ones that are ` +
+           `${pg.label} (${S.data.classes.indexOf(pg.label) + 1} or o), then Enter`, false);
+  } else {
+    const back = (V.flipped.get(pg.page) || []).filter((x) => marks.get(x) === other);
+    for (const path of back) marks.delete(path);
+    V.flipped.delete(pg.page);
+    status(back.length ? `flip taken back: ${back.length} image(s) unmarked`
+                       : "every image is marked: nothing to flip", false);
+  }
+  keepMarks(pg);
+  renderPage();
+}
+
 // --- actions ---
 
 async function acceptPage() {
@@ -293,13 +339,18 @@ function pageThumb(pg, im, i, marks) {
   if (m) div.style.borderColor = colorOf(m);
   div.classList.toggle("marked", !!m);
   div.classList.toggle("verified", isVerified(im.path));
+  div.classList.toggle("doubt", doubtful(im));
   const img = el("img", { alt: im.path, draggable: false,
                           src: "/thumb?path=" + encodeURIComponent(im.path) });
+  // the image's score for the page's class, as a bar: a long green one is a sure image
+  const level = im.score >= 0.8 ? "high" : im.score >= DOUBT_BELOW ? "mid" : "low";
+  const bar = el("span", { className: `conf ${level}` },
+                 el("i", { style: `width:${Math.round(100 * im.score)}%` }));
   const caption = el("span", { className: "caption",
                                textContent: `${im.score.toFixed(2)}${im.agree ? "" : " ≠"}` });
   if (m) caption.append(el("b", { textContent: ` → ${m}` }));
   else if (d && isVerified(im.path)) caption.append(` ✓ ${d[0]}`);
-  div.append(img, caption);
+  div.append(img, bar, caption);
   div.addEventListener("pointerdown", (ev) => {
     if (ev.button !== 0) return;
     V.held = false;
@@ -362,6 +413,7 @@ function renderPage() {
   head.replaceChildren(
     `Page ${pg.page} proposes `, el("b", { textContent: pg.label, style: `color:${colorOf(pg.label)}` }),
     ` · page score ${pg.page_score.toFixed(2)} · ${pg.images.length} images · ` +
+    `${pg.images.filter(doubtful).length} doubtful (?) · ` +
     `${marks.size} exception(s) marked · ${V.pos + 1} of ${V.filtered.length} pages shown` +
     (pageVerified(pg) ? " · ✓ verified" : ""));
   head.dataset.page = pg.page;
@@ -420,8 +472,11 @@ function verifyInit() {
     el("tr", {}, el("td", { textContent: "click" }),
        el("td", { textContent: "cycle the mark: other class, undefined, remove, none" })),
     el("tr", {}, el("td", { textContent: "0.93 ≠ ✓" }),
-       el("td", { textContent: "under an image: its score for the page's class; ≠ the model " +
-                  "and the neighbours disagree; ✓ a person verified it" })));
+       el("td", { textContent: "under an image: its score for the page's class (and as a " +
+                  "bar); ≠ the model and the neighbours disagree; ✓ a person verified it" })),
+    el("tr", {}, el("td", { textContent: "? dashed" }),
+       el("td", { textContent: "doubtful, a likely exception: ≠, or a score under " +
+                  `${DOUBT_BELOW}` })));
   applyFilter(q.has("page") ? Number(q.get("page")) : null);
 }
 
