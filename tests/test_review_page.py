@@ -19,6 +19,7 @@ from chimuffin import atomic
 from chimuffin.data.sample import write_sample
 from chimuffin.labels import Decision, format_decisions
 from chimuffin.review.data import Paths, ReviewData
+from chimuffin.review.pages import read_evidence
 from tests.test_review import (
     BROWSER_ARGS,
     CHROMIUM,
@@ -62,6 +63,12 @@ def build_long_pages(root: Path) -> tuple[Paths, Path, dict]:
                           "reason": ["model disagrees with the folder label", "uncertain",
                                      "uncertain", "uncertain"]})
     atomic.write_parquet(paths.suggest / "review_queue.parquet", queue)
+    # the evidence behind page 2's proposals (pool 96 has a near-duplicate, pool 97)
+    atomic.write_parquet(paths.suggest / "suggestions.parquet", pd.DataFrame({
+        "path": pool[96:99], "model_label": "chihuahua", "model_conf": [0.7, 0.6, np.nan],
+        "knn_label": ["chihuahua", "muffin", "chihuahua"], "knn_conf": 0.8, "knn_sim": 0.9,
+        "nearest_labeled": labeled[0], "dup_of": [pool[97], pool[98], ""],
+        "dup_sim": [0.97, 0.5, 0.0], "near_duplicate": [True, False, False]}))
     scores = [0.95 - 0.004 * i for i in range(PAGE)]
     write_pages(paths.suggest / "pages.parquet",
                 [("chihuahua", list(zip(pool[:PAGE], scores, strict=True))),
@@ -515,3 +522,54 @@ def test_doubtful_images_are_marked_and_a_page_flips_with_one_key(long_review):
         expect(page.locator("#status")).to_have_text(re.compile("^page 2 verified"))
         assert {x: on_disk(paths)[x][0] for x in p[96:99]} == {
             p[96]: "undefined", p[97]: "muffin", p[98]: "chihuahua"}
+
+
+# --- the evidence behind a proposal, on the enlarged view --------------------------------
+
+def test_evidence_is_read_for_page_images_and_a_stale_file_says_why(long_built, tmp_path):
+    paths, data, names = long_built
+    p = names["pool"]
+    state = ReviewData(paths, CLASSES, data).state()["evidence"]
+    assert state["error"] is None and sorted(state["images"]) == sorted(p[96:99])
+    assert state["images"][p[96]] == {
+        "model_label": "chihuahua", "model_conf": 0.7, "knn_label": "chihuahua",
+        "knn_conf": 0.8, "knn_sim": 0.9, "nearest_labeled": names["labeled"][0],
+        "dup_of": p[97], "dup_sim": 0.97, "near_duplicate": True}
+    assert state["images"][p[98]]["model_conf"] is None  # NaN: JSON has none
+    json.dumps(state, allow_nan=False)
+    old = tmp_path / "suggestions.parquet"
+    pd.read_parquet(paths.suggest / "suggestions.parquet").drop(columns="knn_sim").to_parquet(old)
+    assert read_evidence(old, set(p)) == ({}, f"{old}: column 'knn_sim' missing; run "
+                                          "`dvc repro suggest`")
+    assert read_evidence(tmp_path / "nope.parquet", set(p))[1].endswith(
+        "nope.parquet: not found; run `dvc repro suggest`")
+
+
+@pytest.mark.slow
+def test_the_enlarged_view_shows_the_evidence(long_review):
+    url, paths, names = long_review
+    p = names["pool"]
+    with browser_at(url, 1280, 720) as (page, expect, _):
+        page.keyboard.press("n")
+        page.keyboard.press("n")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "2")
+        timed(page, "e: the enlarged view with its evidence", "e", "#zoom-evidence figure")
+        box = page.locator("#zoom-evidence")
+        expect(box).to_contain_text("model: chihuahua 0.70 · labeled neighbours vote "
+                                    "chihuahua 0.80 (mean similarity 0.90)")
+        captions = page.eval_on_selector_all("#zoom-evidence figcaption",
+                                             "els => els.map(e => e.textContent)")
+        assert captions == ["nearest labeled: chihuahua",
+                            "NEAR-DUPLICATE, similarity 0.97: undefined"]
+        shown = page.eval_on_selector_all("#zoom-evidence img", "els => els.map(e => e.alt)")
+        assert shown == [names["labeled"][0], p[97]]
+        # everything of the enlarged view is on screen at 1280x720
+        bottom = page.eval_on_selector("#zoom-evidence", "e => e.getBoundingClientRect().bottom")
+        assert bottom <= 720
+        page.keyboard.press("l")
+        page.keyboard.press("l")
+        expect(box).to_contain_text("model: chihuahua ? ·")  # a missing value, said as such
+        page.keyboard.press("Escape")
+        page.keyboard.press("p")  # page 1: no evidence rows, nothing claimed
+        page.keyboard.press("e")
+        expect(page.locator("#zoom-evidence figure")).to_have_count(0)

@@ -37,7 +37,7 @@ from chimuffin.labels import (
 )
 from chimuffin.pages import PAGES_FILE
 from chimuffin.review import history
-from chimuffin.review.pages import page_list, progress, read_pages
+from chimuffin.review.pages import EVIDENCE_FILE, page_list, progress, read_evidence, read_pages
 
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)
@@ -96,6 +96,8 @@ class ReviewData:
         self.pages, self.pages_error = self._pages()
         self.page_list = [] if self.pages is None else page_list(self.pages)
         self.page_index = {pg["page"]: pg for pg in self.page_list}
+        self.evidence = read_evidence(self.paths.suggest / EVIDENCE_FILE,
+                                      set() if self.pages is None else set(self.pages["path"]))
 
     def _points(self) -> pd.DataFrame:
         coords = _read(self.paths.embed / "pacmap.parquet", "embed")
@@ -182,6 +184,8 @@ class ReviewData:
             "decisions": {d.path: [d.label, d.source] for d in decisions
                           if d.path in self.base_label},
             "pages": {"list": self.page_list, "error": self.pages_error},
+            # the evidence behind each page image's proposal (the enlarged view shows it)
+            "evidence": {"images": self.evidence[0], "error": self.evidence[1]},
             **self.summary(decisions, history.load_state(self.paths.state)),
         }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from chimuffin import pages
@@ -49,6 +50,41 @@ def page_list(df: pd.DataFrame) -> list[dict]:
                                "model_label": r.model_label, "knn_label": r.knn_label,
                                "agree": bool(r.agree)})
     return list(out.values())
+
+
+EVIDENCE_FILE = "suggestions.parquet"  # in the suggest stage's output folder
+EVIDENCE = {  # column -> how the page gets it
+    "model_label": str, "model_conf": float, "knn_label": str, "knn_conf": float,
+    "knn_sim": float, "nearest_labeled": str, "dup_of": str, "dup_sim": float,
+    "near_duplicate": bool}
+
+
+def read_evidence(path: Path, paths: set[str]) -> tuple[dict[str, dict], str | None]:
+    """What stands behind each proposal, for the images in `paths`: the model's label and
+    confidence, the labeled neighbours' vote (label, share, mean similarity), the nearest
+    labeled image, the most similar image (and whether it is a near-duplicate). Read from the
+    suggest stage's suggestions.parquet; ({}, why) when it is absent or lacks a column (the
+    enlarged view then says so, the rest works)."""
+    fix = "run `dvc repro suggest`"
+    if not path.is_file():
+        return {}, f"{path}: not found; {fix}"
+    df = pd.read_parquet(path)
+    missing = [c for c in ["path", *EVIDENCE] if c not in df.columns]
+    if missing:
+        return {}, f"{path}: column {missing[0]!r} missing; {fix}"
+    rows = df[df["path"].isin(paths)]
+    return {r["path"]: {c: _value(r[c], kind) for c, kind in EVIDENCE.items()}
+            for r in rows.to_dict("records")}, None
+
+
+def _value(x, kind):
+    """JSON-safe: a float rounded (NaN, which JSON cannot carry, as None), a missing string
+    as ""."""
+    if kind is float:
+        return None if pd.isna(x) else round(float(x), 4)
+    if kind is str:
+        return "" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x)
+    return bool(x)
 
 
 def is_verified(d: Decision | None) -> bool:

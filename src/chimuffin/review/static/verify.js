@@ -326,6 +326,33 @@ function renderZoom() {
   $("zoom-info").textContent = `${im.path} · page proposes ${pg.label} (score ` +
     `${im.score.toFixed(2)}) · model ${im.model_label}, neighbours ${im.knn_label}` +
     (m ? ` · marked ${m}` : "") + (d ? ` · decided ${d[0]} (${d[1]})` : "");
+  renderEvidence(im.path);
+}
+
+// What stands behind the proposal (the suggest stage's suggestions.parquet): the model, the
+// labeled neighbours' vote, the nearest labeled image, the most similar image.
+function renderEvidence(path) {
+  const box = $("zoom-evidence"), ev = S.data.evidence.images[path];
+  if (!ev) {
+    box.replaceChildren(S.data.evidence.error ? `no evidence: ${S.data.evidence.error}` : "");
+    return;
+  }
+  const pct = (x) => (x === null ? "?" : x.toFixed(2));
+  const figure = (p, what) => el("figure", {},
+    el("img", { alt: p, src: "/thumb?path=" + encodeURIComponent(p) }),
+    el("figcaption", { textContent: `${what}: ${currentLabel(p)}` }), el("small", {
+      textContent: p }));
+  const figures = [];
+  if (ev.nearest_labeled) figures.push(figure(ev.nearest_labeled, "nearest labeled"));
+  if (ev.dup_of) {
+    figures.push(figure(ev.dup_of, (ev.near_duplicate ? "NEAR-DUPLICATE" : "most similar") +
+                        `, similarity ${pct(ev.dup_sim)}`));
+  }
+  box.replaceChildren(
+    el("p", { textContent: `model: ${ev.model_label} ${pct(ev.model_conf)} · labeled ` +
+              `neighbours vote ${ev.knn_label} ${pct(ev.knn_conf)} (mean similarity ` +
+              `${pct(ev.knn_sim)})` }),
+    el("div", { className: "figures" }, ...figures));
 }
 
 // --- drawing ---
