@@ -573,3 +573,42 @@ def test_the_enlarged_view_shows_the_evidence(long_review):
         page.keyboard.press("p")  # page 1: no evidence rows, nothing claimed
         page.keyboard.press("e")
         expect(page.locator("#zoom-evidence figure")).to_have_count(0)
+
+
+# --- the history: the last actions, each undoable back to there -------------------------
+
+@pytest.mark.slow
+def test_history_lists_the_last_actions_and_undoes_back_to_one(long_review):
+    url, paths, names = long_review
+    p = names["pool"]
+    start = paths.decisions.read_bytes()
+    with browser_at(url, 1280, 720) as (page, expect, _):
+        page.on("dialog", lambda d: d.accept())
+        head, items = page.locator("#page-head"), page.locator("#history-list li")
+        page.keyboard.press("n")
+        page.keyboard.press("n")
+        page.keyboard.press("Enter")  # page 2 accepted (it fits: no scrolling first)
+        expect(page.locator("#status")).to_have_text(re.compile("^page 2 verified"))
+        accepted = paths.decisions.read_bytes()
+        page.keyboard.press("n")
+        page.keyboard.press("n")
+        expect(head).to_have_attribute("data-page", "2")
+        page.keyboard.press("c")
+        expect(page.locator("#status")).to_have_text(re.compile("^cleared the decision"))
+        page.keyboard.press("l")
+        page.keyboard.press("c")
+        expect(page.locator("#history summary")).to_have_text("history (3)")
+        assert set(on_disk(paths)) == {p[98], p[99]}
+        page.click("#history summary")
+        expect(items).to_have_count(3)
+        assert all(re.fullmatch(r"\d\d:\d\d:\d\d", t)
+                   for t in page.locator("#history-list time").all_inner_texts())
+        assert page.locator("#history-list .what").all_inner_texts() == [
+            "cleared 1 image(s)", "cleared 1 image(s)", "page 2: 3 image(s), 0 exception(s)"]
+        # undo back to the second: both clears taken back, the page's accept stays
+        items.nth(1).locator("button").click()
+        expect(page.locator("#history summary")).to_have_text("history (1)")
+        assert paths.decisions.read_bytes() == accepted
+        items.nth(0).locator("button", has_text="undo").click()
+        expect(page.locator("#history summary")).to_have_text("history (0)")
+        assert paths.decisions.read_bytes() == start

@@ -41,6 +41,7 @@ from chimuffin.review.pages import EVIDENCE_FILE, page_list, progress, read_evid
 
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)
+HISTORY_SHOWN = 10  # the last actions the page lists (each undoable, latest first)
 
 
 class RequestError(Exception):
@@ -162,7 +163,13 @@ class ReviewData:
     def summary(self, decisions: list[Decision], state: dict) -> dict:
         """The numbers every answer carries: counts, progress, what undo would undo."""
         return {"counts": self.counts(decisions), "progress": self.progress(decisions, state),
-                "undo": history.undo_summary(state, self.key)}
+                "undo": history.undo_summary(state, self.key), "history": self.recent(state)}
+
+    def recent(self, state: dict) -> list[dict]:
+        """The last actions that undo can take back, the latest first: what, and when."""
+        stack = state["undo"].get(self.key) or []
+        return [{"what": r.get("what"), "kind": r.get("kind"), "at": r.get("at")}
+                for r in reversed(stack[-HISTORY_SHOWN:])]
 
     def state(self) -> dict:
         _, decisions = self.read_label_file()
@@ -351,8 +358,11 @@ class ReviewData:
                         needs_confirm=True, overwrites=len(over), paths=over[:CONFIRM_LISTED])
                 after = format_decisions(new).encode()
                 atomic.write_bytes(self.paths.decisions, after)
-                if pace_images:  # undoing the action takes its images out of the pace
-                    info = {**info, "pace_before": state["pace"]}
+                # when (the page's history shows it) and, for a page, the pace before it
+                # (undoing the action takes its images out of the pace)
+                info = {**info, "at": round(time.time(), 1)}
+                if pace_images:
+                    info["pace_before"] = state["pace"]
                 history.push_undo(state, self.key, history.undo_record(before, old, new, after,
                                                                        info))
                 if pace_images:

@@ -105,18 +105,42 @@ function applyAnswer(a) {
   verifyRefresh(a);
 }
 
+// Undo the last action; true when it was undone.
 async function undo() {
-  if (S.busy) return;
+  if (S.busy) return false;
   S.busy = true;
   let r;
   try { r = await post("/api/undo", {}); } finally { S.busy = false; }
   if (!r.ok) {
     status(`${r.status ? "undo refused" : "not undone"}: ${r.body.error || r.status}`, true);
-    return;
+    return false;
   }
   applyAnswer(r.body);
   status(`undone: ${r.body.undone.what}`, false);
   if (r.body.undone.kind === "verify") verifyUndone(r.body.undone);
+  return true;
+}
+
+// The history's "undo back to here": the last n actions, the latest first, one by one (each
+// an ordinary undo, so each puts the label file back exactly); stops at the first refusal.
+async function undoBackTo(n) {
+  if (n > 1 && !window.confirm(`Undo the last ${n} actions, the latest first?`)) return;
+  for (let i = 0; i < n; i++) if (!await undo()) return;
+  if (n > 1) status(`undone: the last ${n} actions`, false);
+}
+
+function renderHistory(items) {
+  const list = $("history-list");
+  $("history").querySelector("summary").textContent = `history (${items.length})`;
+  list.replaceChildren(...items.map((h, i) => {
+    const b = el("button", { type: "button",
+                             textContent: i ? `undo back to here (${i + 1})` : "undo" });
+    b.addEventListener("click", () => undoBackTo(i + 1));
+    const at = h.at ? new Date(h.at * 1000).toTimeString().slice(0, 8) : "";  // HH:MM:SS
+    return el("li", {}, el("time", { textContent: at }), " ",
+              el("span", { className: "what", textContent: h.what }), b);
+  }));
+  if (!items.length) list.append(el("li", { textContent: "nothing yet" }));
 }
 
 // --- counts, progress, undo ---
@@ -126,6 +150,7 @@ function renderSummary(a) {
   renderProgress(a.progress);
   $("undo-info").textContent = a.undo.last ? `last: ${a.undo.last}` : "nothing to undo";
   $("undo").disabled = !a.undo.last;
+  renderHistory(a.history || []);
 }
 
 function renderCounts(c) {
