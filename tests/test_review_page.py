@@ -201,7 +201,7 @@ def test_keys_go_to_the_focused_control_never_to_the_page(long_review):
         page.keyboard.press("x")
         expect(page.locator("#page-grid .thumb.marked")).to_have_count(0)
         expect(page.locator("#status")).to_have_text(
-            'the keys go to the focused "next (n)" button; Esc gives them back to the page')
+            'the keys go to the focused "next (n)"; Esc gives them back to the page')
         page.keyboard.press("Enter")
         expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
         page.keyboard.press("Enter")
@@ -601,6 +601,8 @@ def test_history_lists_the_last_actions_and_undoes_back_to_one(long_review):
         assert set(on_disk(paths)) == {p[98], p[99]}
         page.click("#history summary")
         expect(items).to_have_count(3)
+        page.keyboard.press("p")  # a click on "history" leaves the keys with the page
+        expect(head).to_have_attribute("data-page", "1")
         assert all(re.fullmatch(r"\d\d:\d\d:\d\d", t)
                    for t in page.locator("#history-list time").all_inner_texts())
         assert page.locator("#history-list .what").all_inner_texts() == [

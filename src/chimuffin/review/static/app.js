@@ -521,10 +521,10 @@ const CONTROLS = "button, input, select, textarea, a[href], summary, [contentedi
 function onKey(ev) {
   if (ev.target instanceof Element && ev.target.closest(CONTROLS)) {
     if (ev.key === "Escape") ev.target.blur();
-    else if (ev.target.closest("button, a") && ev.key.length === 1 && ev.key !== " " &&
+    else if (ev.target.closest("button, a, summary") && ev.key.length === 1 && ev.key !== " " &&
              !ev.ctrlKey && !ev.altKey && !ev.metaKey) {
       // a page key on a focused button: it does nothing, so say where the keys go
-      status(`the keys go to the focused "${ev.target.textContent.trim()}" button; Esc ` +
+      status(`the keys go to the focused "${ev.target.textContent.trim()}"; Esc ` +
              "gives them back to the page", false);
     }
     return;
@@ -556,9 +556,9 @@ async function main() {
     S.colorBy = ev.target.value;
     if (S.plotDrawn) recolor();
   });
-  // buttons never keep the focus: Enter and Space stay the page's keys
+  // a click never leaves the focus on a button or "history": the page keeps its keys
   document.addEventListener("mousedown", (ev) => {
-    if (ev.target.closest("button")) ev.preventDefault();
+    if (ev.target.closest("button, summary")) ev.preventDefault();
   });
   document.addEventListener("keydown", onKey);
   for (const b of document.querySelectorAll("#views button")) {
