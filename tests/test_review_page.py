@@ -614,3 +614,30 @@ def test_history_lists_the_last_actions_and_undoes_back_to_one(long_review):
         items.nth(0).locator("button", has_text="undo").click()
         expect(page.locator("#history summary")).to_have_text("history (0)")
         assert paths.decisions.read_bytes() == start
+
+
+# --- the plot: the image under the mouse --------------------------------------------------
+
+@pytest.mark.slow
+def test_hovering_a_point_shows_its_image(long_review):
+    url, paths, names = long_review
+    target = names["pool"][0]
+    with browser_at(url + "#plot", 1440, 900) as (page, expect, _):
+        page.wait_for_selector("body[data-plot='1']")
+        x, y = page.evaluate("""(path) => {
+            const gd = document.getElementById('plot'), L = gd._fullLayout;
+            const i = gd.data[0].text.indexOf(path);
+            const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+            return [r.left + L.xaxis.l2p(gd.data[0].x[i]), r.top + L.yaxis.l2p(gd.data[0].y[i])];
+        }""", target)
+        page.mouse.move(x - 30, y - 30)
+        page.mouse.move(x, y, steps=4)
+        hover = page.locator("#hover-thumb")
+        expect(hover).to_be_visible()
+        expect(hover.locator("img")).to_have_attribute("alt", target)
+        expect(hover.locator("span")).to_have_text("undefined")
+        box = hover.bounding_box()
+        assert box["width"] >= 128 and not (box["x"] <= x <= box["x"] + box["width"]
+                                            and box["y"] <= y <= box["y"] + box["height"])
+        page.mouse.move(5, 5)
+        expect(hover).to_be_hidden()

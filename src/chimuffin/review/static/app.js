@@ -239,6 +239,8 @@ function draw() {
     setSelection(ev ? ev.points.map((pt) => p.path[pt.pointIndex]) : [], false, null);
   });
   plot.on("plotly_deselect", () => setSelection([], false, null));
+  plot.on("plotly_hover", (ev) => showHoverThumb(p.path[ev.points[0].pointIndex], ev.event));
+  plot.on("plotly_unhover", () => { $("hover-thumb").hidden = true; });
   legend();
   S.plotDrawn = true;
   document.body.dataset.plot = "1";
@@ -264,6 +266,21 @@ function loadPlotly() {
 function plotFailed(e) {
   $("plot").textContent = "";
   status(`the plot could not load: ${e.message}`, true);
+}
+
+// The image under the mouse, above the pointer (below near the top): plotly's own label sits
+// level with the point, to one side, and stays readable.
+function showHoverThumb(path, mouse) {
+  const box = $("hover-thumb"), img = box.querySelector("img");
+  img.src = "/thumb?path=" + encodeURIComponent(path);
+  img.alt = path;
+  box.querySelector("span").textContent = currentLabel(path);
+  box.hidden = false;
+  const w = box.offsetWidth, h = box.offsetHeight;
+  const clear = 36;  // half the height of plotly's label, and a little more
+  const y = mouse.clientY - clear - h >= 0 ? mouse.clientY - clear - h : mouse.clientY + clear;
+  box.style.left = `${Math.min(Math.max(0, mouse.clientX - w / 2), innerWidth - w)}px`;
+  box.style.top = `${Math.min(y, innerHeight - h)}px`;
 }
 
 function recolor() {
