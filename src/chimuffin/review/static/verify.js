@@ -15,7 +15,8 @@ const V = {
   zoom: false, holdTimer: null, held: false, prefetched: new Set(),
   flipped: new Map(),  // page number -> paths the last flip marked (f again takes them back)
   shownPage: null,  // the page on screen, and which of its images have been fully in view:
-  seen: new Set(),  // Enter accepts only a page whose every image was on screen
+  seen: new Set(),  // (paths) Enter accepts only a page whose every image was on screen
+  sorted: false,  // images of a page: doubtful first, then by score (s)
 };
 
 function verifyKeys() {
@@ -45,6 +46,8 @@ function verifyKeys() {
       run: clearPage },
     { keys: ["."], shown: ".", does: "cursor to the next doubtful image (dashed, ?)",
       run: nextDoubtful },
+    { keys: ["s"], shown: "s", does: "sort a page's images: doubtful first, then the " +
+      "lowest score / the page's own order", run: toggleSort },
     { keys: ["f"], shown: "f", does: "flip: every unmarked image gets the other class " +
       "(marks kept; f again takes the flip back)", run: flipPage },
   ];
@@ -65,16 +68,31 @@ function filterValues() {
            max: Number($("filter-max").value) };
 }
 
-// Filters only hide pages: the order stays the file's.
+// Filters only hide pages: the order stays the file's. Within a page the images are in the
+// file's order, or, sorted, the doubtful ones first, then by score, lowest first.
 function applyFilter(keepPage) {
   const f = filterValues();
   V.filtered = V.pages.filter((pg) => (f.cls === "all" || pg.label === f.cls) &&
-                                      pg.page_score >= f.min && pg.page_score <= f.max);
+                                      pg.page_score >= f.min && pg.page_score <= f.max)
+    .map((pg) => (V.sorted ? sortedPage(pg) : pg));
   let pos = V.filtered.findIndex((pg) => pg.page === keepPage);
   if (pos < 0) pos = V.filtered.findIndex((pg) => !pageVerified(pg));
   V.pos = Math.max(pos, 0);
   V.cursor = 0;
   renderPage();
+}
+
+function sortedPage(pg) {
+  const images = [...pg.images].sort((a, b) => (doubtful(b) - doubtful(a)) ||
+                                               (a.score - b.score));
+  return { ...pg, images };
+}
+
+function toggleSort() {
+  V.sorted = !V.sorted;
+  applyFilter(current() ? current().page : null);
+  status(V.sorted ? "images sorted: doubtful first, then the lowest score"
+                  : "images in the page's own order", false);
 }
 
 function turn(step) {
@@ -102,6 +120,7 @@ function remember() {
   const pg = current(), f = filterValues();
   const q = new URLSearchParams({ class: f.cls, min: f.min, max: f.max });
   if (pg) q.set("page", pg.page);
+  if (V.sorted) q.set("sort", "doubtful");
   history.replaceState(null, "", `#verify?${q}`);
 }
 
@@ -132,8 +151,9 @@ function marksOf(pg) {
 
 const MARKS_KEY = "chimuffin-review-marks";
 
-function pageBasis(pg) {
-  return JSON.stringify(pg.images.map((im) => [im.path, S.decisions.get(im.path) || null]));
+function pageBasis(pg) {  // (in path order: the same whatever order the page shows)
+  const paths = pg.images.map((im) => im.path).sort();
+  return JSON.stringify(paths.map((x) => [x, S.decisions.get(x) || null]));
 }
 
 function readStore() {
@@ -406,7 +426,7 @@ function noteSeen() {
   const items = $("page-grid").children;
   for (let i = 0; i < items.length; i++) {
     const t = items[i].getBoundingClientRect();
-    if (t.top >= r.top - 1 && t.bottom <= r.bottom + 1) V.seen.add(i);
+    if (t.top >= r.top - 1 && t.bottom <= r.bottom + 1) V.seen.add(items[i].dataset.path);
   }
 }
 
@@ -414,7 +434,7 @@ function noteSeen() {
 // them to the top, say so, and accept nothing (the next Enter accepts once all were seen).
 function showUnseen(pg) {
   noteSeen();
-  const unseen = pg.images.map((_, i) => i).filter((i) => !V.seen.has(i));
+  const unseen = pg.images.map((_, i) => i).filter((i) => !V.seen.has(pg.images[i].path));
   if (!unseen.length) return false;
   const box = $("page-scroll"), item = $("page-grid").children[unseen[0]];
   box.scrollTop += item.getBoundingClientRect().top - box.getBoundingClientRect().top - 4;
@@ -480,6 +500,7 @@ function verifyInit() {
   if (q.has("class")) sel.value = q.get("class");
   if (q.has("min")) $("filter-min").value = q.get("min");
   if (q.has("max")) $("filter-max").value = q.get("max");
+  V.sorted = q.get("sort") === "doubtful";
   for (const id of ["filter-class", "filter-min", "filter-max"]) {
     $(id).addEventListener("change", () => applyFilter(current() ? current().page : null));
   }
