@@ -111,6 +111,7 @@ def git_repo(path):
                 ["config", "user.name", "t"]):
         subprocess.run(["git", *cmd], cwd=path, check=True)
     (path / "labels.csv").write_text("path,label,source,note\n")
+    (path / ".gitignore").write_text(".*.lock\n")  # the label file's lock, as in the project
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True)
     return path
@@ -120,8 +121,8 @@ def test_commit_round_commits_or_restores_the_label_file(tmp_path):
     repo = git_repo(tmp_path / "r")
     labels = repo / "labels.csv"
     seen = []
-    commit_round(repo, labels, [Decision("a.jpg", "muffin", "auto")], "round 1\n\nbody",
-                 seen.append)
+    commit_round(repo, labels, lambda cur: [*cur, Decision("a.jpg", "muffin", "auto")],
+                 CLASSES, "round 1\n\nbody", seen.append)
     log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True,
                          text=True).stdout.split("\n")
     assert log[0] == "round 1" and len(seen) == 1
@@ -133,8 +134,8 @@ def test_commit_round_commits_or_restores_the_label_file(tmp_path):
     hook.chmod(0o755)
     before = labels.read_bytes()
     with pytest.raises(UserError, match="git commit"):
-        commit_round(repo, labels, [Decision("b.jpg", "muffin", "auto")], "round 2",
-                     seen.append)
+        commit_round(repo, labels, lambda cur: [*cur, Decision("b.jpg", "muffin", "auto")],
+                     CLASSES, "round 2", seen.append)
     assert labels.read_bytes() == before and len(seen) == 1
 
 

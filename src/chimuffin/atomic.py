@@ -13,7 +13,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,32 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     return stale
 
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    # os.umask can only be read by setting it; the lock keeps our own threads from racing
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def target_mode(target: Path) -> int:
+    """The mode the written file gets: the target's own when it exists (a rename must not
+    change who may read the file), else what a plain open() would give under the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto target on success."""
+def atomic_path(target: str | Path, suffix: str = "",
+                before_replace: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto target on success.
+    `before_replace` runs right before the rename (after the data is on disk): raising there
+    leaves the target untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
@@ -48,13 +72,17 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), target_mode(target))  # mkstemp made it 0600
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
+def write_bytes(target: str | Path, data: bytes,
+                before_replace: Callable[[], None] | None = None) -> None:
+    with atomic_path(target, before_replace=before_replace) as tmp:
         tmp.write_bytes(data)
 
 
@@ -93,6 +121,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        # mkdtemp made it 0700; the folder keeps the mode it had, or the umask's
+        os.chmod(tmp, target_mode(target) if target.exists() else 0o777 & ~current_umask())
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / "x")

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import atomic
-from chimuffin.accept import accept
+from chimuffin import atomic, labelfile
+from chimuffin.accept import accept, as_decisions
 from chimuffin.errors import UserError
 from chimuffin.labels import (
+    SOURCES,
     Decision,
-    format_decisions,
     merge_decisions,
     per_class,
     read_decisions,
@@ -261,30 +261,46 @@ def check_clean(root: Path, path: Path) -> None:
                         "`chimuffin loop`")
 
 
-def commit_round(root: Path, decisions_path: Path, decisions: list[Decision], message: str,
-                 on_commit: Callable[[str], None]) -> None:
+def commit_round(root: Path, decisions_path: Path, change: Callable[[list], list],
+                 classes: list[str], message: str, on_commit: Callable[[str], None]) -> None:
     """Write the label file and commit it (with dvc.lock) as one step that signals cannot
-    split. `on_commit(hash)` runs inside that step, so a deferred Ctrl-C (raised when the step
-    ends) never hides a round that was committed."""
-    old = decisions_path.read_bytes() if decisions_path.exists() else None
+    split, under the label file's lock: `change` is applied to the file as it is now (another
+    tool may have written it during the repro). `on_commit(hash)` runs inside that step, so a
+    deferred Ctrl-C (raised when the step ends) never hides a round that was committed."""
     paths = [str(decisions_path)]
     lock = root / "dvc.lock"
     if lock.exists() and git(["check-ignore", "-q", str(lock)], root, check=False).returncode:
         paths.append(str(lock))
-    with deferred_signals():
-        atomic.write_text(decisions_path, format_decisions(decisions))
+
+    def commit(written: labelfile.Written) -> None:
         try:
             git(["add", "--", *paths], root)
             git(["commit", "-q", "--allow-empty", "-m", message, "--", *paths], root)
         except BaseException:
             # keep the repository as of the last commit: no uncommitted half round
-            if old is None:
-                decisions_path.unlink(missing_ok=True)
-            else:
-                atomic.write_bytes(decisions_path, old)
+            if written.after is not None:
+                if written.before.data is None:
+                    decisions_path.unlink(missing_ok=True)
+                else:
+                    atomic.write_bytes(decisions_path, written.before.data)
             git(["reset", "-q", "--", *paths], root, check=False)
             raise
         on_commit(git(["rev-parse", "HEAD"], root).stdout.strip())
+
+    with deferred_signals():
+        labelfile.update(decisions_path, classes, change, after_write=commit)
+
+
+def round_change(labels: RoundLabels) -> Callable[[list], list]:
+    """The round's new labels merged into the label file as it is at commit time: the
+    reviewer's over anything but a person's, accepted suggestions over nothing."""
+    def change(current: list[Decision]) -> list[Decision]:
+        merged, _ = merge_decisions(current, labels.reviewed)
+        if labels.accepted is not None:
+            merged, _ = merge_decisions(merged, as_decisions(labels.accepted),
+                                        protect_sources=SOURCES)
+        return merged
+    return change
 
 
 def run_child(cmd: list[str], cwd: Path) -> int:
@@ -357,7 +373,8 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
         progress["review_s"] = total_s
         print(f"loop: committed {commit[:10]}: {message.splitlines()[0]}", flush=True)
 
-    commit_round(root, cfg.decisions.resolve(), labels.decisions, message, on_commit)
+    commit_round(root, cfg.decisions.resolve(), round_change(labels), cfg.classes, message,
+                 on_commit)
     return labels
 
 
