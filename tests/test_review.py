@@ -364,6 +364,66 @@ def test_undo_survives_a_new_server_and_restores_a_hand_edited_file(built):
     assert paths.decisions.read_bytes() == hand
 
 
+class Crash(BaseException):
+    """A kill -9 at this point: nothing of the action after it runs."""
+
+
+def crash_at(monkeypatch, module, name):
+    def die(*args, **kwargs):
+        raise Crash
+    monkeypatch.setattr(module, name, die)
+
+
+@pytest.mark.parametrize("where", ["before the rename", "after the rename"])
+def test_a_crash_during_an_action_keeps_history_and_file_consistent(built, monkeypatch, where):
+    from chimuffin import labelfile
+    paths, data, names = built
+    fresh_files(paths, names)
+    first = paths.decisions.read_bytes()
+    rd = ReviewData(paths, CLASSES, data)
+    assert rd.verify({"page": 0, "exceptions": {}})["changed"] == 3
+    after_first = paths.decisions.read_bytes()
+    with monkeypatch.context() as m:
+        crash_at(m, labelfile, "_check_unchanged" if where == "before the rename"
+                 else "_carry_over_appends")
+        with pytest.raises(Crash):
+            rd.verify({"page": 1, "exceptions": {}})
+    renamed = paths.decisions.read_bytes() != after_first
+    assert renamed == (where == "after the rename")
+    rd = ReviewData(paths, CLASSES, data)  # a restart
+    expected_depth = 1 if where == "before the rename" else 2
+    assert rd.state()["undo"]["depth"] == expected_depth
+    if where == "after the rename":
+        assert rd.undo({})["undone"]["page"] == 1
+        assert paths.decisions.read_bytes() == after_first
+    assert rd.undo({})["undone"]["page"] == 0
+    assert paths.decisions.read_bytes() == first
+    # and new actions after it undo as well
+    rd.clear({"paths": [names["pool"][5]]})
+    assert rd.undo({})["undone"]["kind"] == "clear"
+    assert paths.decisions.read_bytes() == first
+
+
+def test_a_crash_during_an_undo_keeps_history_and_file_consistent(built, monkeypatch):
+    from chimuffin.review import history
+    paths, data, names = built
+    fresh_files(paths, names)
+    first = paths.decisions.read_bytes()
+    rd = ReviewData(paths, CLASSES, data)
+    rd.verify({"page": 0, "exceptions": {}})
+    after_first = paths.decisions.read_bytes()
+    rd.verify({"page": 1, "exceptions": {}})
+    with monkeypatch.context() as m:
+        crash_at(m, history, "pop_undo")  # the file is back, its record not yet dropped
+        with pytest.raises(Crash):
+            rd.undo({})
+    assert paths.decisions.read_bytes() == after_first
+    rd = ReviewData(paths, CLASSES, data)  # a restart: the undone record is dropped
+    assert rd.state()["undo"]["depth"] == 1
+    assert rd.undo({})["undone"]["page"] == 0
+    assert paths.decisions.read_bytes() == first
+
+
 def test_undo_of_the_first_action_removes_a_file_that_was_not_there(built):
     paths, data, names = built
     fresh_files(paths, names)
