@@ -125,3 +125,15 @@ def test_every_writer_goes_through_the_lock(tmp_path, monkeypatch):
     assert writers >= {"commands/labels.py", "commands/pull_3lc.py", "loop.py",
                        "review/data.py"}
     assert not [p for p in src.rglob("*.py") if "def write_decisions" in p.read_text()]
+
+
+def test_no_writer_may_put_a_decision_on_a_test_image(tmp_path):
+    f = tmp_path / "decisions.csv"
+    labelfile.update(f, CLASSES, add("train128/undefined/a.jpg"))
+    before = f.read_bytes()
+    for label in ("muffin", "remove"):
+        new = [Decision("test128/muffin/t.jpg", label, "auto", "")]
+        with pytest.raises(UserError, match=r"decisions.csv: test128/muffin/t.jpg is a test "
+                           r"image: .*nothing written"):
+            labelfile.update(f, CLASSES, lambda cur, new=new: [*cur, *new])
+    assert f.read_bytes() == before

@@ -37,6 +37,10 @@ def test_parse_roundtrip_and_tolerated_formats():
     (HEADER + "../x.jpg,muffin,human,\n", "row 2: path '../x.jpg': path contains '..'"),
     (HEADER + "/etc/passwd,muffin,human,\n", "absolute path"),
     (HEADER + "x.jpg,muffin\n", "row 2: expected 4 fields"),
+    (HEADER + "train128/undefined/a.jpg,muffin,human,\ntest128/muffin/b.jpg,chihuahua,human,\n",
+     "row 3: test128/muffin/b.jpg is a test image: the test split is only ever evaluated"),
+    (HEADER + "test128/chihuahua/b.jpg,remove,3lc,\n", "row 2: test128/chihuahua/b.jpg is a "
+     "test image"),
 ])
 def test_bad_decisions_name_the_row(text, message):
     with pytest.raises(UserError) as e:
