@@ -252,13 +252,23 @@ def repo_root(start: Path) -> Path:
     return Path(p.stdout.strip())
 
 
+# What a round's dvc.lock is made from besides the label file: edits to these that are not
+# committed would be recorded in the round's dvc.lock but not in its commit.
+ROUND_INPUTS = ("params.yaml", "dvc.yaml", "recipes", "src", "data/labels")
+
+
 def check_clean(root: Path, path: Path) -> None:
-    """Refuse to start over uncommitted edits of the label file: a round's commit would
-    silently include them."""
-    out = git(["status", "--porcelain", "--", str(path)], root).stdout.strip()
-    if out:
-        raise UserError(f"{path}: has uncommitted changes; commit or stash them before "
-                        "`chimuffin loop`")
+    """Refuse to start over uncommitted edits (or new untracked files) of the label file or of
+    the code, params and recipes a round runs: its commit would not reproduce."""
+    where = [str(path), *(str(root / p) for p in ROUND_INPUTS if (root / p).exists())]
+    out = git(["status", "--porcelain", "--", *where], root).stdout
+    dirty = [line[3:] for line in out.splitlines() if line.strip()]
+    if dirty:
+        shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10
+                                         else "")
+        raise UserError(f"uncommitted changes to {shown}: a round's commit would record a "
+                        "dvc.lock made with them but not the files themselves; commit or stash "
+                        "them before `chimuffin loop`")
 
 
 def commit_round(root: Path, decisions_path: Path, change: Callable[[list], list],
