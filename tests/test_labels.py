@@ -93,6 +93,19 @@ def test_remove_decisions_drops_only_the_named_paths():
     kept, removed = remove_decisions(old, ["b", "not-decided"])
     assert (kept, removed) == ([Decision("a", "muffin", "human")], 1)
     assert remove_decisions(old, []) == (old, 0)
+def test_a_decision_may_not_change_or_remove_a_validation_label():
+    df = manifest([("v", "val", "muffin", "validation", 0, "h1"),
+                   ("b", "train", "undefined", "folder", 1, "h2")])
+    same = parse_decisions(HEADER + "b,muffin,human,\nv,muffin,human,\n", CLASSES)
+    assert apply_decisions(df, same)["label"].tolist() == ["muffin", "muffin"]
+    for label in ("chihuahua", "remove", "undefined"):
+        bad = parse_decisions(HEADER + f"b,muffin,human,\nv,{label},human,\n", CLASSES)
+        with pytest.raises(UserError, match="decisions.csv: row 3: v is a validation image "
+                           r"\(labeled in data/labels/validation.csv\); a decision may not "
+                           "change or remove its label"):
+            apply_decisions(df, bad)
+
+
 # --- path,label files: validation.csv and the true-label files ------------------------------
 
 def test_path_label_files_take_either_header_a_bom_and_blank_rows():

@@ -21,7 +21,7 @@ from chimuffin import atomic, cli
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions, read_decisions
-from chimuffin.review.data import Paths, ReviewData
+from chimuffin.review.data import Paths, RequestError, ReviewData
 from chimuffin.review.server import make_server
 from tests.helpers.repo import default_params_dict
 
@@ -432,6 +432,24 @@ def test_undo_of_the_first_action_removes_a_file_that_was_not_there(built):
         assert post(server, "verify", {"page": 1, "exceptions": {}})[0] == 200
         assert post(server, "undo", {})[0] == 200
     assert not paths.decisions.exists()
+
+
+def test_a_validation_label_is_never_changed_here(tmp_path):
+    paths, data, names = build_repo(tmp_path)
+    manifest = pd.read_parquet(paths.prepared / "manifest.parquet")
+    v = names["pool"][0]
+    manifest.loc[manifest["path"] == v, ["split", "label", "label_source"]] = [
+        "val", "muffin", "validation"]
+    atomic.write_parquet(paths.prepared / "manifest.parquet", manifest)
+    fresh_files(paths, names)
+    before = paths.decisions.read_bytes()
+    rd = ReviewData(paths, CLASSES, data)
+    for label in ("chihuahua", "remove"):
+        with pytest.raises(RequestError, match=f"{v}.*is a validation image") as e:
+            rd.label({"paths": [names["pool"][1], v], "label": label, "confirm": True})
+        assert e.value.status == 403
+    assert paths.decisions.read_bytes() == before
+    assert rd.label({"paths": [v], "label": "muffin"})["changed"] == 1  # the same label
 
 
 def test_clear_removes_only_the_named_rows(review):

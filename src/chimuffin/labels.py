@@ -68,6 +68,11 @@ TEST_REFUSED = ("is a test image: the test split is only ever evaluated, never l
                 "removed; delete this row")
 
 
+VALIDATION_REFUSED = ("is a validation image (labeled in data/labels/validation.csv); a "
+                      "decision may not change or remove its label: edit validation.csv, or "
+                      "delete this row")
+
+
 def check_decisions_writable(decisions: list[Decision], name: str) -> None:
     """Refuse a label file that would hold a decision on a test image (before writing it)."""
     for d in decisions:
@@ -130,7 +135,15 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
 PATH_LABEL_HEADERS = (["path", "label"], ["relative_path", "label"])
 
 
-def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str]:
+class PathLabels(dict):
+    """{path: label} that also knows each path's row in its file (`rows`), for messages."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, int] = {}
+
+
+def parse_path_labels(text: str, classes: list[str], name: str) -> PathLabels:
     """`path,label` (or `relative_path,label`) rows -> {path: label}, every label a class.
     A BOM is dropped and blank rows skipped; a bad header or row stops with the file and row."""
     text = text.removeprefix("\ufeff")  # a BOM from spreadsheet tools
@@ -138,8 +151,8 @@ def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str
     if not rows or [h.strip() for h in rows[0]] not in PATH_LABEL_HEADERS:
         expected = " or ".join(f"'{','.join(h)}'" for h in PATH_LABEL_HEADERS)
         raise UserError(f"{name}: row 1 (header): expected {expected}")
-    out: dict[str, str] = {}
-    first: dict[str, int] = {}
+    out = PathLabels()
+    first = out.rows
     for lineno, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
             continue
@@ -155,7 +168,7 @@ def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str
 
 
 def read_path_labels(path: str | Path, classes: list[str], what: str = "label file"
-                     ) -> dict[str, str]:
+                     ) -> PathLabels:
     """A `path,label` file; `what` names it in the not-found message."""
     path = Path(path)
     if not path.is_file():
@@ -242,6 +255,9 @@ def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],
             raise UserError(f"{name}: row {d.row}: {d.path} is not in the prepared dataset "
                             "(missing, or excluded by prepare: see data/prepared/report.json)")
         i = pos[d.path]
+        if (df.iat[i, df.columns.get_loc("label_source")] == "validation"
+                and d.label != df.iat[i, df.columns.get_loc("label")]):
+            raise UserError(f"{name}: row {d.row}: {d.path} {VALIDATION_REFUSED}")
         df.iat[i, df.columns.get_loc("label")] = d.label
         df.iat[i, df.columns.get_loc("label_source")] = d.source
     return df[df["label"] != REMOVE].reset_index(drop=True)

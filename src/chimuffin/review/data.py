@@ -30,6 +30,7 @@ from chimuffin.errors import UserError
 from chimuffin.labels import (
     PERSON_SOURCES,
     UNDEFINED,
+    VALIDATION_REFUSED,
     Decision,
     allowed_labels,
     check_relative_path,
@@ -93,6 +94,8 @@ class ReviewData:
                                                        prepared["split"], strict=True)
                            if s != "test"}
         self.pool = [p for p, lbl in self.base_label.items() if lbl == UNDEFINED]
+        # labeled in validation.csv: the clean stage refuses a decision that changes them
+        self.validation = set(prepared.loc[prepared["label_source"] == "validation", "path"])
         self.points = self._points()
         self.queue = self._queue()
         self.pages, self.pages_error = self._pages()
@@ -215,6 +218,11 @@ class ReviewData:
                                f"{', '.join(self.labels)}")
         return label
 
+    def check_validation(self, new: list[Decision]) -> None:
+        for d in new:
+            if d.path in self.validation and d.label != self.base_label[d.path]:
+                raise RequestError(HTTPStatus.FORBIDDEN, f"path {d.path!r}: {VALIDATION_REFUSED}")
+
     def overwrites(self, old: list[Decision], new: list[Decision]) -> list[str]:
         """Images somebody already labeled (folder, validation or a decision) whose label the
         change from old to new would change."""
@@ -334,6 +342,7 @@ class ReviewData:
 
             def checked_change(old: list[Decision]) -> list[Decision]:
                 new = change(old)
+                self.check_validation(new)
                 over = [] if confirmed else self.overwrites(old, new)
                 if _changes(old, new) and over:
                     raise RequestError(
