@@ -19,6 +19,31 @@ from pathlib import Path
 from typing import Any
 
 
+def check_target(target: str | Path) -> None:
+    """Refuse up front an output path that can never be written (an existing folder, a parent
+    that is a file), before any work is done for it: a UserError naming the path."""
+    from chimuffin.errors import UserError
+
+    target = Path(target)
+    if target.is_dir():
+        raise UserError(f"{target}: is a folder; give the output file's name")
+    parent = next((p for p in [target.parent, *target.parent.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{target}: cannot write: {parent} is a file, not a folder")
+
+
+@contextlib.contextmanager
+def cannot_write_as_user_error(target: str | Path) -> Iterator[None]:
+    """An OSError while writing target (a read-only or immutable file or folder, a full disk)
+    becomes one line naming it, not a traceback."""
+    from chimuffin.errors import UserError
+
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"{target}: cannot write ({e.strerror or e})") from e
+
+
 def remove_stale_temporaries(target: Path) -> list[Path]:
     """Delete the temporaries an earlier run left beside target: SIGKILL (or a power cut)
     skips the cleanup below, and nothing else would ever remove them."""
