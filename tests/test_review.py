@@ -259,6 +259,45 @@ def test_a_slow_body_times_out_with_408(built):
     assert paths.decisions.read_bytes() != before
 
 
+def test_a_trickled_header_is_cut_off_at_the_deadline_for_all_of_it(built):
+    """One byte every 0.25 s never lets a per-read timeout of 1 s expire; the server must
+    still close the connection when the whole header has not arrived within 1 s."""
+    paths, data, names = built
+    fresh_files(paths, names)
+    with serving(ReviewData(paths, CLASSES, data), timeout=1.0) as server:
+        request_bytes = b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            s.settimeout(0.25)
+            started, closed_after = time.monotonic(), None
+            for byte in request_bytes[:24]:  # at most 24 x 0.25 s = 6 s
+                try:
+                    s.sendall(bytes([byte]))
+                    if s.recv(4096) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - started
+                    break
+        assert closed_after is not None, "the server kept the trickling client past 6 s"
+        assert closed_after < 3.0
+        assert request(server, "GET", "/api/state")[0] == 200  # and still answers
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"[" * 100_000 + b"]" * 100_000, "body is not usable JSON: nested too deeply"),
+    (b'{"page": ' + b"9" * 5000 + b', "exceptions": {}}', "body is not JSON: Exceeds the limit"),
+])
+def test_json_too_deep_or_a_number_too_long_is_a_400(review, raw, message, capfd):
+    server, paths, names = review
+    before = paths.decisions.read_bytes()
+    status, got = post(server, "verify", raw)
+    assert status == 400 and got["error"].startswith(message)
+    assert paths.decisions.read_bytes() == before
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_thumbnails_only_for_dataset_images(review):
     server, _, names = review
     ok = names["group"][0]
