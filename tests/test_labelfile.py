@@ -137,3 +137,19 @@ def test_no_writer_may_put_a_decision_on_a_test_image(tmp_path):
                            r"image: .*nothing written"):
             labelfile.update(f, CLASSES, lambda cur, new=new: [*cur, *new])
     assert f.read_bytes() == before
+
+
+def test_take_back_restores_exact_bytes_or_only_the_changed_rows(tmp_path):
+    f = tmp_path / "decisions.csv"
+    odd = b"path,label,source,note\r\nb.jpg,muffin,human,t\r\n"
+    f.write_bytes(odd)
+    w = labelfile.update(f, CLASSES, add("a.jpg"))
+    with labelfile.locked(f):
+        labelfile.take_back(f, CLASSES, w)
+    assert f.read_bytes() == odd  # nothing else changed it: byte for byte
+    w = labelfile.update(f, CLASSES, add("a.jpg"))
+    hand_append(f, "h.jpg,chihuahua,human,by hand")  # an unlocked writer meanwhile
+    with labelfile.locked(f):
+        labelfile.take_back(f, CLASSES, w)
+    got = {d.path: d.label for d in read_decisions(f, CLASSES)}
+    assert got == {"b.jpg": "muffin", "h.jpg": "chihuahua"}

@@ -178,6 +178,31 @@ def restore(path: str | Path, expected: bytes | None, data: bytes | None) -> boo
     return True
 
 
+def take_back(path: str | Path, classes: list[str], written: Written) -> None:
+    """With the lock held (a step after the write failed): take the written change back. The
+    exact old bytes while the file still holds what was written; else (an unlocked writer
+    appended meanwhile) only the rows the change touched, keeping the appended ones."""
+    path = Path(path)
+    if written.after is None or restore(path, written.after, written.before.data):
+        return
+    was = {d.path: d for d in written.before.decisions}
+    now = {d.path: d for d in written.new}
+    touched = {p for p in set(was) | set(now) if was.get(p) != now.get(p)}
+
+    def revert(current: list[Decision]) -> list[Decision]:
+        rows = {d.path: d for d in current if d.path not in touched}
+        rows.update({p: was[p] for p in touched if p in was})
+        return list(rows.values())
+
+    for _ in range(RETRIES):
+        try:
+            _update_once(path, classes, revert, None)
+            return
+        except _Changed:
+            continue
+    raise UserError(f"{path}: kept changing while being put back; check it by hand")
+
+
 def _check_unchanged(path: Path, seen: tuple | None) -> None:
     try:
         now = _identity(os.stat(path))

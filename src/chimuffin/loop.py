@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import atomic, labelfile
+from chimuffin import labelfile
 from chimuffin.accept import accept, as_decisions
 from chimuffin.errors import UserError
 from chimuffin.labels import (
@@ -288,11 +288,7 @@ def commit_round(root: Path, decisions_path: Path, change: Callable[[list], list
             git(["commit", "-q", "--allow-empty", "-m", message, "--", *paths], root)
         except BaseException:
             # keep the repository as of the last commit: no uncommitted half round
-            if written.after is not None:
-                if written.before.data is None:
-                    decisions_path.unlink(missing_ok=True)
-                else:
-                    atomic.write_bytes(decisions_path, written.before.data)
+            labelfile.take_back(decisions_path, classes, written)
             git(["reset", "-q", "--", *paths], root, check=False)
             raise
         on_commit(git(["rev-parse", "HEAD"], root).stdout.strip())
