@@ -140,7 +140,7 @@ def test_every_acknowledged_row_survives_all_writers_and_kills(tmp_path):
     server = start_server(root)
     processes = len(victims) + len(tools) + 1
 
-    def kill_after_a_few_writes(victim: Writer) -> None:
+    def wait_for_a_few_writes(victim: Writer) -> None:
         deadline = time.monotonic() + 60
         while len(victim.acked) < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -153,7 +153,7 @@ def test_every_acknowledged_row_survives_all_writers_and_kills(tmp_path):
                 acked += server.acked
                 server = start_server(root)
                 victim = victims[i // 12 - 1]
-                kill_after_a_few_writes(victim)
+                wait_for_a_few_writes(victim)
                 assert victim.proc.poll() is None, "the tool finished before its kill"
                 victim.kill()
                 kills += 2

@@ -117,7 +117,7 @@ def test_a_writer_waits_for_the_lock_and_names_it_when_it_is_held_too_long(tmp_p
     assert [d.path for d in read_decisions(f, CLASSES)] == ["a.jpg"]
 
 
-def test_every_writer_goes_through_the_lock(tmp_path, monkeypatch):
+def test_every_writer_goes_through_the_lock():
     """No module but labelfile replaces the label file: the tools call labelfile.update."""
     src = REPO / "src/chimuffin"
     writers = {p.relative_to(src).as_posix() for p in src.rglob("*.py")

@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from chimuffin import atomic, cli
+from chimuffin import atomic, cli, labelfile
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions, read_decisions
+from chimuffin.review import history
 from chimuffin.review.data import Paths, RequestError, ReviewData
 from chimuffin.review.server import make_server
 from tests.helpers.repo import default_params_dict
@@ -415,7 +416,6 @@ def crash_at(monkeypatch, module, name):
 
 @pytest.mark.parametrize("where", ["before the rename", "after the rename"])
 def test_a_crash_during_an_action_keeps_history_and_file_consistent(built, monkeypatch, where):
-    from chimuffin import labelfile
     paths, data, names = built
     fresh_files(paths, names)
     first = paths.decisions.read_bytes()
@@ -444,7 +444,6 @@ def test_a_crash_during_an_action_keeps_history_and_file_consistent(built, monke
 
 
 def test_a_crash_during_an_undo_keeps_history_and_file_consistent(built, monkeypatch):
-    from chimuffin.review import history
     paths, data, names = built
     fresh_files(paths, names)
     first = paths.decisions.read_bytes()
