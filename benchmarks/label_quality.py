@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from chimuffin import labelfile
 from chimuffin.accept import accept
-from chimuffin.labels import Decision, read_decisions, read_path_labels, write_decisions
+from chimuffin.labels import Decision, read_path_labels
 from chimuffin.loop import commit_round
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
     flips = [Decision(r.path, CLASSES[1 - CLASSES.index(r.label)], "rule",
                       "flipped on purpose by benchmarks/label_quality.py")
              for r in chosen.itertuples()]
-    write_decisions(repo / "data/labels/decisions.csv", flips)
+    labelfile.update(repo / "data/labels/decisions.csv", CLASSES, lambda _: flips)
     t = repro(repo)
     issues = pd.read_parquet(repo / "data/suggest/label_issues.parquet")  # sorted, worst first
     flipped = set(chosen["path"])
@@ -101,7 +102,7 @@ def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
     out["top_flips_found_by_split"] = {k: int(v) for k, v in by_split.items()}
     over = issues["issue_score"] >= 0.6
     out["flagged_at_0.6"] = {"flagged": int(over.sum()), "of_them_flipped": int(hit[over].sum())}
-    write_decisions(repo / "data/labels/decisions.csv", [])
+    labelfile.update(repo / "data/labels/decisions.csv", CLASSES, lambda _: [])
     return out
 
 
@@ -182,13 +183,19 @@ def main() -> None:
         m = measure(repo, truth)
         m["repro_s"] = round(t)
         print_round(r, m)
-        decisions = read_decisions(repo / "data/labels/decisions.csv", CLASSES)
         s = pd.read_parquet(repo / "data/suggest/suggestions.parquet")
         s = s[~s["path"].isin(truth)]  # the reviewed images stay out of training
-        decisions, accepted = accept(decisions, s, args.min_score, False, args.per_class_cap)
-        m["accepted"] = accepted["label"].value_counts().to_dict()
-        commit_round(repo, repo / "data/labels/decisions.csv", decisions,
+        found = {}
+
+        def change(decisions, s=s, found=found):
+            decisions, found["accepted"] = accept(decisions, s, args.min_score, False,
+                                                  args.per_class_cap)
+            return decisions
+
+        commit_round(repo, repo / "data/labels/decisions.csv", change, CLASSES,
                      f"benchmark round {r}", lambda _: None)
+        accepted = found["accepted"]
+        m["accepted"] = accepted["label"].value_counts().to_dict()
         print(f"  accepted {len(accepted)} auto labels {m['accepted']} (score >= "
               f"{args.min_score}, cap {args.per_class_cap}/class, reviewed images excluded)",
               flush=True)

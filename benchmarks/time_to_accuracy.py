@@ -54,8 +54,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chimuffin import runtime
-from chimuffin.config import parse_params
+from chimuffin import atomic, runtime
+from chimuffin.config import load_yaml, parse_params
 from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
@@ -66,10 +66,10 @@ from chimuffin.labels import (
     Decision,
     apply_decisions,
     dedupe_identical,
+    format_decisions,
     merge_decisions,
     read_decisions,
     read_path_labels,
-    write_decisions,
 )
 from chimuffin.metrics import mcnemar_exact, wilson_interval
 from chimuffin.model import build_model
@@ -122,7 +122,7 @@ def export_split(out: Path, oracle: list[Decision], n_val: int, seed: int) -> No
     order = np.random.default_rng(seed).permutation(len(oracle))
     val = sorted((oracle[i] for i in order[:n_val]), key=lambda d: d.path)
     out.mkdir(parents=True, exist_ok=True)
-    write_decisions(out / "decisions.csv", [oracle[i] for i in order[n_val:]])
+    atomic.write_text(out / "decisions.csv", format_decisions([oracle[i] for i in order[n_val:]]))
     with open(out / "validation.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "label"])
@@ -184,7 +184,7 @@ def recipe_params(base: dict, name: str, epochs: int | None,
                   overrides: list[tuple[str, str, object]]):
     """params.yaml with the recipe's train group (plus --epochs/--set), validated strictly."""
     raw, path = copy.deepcopy(base), recipe_path(name)
-    group = yaml.safe_load(path.read_text()) if path.is_file() else None
+    group = load_yaml(path.read_text(), str(path)) if path.is_file() else None
     if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
         raise UserError(f"recipe {name}: {path} is missing or has no `train:` group")
     raw["train"] = group["train"]
@@ -352,7 +352,7 @@ def main(argv=None) -> int:
         raise UserError(f"{reviewed} not found (the real data; set --data or "
                         "CHIMUFFIN_REAL_DATA)")
 
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base = load_yaml((REPO / "params.yaml").read_text(), str(REPO / "params.yaml"))
     base["prepare"].update({"data_dir": str(args.data), "val_fraction": 0.0})
     if args.image_size:
         base["base"]["image_size"] = args.image_size

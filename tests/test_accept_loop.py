@@ -22,7 +22,13 @@ from chimuffin.labels import (
     read_decisions,
     read_path_labels,
 )
-from chimuffin.loop import commit_round, deferred_signals, parse_trailers, sigterm_as_interrupt
+from chimuffin.loop import (
+    check_clean,
+    commit_round,
+    deferred_signals,
+    parse_trailers,
+    sigterm_as_interrupt,
+)
 from tests.helpers.repo import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]
@@ -111,17 +117,48 @@ def git_repo(path):
                 ["config", "user.name", "t"]):
         subprocess.run(["git", *cmd], cwd=path, check=True)
     (path / "labels.csv").write_text("path,label,source,note\n")
+    (path / ".gitignore").write_text(".*.lock\n")  # the label file's lock, as in the project
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True)
     return path
+
+
+def test_loop_refuses_to_start_over_uncommitted_inputs_naming_them(tmp_path):
+    repo = git_repo(tmp_path / "r")
+    for name, text in (("params.yaml", "train:\n  lr: 0.0005\n"), ("src/m.py", "x = 1\n"),
+                       ("README.md", "hi\n")):
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_text(text)
+    commit_all(repo, "inputs")
+    labels = repo / "labels.csv"
+    check_clean(repo, labels)  # all committed
+    (repo / "README.md").write_text("edited\n")
+    check_clean(repo, labels)  # not an input of a round
+    (repo / "params.yaml").write_text("train:\n  lr: 0.001\n")
+    (repo / "src/new.py").write_text("y = 2\n")
+    with pytest.raises(UserError, match=r"uncommitted changes to params.yaml, src/new.py: a "
+                       r"round's commit would record a dvc.lock made with them"):
+        check_clean(repo, labels)
+    subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=repo, check=True)
+    (repo / "src/new.py").unlink()
+    labels.write_text(labels.read_text() + "a.jpg,muffin,human,\n")
+    with pytest.raises(UserError, match="uncommitted changes to labels.csv"):
+        check_clean(repo, labels)
+
+
+def commit_all(repo, message):
+    """Commit everything (message "--amend": into the last commit)."""
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    how = ["--amend", "--no-edit"] if message == "--amend" else ["-m", message]
+    subprocess.run(["git", "commit", "-q", *how], cwd=repo, check=True)
 
 
 def test_commit_round_commits_or_restores_the_label_file(tmp_path):
     repo = git_repo(tmp_path / "r")
     labels = repo / "labels.csv"
     seen = []
-    commit_round(repo, labels, [Decision("a.jpg", "muffin", "auto")], "round 1\n\nbody",
-                 seen.append)
+    commit_round(repo, labels, lambda cur: [*cur, Decision("a.jpg", "muffin", "auto")],
+                 CLASSES, "round 1\n\nbody", seen.append)
     log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True,
                          text=True).stdout.split("\n")
     assert log[0] == "round 1" and len(seen) == 1
@@ -133,8 +170,8 @@ def test_commit_round_commits_or_restores_the_label_file(tmp_path):
     hook.chmod(0o755)
     before = labels.read_bytes()
     with pytest.raises(UserError, match="git commit"):
-        commit_round(repo, labels, [Decision("b.jpg", "muffin", "auto")], "round 2",
-                     seen.append)
+        commit_round(repo, labels, lambda cur: [*cur, Decision("b.jpg", "muffin", "auto")],
+                     CLASSES, "round 2", seen.append)
     assert labels.read_bytes() == before and len(seen) == 1
 
 
@@ -173,6 +210,7 @@ if [ "$n" -ge 1 ]; then touch "$FAKE_DVC_STATE.hanging"; exec sleep 60; fi
 def test_loop_interrupted_in_round_two_keeps_round_one_and_nothing_else(tmp_path):
     repo = git_repo(tmp_path / "r")
     (repo / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    commit_all(repo, "--amend")  # in the first commit: the loop refuses uncommitted params
     write_suggestions(repo / "data/suggest/suggestions.parquet",
                       [("p/a.jpg", "chihuahua", 0.99, True), ("p/b.jpg", "muffin", 0.98, True)])
     atomic.write_json(repo / "metrics/eval/metrics.json", {"val": {"accuracy": 0.75, "n": 8}})
@@ -214,6 +252,7 @@ def reviewer_repo(tmp_path):
     """A git repo with this round's outputs already in place and a `dvc` that does nothing."""
     repo = git_repo(tmp_path / "r")
     (repo / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    commit_all(repo, "--amend")  # in the first commit: the loop refuses uncommitted params
     rows = [(0, "chihuahua", ["p/a.jpg", "p/b.jpg", "p/c.jpg"]), (1, "muffin", ["p/d.jpg",
                                                                                "p/e.jpg"])]
     atomic.write_parquet(repo / "data/suggest/pages.parquet", pd.DataFrame(

@@ -72,6 +72,12 @@ def decision_cases(p: str, q: str) -> dict[str, tuple[bytes, str | None]]:
                                "row 2: path 'C:/data/x.jpg': absolute path"),
         "unquoted comma in note": (f"{HEADER}\n{p},muffin,human,small, brown\n".encode(),
                                    "row 2: expected 4 fields (path,label,source,note), got 5"),
+        "decision on a test image": (
+            f"{HEADER}\n{p},muffin,human,\ntest128/chihuahua/img_00001.jpg,muffin,human,\n"
+            .encode(), "row 3: test128/chihuahua/img_00001.jpg is a test image: the test split "
+            "is only ever evaluated"),
+        "test image removed": (f"{HEADER}\ntest128/muffin/img_00002.jpg,remove,human,\n"
+                               .encode(), "row 2: test128/muffin/img_00002.jpg is a test image"),
         "empty file": (b"", "empty file; expected the header line 'path,label,source,note'"),
         "not UTF-8": (f"{HEADER}\n{p},muffin,human,caf\xe9\n".encode("latin-1"),
                       "not UTF-8 text (byte"),

@@ -72,3 +72,44 @@ def test_load_params_names_file_and_yaml_errors(tmp_path):
 def test_ints_are_accepted_for_floats():
     p = parse_params(mutated(["train", "lr"], 1))
     assert p.train.lr == 1.0 and isinstance(p.train.lr, float)
+
+
+def params_text() -> str:
+    return (REPO / "params.yaml").read_text()
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path):
+    text = params_text()
+    first = line_of(text, "  lr: ")
+    lines = text.splitlines()
+    lines.insert(first, lines[first - 1].replace("0.0005", "9.5"))  # `lr: 9.5` right after
+    f = tmp_path / "params.yaml"
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"params.yaml: duplicate key train.lr at lines "
+                       rf"{first} and {first + 1}; give each key once"):
+        load_params(f)
+    # a recipe file too
+    from chimuffin.recipe_diff import load_reference
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  lr: 0.001\n  epochs: 3\n  lr: 9.5\n")
+    with pytest.raises(UserError, match="recipe.yaml: duplicate key train.lr at lines 2 and 4"):
+        load_reference(recipe)
+
+
+def test_a_5000_digit_integer_is_a_clear_error_naming_the_key(tmp_path):
+    text = params_text()
+    line = line_of(text, "  epochs: ")
+    f = tmp_path / "params.yaml"
+    f.write_text(text.replace("  epochs: 100", "  epochs: " + "9" * 5000, 1))
+    with pytest.raises(UserError, match=rf"params.yaml: train.epochs \(line {line}\): an "
+                       "integer of 5000 digits is too large to read"):
+        load_params(f)
+
+
+def test_an_empty_data_dir_is_refused_naming_the_key():
+    with pytest.raises(UserError, match="prepare.data_dir must name the dataset folder"):
+        parse_params(mutated(["prepare", "data_dir"], ""))

@@ -1,4 +1,5 @@
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from chimuffin.data.prepare import prepare_dataset
 from chimuffin.data.sample import write_sample
 from chimuffin.data.scan import scan_dataset
 from chimuffin.errors import UserError
+from chimuffin.labels import parse_path_labels
 
 CLASSES = ["chihuahua", "muffin"]
 
@@ -114,6 +116,24 @@ def test_prepare_validation_file_moves_pool_images_to_val(tmp_path):
     for path, label in validation.items():
         assert df.loc[path, "split"] == "val" and df.loc[path, "label"] == label
     assert not (df["split"] == "test").any()
+
+
+@pytest.mark.parametrize("which,message", [
+    ("train128/chihuahua", "is not a pool image (train128/undefined/): its folder already "
+     "labels it"),
+    ("test128/muffin", "is a test image; validation images must come from train128/"),
+])
+def test_validation_file_takes_pool_images_only_naming_the_row(tmp_path, which, message):
+    root, out = tmp_path / "data", tmp_path / "out"
+    out.mkdir()
+    write_sample(root, 4, 3, 1, seed=5)
+    pool = pd.read_csv(root / "pool_labels.csv")["relative_path"]
+    other = sorted(p.relative_to(root).as_posix() for p in (root / which).glob("*.jpg"))[0]
+    text = f"path,label\n{pool[0]},muffin\n{other},muffin\n"
+    validation = parse_path_labels(text, CLASSES, "validation.csv")
+    with pytest.raises(UserError, match=re.escape(f"validation.csv: row 3: {other} {message}")):
+        prepare_dataset(root, CLASSES, 32, 0.0, 5, validation, "validation.csv", out)
+    assert not (out / "manifest.parquet").exists()
 
 
 def test_prepare_fails_on_empty_class(tmp_path):

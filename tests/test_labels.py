@@ -37,6 +37,10 @@ def test_parse_roundtrip_and_tolerated_formats():
     (HEADER + "../x.jpg,muffin,human,\n", "row 2: path '../x.jpg': path contains '..'"),
     (HEADER + "/etc/passwd,muffin,human,\n", "absolute path"),
     (HEADER + "x.jpg,muffin\n", "row 2: expected 4 fields"),
+    (HEADER + "train128/undefined/a.jpg,muffin,human,\ntest128/muffin/b.jpg,chihuahua,human,\n",
+     "row 3: test128/muffin/b.jpg is a test image: the test split is only ever evaluated"),
+    (HEADER + "test128/chihuahua/b.jpg,remove,3lc,\n", "row 2: test128/chihuahua/b.jpg is a "
+     "test image"),
 ])
 def test_bad_decisions_name_the_row(text, message):
     with pytest.raises(UserError) as e:
@@ -89,6 +93,19 @@ def test_remove_decisions_drops_only_the_named_paths():
     kept, removed = remove_decisions(old, ["b", "not-decided"])
     assert (kept, removed) == ([Decision("a", "muffin", "human")], 1)
     assert remove_decisions(old, []) == (old, 0)
+def test_a_decision_may_not_change_or_remove_a_validation_label():
+    df = manifest([("v", "val", "muffin", "validation", 0, "h1"),
+                   ("b", "train", "undefined", "folder", 1, "h2")])
+    same = parse_decisions(HEADER + "b,muffin,human,\nv,muffin,human,\n", CLASSES)
+    assert apply_decisions(df, same)["label"].tolist() == ["muffin", "muffin"]
+    for label in ("chihuahua", "remove", "undefined"):
+        bad = parse_decisions(HEADER + f"b,muffin,human,\nv,{label},human,\n", CLASSES)
+        with pytest.raises(UserError, match="decisions.csv: row 3: v is a validation image "
+                           r"\(labeled in data/labels/validation.csv\); a decision may not "
+                           "change or remove its label"):
+            apply_decisions(df, bad)
+
+
 # --- path,label files: validation.csv and the true-label files ------------------------------
 
 def test_path_label_files_take_either_header_a_bom_and_blank_rows():

@@ -144,3 +144,53 @@ def test_predict_exit_codes(folder, tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "bad.pth").write_bytes(b"junk")
     assert predict_cli(str(folder), "--model", str(tmp_path / "bad.pth")) == 2
     assert predict_cli(str(folder), "--model", str(tiny_checkpoint), "--batch-size", "0") == 2
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(folder, tiny_checkpoint,
+                                                                  tmp_path, capsys, monkeypatch):
+    a_dir = tmp_path / "out"
+    a_dir.mkdir()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out, message in ((a_dir, "is a folder; give the output file's name"),
+                         (a_file / "res.csv", f"cannot write: {a_file} is a file, not a folder")):
+        assert predict_cli(folder / "a.jpg", "--model", tiny_checkpoint, "-o", out) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"chimuffin predict: error: {out}: {message}"
+        assert main(["export", "--model", str(tiny_checkpoint), "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"chimuffin export: error: {out}: {message}"
+    # an immutable file (chattr +i): the rename onto it is refused by the system
+    import os
+
+    def refused(src, dst):
+        raise PermissionError(1, "Operation not permitted", str(dst))
+    monkeypatch.setattr(os, "replace", refused)
+    target = tmp_path / "locked.csv"
+    target.write_text("old")
+    assert predict_cli(folder / "a.jpg", "--model", tiny_checkpoint, "-o", target) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"chimuffin predict: error: {target}: cannot write (Operation not permitted)"
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".locked")] == []
+
+
+@pytest.mark.parametrize("name", ["no_image_size", "negative_image_size", "huge_image_size"])
+def test_predict_and_export_check_the_image_size_before_allocating(folder, tiny_checkpoint,
+                                                                   tmp_path, capsys, name):
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    size = {"no_image_size": None, "negative_image_size": -5, "huge_image_size": 60000}[name]
+    meta = {k: v for k, v in ckpt["meta"].items() if k != "image_size"}
+    if size is not None:
+        meta["image_size"] = size
+    bad = tmp_path / f"{name}.pth"
+    torch.save({"state_dict": ckpt["state_dict"], "meta": meta}, bad)
+    want = ("checkpoint metadata has no image_size" if size is None else
+            f"image_size must be an integer from 32 to 512 (as base.image_size), got {size}")
+    assert predict_cli(folder / "a.jpg", "--model", bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"chimuffin predict: error: {bad}: ") and want in err
+    assert main(["export", "--model", str(bad), "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"chimuffin export: error: {bad}: ") and want in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from chimuffin import atomic, cli
+from chimuffin import atomic, cli, labelfile
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions, read_decisions
-from chimuffin.review.data import Paths, ReviewData
+from chimuffin.review import history
+from chimuffin.review.data import Paths, RequestError, ReviewData
 from chimuffin.review.server import make_server
 from tests.helpers.repo import default_params_dict
 
@@ -259,6 +260,45 @@ def test_a_slow_body_times_out_with_408(built):
     assert paths.decisions.read_bytes() != before
 
 
+def test_a_trickled_header_is_cut_off_at_the_deadline_for_all_of_it(built):
+    """One byte every 0.25 s never lets a per-read timeout of 1 s expire; the server must
+    still close the connection when the whole header has not arrived within 1 s."""
+    paths, data, names = built
+    fresh_files(paths, names)
+    with serving(ReviewData(paths, CLASSES, data), timeout=1.0) as server:
+        request_bytes = b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            s.settimeout(0.25)
+            started, closed_after = time.monotonic(), None
+            for byte in request_bytes[:24]:  # at most 24 x 0.25 s = 6 s
+                try:
+                    s.sendall(bytes([byte]))
+                    if s.recv(4096) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - started
+                    break
+        assert closed_after is not None, "the server kept the trickling client past 6 s"
+        assert closed_after < 3.0
+        assert request(server, "GET", "/api/state")[0] == 200  # and still answers
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"[" * 100_000 + b"]" * 100_000, "body is not usable JSON: nested too deeply"),
+    (b'{"page": ' + b"9" * 5000 + b', "exceptions": {}}', "body is not JSON: Exceeds the limit"),
+])
+def test_json_too_deep_or_a_number_too_long_is_a_400(review, raw, message, capfd):
+    server, paths, names = review
+    before = paths.decisions.read_bytes()
+    status, got = post(server, "verify", raw)
+    assert status == 400 and got["error"].startswith(message)
+    assert paths.decisions.read_bytes() == before
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_thumbnails_only_for_dataset_images(review):
     server, _, names = review
     ok = names["group"][0]
@@ -364,6 +404,64 @@ def test_undo_survives_a_new_server_and_restores_a_hand_edited_file(built):
     assert paths.decisions.read_bytes() == hand
 
 
+class Crash(BaseException):
+    """A kill -9 at this point: nothing of the action after it runs."""
+
+
+def crash_at(monkeypatch, module, name):
+    def die(*args, **kwargs):
+        raise Crash
+    monkeypatch.setattr(module, name, die)
+
+
+@pytest.mark.parametrize("where", ["before the rename", "after the rename"])
+def test_a_crash_during_an_action_keeps_history_and_file_consistent(built, monkeypatch, where):
+    paths, data, names = built
+    fresh_files(paths, names)
+    first = paths.decisions.read_bytes()
+    rd = ReviewData(paths, CLASSES, data)
+    assert rd.verify({"page": 0, "exceptions": {}})["changed"] == 3
+    after_first = paths.decisions.read_bytes()
+    with monkeypatch.context() as m:
+        crash_at(m, labelfile, "_check_unchanged" if where == "before the rename"
+                 else "_carry_over_appends")
+        with pytest.raises(Crash):
+            rd.verify({"page": 1, "exceptions": {}})
+    renamed = paths.decisions.read_bytes() != after_first
+    assert renamed == (where == "after the rename")
+    rd = ReviewData(paths, CLASSES, data)  # a restart
+    expected_depth = 1 if where == "before the rename" else 2
+    assert rd.state()["undo"]["depth"] == expected_depth
+    if where == "after the rename":
+        assert rd.undo({})["undone"]["page"] == 1
+        assert paths.decisions.read_bytes() == after_first
+    assert rd.undo({})["undone"]["page"] == 0
+    assert paths.decisions.read_bytes() == first
+    # and new actions after it undo as well
+    rd.clear({"paths": [names["pool"][5]]})
+    assert rd.undo({})["undone"]["kind"] == "clear"
+    assert paths.decisions.read_bytes() == first
+
+
+def test_a_crash_during_an_undo_keeps_history_and_file_consistent(built, monkeypatch):
+    paths, data, names = built
+    fresh_files(paths, names)
+    first = paths.decisions.read_bytes()
+    rd = ReviewData(paths, CLASSES, data)
+    rd.verify({"page": 0, "exceptions": {}})
+    after_first = paths.decisions.read_bytes()
+    rd.verify({"page": 1, "exceptions": {}})
+    with monkeypatch.context() as m:
+        crash_at(m, history, "pop_undo")  # the file is back, its record not yet dropped
+        with pytest.raises(Crash):
+            rd.undo({})
+    assert paths.decisions.read_bytes() == after_first
+    rd = ReviewData(paths, CLASSES, data)  # a restart: the undone record is dropped
+    assert rd.state()["undo"]["depth"] == 1
+    assert rd.undo({})["undone"]["page"] == 0
+    assert paths.decisions.read_bytes() == first
+
+
 def test_undo_of_the_first_action_removes_a_file_that_was_not_there(built):
     paths, data, names = built
     fresh_files(paths, names)
@@ -372,6 +470,24 @@ def test_undo_of_the_first_action_removes_a_file_that_was_not_there(built):
         assert post(server, "verify", {"page": 1, "exceptions": {}})[0] == 200
         assert post(server, "undo", {})[0] == 200
     assert not paths.decisions.exists()
+
+
+def test_a_validation_label_is_never_changed_here(tmp_path):
+    paths, data, names = build_repo(tmp_path)
+    manifest = pd.read_parquet(paths.prepared / "manifest.parquet")
+    v = names["pool"][0]
+    manifest.loc[manifest["path"] == v, ["split", "label", "label_source"]] = [
+        "val", "muffin", "validation"]
+    atomic.write_parquet(paths.prepared / "manifest.parquet", manifest)
+    fresh_files(paths, names)
+    before = paths.decisions.read_bytes()
+    rd = ReviewData(paths, CLASSES, data)
+    for label in ("chihuahua", "remove"):
+        with pytest.raises(RequestError, match=f"{v}.*is a validation image") as e:
+            rd.label({"paths": [names["pool"][1], v], "label": label, "confirm": True})
+        assert e.value.status == 403
+    assert paths.decisions.read_bytes() == before
+    assert rd.label({"paths": [v], "label": "muffin"})["changed"] == 1  # the same label
 
 
 def test_clear_removes_only_the_named_rows(review):

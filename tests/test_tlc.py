@@ -19,7 +19,7 @@ from chimuffin.cli import main as cli_main
 from chimuffin.commands.pull_3lc import revision_decisions
 from chimuffin.config import parse_params
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, read_decisions, write_decisions
+from chimuffin.labels import Decision, format_decisions, read_decisions
 from tests.helpers.repo import REPO, default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]
@@ -247,7 +247,8 @@ def test_revision_with_an_unknown_class_is_refused():
 def test_pull_3lc_merges_keeps_human_decisions_and_retires(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    write_decisions("decisions.csv", [Decision("b.jpg", "muffin", "human", "checked")])
+    (tmp_path / "decisions.csv").write_text(
+        format_decisions([Decision("b.jpg", "muffin", "human", "checked")]))
     rev_dir = write_object(tmp_path / "tables" / "train_0000", "2026-01-03 00:00:00+00:00")
     latest = BASE.assign(label=["muffin", "chihuahua", *BASE["label"][2:]])
     revision = tlcio.Revision("tables/train", str(rev_dir), [rev_dir], [], BASE, latest)

@@ -68,6 +68,11 @@ def models(tmp_path_factory, tiny_checkpoint):
     add("other_classes.pth", _bytes({"state_dict": model.state_dict(),
                                      "meta": {**meta, "classes": ["cat", "dog"]}}))
     add("bad_meta.pth", _bytes({"state_dict": model.state_dict(), "meta": {"head": "x"}}))
+    no_size = {k: v for k, v in meta.items() if k != "image_size"}
+    add("no_image_size.pth", _bytes({"state_dict": model.state_dict(), "meta": no_size}))
+    for name, size in (("negative", -5), ("huge", 60000), ("text", "128")):
+        add(f"{name}_image_size.pth", _bytes({"state_dict": model.state_dict(),
+                                              "meta": {**meta, "image_size": size}}))
     return out
 
 
@@ -84,6 +89,12 @@ MESSAGES = {
     "other_classes.pth": "model was trained for classes ['cat', 'dog'], but base.classes is "
                          "['chihuahua', 'muffin']",
     "bad_meta.pth": "checkpoint metadata is incomplete or invalid",
+    "no_image_size.pth": "checkpoint metadata has no image_size",
+    "negative_image_size.pth": "checkpoint metadata image_size must be an integer from 32 to "
+                               "512 (as base.image_size), got -5",
+    "huge_image_size.pth": "image_size must be an integer from 32 to 512 (as base.image_size), "
+                           "got 60000",
+    "text_image_size.pth": "got '128'",
 }
 
 

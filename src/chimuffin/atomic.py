@@ -13,9 +13,35 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+def check_target(target: str | Path) -> None:
+    """Refuse up front an output path that can never be written (an existing folder, a parent
+    that is a file), before any work is done for it: a UserError naming the path."""
+    from chimuffin.errors import UserError
+
+    target = Path(target)
+    if target.is_dir():
+        raise UserError(f"{target}: is a folder; give the output file's name")
+    parent = next((p for p in [target.parent, *target.parent.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{target}: cannot write: {parent} is a file, not a folder")
+
+
+@contextlib.contextmanager
+def cannot_write_as_user_error(target: str | Path) -> Iterator[None]:
+    """An OSError while writing target (a read-only or immutable file or folder, a full disk)
+    becomes one line naming it, not a traceback."""
+    from chimuffin.errors import UserError
+
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"{target}: cannot write ({e.strerror or e})") from e
 
 
 def remove_stale_temporaries(target: Path) -> list[Path]:
@@ -34,9 +60,32 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     return stale
 
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    # os.umask can only be read by setting it; the lock keeps our own threads from racing
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def target_mode(target: Path) -> int:
+    """The mode the written file gets: the target's own when it exists (a rename must not
+    change who may read the file), else what a plain open() would give under the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto target on success."""
+def atomic_path(target: str | Path, suffix: str = "",
+                before_replace: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto target on success.
+    `before_replace` runs right before the rename (after the data is on disk): raising there
+    leaves the target untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
@@ -48,13 +97,17 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), target_mode(target))  # mkstemp made it 0600
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
+def write_bytes(target: str | Path, data: bytes,
+                before_replace: Callable[[], None] | None = None) -> None:
+    with atomic_path(target, before_replace=before_replace) as tmp:
         tmp.write_bytes(data)
 
 
@@ -93,6 +146,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        # mkdtemp made it 0700; the folder keeps the mode it had, or the umask's
+        os.chmod(tmp, target_mode(target) if target.exists() else 0o777 & ~current_umask())
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / "x")

@@ -268,6 +268,9 @@ def _convert(key: str, value: Any, tp, meta) -> Any:
 
 
 def _check_relations(p: Params) -> None:
+    if not p.prepare.data_dir.strip():
+        raise UserError("params: prepare.data_dir must name the dataset folder (e.g. "
+                        "data/raw/sample), got an empty string")
     """Constraints between keys that a per-key range cannot express."""
     if len(p.base.classes) != 2 or len(set(p.base.classes)) != 2:
         raise UserError(f"params: base.classes must be two distinct names, got {p.base.classes}")
@@ -324,14 +327,57 @@ def load_params(path: str | Path = PARAMS) -> Params:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read params file ({e.strerror})") from e
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from e
+    raw = load_yaml(text, str(path))
     try:
         return parse_params(raw)
     except UserError as e:
         raise UserError(f"{path}: {e}") from e
+
+
+INT_TAG = "tag:yaml.org,2002:int"
+
+
+def load_yaml(text: str, name: str) -> Any:
+    """A params or recipe file, safely, refusing what PyYAML would take silently or with a
+    traceback: a key given twice (PyYAML keeps the last; DVC refuses the file) and an integer
+    too long for Python to read (over 4300 digits). Errors name the file, key and line."""
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters here already
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_node(loader, node, "", name)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise UserError(f"{name}: not valid YAML: {e}") from e
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _check_node(loader: yaml.SafeLoader, node: yaml.Node, key: str, name: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for k, v in node.value:
+            label = k.value if isinstance(k, yaml.ScalarNode) else None
+            line = k.start_mark.line + 1
+            full = f"{key}.{label}" if key else str(label)
+            if label is not None and label in first:
+                raise UserError(f"{name}: duplicate key {full} at lines {first[label]} and "
+                                f"{line}; give each key once")
+            first[label] = line
+            _check_node(loader, v, full, name)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_node(loader, v, f"{key}[{i}]", name)
+    elif isinstance(node, yaml.ScalarNode) and node.tag == INT_TAG:
+        try:
+            loader.construct_yaml_int(node)
+        except ValueError:
+            raise UserError(f"{name}: {key or 'the document'} (line {node.start_mark.line + 1}): "
+                            f"an integer of {len(node.value)} digits is too large to read"
+                            ) from None
 
 
 def as_dict(obj) -> dict:

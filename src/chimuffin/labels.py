@@ -2,8 +2,10 @@
 
 data/labels/decisions.csv has the columns `path,label,source,note`, one row per image, sorted by
 path. `label` is a class, `undefined` (take the image out of training) or `remove` (drop it from
-every split). `source` says who decided. Stages only read this file; the CLI tools that write
-it (review page, accept, pull-3lc) write it atomically and keep it sorted.
+every split). `source` says who decided. A row on a test image is refused: the test split is
+only ever evaluated. Stages only read this file; the tools that write it (review page, accept,
+pull-3lc, loop) go through chimuffin.labelfile, which locks, writes atomically and keeps it
+sorted.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from chimuffin import atomic
 from chimuffin.errors import UserError
 
 DECISION_COLUMNS = ["path", "label", "source", "note"]
@@ -25,6 +26,7 @@ SOURCES = ("human", "3lc", "auto", "rule", "oracle")
 # again. `auto` and `rule` do not (a person may still fix an accepted label).
 PERSON_SOURCES = ("human", "3lc", "oracle")
 UNDEFINED, REMOVE = "undefined", "remove"
+TEST_DIR = "test128"  # the dataset's test folder (as data/scan.py finds it)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,28 @@ def check_relative_path(path: str) -> str | None:
     if "\x00" in path:
         return "NUL character in path"
     return None
+
+
+def is_test_image(path: str) -> bool:
+    parts = PurePosixPath(path).parts
+    return bool(parts) and parts[0] == TEST_DIR
+
+
+TEST_REFUSED = ("is a test image: the test split is only ever evaluated, never labeled or "
+                "removed; delete this row")
+
+
+VALIDATION_REFUSED = ("is a validation image (labeled in data/labels/validation.csv); a "
+                      "decision may not change or remove its label: edit validation.csv, or "
+                      "delete this row")
+
+
+def check_decisions_writable(decisions: list[Decision], name: str) -> None:
+    """Refuse a label file that would hold a decision on a test image (before writing it)."""
+    for d in decisions:
+        if is_test_image(d.path):
+            where = f"{name}: row {d.row}" if d.row else name
+            raise UserError(f"{where}: {d.path} {TEST_REFUSED}; nothing written")
 
 
 def check_path_and_label(where: str, path: str, label: str, allowed: list[str]) -> None:
@@ -94,6 +118,8 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
                             f"({','.join(DECISION_COLUMNS)}), got {len(row)}")
         path, label, source, note = (c.strip() for c in row)
         check_path_and_label(where, path, label, labels)
+        if is_test_image(path):
+            raise UserError(f"{where}: {path} {TEST_REFUSED}")
         if source not in SOURCES:
             raise UserError(f"{where}: unknown source {source!r}; allowed: {', '.join(SOURCES)}")
         if path in seen:
@@ -109,7 +135,15 @@ def parse_decisions(text: str, classes: list[str], name: str = "decisions.csv") 
 PATH_LABEL_HEADERS = (["path", "label"], ["relative_path", "label"])
 
 
-def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str]:
+class PathLabels(dict):
+    """{path: label} that also knows each path's row in its file (`rows`), for messages."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, int] = {}
+
+
+def parse_path_labels(text: str, classes: list[str], name: str) -> PathLabels:
     """`path,label` (or `relative_path,label`) rows -> {path: label}, every label a class.
     A BOM is dropped and blank rows skipped; a bad header or row stops with the file and row."""
     text = text.removeprefix("\ufeff")  # a BOM from spreadsheet tools
@@ -117,8 +151,8 @@ def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str
     if not rows or [h.strip() for h in rows[0]] not in PATH_LABEL_HEADERS:
         expected = " or ".join(f"'{','.join(h)}'" for h in PATH_LABEL_HEADERS)
         raise UserError(f"{name}: row 1 (header): expected {expected}")
-    out: dict[str, str] = {}
-    first: dict[str, int] = {}
+    out = PathLabels()
+    first = out.rows
     for lineno, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
             continue
@@ -134,7 +168,7 @@ def parse_path_labels(text: str, classes: list[str], name: str) -> dict[str, str
 
 
 def read_path_labels(path: str | Path, classes: list[str], what: str = "label file"
-                     ) -> dict[str, str]:
+                     ) -> PathLabels:
     """A `path,label` file; `what` names it in the not-found message."""
     path = Path(path)
     if not path.is_file():
@@ -179,10 +213,6 @@ def format_decisions(decisions: list[Decision]) -> str:
     return buf.getvalue()
 
 
-def write_decisions(path: str | Path, decisions: list[Decision]) -> None:
-    atomic.write_text(path, format_decisions(decisions))
-
-
 def per_class(labels, classes: list[str]) -> str:
     """'chihuahua 3, muffin 0': how many of `labels` are each class."""
     counts = Counter(labels)
@@ -225,6 +255,9 @@ def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],
             raise UserError(f"{name}: row {d.row}: {d.path} is not in the prepared dataset "
                             "(missing, or excluded by prepare: see data/prepared/report.json)")
         i = pos[d.path]
+        if (df.iat[i, df.columns.get_loc("label_source")] == "validation"
+                and d.label != df.iat[i, df.columns.get_loc("label")]):
+            raise UserError(f"{name}: row {d.row}: {d.path} {VALIDATION_REFUSED}")
         df.iat[i, df.columns.get_loc("label")] = d.label
         df.iat[i, df.columns.get_loc("label_source")] = d.source
     return df[df["label"] != REMOVE].reset_index(drop=True)

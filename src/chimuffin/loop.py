@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import atomic
-from chimuffin.accept import accept
+from chimuffin import labelfile
+from chimuffin.accept import accept, as_decisions
 from chimuffin.errors import UserError
 from chimuffin.labels import (
+    SOURCES,
     Decision,
-    format_decisions,
     merge_decisions,
     per_class,
     read_decisions,
@@ -252,39 +252,61 @@ def repo_root(start: Path) -> Path:
     return Path(p.stdout.strip())
 
 
+# What a round's dvc.lock is made from besides the label file: edits to these that are not
+# committed would be recorded in the round's dvc.lock but not in its commit.
+ROUND_INPUTS = ("params.yaml", "dvc.yaml", "recipes", "src", "data/labels")
+
+
 def check_clean(root: Path, path: Path) -> None:
-    """Refuse to start over uncommitted edits of the label file: a round's commit would
-    silently include them."""
-    out = git(["status", "--porcelain", "--", str(path)], root).stdout.strip()
-    if out:
-        raise UserError(f"{path}: has uncommitted changes; commit or stash them before "
-                        "`chimuffin loop`")
+    """Refuse to start over uncommitted edits (or new untracked files) of the label file or of
+    the code, params and recipes a round runs: its commit would not reproduce."""
+    where = [str(path), *(str(root / p) for p in ROUND_INPUTS if (root / p).exists())]
+    out = git(["status", "--porcelain", "--", *where], root).stdout
+    dirty = [line[3:] for line in out.splitlines() if line.strip()]
+    if dirty:
+        shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10
+                                         else "")
+        raise UserError(f"uncommitted changes to {shown}: a round's commit would record a "
+                        "dvc.lock made with them but not the files themselves; commit or stash "
+                        "them before `chimuffin loop`")
 
 
-def commit_round(root: Path, decisions_path: Path, decisions: list[Decision], message: str,
-                 on_commit: Callable[[str], None]) -> None:
+def commit_round(root: Path, decisions_path: Path, change: Callable[[list], list],
+                 classes: list[str], message: str, on_commit: Callable[[str], None]) -> None:
     """Write the label file and commit it (with dvc.lock) as one step that signals cannot
-    split. `on_commit(hash)` runs inside that step, so a deferred Ctrl-C (raised when the step
-    ends) never hides a round that was committed."""
-    old = decisions_path.read_bytes() if decisions_path.exists() else None
+    split, under the label file's lock: `change` is applied to the file as it is now (another
+    tool may have written it during the repro). `on_commit(hash)` runs inside that step, so a
+    deferred Ctrl-C (raised when the step ends) never hides a round that was committed."""
     paths = [str(decisions_path)]
     lock = root / "dvc.lock"
     if lock.exists() and git(["check-ignore", "-q", str(lock)], root, check=False).returncode:
         paths.append(str(lock))
-    with deferred_signals():
-        atomic.write_text(decisions_path, format_decisions(decisions))
+
+    def commit(written: labelfile.Written) -> None:
         try:
             git(["add", "--", *paths], root)
             git(["commit", "-q", "--allow-empty", "-m", message, "--", *paths], root)
         except BaseException:
             # keep the repository as of the last commit: no uncommitted half round
-            if old is None:
-                decisions_path.unlink(missing_ok=True)
-            else:
-                atomic.write_bytes(decisions_path, old)
+            labelfile.take_back(decisions_path, classes, written)
             git(["reset", "-q", "--", *paths], root, check=False)
             raise
         on_commit(git(["rev-parse", "HEAD"], root).stdout.strip())
+
+    with deferred_signals():
+        labelfile.update(decisions_path, classes, change, after_write=commit)
+
+
+def round_change(labels: RoundLabels) -> Callable[[list], list]:
+    """The round's new labels merged into the label file as it is at commit time: the
+    reviewer's over anything but a person's, accepted suggestions over nothing."""
+    def change(current: list[Decision]) -> list[Decision]:
+        merged, _ = merge_decisions(current, labels.reviewed)
+        if labels.accepted is not None:
+            merged, _ = merge_decisions(merged, as_decisions(labels.accepted),
+                                        protect_sources=SOURCES)
+        return merged
+    return change
 
 
 def run_child(cmd: list[str], cwd: Path) -> int:
@@ -357,7 +379,8 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
         progress["review_s"] = total_s
         print(f"loop: committed {commit[:10]}: {message.splitlines()[0]}", flush=True)
 
-    commit_round(root, cfg.decisions.resolve(), labels.decisions, message, on_commit)
+    commit_round(root, cfg.decisions.resolve(), round_change(labels), cfg.classes, message,
+                 on_commit)
     return labels
 
 

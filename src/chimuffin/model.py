@@ -72,6 +72,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     atomic.write_torch(path, {"state_dict": state, "meta": meta})
 
 
+IMAGE_SIZES = (32, 512)  # base.image_size's allowed range (config.py)
+
 # torch.save writes a zip archive; its legacy format and a bare pickle start with protocol 2-5.
 CHECKPOINT_HEADERS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -126,6 +128,17 @@ def _check_meta(path: Path, meta) -> None:
         raise UserError(f"{path}: checkpoint metadata is incomplete or invalid (needs classes, "
                         "head, dropout and an upsample factor of 1-4, as written by chimuffin's "
                         "train stage)")
+    # checked before anything is allocated at this size (60000 px would be a MemoryError)
+    size = meta.get("image_size")
+    if size is None:
+        raise UserError(f"{path}: checkpoint metadata has no image_size (the input size the "
+                        "model was trained at); use a model file written by chimuffin's train "
+                        "stage")
+    if not isinstance(size, int) or isinstance(size, bool) or not (
+            IMAGE_SIZES[0] <= size <= IMAGE_SIZES[1]):
+        raise UserError(f"{path}: checkpoint metadata image_size must be an integer from "
+                        f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (as base.image_size), got "
+                        f"{size!r}")
 
 
 def _check_fits(path: Path, model: nn.Module, state, head: list[int]) -> None:

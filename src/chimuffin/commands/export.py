@@ -73,20 +73,23 @@ def files_calibration(paths: list[str], size: int, n: int):
 
 
 def run(args) -> int:
+    from chimuffin.atomic import cannot_write_as_user_error, check_target
     from chimuffin.errors import UserError
     from chimuffin.model import load_checkpoint
     from chimuffin.onnx_export import FP32_TOLERANCE, export_onnx, read_metadata
 
     if args.calibration and args.quantize != "static":
         raise UserError("--calibration is only used with --quantize static")
+    check_target(args.output)
     model, meta = load_checkpoint(args.model)
     size = int(meta["image_size"])
     calib = None
     if args.quantize == "static":
         calib = (files_calibration(args.calibration, size, CALIBRATION_IMAGES) if args.calibration
                  else pipeline_calibration(args.prepared, args.clean, size, CALIBRATION_IMAGES))
-    out, diff = export_onnx(model, meta, args.output, quantize=args.quantize or "",
-                            calibration=calib)
+    with cannot_write_as_user_error(args.output):
+        out, diff = export_onnx(model, meta, args.output, quantize=args.quantize or "",
+                                calibration=calib)
     kind = f"{args.quantize} int8" if args.quantize else "float32"
     check = "" if args.quantize else f" (tolerance {FP32_TOLERANCE:g})"
     print(f"export: {args.model} -> {out} ({kind}, input uint8 RGB NCHW {size}x{size}, "

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chimuffin import paths
+from chimuffin import labelfile, paths
 from chimuffin.accept import accept
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
-from chimuffin.labels import per_class, read_decisions, write_decisions
+from chimuffin.labels import per_class
 from chimuffin.suggest import read_suggestions
 
 
@@ -66,13 +66,21 @@ def add_accept(lsub) -> None:
 def run_accept(args) -> int:
     check_accept_options(args)
     classes = load_params(args.params).base.classes
-    decisions = read_decisions(args.decisions, classes)
     suggestions = read_suggestions(Path(args.suggestions))
-    merged, rows = accept(decisions, suggestions, args.min_score, args.require_agreement,
-                          args.per_class_cap)
+    result = {}
+
+    def change(decisions):
+        # under the label file's lock: merged into what the file holds now
+        result["merged"], result["rows"] = accept(decisions, suggestions, args.min_score,
+                                                  args.require_agreement, args.per_class_cap)
+        return result["merged"]
+
+    if args.dry_run:
+        change(labelfile.read(args.decisions, classes).decisions)
+    else:
+        labelfile.update(args.decisions, classes, change)
+    merged, rows = result["merged"], result["rows"]
     above = int((suggestions["score"] >= args.min_score).sum())
-    if not args.dry_run and len(rows):
-        write_decisions(args.decisions, merged)
     verb = "would add" if args.dry_run else "added"
     print(f"labels accept: {verb} {len(rows)} auto labels ({per_class(rows['label'], classes)}) "
           f"of {above} suggestions with score >= {args.min_score}; {args.decisions} "

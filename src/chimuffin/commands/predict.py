@@ -61,6 +61,8 @@ def run(args) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if args.output:
+        atomic.check_target(args.output)
     found = collect_inputs(args.paths)
     if not found.items and not found.missing:  # only folders, and no image in any of them
         raise UserError(no_images_message(args.paths, found.skipped))
@@ -76,7 +78,8 @@ def run(args) -> int:
 
     text = render(df, args.format, classes)
     if args.output:
-        atomic.write_text(args.output, text)
+        with atomic.cannot_write_as_user_error(args.output):
+            atomic.write_text(args.output, text)
     else:
         sys.stdout.write(text)
     failed = df[df["error"] != ""]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import paths, tlcio
+from chimuffin import labelfile, paths, tlcio
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
 from chimuffin.labels import (
@@ -24,7 +24,6 @@ from chimuffin.labels import (
     Decision,
     merge_decisions,
     read_decisions,
-    write_decisions,
 )
 
 
@@ -124,7 +123,9 @@ def run(args) -> int:
         print("pull-3lc: dry run, nothing written")
         return 0
     if changed:
-        write_decisions(args.decisions, merged)
+        # re-read and merged again under the label file's lock: another tool may have
+        # written it since the read above
+        labelfile.update(args.decisions, classes, lambda cur: merge_decisions(cur, new)[0])
     if not args.keep_revisions:
         moved = tlcio.retire(rev.chain, args.archive)
         print(f"pull-3lc: moved the pulled revision(s) to {moved[0].parent}")

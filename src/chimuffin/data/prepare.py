@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from chimuffin.data.images import ImageDecodeError, decode_image
 from chimuffin.data.manifest import COLUMNS, CacheWriter, stratified_val
-from chimuffin.data.scan import Candidate, Excluded, scan_dataset
+from chimuffin.data.scan import POOL, Candidate, Excluded, scan_dataset
 from chimuffin.errors import UserError
 
 
@@ -52,14 +52,20 @@ def assign_splits(df: pd.DataFrame, classes: list[str], val_fraction: float, see
     val = stratified_val(labeled["label"], val_fraction, seed)
     df.loc[val[val].index, "split"] = "val"
     pos = {p: i for i, p in enumerate(df["path"])}
+    rows = getattr(validation, "rows", {})
     for path, label in validation.items():
+        where = f"{validation_name}: row {rows[path]}" if path in rows else validation_name
         if path not in pos:
-            raise UserError(f"{validation_name}: {path} is not in the prepared dataset (missing "
+            raise UserError(f"{where}: {path} is not in the prepared dataset (missing "
                             "or excluded: see the prepare report)")
         i = df.index[pos[path]]
         if df.at[i, "split"] == "test":
-            raise UserError(f"{validation_name}: {path} is a test image; validation images must "
+            raise UserError(f"{where}: {path} is a test image; validation images must "
                             "come from train128/")
+        if df.at[i, "label"] != POOL:
+            raise UserError(f"{where}: {path} is not a pool image (train128/{POOL}/): "
+                            "its folder already labels it; validation.csv lists pool images "
+                            "a person labeled")
         df.loc[i, ["split", "label", "label_source"]] = ["val", label, "validation"]
     return df
 

@@ -1,14 +1,17 @@
 """What the review page shows (pipeline outputs) and the label actions it writes.
 
-Every action is validated whole, then written at once under a lock: read the label file,
-merge, write it atomically (sorted rows, source `human`, a note naming where the answer came
-from), record how to undo it in the state file. A bad request changes nothing. An action that
-would change an image somebody already labeled (a folder label, a validation label or an
-earlier decision) is refused unless the request says the person confirmed it.
+Every action is validated whole, then written at once under the label file's inter-process
+lock (chimuffin.labelfile): read the label file, merge, record how to undo it in the state file,
+write it atomically (sorted rows, source `human`, a note naming where the answer came from). A
+bad request changes nothing. An action that would change an image somebody already labeled (a
+folder label or an earlier decision) is refused unless the request says the person confirmed
+it; test images and validation images (labeled in data/labels/validation.csv) are never
+changed here.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -20,17 +23,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chimuffin import atomic
+from chimuffin import labelfile
 from chimuffin import paths as default
 from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
 from chimuffin.labels import (
     PERSON_SOURCES,
     UNDEFINED,
+    VALIDATION_REFUSED,
     Decision,
     allowed_labels,
     check_relative_path,
-    format_decisions,
     merge_decisions,
     parse_decisions,
     remove_decisions,
@@ -92,6 +95,8 @@ class ReviewData:
                                                        prepared["split"], strict=True)
                            if s != "test"}
         self.pool = [p for p, lbl in self.base_label.items() if lbl == UNDEFINED]
+        # labeled in validation.csv: the clean stage refuses a decision that changes them
+        self.validation = set(prepared.loc[prepared["label_source"] == "validation", "path"])
         self.points = self._points()
         self.queue = self._queue()
         self.pages, self.pages_error = self._pages()
@@ -132,18 +137,8 @@ class ReviewData:
 
     def read_label_file(self) -> tuple[bytes | None, list[Decision]]:
         """The label file's bytes (None: no file) and its decisions, from one read."""
-        f = self.paths.decisions
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:
-            return None, []
-        except OSError as e:
-            raise UserError(f"{f}: cannot read ({e.strerror or e})") from e
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{f}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
-        return data, parse_decisions(text, self.classes, name=str(f))
+        snap = labelfile.read(self.paths.decisions, self.classes)
+        return snap.data, snap.decisions
 
     def effective_labels(self, decisions: list[Decision]) -> dict[str, str]:
         labels = dict(self.base_label)
@@ -172,7 +167,9 @@ class ReviewData:
                 for r in reversed(stack[-HISTORY_SHOWN:])]
 
     def state(self) -> dict:
-        _, decisions = self.read_label_file()
+        data, decisions = self.read_label_file()
+        state = history.load_state(self.paths.state)
+        history.reconcile(state, self.key, data)
         eff = self.effective_labels(decisions)
         p, q = self.points, self.queue
         return {
@@ -193,7 +190,7 @@ class ReviewData:
             "pages": {"list": self.page_list, "error": self.pages_error},
             # the evidence behind each page image's proposal (the enlarged view shows it)
             "evidence": {"images": self.evidence[0], "error": self.evidence[1]},
-            **self.summary(decisions, history.load_state(self.paths.state)),
+            **self.summary(decisions, state),
         }
 
     # --- checks shared by images and label actions ---
@@ -231,6 +228,11 @@ class ReviewData:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown label {label!r}; allowed: "
                                f"{', '.join(self.labels)}")
         return label
+
+    def check_validation(self, new: list[Decision]) -> None:
+        for d in new:
+            if d.path in self.validation and d.label != self.base_label[d.path]:
+                raise RequestError(HTTPStatus.FORBIDDEN, f"path {d.path!r}: {VALIDATION_REFUSED}")
 
     def overwrites(self, old: list[Decision], new: list[Decision]) -> list[str]:
         """Images somebody already labeled (folder, validation or a decision) whose label the
@@ -314,23 +316,25 @@ class ReviewData:
     def undo(self, body) -> dict:
         """{}: put the label file back exactly as it was before the last action."""
         _fields(body, set(), set(), "{}")
-        with self.lock:
+        with self.lock, labelfile.locked(self.paths.decisions):
             state = history.load_state(self.paths.state)
+            current, old = self.read_label_file()
+            history.reconcile(state, self.key, current)
             record = history.last_undo(state, self.key)
             if record is None:
                 raise RequestError(HTTPStatus.CONFLICT, "nothing to undo")
-            current, old = self.read_label_file()
             try:
                 restored = history.undone_bytes(record, current, self.classes,
                                                 str(self.paths.decisions))
+                if not labelfile.restore(self.paths.decisions, current, restored):
+                    raise history.UndoRefused(f"{self.paths.decisions} was changed by something "
+                                              "else during the undo; undo refused, nothing "
+                                              "changed")
             except history.UndoRefused as e:
                 raise RequestError(HTTPStatus.CONFLICT, str(e)) from None
-            if restored is None:
-                self.paths.decisions.unlink()
-                new = []
-            else:
-                atomic.write_bytes(self.paths.decisions, restored)
-                new = parse_decisions(restored.decode("utf-8"), self.classes)
+            new = [] if restored is None else parse_decisions(restored.decode("utf-8"),
+                                                              self.classes)
+            # after the rename: a crash in between leaves a record reconcile() drops
             history.pop_undo(state, self.key)
             if "pace_before" in record:
                 state["pace"] = record["pace_before"]
@@ -341,36 +345,50 @@ class ReviewData:
                 "changes": _changes(old, new), **self.summary(new, state)}
 
     def _write(self, change, info: dict, confirmed: bool, pace_images: int = 0) -> dict:
-        """Read the label file, apply change(old) -> new, refuse unconfirmed overwrites,
-        write, record the undo and the pace. All under the lock: another request (or tool)
-        may have changed the file since the page loaded."""
+        """Apply change(old) -> new to the label file as it is now, under the label file's
+        lock (another request or tool may have changed it since the page loaded): refuse
+        unconfirmed overwrites, save the undo record and the pace, then rename the new file
+        in (in that order: see history.reconcile)."""
         with self.lock:
-            state = history.load_state(self.paths.state)
-            before, old = self.read_label_file()
-            new = change(old)
-            changes = _changes(old, new)
-            if changes:
+            saved = history.load_state(self.paths.state)
+            out = {"state": saved}
+
+            def checked_change(old: list[Decision]) -> list[Decision]:
+                new = change(old)
+                self.check_validation(new)
                 over = [] if confirmed else self.overwrites(old, new)
-                if over:
+                if _changes(old, new) and over:
                     raise RequestError(
                         HTTPStatus.CONFLICT, f"{len(over)} image(s) already labeled would "
                         "change; send it again with \"confirm\": true if that is meant",
                         needs_confirm=True, overwrites=len(over), paths=over[:CONFIRM_LISTED])
-                after = format_decisions(new).encode()
-                atomic.write_bytes(self.paths.decisions, after)
+                return new
+
+            def record(before: labelfile.Snapshot, new: list[Decision], after: bytes) -> None:
+                state = copy.deepcopy(saved)  # a retry starts from the saved state again
+                history.reconcile(state, self.key, before.data)
                 # when (the page's history shows it) and, for a page, the pace before it
                 # (undoing the action takes its images out of the pace)
-                info = {**info, "at": round(time.time(), 1)}
+                stamped = {**info, "at": round(time.time(), 1)}
                 if pace_images:
-                    info["pace_before"] = state["pace"]
-                history.push_undo(state, self.key, history.undo_record(before, old, new, after,
-                                                                       info))
+                    stamped["pace_before"] = state["pace"]
+                history.push_undo(state, self.key, history.undo_record(
+                    before.data, before.decisions, new, after, stamped))
                 if pace_images:
                     state["pace"] = history.add_to_pace(state["pace"], self.clock(),
                                                         pace_images)
                 history.save_state(self.paths.state, state)
+                out["state"] = state
+
+            written = labelfile.update(self.paths.decisions, self.classes, checked_change,
+                                       before_write=record)
+            if written.after is None and out["state"] is not saved:
+                # a retry found nothing left to change: the record saved for it is void
+                history.save_state(self.paths.state, saved)
+                out["state"] = saved
+        changes = _changes(written.before.decisions, written.new)
         return {"ok": True, "changed": len(changes), "changes": changes,
-                **self.summary(new, state)}
+                **self.summary(written.new, out["state"])}
 
 
 def _changes(old: list[Decision], new: list[Decision]) -> dict[str, list[str] | None]:

@@ -4,8 +4,14 @@ Both live in a small git-ignored JSON file (`.chimuffin/review-state.json` by de
 atomically after every action, so they survive a reload and a server restart. The label file
 stays the only truth for labels. An undo record holds just enough to put the label file back
 byte for byte: the rows the action changed (when the file was in the form the tools write) or
-the whole old file (when it was not, e.g. after a hand edit), plus the file's hash after the
-action, so that an undo refuses when anything else has changed the file since.
+the whole old file (when it was not, e.g. after a hand edit), plus the file's hash before and
+after the action, so that an undo refuses when anything else has changed the file since.
+
+A crash (kill -9) at any point leaves the two consistent: an action saves its undo record
+before it renames the new label file in, and an undo renames the old file back before it drops
+the record. So the only leftover a crash can leave is a record on top whose action is not in
+the file (never renamed in, or already undone): the file then holds that record's `before`
+content, and reconcile() drops it.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ def _row(d: Decision | None) -> list[str] | None:
 def undo_record(before: bytes | None, old: list[Decision], new: list[Decision],
                 after: bytes, info: dict) -> dict:
     """What undoing `old -> new` needs; `info` (kind, what, page...) is shown to the person."""
-    record = {**info, "after": file_digest(after)}
+    record = {**info, "before": file_digest(before), "after": file_digest(after)}
     if before is None:
         record["before_absent"] = True
     elif format_decisions(old).encode() == before:
@@ -97,6 +103,18 @@ def undone_bytes(record: dict, current: bytes | None, classes: list[str],
         else:
             rows[path] = Decision(path, *row)
     return format_decisions(list(rows.values())).encode()
+
+
+def reconcile(state: dict, key: str, current: bytes | None) -> int:
+    """Drop the records on top whose action the label file does not hold: it holds exactly
+    what it held before them (a crash came between saving the record and the rename, or
+    between an undo's rename and dropping its record). Returns how many were dropped."""
+    stack = state["undo"].get(key) or []
+    digest, dropped = file_digest(current), 0
+    while stack and stack[-1].get("before") == digest and stack[-1].get("after") != digest:
+        stack.pop()
+        dropped += 1
+    return dropped
 
 
 def push_undo(state: dict, key: str, record: dict) -> None:

@@ -9,13 +9,18 @@ Safety, for a server any page in the person's browser could try to reach:
   first), and a POST that carries an Origin header must come from this server's own origin
   (browsers always send Origin on POST; a client without one, like curl or a script on this
   machine, is let through: it could edit the label file directly anyway);
-- a request body has `timeout` seconds to arrive in full, then gets 408, so a slow or stalled
-  client cannot hold a thread forever.
+- the request line and headers have `timeout` seconds in total to arrive (then the
+  connection is closed), and the body `timeout` seconds more (then 408): deadlines for the
+  whole, not for each read, so a client that trickles a byte at a time cannot hold a thread;
+- a body that is not usable JSON (malformed, nested too deep, a number too long to read)
+  gets 400 with the reason.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import mimetypes
 import sys
 import time
@@ -31,7 +36,7 @@ from chimuffin.review.data import RequestError, ReviewData
 
 HOST = "127.0.0.1"
 MAX_BODY = 2_000_000
-TIMEOUT_S = 10.0  # a request (headers, then the whole body) must arrive within this
+TIMEOUT_S = 10.0  # the request line + headers, then the body, must each arrive within this
 STATIC = {  # name -> content type; served from review/static
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -59,9 +64,40 @@ def own_origins(port: int) -> tuple[str, str]:
     return f"http://{HOST}:{port}", f"http://localhost:{port}"
 
 
+class DeadlineReader(io.RawIOBase):
+    """The connection's reads, each given only what is left until `deadline` (a socket
+    timeout alone restarts with every byte that arrives)."""
+
+    def __init__(self, sock):
+        super().__init__()
+        self.sock, self.deadline = sock, math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buf)
+
+
 class Handler(BaseHTTPRequestHandler):
     data: ReviewData  # set on the subclass that make_server creates
-    timeout = TIMEOUT_S  # socket timeout for every read (StreamRequestHandler applies it)
+    timeout = TIMEOUT_S  # socket timeout for writes; reads get deadlines (DeadlineReader)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # replaced by one that keeps to a deadline
+        self.reader = DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        # the request line and headers, in total; BaseHTTPRequestHandler closes the
+        # connection on the TimeoutError
+        self.reader.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
     server_version = "chimuffin-review"
 
     def log_message(self, fmt, *args) -> None:  # quiet: errors are answered, not logged
@@ -93,6 +129,8 @@ class Handler(BaseHTTPRequestHandler):
                                "is refused")
 
     def handle_errors(self, fn) -> None:
+        self.reader.deadline = math.inf  # a body read sets its own
+        self.connection.settimeout(self.timeout)  # the answer gets the full time
         try:
             self.check_host()
             fn()
@@ -156,23 +194,23 @@ class Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_BODY:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body must be 1 to {MAX_BODY} bytes")
+        raw = self.read_body(length)
         try:
-            body = json.loads(self.read_body(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            body = json.loads(raw)
+        except RecursionError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "body is not usable JSON: nested too "
+                               "deeply") from None
+        except (ValueError, UnicodeDecodeError) as e:  # incl. a number too long to read
             raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {e}") from None
         self.send_json(HTTPStatus.OK, getattr(self.data, action)(body))
 
     def read_body(self, length: int) -> bytes:
         """Exactly `length` bytes, all within `timeout` seconds (not per read: a client that
         trickles a byte at a time must not hold the thread either)."""
-        deadline = time.monotonic() + self.timeout
+        self.reader.deadline = time.monotonic() + self.timeout
         chunks, got = [], 0
         try:
             while got < length:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                self.connection.settimeout(left)
                 chunk = self.rfile.read1(length - got)
                 if not chunk:
                     self.close_connection = True
@@ -185,6 +223,7 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within "
                                f"{self.timeout:g} s ({got} of {length} bytes)") from None
         finally:
+            self.reader.deadline = math.inf
             self.connection.settimeout(self.timeout)  # the answer gets the full time again
         return b"".join(chunks)
 

@@ -1,0 +1,92 @@
+"""Writers of one label file, each in its own process, for the label-file stress test:
+`python -m tests.helpers.label_writers MODE ROOT PREFIX N PAUSE` (from the repository root).
+
+MODE is `server` (the review page's server; prints its port), or `accept`, `pull`, `loop`:
+N writes through `chimuffin labels accept`, `chimuffin pull-3lc` (3LC's revision reader stood
+in for: no tlc) or the loop's commit step, each adding two rows of its own (paths under
+PREFIX), PAUSE seconds apart. After each write returns, the rows it acknowledged are printed as
+`ACK path,label,source`: whatever was printed must be in the file at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+CLASSES = ["chihuahua", "muffin"]
+DECISIONS = "data/labels/decisions.csv"
+
+
+def ack(rows) -> None:
+    for path, label, source in rows:
+        print(f"ACK {path},{label},{source}", flush=True)
+
+
+def serve(root: Path) -> None:
+    from chimuffin.review.data import Paths, ReviewData
+    from chimuffin.review.server import make_server
+
+    server = make_server(ReviewData(Paths.under(root), CLASSES, root / "dataset"), port=0)
+    print(server.server_address[1], flush=True)
+    server.serve_forever(poll_interval=0.05)
+
+
+def accept(root: Path, prefix: str, n: int, pause: float) -> None:
+    from chimuffin import atomic
+    from chimuffin.cli import main
+
+    for k in range(n):
+        time.sleep(pause)
+        paths = [f"train128/undefined/{prefix}-{k}-{j}.jpg" for j in range(2)]
+        s = root / f"suggestions-{prefix}-{k}.parquet"
+        atomic.write_parquet(s, pd.DataFrame(
+            [{"path": p, "label": "muffin", "score": 0.9, "agree": True, "model_label": "muffin",
+              "model_conf": 0.9, "knn_label": "muffin", "knn_conf": 0.9} for p in paths]))
+        assert main(["labels", "accept", "--min-score", "0.5", "--suggestions", str(s),
+                     "--decisions", str(root / DECISIONS),
+                     "--params", str(root / "params.yaml")]) == 0
+        ack((p, "muffin", "auto") for p in paths)
+
+
+def pull(root: Path, prefix: str, n: int, pause: float) -> None:
+    from chimuffin import tlcio
+    from chimuffin.cli import main
+
+    for k in range(n):
+        time.sleep(pause)
+        paths = [f"train128/undefined/{prefix}-{k}-{j}.jpg" for j in range(2)]
+        base = pd.DataFrame({"path": paths, "label": "undefined", "weight": 0.0})
+        latest = base.assign(label="chihuahua")
+        rev = tlcio.Revision("tables/train", "tables/train_0001", [root / "rev"], [], base,
+                             latest)
+        tlcio.read_latest_revision = lambda table, config, rev=rev: rev
+        assert main(["pull-3lc", "--decisions", str(root / DECISIONS), "--params",
+                     str(root / "params.yaml"), "--keep-revisions"]) == 0
+        ack((p, "chihuahua", "3lc") for p in paths)
+
+
+def loop(root: Path, prefix: str, n: int, pause: float) -> None:
+    from chimuffin.labels import Decision, merge_decisions
+    from chimuffin.loop import commit_round
+
+    for k in range(n):
+        time.sleep(pause)
+        new = [Decision(f"train128/undefined/{prefix}-{k}-{j}.jpg", "muffin", "oracle", "")
+               for j in range(2)]
+        done = []
+        commit_round(root, root / DECISIONS, lambda cur, new=new: merge_decisions(cur, new)[0],
+                     CLASSES, f"round {prefix} {k}", done.append)
+        assert done
+        ack((d.path, d.label, d.source) for d in new)
+
+
+if __name__ == "__main__":
+    mode, root = sys.argv[1], Path(sys.argv[2])
+    if mode == "server":
+        serve(root)
+    else:
+        {"accept": accept, "pull": pull, "loop": loop}[mode](root, sys.argv[3], int(sys.argv[4]),
+                                                            float(sys.argv[5]))
