@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chimuffin.accept import accept
+from chimuffin.curate.accept import accept
+from chimuffin.curate.rounds import commit_round
 from chimuffin.labels import Decision, read_decisions, read_path_labels, write_decisions
-from chimuffin.loop import commit_round
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["chihuahua", "muffin"]

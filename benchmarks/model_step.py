@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from chimuffin import runtime
-from chimuffin.engine import autocast
 from chimuffin.model import build_model
+from chimuffin.train.engine import autocast
 
 # name: (channels_last, torch.compile, bf16 autocast)
 VARIANTS = {"nchw": (False, False, False), "cl": (True, False, False),

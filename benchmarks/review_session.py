@@ -9,7 +9,7 @@ files as they are in the working tree; the data is read in place, never copied):
 - data/labels/validation.csv = every row of reviewed_labels.csv: those images validate and are
   never shown to the simulated person (they are not pool images); decisions.csv starts empty;
 - the person answers from pool_labels.csv without the reviewed rows, at the cost model of
-  chimuffin.simulated_review (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
+  chimuffin.curate.simulated_review (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
   single answer).
 
 Arms:
@@ -51,12 +51,12 @@ import yaml
 
 from chimuffin import runtime
 from chimuffin.config import as_dict, parse_params
+from chimuffin.curate.rounds import parse_trailers
+from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions, read_decisions, read_path_labels
-from chimuffin.loop import parse_trailers
-from chimuffin.metrics import wilson_interval
-from chimuffin.simulated_review import ReviewCost
+from chimuffin.report.metrics import wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 

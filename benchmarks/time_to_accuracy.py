@@ -59,9 +59,8 @@ from chimuffin.config import parse_params
 from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import fit
 from chimuffin.errors import UserError
-from chimuffin.forward import predict
+from chimuffin.infer.batches import predict
 from chimuffin.labels import (
     Decision,
     apply_decisions,
@@ -71,8 +70,9 @@ from chimuffin.labels import (
     read_path_labels,
     write_decisions,
 )
-from chimuffin.metrics import mcnemar_exact, wilson_interval
 from chimuffin.model import build_model
+from chimuffin.report.metrics import mcnemar_exact, wilson_interval
+from chimuffin.train.engine import fit
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",

@@ -16,7 +16,7 @@ Interleaving rounds means that a change in machine load (other processes) hits e
 the medians and their ratio are what to quote. It also measures the machine's fp32 peak (a large
 matrix product and a large convolution), counts the model's training FLOPs per image
 (FlopCounterMode over forward + backward) and prints the fraction of that peak each path reaches,
-and the evaluation / embedding throughput (forward.predict, batch 128, channels_last, inference
+and the evaluation / embedding throughput (batches.predict, batch 128, channels_last, inference
 mode).
 
     python benchmarks/train_throughput.py                       # the numbers (minutes)
@@ -44,10 +44,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from chimuffin import runtime
 from chimuffin.config import load_params
 from chimuffin.data.images import IMAGE_SUFFIXES, decode_image
-from chimuffin.engine import make_optimizer, train_one_epoch
-from chimuffin.forward import CHANNELS_LAST, predict
+from chimuffin.infer.batches import CHANNELS_LAST, predict
+from chimuffin.infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from chimuffin.model import build_model
-from chimuffin.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from chimuffin.train.engine import make_optimizer, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",

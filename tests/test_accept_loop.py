@@ -14,6 +14,12 @@ import yaml
 
 from chimuffin import atomic
 from chimuffin.cli import main
+from chimuffin.curate.rounds import (
+    commit_round,
+    deferred_signals,
+    parse_trailers,
+    sigterm_as_interrupt,
+)
 from chimuffin.errors import UserError
 from chimuffin.labels import (
     Decision,
@@ -22,7 +28,6 @@ from chimuffin.labels import (
     read_decisions,
     read_path_labels,
 )
-from chimuffin.loop import commit_round, deferred_signals, parse_trailers, sigterm_as_interrupt
 from tests.helpers.repo import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]

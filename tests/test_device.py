@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from chimuffin import engine, forward, runtime
+from chimuffin import runtime
 from chimuffin.config import parse_params
 from chimuffin.data.prepare import prepare_dataset
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
+from chimuffin.infer import batches
 from chimuffin.model import build_model
 from chimuffin.stages import embed, evaluate, train
+from chimuffin.train import engine
 from tests.helpers.repo import default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]
@@ -116,8 +118,8 @@ def test_cuda_trains_in_bf16_and_predicts_in_fp32_close_to_cpu():
                                    torch.Generator().manual_seed(0), cuda)
     assert np.isfinite(stats.loss) and stats.images == 16
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
-    logits_gpu, emb_gpu = forward.predict(model, images, rows, 8, cuda, with_embeddings=True)
-    logits_cpu, emb_cpu = forward.predict(model.to(cpu), images, rows, 8, cpu,
+    logits_gpu, emb_gpu = batches.predict(model, images, rows, 8, cuda, with_embeddings=True)
+    logits_cpu, emb_cpu = batches.predict(model.to(cpu), images, rows, 8, cpu,
                                          with_embeddings=True)
     assert logits_gpu.dtype == np.float32
     # TF32 convolutions (PyTorch's default on Ampere+) keep ~3 decimal digits

@@ -12,8 +12,8 @@ from PIL import Image
 
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
-from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
-from chimuffin.recipe_diff import load_reference, recipe_diff
+from chimuffin.report.eval_report import build_report, confident_mistakes, mistakes_png
+from chimuffin.report.recipe_diff import load_reference, recipe_diff
 from tests.helpers.repo import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]

@@ -10,10 +10,17 @@ import torch
 import yaml
 
 from chimuffin.config import load_params, parse_params
-from chimuffin.engine import fit, make_optimizer
 from chimuffin.errors import UserError
-from chimuffin.regularize import Mix, WeightEMA, cutmix_box, ema_decay_at, ema_update_, mix_batch
-from chimuffin.schedules import lr_factor, resolution_at, restart_ends
+from chimuffin.train.engine import fit, make_optimizer
+from chimuffin.train.regularize import (
+    Mix,
+    WeightEMA,
+    cutmix_box,
+    ema_decay_at,
+    ema_update_,
+    mix_batch,
+)
+from chimuffin.train.schedules import lr_factor, resolution_at, restart_ends
 from tests.helpers.repo import REPO, default_params_dict
 
 

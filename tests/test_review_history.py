@@ -7,7 +7,7 @@ import pytest
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions
 from chimuffin.review import history
-from chimuffin.review.pages import page_list, progress, read_pages
+from chimuffin.review.verify import page_list, progress, read_pages
 
 CLASSES = ["chihuahua", "muffin"]
 LABELS = [*CLASSES, "undefined", "remove"]

@@ -63,7 +63,7 @@ def pipeline_calibration(prepared: str, clean: str, size: int, n: int, seed: int
 
 def files_calibration(paths: list[str], size: int, n: int):
     from chimuffin.errors import UserError
-    from chimuffin.inference import collect_inputs, decode_chunk
+    from chimuffin.infer.predict_files import collect_inputs, decode_chunk
 
     found = collect_inputs(paths)
     images, _, _ = decode_chunk(found.items[:n], size)
@@ -74,8 +74,8 @@ def files_calibration(paths: list[str], size: int, n: int):
 
 def run(args) -> int:
     from chimuffin.errors import UserError
+    from chimuffin.infer.onnx_export import FP32_TOLERANCE, export_onnx, read_metadata
     from chimuffin.model import load_checkpoint
-    from chimuffin.onnx_export import FP32_TOLERANCE, export_onnx, read_metadata
 
     if args.calibration and args.quantize != "static":
         raise UserError("--calibration is only used with --quantize static")

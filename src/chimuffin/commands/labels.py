@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from chimuffin import paths
-from chimuffin.accept import accept
 from chimuffin.config import load_params
+from chimuffin.curate.accept import accept
+from chimuffin.curate.scoring import read_suggestions
 from chimuffin.errors import UserError
 from chimuffin.labels import per_class, read_decisions, write_decisions
-from chimuffin.suggest import read_suggestions
 
 
 def register(sub) -> None:

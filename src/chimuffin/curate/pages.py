@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 from pandas.api import types
 
+from chimuffin.curate.scoring import review_value, unit_rows
 from chimuffin.data.manifest import read_parquet_output
 from chimuffin.errors import UserError
-from chimuffin.suggest import review_value, unit_rows
 
 ENDS = ("confident", "uncertain")  # where a page's seed comes from
 ORDERS = (*ENDS, "mixed")

@@ -1,7 +1,7 @@
 """The automated data-centric loop: reproduce, review (a simulated person), accept, commit.
 
 One round = `dvc repro`; then the label file gains
-- a simulated person's review (chimuffin.simulated_review) of this repro's review pages for a
+- a simulated person's review (chimuffin.curate.simulated_review) of this repro's review pages for a
   budget of simulated minutes (`--reviewer`), or its answers to the top review requests
   (`--oracle`), source `oracle`; and/or
 - the suggestions above a score (`--min-score`), source `auto`;
@@ -32,7 +32,10 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin import atomic
-from chimuffin.accept import accept
+from chimuffin.curate.accept import accept
+from chimuffin.curate.pages import PAGES_FILE, read_pages
+from chimuffin.curate.scoring import read_suggestions
+from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
 from chimuffin.errors import UserError
 from chimuffin.labels import (
     Decision,
@@ -42,9 +45,6 @@ from chimuffin.labels import (
     read_decisions,
     read_path_labels,
 )
-from chimuffin.pages import PAGES_FILE, read_pages
-from chimuffin.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
-from chimuffin.suggest import read_suggestions
 
 # --- what a round does ------------------------------------------------------------------------
 

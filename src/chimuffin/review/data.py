@@ -22,6 +22,7 @@ import pandas as pd
 
 from chimuffin import atomic
 from chimuffin import paths as default
+from chimuffin.curate.pages import PAGES_FILE
 from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
 from chimuffin.labels import (
@@ -35,9 +36,8 @@ from chimuffin.labels import (
     parse_decisions,
     remove_decisions,
 )
-from chimuffin.pages import PAGES_FILE
 from chimuffin.review import history
-from chimuffin.review.pages import page_list, progress, read_pages
+from chimuffin.review.verify import page_list, progress, read_pages
 
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)

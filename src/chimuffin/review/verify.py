@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import pages
+from chimuffin.curate import pages
 from chimuffin.errors import UserError
 from chimuffin.labels import PERSON_SOURCES, Decision
 from chimuffin.review.history import images_per_minute
 
 
 def read_pages(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame | None:
-    """The pages file checked (chimuffin.pages.read_pages) against the images the page may
+    """The pages file checked (chimuffin.curate.pages.read_pages) against the images the page may
     label, or None when there is none (older pipeline outputs)."""
     if not path.is_file():
         return None

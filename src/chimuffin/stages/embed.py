@@ -6,9 +6,9 @@ import pandas as pd
 
 from chimuffin import atomic, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
-from chimuffin.embeddings import embeddings_frame, pacmap_reduce, scatter_png
+from chimuffin.infer.embeddings import embeddings_frame, pacmap_reduce, scatter_png
+from chimuffin.infer.manifest_predictions import predict_manifest
 from chimuffin.model import load_checkpoint
-from chimuffin.predictions import predict_manifest
 from chimuffin.progress import Progress, timed
 from chimuffin.stages import common
 

@@ -8,11 +8,11 @@ import pandas as pd
 
 from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
-from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
+from chimuffin.infer.manifest_predictions import curve_tables, predict_manifest, split_metrics
 from chimuffin.model import load_checkpoint
-from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
 from chimuffin.progress import Progress
-from chimuffin.recipe_diff import load_reference, recipe_diff
+from chimuffin.report.eval_report import build_report, confident_mistakes, mistakes_png
+from chimuffin.report.recipe_diff import load_reference, recipe_diff
 from chimuffin.stages import common
 
 

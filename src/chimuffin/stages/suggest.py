@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin import atomic
+from chimuffin.curate.pages import build_pages, summarize_pages
+from chimuffin.curate.scoring import align, build_tables, pixel_signatures, summarize
 from chimuffin.data.manifest import open_cache, read_manifest
-from chimuffin.embeddings import read_embeddings
 from chimuffin.errors import UserError
-from chimuffin.pages import build_pages, summarize_pages
+from chimuffin.infer.embeddings import read_embeddings
 from chimuffin.stages import common
-from chimuffin.suggest import align, build_tables, pixel_signatures, summarize
 
 
 def main(args, params) -> None:

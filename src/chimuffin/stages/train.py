@@ -7,11 +7,11 @@ from pathlib import Path
 from chimuffin import atomic, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import check_cpu_bf16, fit, uses_cpu_bf16
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, save_checkpoint
 from chimuffin.progress import Progress, duration, eta
 from chimuffin.stages import common
+from chimuffin.train.engine import check_cpu_bf16, fit, uses_cpu_bf16
 
 
 def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:

@@ -3,7 +3,7 @@ schedule, and fit (epochs, validation, the best epoch).
 
 Images come from the uint8 tensor cache (N,3,S,S), indexed by manifest row `idx`; labels are
 class indices; the recipe is the `train` group of params.yaml (config.Train). Nothing here reads
-files. Inference (no training) is forward.py.
+files. Inference (no training) is infer/batches.py.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin import runtime
-from chimuffin.augment import augment_batch
-from chimuffin.forward import CHANNELS_LAST, batches, load_batch, per_sample_loss, predict
-from chimuffin.regularize import Mix, WeightEMA, mix_batch
-from chimuffin.schedules import lr_factor, resolution_at
+from chimuffin.infer.batches import CHANNELS_LAST, batches, load_batch, per_sample_loss, predict
+from chimuffin.train.augment import augment_batch
+from chimuffin.train.regularize import Mix, WeightEMA, mix_batch
+from chimuffin.train.schedules import lr_factor, resolution_at
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False):
