@@ -14,12 +14,8 @@ import yaml
 
 from chimuffin import atomic
 from chimuffin.cli import main
-from chimuffin.curate.rounds import (
-    commit_round,
-    deferred_signals,
-    parse_trailers,
-    sigterm_as_interrupt,
-)
+from chimuffin.curate.git_and_signals import deferred_signals, sigterm_as_interrupt
+from chimuffin.curate.rounds import commit_round, parse_trailers
 from chimuffin.errors import UserError
 from chimuffin.labels import (
     Decision,

@@ -11,7 +11,8 @@ from chimuffin.curate.pages import (
     priority_rank,
     summarize_pages,
 )
-from chimuffin.curate.scoring import review_value, unit_rows
+from chimuffin.curate.scoring import review_value
+from chimuffin.infer.embeddings import unit_rows
 
 CLASSES = ["chihuahua", "muffin"]
 

@@ -14,8 +14,8 @@ from chimuffin.curate.scoring import (
     knn_vote,
     near_duplicates,
     pixel_signatures,
-    unit_rows,
 )
+from chimuffin.infer.embeddings import unit_rows
 from chimuffin.labels import Decision
 
 CLASSES = ["chihuahua", "muffin"]

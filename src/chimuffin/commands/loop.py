@@ -8,7 +8,8 @@ from pathlib import Path
 from chimuffin import paths
 from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
-from chimuffin.curate.rounds import AutoAccept, LoopConfig, Reviewer, repo_root, run_loop
+from chimuffin.curate.git_and_signals import repo_root
+from chimuffin.curate.rounds import AutoAccept, LoopConfig, Reviewer, run_loop
 from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.errors import UserError
 

@@ -30,9 +30,10 @@ import numpy as np
 import pandas as pd
 from pandas.api import types
 
-from chimuffin.curate.scoring import review_value, unit_rows
+from chimuffin.curate.scoring import review_value
 from chimuffin.data.manifest import read_parquet_output
 from chimuffin.errors import UserError
+from chimuffin.infer.embeddings import unit_rows
 
 ENDS = ("confident", "uncertain")  # where a page's seed comes from
 ORDERS = (*ENDS, "mixed")

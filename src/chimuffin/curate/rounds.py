@@ -18,14 +18,11 @@ commit fails it is put back as it was. So every round is either committed whole 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-import signal
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +30,12 @@ import pandas as pd
 
 from chimuffin import atomic
 from chimuffin.curate.accept import accept
+from chimuffin.curate.git_and_signals import (
+    deferred_signals,
+    git,
+    run_child,
+    sigterm_as_interrupt,
+)
 from chimuffin.curate.pages import PAGES_FILE, read_pages
 from chimuffin.curate.scoring import read_suggestions
 from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
@@ -45,6 +48,7 @@ from chimuffin.labels import (
     read_decisions,
     read_path_labels,
 )
+from chimuffin.progress import plural
 
 # --- what a round does ------------------------------------------------------------------------
 
@@ -155,10 +159,6 @@ def parse_trailers(message: str) -> dict[str, str]:
     return dict(m.groups() for m in re.finditer(r"^([A-Za-z-]+): (.*)$", last, re.MULTILINE))
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def budget_text(budget_s: float) -> str:
     return "an unlimited budget" if math.isinf(budget_s) else f"a {budget_s:.0f} s budget"
 
@@ -205,53 +205,6 @@ def round_message(r: int, rounds: int, metrics: dict, clean_summary: dict,
     return message + ("\n" + "\n".join(trailers) + "\n" if trailers else "")
 
 
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold Ctrl-C/SIGTERM until the block ends, then raise KeyboardInterrupt.
-
-    Python runs signal handlers in the main thread, so recording the signal here works even
-    when library threads exist (a signal mask would not: the kernel hands a process-wide
-    signal to any thread that does not block it)."""
-    caught: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
-           for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    # its own session: a Ctrl-C in the terminal must not kill git halfway through a commit
-    p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                       start_new_session=True)
-    if check and p.returncode != 0:
-        raise UserError(f"`git {' '.join(args)}` failed: {p.stderr.strip() or p.stdout.strip()}")
-    return p
-
-
-def repo_root(start: Path) -> Path:
-    p = git(["rev-parse", "--show-toplevel"], start, check=False)
-    if p.returncode != 0:
-        raise UserError(f"{start}: not inside a git repository (the loop commits each round)")
-    return Path(p.stdout.strip())
-
-
 def check_clean(root: Path, path: Path) -> None:
     """Refuse to start over uncommitted edits of the label file: a round's commit would
     silently include them."""
@@ -285,24 +238,6 @@ def commit_round(root: Path, decisions_path: Path, decisions: list[Decision], me
             git(["reset", "-q", "--", *paths], root, check=False)
             raise
         on_commit(git(["rev-parse", "HEAD"], root).stdout.strip())
-
-
-def run_child(cmd: list[str], cwd: Path) -> int:
-    """Run a command in the foreground; on Ctrl-C/SIGTERM let it stop cleanly first (dvc
-    releases its locks on SIGINT, not on SIGKILL)."""
-    child = subprocess.Popen(cmd, cwd=cwd)
-    try:
-        return child.wait()
-    except KeyboardInterrupt:
-        # a terminal Ctrl-C reached the child too; a SIGTERM sent to us alone did not
-        for step, wait_s in ((None, 5), (signal.SIGINT, 60), (signal.SIGKILL, None)):
-            if child.poll() is not None:
-                break
-            if step is not None:
-                child.send_signal(step)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=wait_s)
-        raise
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -37,7 +37,7 @@ from chimuffin.labels import (
     remove_decisions,
 )
 from chimuffin.review import history
-from chimuffin.review.verify import page_list, progress, read_pages
+from chimuffin.review.verify import page_list, pages_to_verify, progress
 
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)
@@ -118,7 +118,7 @@ class ReviewData:
         """The pages, or None and why not: the verify view says so, the rest still works."""
         path = self.paths.suggest / PAGES_FILE
         try:
-            pages = read_pages(path, set(self.pool), self.classes)
+            pages = pages_to_verify(path, set(self.pool), self.classes)
         except UserError as e:
             return None, str(e)
         if pages is None:

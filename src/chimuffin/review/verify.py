@@ -20,7 +20,7 @@ from chimuffin.labels import PERSON_SOURCES, Decision
 from chimuffin.review.history import images_per_minute
 
 
-def read_pages(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame | None:
+def pages_to_verify(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame | None:
     """The pages file checked (chimuffin.curate.pages.read_pages) against the images the page may
     label, or None when there is none (older pipeline outputs)."""
     if not path.is_file():
@@ -39,7 +39,7 @@ def read_pages(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame |
 
 
 def page_list(df: pd.DataFrame) -> list[dict]:
-    """Pages in page order (as read_pages sorts them), each with its images by position."""
+    """Pages in page order (as pages_to_verify sorts them), each with its images by position."""
     out: dict[int, dict] = {}
     for r in df.itertuples(index=False):
         page = out.setdefault(int(r.page), {
