@@ -57,7 +57,7 @@ def measure(device: torch.device, n_train: int, n_infer: int, params, batch_size
             eval_batch_size: int, size: int) -> dict:
     t = params.train
     cfg = replace(t, batch_size=batch_size)
-    runtime.setup(params.base.seed, t.threads)
+    runtime.setup(params.base.seed, params.runtime.threads)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(n_train, n_infer), 3, size, size), dtype=np.uint8)
     labels = rng.integers(0, len(params.base.classes), len(images))

@@ -50,6 +50,9 @@ def mutated(path: list[str], value):
     (["base", "classes"], ["dog", "undefined"], "reserved name undefined"),
     (["clean", "dedupe"], "yes", "clean.dedupe must be true or false"),
     (["train", "head"], [256, "x"], "train.head[1] must be an integer"),
+    (["runtime", "threads"], KeyError, "missing key runtime.threads"),
+    (["runtime", "device"], "tpu", "runtime.device must be one of"),
+    (["runtime"], KeyError, "missing key runtime"),
 ])
 def test_bad_params_name_the_key(path, value, message):
     with pytest.raises(UserError) as e:
@@ -72,3 +75,20 @@ def test_load_params_names_file_and_yaml_errors(tmp_path):
 def test_ints_are_accepted_for_floats():
     p = parse_params(mutated(["train", "lr"], 1))
     assert p.train.lr == 1.0 and isinstance(p.train.lr, float)
+
+
+@pytest.mark.parametrize("key", ["device", "threads", "cpu_bf16"])
+def test_runtime_keys_left_in_train_say_where_they_moved(key):
+    """An old params.yaml (or `dvc exp apply` of an old experiment) that still has train.device,
+    train.threads or train.cpu_bf16 is refused with the key's new place."""
+    old = mutated(["train", key], default_params_dict()["runtime"][key])
+    with pytest.raises(UserError, match=rf"train\.{key} moved to runtime\.{key}"):
+        parse_params(old)
+
+
+def test_runtime_is_its_own_group_and_not_in_any_recipe():
+    p = load_params(REPO / "params.yaml")
+    assert (p.runtime.device, p.runtime.threads, p.runtime.cpu_bf16) == ("auto", 0, False)
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        train = yaml.safe_load(recipe.read_text())["train"]
+        assert not {"device", "threads", "cpu_bf16"} & set(train), recipe

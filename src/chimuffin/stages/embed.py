@@ -14,8 +14,8 @@ from chimuffin.stages import common
 
 
 def main(args, params) -> None:
-    runtime.setup(params.base.seed, params.train.threads)
-    device = runtime.pick_device(params.train.device)
+    runtime.setup(params.base.seed, params.runtime.threads)
+    device = runtime.pick_device(params.runtime.device)
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
     model, _ = load_checkpoint(args.model, device=str(device), classes=params.base.classes)

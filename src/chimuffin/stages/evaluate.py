@@ -59,8 +59,8 @@ def write_report(tmp: Path, args, params, meta, pred, df, images, reports) -> No
 
 def main(args, params) -> None:
     classes = params.base.classes
-    runtime.setup(params.base.seed, params.train.threads)
-    device = runtime.pick_device(params.train.device)
+    runtime.setup(params.base.seed, params.runtime.threads)
+    device = runtime.pick_device(params.runtime.device)
     df = read_manifest(Path(args.clean) / "manifest.parquet")
     images = open_cache(Path(args.prepared) / "images.npy")
     model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
