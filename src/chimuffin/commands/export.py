@@ -51,8 +51,8 @@ def pipeline_calibration(prepared: str, clean: str, size: int, n: int, seed: int
     from chimuffin.data.manifest import open_cache, read_manifest
     from chimuffin.errors import UserError
 
-    df = read_manifest(Path(clean) / "manifest.parquet")
-    cache = open_cache(Path(prepared) / "images.npy")
+    df = read_manifest(Path(clean) / paths.MANIFEST_FILE)
+    cache = open_cache(Path(prepared) / paths.IMAGES_FILE)
     if cache.shape[-1] != size:
         raise UserError(f"{prepared}/images.npy holds {cache.shape[-1]} px images but the "
                         f"model expects {size} px: pass --calibration with image folders")

@@ -54,7 +54,7 @@ def add_accept(lsub) -> None:
                         "has a decision (a person's, an oracle's, an earlier one) is never "
                         "changed.")
     add_accept_options(p)
-    p.add_argument("--suggestions", default=f"{paths.SUGGEST}/suggestions.parquet",
+    p.add_argument("--suggestions", default=f"{paths.SUGGEST}/{paths.SUGGESTIONS_FILE}",
                    help="default: %(default)s")
     p.add_argument("--decisions", default=paths.DECISIONS, help="default: %(default)s")
     p.add_argument("--params", default=paths.PARAMS, help="default: %(default)s")

@@ -36,7 +36,7 @@ from chimuffin.curate.git_and_signals import (
     run_child,
     sigterm_as_interrupt,
 )
-from chimuffin.curate.pages import PAGES_FILE, read_pages
+from chimuffin.curate.pages import read_pages
 from chimuffin.curate.scoring import read_suggestions
 from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
 from chimuffin.errors import UserError
@@ -48,6 +48,7 @@ from chimuffin.labels import (
     read_decisions,
     read_path_labels,
 )
+from chimuffin.paths import METRICS_FILE, PAGES_FILE, QUEUE_FILE, SUGGESTIONS_FILE, SUMMARY_FILE
 from chimuffin.progress import plural
 
 # --- what a round does ------------------------------------------------------------------------
@@ -110,13 +111,13 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
             pages = read_pages(cfg.suggest_dir / PAGES_FILE)
             reviewed, review = review_pages(pages, truth, decisions, rv.budget_s, rv.cost)
         else:
-            queue = read_queue(cfg.suggest_dir / "review_queue.parquet")
+            queue = read_queue(cfg.suggest_dir / QUEUE_FILE)
             reviewed, review = answer_queue(queue, truth, decisions, rv.budget_s, rv.cost)
         decisions, _ = merge_decisions(decisions, reviewed)
     accepted = None
     if cfg.auto:
         a = cfg.auto
-        suggestions = read_suggestions(cfg.suggest_dir / "suggestions.parquet")
+        suggestions = read_suggestions(cfg.suggest_dir / SUGGESTIONS_FILE)
         decisions, accepted = accept(decisions, suggestions, a.min_score, a.require_agreement,
                                      a.per_class_cap)
     return RoundLabels(decisions, reviewed, review, accepted)
@@ -282,8 +283,8 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
     if labels.accepted is not None:
         print(f"loop: accepted {len(labels.accepted)} suggestions "
               f"({per_class(labels.accepted['label'], cfg.classes)})", flush=True)
-    metrics = read_json(cfg.eval_dir / "metrics.json", "evaluation metrics")
-    summary = read_json(cfg.clean_dir / "summary.json", "clean summary")
+    metrics = read_json(cfg.eval_dir / METRICS_FILE, "evaluation metrics")
+    summary = read_json(cfg.clean_dir / SUMMARY_FILE, "clean summary")
     message = round_message(r, cfg.rounds, metrics, summary, labels, cfg.reviewer, total_s,
                             cfg.classes)
 

@@ -22,7 +22,6 @@ import pandas as pd
 
 from chimuffin import atomic
 from chimuffin import paths as default
-from chimuffin.curate.pages import PAGES_FILE
 from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
 from chimuffin.labels import (
@@ -83,7 +82,7 @@ class ReviewData:
         self.key = Path(os.path.relpath(paths.decisions.resolve(),
                                         paths.root.resolve())).as_posix()
         history.load_state(paths.state)  # a damaged state file stops here, not mid-session
-        prepared = read_manifest(paths.prepared / "manifest.parquet")
+        prepared = read_manifest(paths.prepared / default.MANIFEST_FILE)
         # every image the label file may name: the prepared dataset minus the test split
         # (test labels are never edited here: that would be tuning on test)
         self.split = dict(zip(prepared["path"], prepared["split"], strict=True))
@@ -98,17 +97,17 @@ class ReviewData:
         self.page_index = {pg["page"]: pg for pg in self.page_list}
 
     def _points(self) -> pd.DataFrame:
-        coords = _read(self.paths.embed / "pacmap.parquet", "embed")
-        pred = _read(self.paths.eval / "predictions.parquet", "evaluate")
+        coords = _read(self.paths.embed / default.PACMAP_FILE, "embed")
+        pred = _read(self.paths.eval / default.PREDICTIONS_FILE, "evaluate")
         df = coords[["path", "split", "x", "y"]].merge(
             pred[["path", "prediction", "confidence"]], on="path", how="left", validate="1:1")
         if df["prediction"].isna().any():
-            raise UserError(f"{self.paths.eval / 'predictions.parquet'}: stale (no prediction "
+            raise UserError(f"{self.paths.eval / default.PREDICTIONS_FILE}: stale (no prediction "
                             "for some plotted images); run `dvc repro`")
         return df[df["split"] != "test"].reset_index(drop=True)
 
     def _queue(self) -> pd.DataFrame:
-        path = self.paths.suggest / "review_queue.parquet"
+        path = self.paths.suggest / default.QUEUE_FILE
         if not path.is_file():
             return pd.DataFrame(columns=["rank", "path", "kind", "cluster", "proposed", "reason"])
         q = pd.read_parquet(path)
@@ -116,7 +115,7 @@ class ReviewData:
 
     def _pages(self) -> tuple[pd.DataFrame | None, str | None]:
         """The pages, or None and why not: the verify view says so, the rest still works."""
-        path = self.paths.suggest / PAGES_FILE
+        path = self.paths.suggest / default.PAGES_FILE
         try:
             pages = pages_to_verify(path, set(self.pool), self.classes)
         except UserError as e:
@@ -254,7 +253,7 @@ class ReviewData:
         page = body["page"]
         if not _is_int(page) or page not in self.page_index:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no page {page!r} in "
-                               f"{self.paths.suggest / PAGES_FILE}"
+                               f"{self.paths.suggest / default.PAGES_FILE}"
                                + (f" ({self.pages_error})" if self.pages_error else ""))
         pg = self.page_index[page]
         on_page = [im["path"] for im in pg["images"]]

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimuffin import atomic, runtime, tlcio
+from chimuffin import atomic, paths, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.errors import UserError
@@ -113,8 +113,8 @@ def done_line(params, device, n_train: int, best, kept: Kept) -> str:
 
 def main(args, params) -> None:
     t = params.train
-    df = read_manifest(Path(args.clean) / "manifest.parquet")
-    images = open_cache(Path(args.prepared) / "images.npy")
+    df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
+    images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     train, val = labeled_sets(df, images, params)
     device = pick_device(params)
     run3lc = start_3lc(args, df, params)
