@@ -60,8 +60,8 @@ def make_repo(dest: Path, data: Path, args) -> None:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["prepare"]["data_dir"] = str(data)
     params["base"]["image_size"] = args.image_size
-    params["train"].update(epochs=args.epochs, batch_size=args.batch_size,
-                           threads=args.threads)
+    params["train"].update(epochs=args.epochs, batch_size=args.batch_size)
+    params["runtime"]["threads"] = args.threads
     params["tlc"]["enabled"] = False  # measured here: labels, not the 3LC bookkeeping
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "commit", "-qam", "label_quality params"], dest)
