@@ -85,7 +85,7 @@ def labeled_sets(df, images, params) -> tuple[LabeledSet, LabeledSet]:
     return train, val
 
 
-def pick_device(params):
+def choose_device(params):
     """runtime.setup and the device, refused before anything is written."""
     rt = params.runtime
     runtime.setup(params.base.seed, rt.threads)
@@ -116,7 +116,7 @@ def main(args, params) -> None:
     df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
     images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     train, val = labeled_sets(df, images, params)
-    device = pick_device(params)
+    device = choose_device(params)
     run3lc = start_3lc(args, df, params)
     model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)
     kept, bar = Kept(t.keep, t.epochs), Progress("train", t.epochs * len(train), every_s=None)
