@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,16 +36,19 @@ from chimuffin.curate.accept import accept
 from chimuffin.curate.rounds import commit_round
 from chimuffin.labels import Decision, read_decisions, read_path_labels, write_decisions
 
+if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers.repo import run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["chihuahua", "muffin"]
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def sh(cmd: list[str], cwd: Path, quiet: bool = True) -> float:
+def sh(cmd: list[str], cwd: Path) -> float:
     """Run a command; return its wall time. Fails loudly with its output."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=quiet, text=True)
+    p = run(cmd, cwd, check=False, timeout=None)
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return time.perf_counter() - t
