@@ -1,7 +1,7 @@
 """Training and inference throughput (img/s) on the CPU and, when present, on CUDA, side by side.
 
 It runs what the stages run: runtime.setup, then engine.train_one_epoch (augmentation on the
-batch, channels_last, bf16 autocast on CUDA only) and forward.predict (fp32 on every device), with
+batch, channels_last, bf16 autocast on CUDA only) and batches.predict (fp32 on every device), with
 ResNet-18 and the params.yaml head at base.image_size, on random uint8 images in memory (the
 data path's cost is in benchmarks/scale.py). Warm-up batches are not timed; CUDA is synchronised
 before every clock read. On CUDA it also times bf16 inference, which the stages do NOT use, to
@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chimuffin import engine, forward, runtime
+from chimuffin import runtime
 from chimuffin.config import load_params
+from chimuffin.infer import batches
+from chimuffin.infer.preprocess import preprocess
 from chimuffin.model import build_model
-from chimuffin.preprocess import preprocess
+from chimuffin.train import engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,9 +47,9 @@ def timed(device: torch.device, fn) -> tuple[float, object]:
 def bf16_inference(model, images, rows, batch_size, device) -> int:
     """What predict would cost under bf16 autocast (for comparison only)."""
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for pos in forward.batches(len(rows), batch_size):
-            x = preprocess(forward.load_batch(images, rows[pos], device))
-            model(x.contiguous(memory_format=forward.CHANNELS_LAST))
+        for pos in batches.batches(len(rows), batch_size):
+            x = preprocess(batches.load_batch(images, rows[pos], device))
+            model(x.contiguous(memory_format=batches.CHANNELS_LAST))
     return len(rows)
 
 
@@ -55,12 +57,12 @@ def measure(device: torch.device, n_train: int, n_infer: int, params, batch_size
             eval_batch_size: int, size: int) -> dict:
     t = params.train
     cfg = replace(t, batch_size=batch_size)
-    runtime.setup(params.base.seed, t.threads)
+    runtime.setup(params.base.seed, params.runtime.threads)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(n_train, n_infer), 3, size, size), dtype=np.uint8)
     labels = rng.integers(0, len(params.base.classes), len(images))
     model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample).to(device)
-    model = model.to(memory_format=forward.CHANNELS_LAST)
+    model = model.to(memory_format=batches.CHANNELS_LAST)
     opt = engine.make_optimizer(model, t.lr, t.weight_decay, t.optimizer_impl)
     g = torch.Generator().manual_seed(0)
 
@@ -69,7 +71,7 @@ def measure(device: torch.device, n_train: int, n_infer: int, params, batch_size
         return engine.train_one_epoch(model, images, rows, labels[rows], cfg, opt, g, device)
 
     def infer(n):
-        return forward.predict(model, images, np.arange(n), eval_batch_size, device)
+        return batches.predict(model, images, np.arange(n), eval_batch_size, device)
 
     train(2 * batch_size)  # warm-up: kernel selection, allocator, lazy init
     infer(eval_batch_size)

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,20 +33,23 @@ import pandas as pd
 import yaml
 
 from chimuffin import labelfile
-from chimuffin.accept import accept
+from chimuffin.curate.accept import accept
+from chimuffin.curate.rounds import commit_round
 from chimuffin.labels import Decision, read_path_labels
-from chimuffin.loop import commit_round
+
+if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers.repo import run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["chihuahua", "muffin"]
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def sh(cmd: list[str], cwd: Path, quiet: bool = True) -> float:
+def sh(cmd: list[str], cwd: Path) -> float:
     """Run a command; return its wall time. Fails loudly with its output."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=quiet, text=True)
+    p = run(cmd, cwd, check=False, timeout=None)
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return time.perf_counter() - t
@@ -61,8 +63,8 @@ def make_repo(dest: Path, data: Path, args) -> None:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["prepare"]["data_dir"] = str(data)
     params["base"]["image_size"] = args.image_size
-    params["train"].update(epochs=args.epochs, batch_size=args.batch_size,
-                           threads=args.threads)
+    params["train"].update(epochs=args.epochs, batch_size=args.batch_size)
+    params["runtime"]["threads"] = args.threads
     params["tlc"]["enabled"] = False  # measured here: labels, not the 3LC bookkeeping
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "commit", "-qam", "label_quality params"], dest)

@@ -44,7 +44,7 @@ import sys
 import pandas as pd
 from chimuffin.config import load_params
 from chimuffin.labels import read_path_labels
-from chimuffin.metrics import wilson_interval
+from chimuffin.report.metrics import wilson_interval
 truth = pd.Series(read_path_labels(sys.argv[1], load_params().base.classes))
 s = pd.read_parquet("data/suggest/suggestions.parquet")
 s = s[s["path"].isin(truth.index)]

@@ -2,7 +2,7 @@
 
 Answers "is the model step itself the limit?": random inputs, one fixed batch, fused AdamW,
 forward + backward + step, timed after warm-up steps (the compile time is printed apart).
-The bf16 variants run the step under engine.autocast with cpu_bf16 (train.cpu_bf16: fp32 weights
+The bf16 variants run the step under engine.autocast with cpu_bf16 (runtime.cpu_bf16: fp32 weights
 and optimizer), which only pays off on CPUs with native bf16 (AVX512_BF16 / AMX).
 
     python benchmarks/model_step.py                     # batch 64, 128 px, 6 timed steps
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from chimuffin import runtime
-from chimuffin.engine import autocast
 from chimuffin.model import build_model
+from chimuffin.train.engine import autocast
 
 # name: (channels_last, torch.compile, bf16 autocast)
 VARIANTS = {"nchw": (False, False, False), "cl": (True, False, False),

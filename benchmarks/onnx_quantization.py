@@ -28,11 +28,11 @@ import torch
 from chimuffin import runtime
 from chimuffin.config import load_params
 from chimuffin.data.images import decode_image
-from chimuffin.engine import make_optimizer, train_one_epoch
-from chimuffin.forward import predict, softmax
-from chimuffin.metrics import wilson_interval
+from chimuffin.infer.batches import predict, softmax
+from chimuffin.infer.onnx_export import export_onnx, read_metadata, run_onnx, session
 from chimuffin.model import build_model, load_checkpoint, save_checkpoint
-from chimuffin.onnx_export import export_onnx, read_metadata, run_onnx, session
+from chimuffin.report.metrics import wilson_interval
+from chimuffin.train.engine import make_optimizer, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("CHIMUFFIN_REAL_DATA", REPO.parent / "shared/data/chihuahua-muffin"))

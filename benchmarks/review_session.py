@@ -9,7 +9,7 @@ files as they are in the working tree; the data is read in place, never copied):
 - data/labels/validation.csv = every row of reviewed_labels.csv: those images validate and are
   never shown to the simulated person (they are not pool images); decisions.csv starts empty;
 - the person answers from pool_labels.csv without the reviewed rows, at the cost model of
-  chimuffin.simulated_review (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
+  chimuffin.curate.simulated_review (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
   single answer).
 
 Arms:
@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,12 +50,16 @@ import yaml
 
 from chimuffin import runtime
 from chimuffin.config import as_dict, load_yaml, parse_params
+from chimuffin.curate.rounds import parse_trailers
+from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions, read_decisions, read_path_labels
-from chimuffin.loop import parse_trailers
-from chimuffin.metrics import wilson_interval
-from chimuffin.simulated_review import ReviewCost
+from chimuffin.report.metrics import wilson_interval
+
+if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers.repo import init_repo, run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +69,7 @@ ARMS = ("pages-confident", "pages-uncertain", "pages-mixed", "queue", "ceiling")
 SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
 WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},
-                "train": {"epochs": 1, "batch_size": 4, "threads": 1},
+                "train": {"epochs": 1, "batch_size": 4}, "runtime": {"threads": 1},
                 "evaluate": {"batch_size": 64}, "embed": {"batch_size": 64, "n_neighbors": 5},
                 "sample": {"labeled_per_class": 4, "pool": 4, "test_per_class": 0},
                 "suggest": {"page_size": 4}}
@@ -163,14 +166,13 @@ def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke:
 
 def env_for(repo: Path) -> dict:
     # the stages import the repository's copy of the code (what dvc.lock hashes)
-    return {**os.environ, "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return {"PYTHONPATH": str(repo / "src")}
 
 
 def sh(cmd: list[str], repo: Path) -> tuple[str, float]:
     """Run a command in the repo; (stdout + stderr, wall seconds). Fails loudly."""
     t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=repo, env=env_for(repo), capture_output=True, text=True)
+    p = run(cmd, repo, check=False, timeout=None, env=env_for(repo))
     if p.returncode != 0:
         raise UserError(f"{' '.join(cmd)} failed in {repo} ({p.returncode}):\n"
                         f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
@@ -179,9 +181,8 @@ def sh(cmd: list[str], repo: Path) -> tuple[str, float]:
 
 def tracked_files() -> list[str]:
     """The checkout's files as they are now: tracked ones, and new ones git does not ignore."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
+    out = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+              REPO).stdout
     return [f for f in out.split("\0") if f and not f.startswith(".dvc/")
             and (REPO / f).is_file()]
 
@@ -193,13 +194,8 @@ def make_repo(dest: Path, params: dict, validation: dict, cache: Path) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_path_labels(dest / "data/labels/validation.csv", validation)
     (dest / "data/labels/decisions.csv").write_text(format_decisions([]))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
-                ["git", "config", "user.name", "review_session"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"],
-                ["dvc", "config", "cache.dir", str(cache)], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "review_session: start"]):
-        sh(cmd, dest)
-    return dest
+    return init_repo(dest, "review_session", "bench@example.com", "review_session: start",
+                     dvc_cache=cache)
 
 
 # --- measuring --------------------------------------------------------------------------------

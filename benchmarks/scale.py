@@ -98,10 +98,10 @@ def child_epoch(prepared: Path, batch_size: int) -> dict:
     import torch
 
     import chimuffin
-    from chimuffin.augment import augment_batch
     from chimuffin.config import load_params
     from chimuffin.data.manifest import open_cache, read_manifest
-    from chimuffin.forward import batches, load_batch
+    from chimuffin.infer.batches import batches, load_batch
+    from chimuffin.train.augment import augment_batch
 
     # the params.yaml that goes with the measured sources (--src)
     aug = load_params(Path(chimuffin.__file__).parents[2] / "params.yaml").train.augment

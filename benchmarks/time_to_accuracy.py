@@ -1,6 +1,6 @@
 """Time to accuracy: train recipes one after the other on the real data; print a table.
 
-Protocol (issue 5): train on the 200 labeled seed images plus part of reviewed_labels.csv (as
+Protocol: train on the 200 labeled seed images plus part of reviewed_labels.csv (as
 `oracle` decisions, what an accepted label would be), validate on the DISJOINT rest of
 reviewed_labels.csv (listed as validation images, like data/labels/validation.csv, with
 prepare.val_fraction 0 so validation = reviewed pool images only). Nothing called test is used.
@@ -40,6 +40,7 @@ images' digest, and their number). `--recipes` may then be empty: compare saved 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import hashlib
@@ -59,9 +60,8 @@ from chimuffin.config import load_yaml, parse_params
 from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import fit
 from chimuffin.errors import UserError
-from chimuffin.forward import predict
+from chimuffin.infer.batches import predict
 from chimuffin.labels import (
     Decision,
     apply_decisions,
@@ -71,8 +71,9 @@ from chimuffin.labels import (
     read_decisions,
     read_path_labels,
 )
-from chimuffin.metrics import mcnemar_exact, wilson_interval
 from chimuffin.model import build_model
+from chimuffin.report.metrics import mcnemar_exact, wilson_interval
+from chimuffin.train.engine import LabeledSet, fit
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
@@ -171,7 +172,8 @@ def recipe_label(name: str) -> str:
 
 
 def parse_override(item: str, recipes: list[str]) -> tuple[str, str, object]:
-    """'RECIPE:KEY=VALUE' -> (recipe or 'all', dotted train key, YAML-parsed value)."""
+    """'RECIPE:KEY=VALUE' -> (recipe or 'all', dotted key, YAML-parsed value); KEY is a train
+    key, or runtime.KEY for where the recipe runs."""
     who, _, assignment = item.partition(":")
     key, eq, value = assignment.partition("=")
     if not (key and eq) or who not in (*recipes, "all"):
@@ -193,7 +195,7 @@ def recipe_params(base: dict, name: str, epochs: int | None,
     for who, key, value in overrides:
         if who in (name, "all"):
             *parents, leaf = key.split(".")
-            node = raw["train"]
+            node = raw if parents[:1] == ["runtime"] else raw["train"]
             for k in parents:
                 node = node.setdefault(k, {})
             node[leaf] = value
@@ -202,6 +204,10 @@ def recipe_params(base: dict, name: str, epochs: int | None,
 
 # --- one run ----------------------------------------------------------------------------------
 
+class BudgetSpent(Exception):
+    """Raised after the epoch during which a recipe's --budget-minutes ran out: it stops fit."""
+
+
 def train_recipe(name: str, params, df, images, max_train: int | None, budget_s: float | None):
     t, classes, seed = params.train, params.base.classes, params.base.seed
     train_rows, train_y = rows_and_labels(labeled(df, "train"), classes)
@@ -209,24 +215,29 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     if max_train and max_train < len(train_rows):
         keep = np.sort(np.random.default_rng(seed).permutation(len(train_rows))[:max_train])
         train_rows, train_y = train_rows[keep], train_y[keep]
-    runtime.setup(seed, t.threads)
-    device = runtime.pick_device(t.device)
+    runtime.setup(seed, params.runtime.threads)
+    device = runtime.pick_device(params.runtime.device)
     model = build_model(len(classes), t.head, t.dropout, t.upsample)
-    start, history = time.perf_counter(), []
+    start, history, best = time.perf_counter(), [], []
 
     def on_epoch(r, is_best):
         history.append(r)
+        if is_best:
+            best[:] = [r]
         print(f"  {name} epoch {r.epoch}/{t.epochs}: {r.image_size}px lr {r.lr:.2e} "
               f"loss {r.train.loss:.3f} val acc {r.val_acc:.4f} ({r.seconds:.0f}s)"
               f"{' *' if is_best else ''}", flush=True)
+        if budget_s is not None and time.perf_counter() - start >= budget_s:
+            raise BudgetSpent
 
-    def out_of_budget(_r) -> bool:
-        return budget_s is not None and time.perf_counter() - start >= budget_s
-
-    best = fit(model, images, train_rows, train_y, val_rows, val_y, t, seed, device,
-               params.evaluate.batch_size, on_epoch, should_stop=out_of_budget)
+    with contextlib.suppress(BudgetSpent):
+        fit(model, LabeledSet(images, train_rows, train_y), LabeledSet(images, val_rows, val_y),
+            recipe=t, seed=seed, device=device, cpu_bf16=params.runtime.cpu_bf16,
+            eval_batch_size=params.evaluate.batch_size, on_epoch=on_epoch)
     wall = time.perf_counter() - start
     last, n = history[-1], len(val_rows)
+    # stopped before the first validated epoch: the last epoch is the only candidate
+    best = best[0] if best else last
     # per-image correctness of the final weights, for the paired test (outside the wall time)
     logits, _ = predict(last.model, images, val_rows, params.evaluate.batch_size, device,
                         tta_flip=t.val_tta_flip)

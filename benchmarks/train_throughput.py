@@ -9,14 +9,14 @@ a fixed number of steps on the same images:
   with num_workers=0, batch 16, NCHW, AdamW (default kernels), grad-clip 1.0.
 - chimuffin: engine.train_one_epoch, i.e. the uint8 tensor cache + augment.augment_batch +
   channels_last, with the batch size / AdamW kernels / training size / precision (fp32, or bf16
-  autocast as train.cpu_bf16) of each --config.
+  autocast as runtime.cpu_bf16) of each --config.
 
 Both paths see the same number of images per round (the reference's steps x 16).
 Interleaving rounds means that a change in machine load (other processes) hits every path alike;
 the medians and their ratio are what to quote. It also measures the machine's fp32 peak (a large
 matrix product and a large convolution), counts the model's training FLOPs per image
 (FlopCounterMode over forward + backward) and prints the fraction of that peak each path reaches,
-and the evaluation / embedding throughput (forward.predict, batch 128, channels_last, inference
+and the evaluation / embedding throughput (batches.predict, batch 128, channels_last, inference
 mode).
 
     python benchmarks/train_throughput.py                       # the numbers (minutes)
@@ -44,10 +44,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from chimuffin import runtime
 from chimuffin.config import load_params
 from chimuffin.data.images import IMAGE_SUFFIXES, decode_image
-from chimuffin.engine import make_optimizer, train_one_epoch
-from chimuffin.forward import CHANNELS_LAST, predict
+from chimuffin.infer.batches import CHANNELS_LAST, predict
+from chimuffin.infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from chimuffin.model import build_model
-from chimuffin.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from chimuffin.train.engine import make_optimizer, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
@@ -138,14 +138,13 @@ class ChimuffinPath:
         if len(parts) > 3 and parts[3] not in ("bf16", "fp32"):
             raise SystemExit(f"train_throughput: --configs {spec!r}: the 4th field must be bf16 "
                              f"or fp32, not {parts[3]!r}")
-        self.bf16 = len(parts) > 3 and parts[3] == "bf16"  # train.cpu_bf16
+        self.bf16 = len(parts) > 3 and parts[3] == "bf16"  # runtime.cpu_bf16
         precision = "bf16" if self.bf16 else "fp32"
         self.name = (f"chimuffin (cache, CL, b{self.batch}, {impl}, {self.train_size}px, "
                      f"{precision})")
         self.cache, self.labels = cache, np.asarray(labels)
         # the reference's grad clip 1.0 and no label smoothing, at this path's batch/precision
-        self.cfg = replace(cfg, batch_size=self.batch, grad_clip=1.0, label_smoothing=0.0,
-                           cpu_bf16=self.bf16)
+        self.cfg = replace(cfg, batch_size=self.batch, grad_clip=1.0, label_smoothing=0.0)
         self.model = build_model(n_classes, head, dropout).to(memory_format=CHANNELS_LAST)
         self.opt = make_optimizer(self.model, 5e-4, 5e-4, impl)
         self.g = torch.Generator().manual_seed(0)
@@ -155,7 +154,8 @@ class ChimuffinPath:
         n = -(-steps * 16 // self.batch) * self.batch  # as many images as 16-image steps
         rows = torch.randint(0, len(self.cache), (n,), generator=self.g).numpy()
         stats = train_one_epoch(self.model, self.cache, rows, self.labels[rows], self.cfg,
-                                self.opt, self.g, torch.device("cpu"), out_size=self.out)
+                                self.opt, self.g, torch.device("cpu"), cpu_bf16=self.bf16,
+                                out_size=self.out)
         return stats.images
 
 
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=128, help="cache / full size (128)")
     ap.add_argument("--configs", default="16:default,64:fused",
                     help="chimuffin variants, comma separated BATCH:ADAMW[:TRAIN_SIZE[:bf16]] "
-                         "with ADAMW default|foreach|fused; bf16 = train.cpu_bf16, for CPUs with "
+                         "with ADAMW default|foreach|fused; bf16 = runtime.cpu_bf16, for CPUs with "
                          "native bf16 (default 16:default,64:fused)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="shorthand for --configs BATCH:fused")

@@ -14,6 +14,8 @@ import yaml
 
 from chimuffin import atomic
 from chimuffin.cli import main
+from chimuffin.curate.git_and_signals import deferred_signals, sigterm_as_interrupt
+from chimuffin.curate.rounds import check_clean, commit_round, parse_trailers
 from chimuffin.errors import UserError
 from chimuffin.labels import (
     Decision,
@@ -21,13 +23,6 @@ from chimuffin.labels import (
     parse_decisions,
     read_decisions,
     read_path_labels,
-)
-from chimuffin.loop import (
-    check_clean,
-    commit_round,
-    deferred_signals,
-    parse_trailers,
-    sigterm_as_interrupt,
 )
 from tests.helpers.repo import REPO, run
 

@@ -1,8 +1,8 @@
 import torch
 
-from chimuffin.augment import augment_batch, draw, erase_boxes
 from chimuffin.config import load_params
-from chimuffin.preprocess import preprocess
+from chimuffin.infer.preprocess import preprocess
+from chimuffin.train.augment import augment_batch, draw, erase_boxes
 from tests.helpers.repo import REPO
 
 AUG = load_params(REPO / "params.yaml").train.augment

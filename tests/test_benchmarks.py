@@ -1,8 +1,7 @@
 """The benchmark scripts: their protocol helpers, and tiny smoke runs (slow)."""
 
-import importlib.util
+import importlib
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -14,11 +13,8 @@ CLASSES = ["chihuahua", "muffin"]
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/NAME.py, imported as the module benchmarks.NAME."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_reviewed_rows_split_into_disjoint_oracle_and_validation(tmp_path):
@@ -115,6 +111,32 @@ def test_overrides_are_checked_and_validated_strictly():
         tta.parse_override("fsat:lr=1", ["reference", "fast"])
     with pytest.raises(UserError, match="unknown key train.lrr"):
         tta.recipe_params(base, "fast", None, [("fast", "lrr", 1.0)])
+    # where a recipe runs is the runtime group: runtime.KEY sets it, a train key does not exist
+    bf16 = tta.recipe_params(base, "fast", None, [("fast", "runtime.cpu_bf16", "auto")])
+    assert bf16.runtime.cpu_bf16 == "auto" and ref.runtime.cpu_bf16 is False
+    with pytest.raises(UserError, match="train.cpu_bf16 moved to runtime.cpu_bf16"):
+        tta.recipe_params(base, "fast", None, [("fast", "cpu_bf16", True)])
+
+
+def test_a_spent_budget_stops_training_after_that_epoch(one_thread):
+    """--budget-minutes 0: the first epoch spends it; the run stops there, its only epoch is
+    the best, and the table shows the schedule did not finish."""
+    import pandas as pd
+    import yaml
+
+    tta = load("time_to_accuracy")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["base"]["image_size"] = 32
+    raw["train"].update(epochs=5, batch_size=4)
+    raw["train"]["augment"]["resize"] = 36
+    params = tta.parse_params(raw)
+    images = np.random.default_rng(0).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
+    df = pd.DataFrame({"idx": range(12), "path": [f"p{i}" for i in range(12)],
+                       "split": ["train"] * 8 + ["val"] * 4,
+                       "label": ["chihuahua", "muffin"] * 6})
+    r = tta.train_recipe("tiny", params, df, images, None, budget_s=0.0)
+    assert (r["epochs"], r["planned_epochs"], r["best_epoch"]) == (1, 5, 1)
+    assert r["image_steps"] == 8 and len(r["final_correct"]) == 4
 
 
 def saved_result(recipe: str, correct: list[int], digest: str = "abc") -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from chimuffin.data.manifest import CacheWriter, open_cache, read_rows
-from chimuffin.forward import load_batch
+from chimuffin.infer.batches import load_batch
 
 
 def rows(n: int, shape=(3, 4, 4), seed=0) -> np.ndarray:

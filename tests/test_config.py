@@ -50,6 +50,9 @@ def mutated(path: list[str], value):
     (["base", "classes"], ["dog", "undefined"], "reserved name undefined"),
     (["clean", "dedupe"], "yes", "clean.dedupe must be true or false"),
     (["train", "head"], [256, "x"], "train.head[1] must be an integer"),
+    (["runtime", "threads"], KeyError, "missing key runtime.threads"),
+    (["runtime", "device"], "tpu", "runtime.device must be one of"),
+    (["runtime"], KeyError, "missing key runtime"),
 ])
 def test_bad_params_name_the_key(path, value, message):
     with pytest.raises(UserError) as e:
@@ -93,7 +96,7 @@ def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path):
                        rf"{first} and {first + 1}; give each key once"):
         load_params(f)
     # a recipe file too
-    from chimuffin.recipe_diff import load_reference
+    from chimuffin.report.recipe_diff import load_reference
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("train:\n  lr: 0.001\n  epochs: 3\n  lr: 9.5\n")
     with pytest.raises(UserError, match="recipe.yaml: duplicate key train.lr at lines 2 and 4"):
@@ -113,3 +116,20 @@ def test_a_5000_digit_integer_is_a_clear_error_naming_the_key(tmp_path):
 def test_an_empty_data_dir_is_refused_naming_the_key():
     with pytest.raises(UserError, match="prepare.data_dir must name the dataset folder"):
         parse_params(mutated(["prepare", "data_dir"], ""))
+
+
+@pytest.mark.parametrize("key", ["device", "threads", "cpu_bf16"])
+def test_runtime_keys_left_in_train_say_where_they_moved(key):
+    """An old params.yaml (or `dvc exp apply` of an old experiment) that still has train.device,
+    train.threads or train.cpu_bf16 is refused with the key's new place."""
+    old = mutated(["train", key], default_params_dict()["runtime"][key])
+    with pytest.raises(UserError, match=rf"train\.{key} moved to runtime\.{key}"):
+        parse_params(old)
+
+
+def test_runtime_is_its_own_group_and_not_in_any_recipe():
+    p = load_params(REPO / "params.yaml")
+    assert (p.runtime.device, p.runtime.threads, p.runtime.cpu_bf16) == ("auto", 0, False)
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        train = yaml.safe_load(recipe.read_text())["train"]
+        assert not {"device", "threads", "cpu_bf16"} & set(train), recipe

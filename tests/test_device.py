@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from chimuffin import engine, forward, runtime
+from chimuffin import runtime
 from chimuffin.config import parse_params
 from chimuffin.data.prepare import prepare_dataset
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
+from chimuffin.infer import batches
 from chimuffin.model import build_model
 from chimuffin.stages import embed, evaluate, train
+from chimuffin.train import engine
 from tests.helpers.repo import default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]
@@ -44,7 +46,7 @@ def test_auto_picks_cuda_when_present_and_cpu_stays_cpu(fake_cuda):
 
 
 def test_cuda_without_cuda_is_a_user_error_naming_the_key(no_cuda):
-    with pytest.raises(UserError, match=r"train\.device is 'cuda' but no CUDA device"):
+    with pytest.raises(UserError, match=r"runtime\.device is 'cuda' but no CUDA device"):
         runtime.pick_device("cuda")
 
 
@@ -73,18 +75,19 @@ def _stage_args(d) -> argparse.Namespace:
 @pytest.mark.parametrize("stage", [train, evaluate, embed], ids=["train", "evaluate", "embed"])
 def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_params_dict,
                                                      no_cuda):
-    """Each stage goes through runtime.pick_device with train.device, before writing anything."""
+    """Each stage goes through runtime.pick_device with runtime.device, before writing
+    anything."""
     d = tiny_dataset
-    params = parse_params({**tiny_params_dict, "train": {**tiny_params_dict["train"],
-                                                         "device": "cuda"}})
+    params = parse_params({**tiny_params_dict, "runtime": {**tiny_params_dict["runtime"],
+                                                           "device": "cuda"}})
     args = _stage_args(d)
-    with pytest.raises(UserError, match=r"train\.device is 'cuda'"):
+    with pytest.raises(UserError, match=r"runtime\.device is 'cuda'"):
         stage.main(args, params)
     assert not any((d / name).exists() for name in STAGE_OUTPUTS)
 
 
 def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
-    cfg = replace(parse_params(default_params_dict()).train, batch_size=4, cpu_bf16=cpu_bf16)
+    cfg = replace(parse_params(default_params_dict()).train, batch_size=4)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
     torch.manual_seed(seed)
@@ -92,7 +95,8 @@ def _train_once(seed: int, cpu_bf16: bool = False) -> dict:
     opt = engine.make_optimizer(model, 1e-3, 1e-4)
     g = torch.Generator().manual_seed(seed)
     cpu = torch.device("cpu")
-    engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), cfg, opt, g, cpu)
+    engine.train_one_epoch(model, images, np.arange(8), np.array([0, 1] * 4), cfg, opt, g, cpu,
+                           cpu_bf16=cpu_bf16)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -116,8 +120,8 @@ def test_cuda_trains_in_bf16_and_predicts_in_fp32_close_to_cpu():
                                    torch.Generator().manual_seed(0), cuda)
     assert np.isfinite(stats.loss) and stats.images == 16
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
-    logits_gpu, emb_gpu = forward.predict(model, images, rows, 8, cuda, with_embeddings=True)
-    logits_cpu, emb_cpu = forward.predict(model.to(cpu), images, rows, 8, cpu,
+    logits_gpu, emb_gpu = batches.predict(model, images, rows, 8, cuda, with_embeddings=True)
+    logits_cpu, emb_cpu = batches.predict(model.to(cpu), images, rows, 8, cpu,
                                          with_embeddings=True)
     assert logits_gpu.dtype == np.float32
     # TF32 convolutions (PyTorch's default on Ampere+) keep ~3 decimal digits
@@ -157,10 +161,10 @@ def test_cpu_summary_names_the_model_and_native_bf16(tmp_path):
 
 
 def test_cpu_bf16_is_refused_without_native_bf16():
-    """train.cpu_bf16 on a CPU that would emulate bf16 (slower than fp32) is an error naming
+    """runtime.cpu_bf16 on a CPU that would emulate bf16 (slower than fp32) is an error naming
     the key, not a silent slowdown; on CUDA the key changes nothing."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    with pytest.raises(UserError, match="train.cpu_bf16 is true but this CPU has no native bf16"):
+    with pytest.raises(UserError, match="runtime.cpu_bf16 is true but this CPU has no native bf16"):
         engine.check_cpu_bf16(True, cpu, native=False)
     engine.check_cpu_bf16(True, cpu, native=True)
     engine.check_cpu_bf16(True, cuda, native=False)
@@ -179,11 +183,11 @@ def test_cpu_bf16_auto_follows_the_cpu(setting, native, expected):
                                       ("yes", False), (1, False), (None, False)])
 def test_cpu_bf16_accepts_true_false_or_auto(value, ok):
     raw = default_params_dict()
-    raw["train"]["cpu_bf16"] = value
+    raw["runtime"]["cpu_bf16"] = value
     if ok:
-        assert parse_params(raw).train.cpu_bf16 == value
+        assert parse_params(raw).runtime.cpu_bf16 == value
     else:
-        with pytest.raises(UserError, match="train.cpu_bf16 must be true or false or one of "
+        with pytest.raises(UserError, match="runtime.cpu_bf16 must be true or false or one of "
                                             "'auto'"):
             parse_params(raw)
 
@@ -203,9 +207,9 @@ def test_train_stage_refuses_cpu_bf16_without_native_bf16(tiny_dataset, tiny_par
     """The stage stops before writing anything, with the key in the message."""
     monkeypatch.setattr(runtime, "has_native_bf16", lambda *a: False)
     d = tiny_dataset
-    params = parse_params({**tiny_params_dict, "train": {**tiny_params_dict["train"],
-                                                         "cpu_bf16": True}})
+    params = parse_params({**tiny_params_dict, "runtime": {**tiny_params_dict["runtime"],
+                                                           "cpu_bf16": True}})
     args = _stage_args(d)
-    with pytest.raises(UserError, match=r"train\.cpu_bf16 is true but this CPU has no native"):
+    with pytest.raises(UserError, match=r"runtime\.cpu_bf16 is true but this CPU has no native"):
         train.main(args, params)
     assert not any((d / name).exists() for name in STAGE_OUTPUTS)

@@ -12,8 +12,8 @@ from PIL import Image
 
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
-from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
-from chimuffin.recipe_diff import load_reference, recipe_diff
+from chimuffin.report.eval_report import build_report, confident_mistakes, mistakes_png
+from chimuffin.report.recipe_diff import load_reference, recipe_diff
 from tests.helpers.repo import REPO, run
 
 CLASSES = ["chihuahua", "muffin"]
@@ -22,11 +22,9 @@ CLASSES = ["chihuahua", "muffin"]
 def test_reference_recipe_is_complete_and_diff_lists_recipe_changes():
     ref = load_reference(REPO / "recipes/reference.yaml")  # strict: every train key, valid values
     train = load_params(REPO / "params.yaml").train
-    changed = replace(train, lr=0.001, epochs=20, device="cpu", threads=1,
-                      augment=replace(train.augment, flip_p=0.0))
+    changed = replace(train, lr=0.001, epochs=20, augment=replace(train.augment, flip_p=0.0))
     diff = recipe_diff(changed, ref)
     keys = [k for k, _, _ in diff]
-    # device and threads say where the code runs, not what it computes: not recipe params
     assert keys == ["train.augment.flip_p", "train.epochs", "train.lr"]
     assert ("train.lr", 0.001, ref.lr) in diff
     assert recipe_diff(ref, ref) == []
@@ -134,3 +132,12 @@ def test_pipeline_writes_report_and_dvc_plots_show_renders(tiny_repo, tmp_path):
     page = (html / "index.html").read_text()
     assert page.count("<img") == 2 and (html / "static").is_dir()
     assert len(list((html / "static").glob("*.png"))) == 2
+
+
+def test_an_old_recipe_with_runtime_keys_says_where_they_moved(tmp_path):
+    old = tmp_path / "old.yaml"
+    raw = yaml.safe_load((REPO / "recipes/reference.yaml").read_text())
+    raw["train"]["device"] = "auto"
+    old.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"old.yaml: params: train.device moved to runtime.device"):
+        load_reference(old)

@@ -11,10 +11,10 @@ from chimuffin.cli import main
 from chimuffin.config import load_params
 from chimuffin.data.images import decode_image
 from chimuffin.data.sample import write_sample
-from chimuffin.engine import train_one_epoch
-from chimuffin.forward import predict, softmax
+from chimuffin.infer.batches import predict, softmax
+from chimuffin.infer.onnx_export import read_metadata, run_onnx, session
 from chimuffin.model import build_model, load_checkpoint, save_checkpoint
-from chimuffin.onnx_export import read_metadata, run_onnx, session
+from chimuffin.train.engine import train_one_epoch
 from tests.helpers.repo import REPO
 
 # each export traces and writes a ResNet-18 (seconds)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from chimuffin.forward import per_sample_loss, softmax
-from chimuffin.metrics import (
+from chimuffin.infer.batches import per_sample_loss, softmax
+from chimuffin.report.metrics import (
     classification_report,
     confusion,
     mcnemar_exact,

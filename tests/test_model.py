@@ -7,7 +7,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from chimuffin.errors import UserError
-from chimuffin.forward import predict
+from chimuffin.infer.batches import predict
 from chimuffin.model import build_model, forward_with_embedding, load_checkpoint, save_checkpoint
 from tests.helpers.models import write_tiny_checkpoint
 

@@ -4,8 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chimuffin.pages import PAGE_SCHEMA, build_pages, page_end, priority_rank, summarize_pages
-from chimuffin.suggest import review_value, unit_rows
+from chimuffin.curate.pages import (
+    PAGE_SCHEMA,
+    build_pages,
+    page_end,
+    priority_rank,
+    summarize_pages,
+)
+from chimuffin.curate.scoring import review_value
+from chimuffin.infer.embeddings import unit_rows
 
 CLASSES = ["chihuahua", "muffin"]
 

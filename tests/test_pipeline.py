@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from chimuffin.pages import PAGE_SCHEMA
+from chimuffin.curate.pages import PAGE_SCHEMA
 from tests.helpers.repo import guarded_env, run
 
 pytestmark = pytest.mark.slow

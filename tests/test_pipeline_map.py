@@ -1,6 +1,12 @@
 """dvc.yaml stays a true map: each stage runs through src/stage.py, its deps list exactly the
 code it runs and name files that exist, and its command passes the paths named in
-chimuffin.paths (which the stages' and tools' argument defaults use too)."""
+chimuffin.paths (which the stages' and tools' argument defaults use too).
+
+Code deps are exact in both directions. A file dep must be a module the stage runs. A folder dep
+(a package under src/) stands for every .py file in it, recursively, and is exact only when the
+stage runs every one of them: then an edit anywhere in the folder reruns the stage, as it
+should, and nothing else does. Such a package must be listed as the folder, not file by file;
+any other package the stage uses is listed by its files."""
 
 from __future__ import annotations
 
@@ -62,6 +68,24 @@ def covered(path: str, declared: list[str]) -> bool:
     return any(d == path or d.startswith(path.rstrip("/") + "/") for d in declared)
 
 
+def package_files(folder: str) -> set[str]:
+    """The .py files a folder dep stands for (every one under it, recursively)."""
+    return {f.relative_to(REPO).as_posix() for f in (REPO / folder).rglob("*.py")}
+
+
+def code_deps(stage: str) -> tuple[set[str], set[str]]:
+    """The stage's code deps: (file deps, folder deps) under src/."""
+    deps = [d.rstrip("/") for d in entries(stage, "deps") if d.startswith("src/")]
+    folders = {d for d in deps if (REPO / d).is_dir()}
+    return set(deps) - folders, folders
+
+
+def listed(stage: str) -> set[str]:
+    """The code files the stage's deps name, a folder dep standing for its .py files."""
+    files, folders = code_deps(stage)
+    return files.union(*(package_files(d) for d in folders))
+
+
 def code_run(stage: str) -> set[str]:
     """Repository-relative files the stage's command runs: src/stage.py, the stage's module
     and every chimuffin module it imports, transitively, with the package __init__ files."""
@@ -78,7 +102,7 @@ def test_each_stage_runs_its_own_module_through_the_runner(stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_module_a_stage_runs_is_among_its_deps(stage):
-    missing = sorted(code_run(stage) - set(entries(stage, "deps")))
+    missing = sorted(code_run(stage) - listed(stage))
     assert not missing, (f"dvc.yaml stage {stage!r} runs these files but does not list them in "
                          f"its deps: {', '.join(missing)}")
 
@@ -87,8 +111,36 @@ def test_every_module_a_stage_runs_is_among_its_deps(stage):
 def test_every_code_dep_is_a_module_the_stage_runs(stage):
     """An extra code dep reruns the stage when an unrelated module changes."""
     run = code_run(stage)
-    extra = sorted(d for d in entries(stage, "deps") if d.startswith("src/") and d not in run)
+    files, folders = code_deps(stage)
+    extra = sorted(files - run)
     assert not extra, f"dvc.yaml stage {stage!r} depends on code it never runs: {extra}"
+    for folder in sorted(folders):
+        unused = sorted(package_files(folder) - run)
+        assert not unused, (f"dvc.yaml stage {stage!r} depends on the folder {folder}, but never "
+                            f"runs {', '.join(unused)}: list the files it runs instead")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_package_the_stage_runs_whole_is_one_folder_dep(stage):
+    run = code_run(stage)
+    files, _ = code_deps(stage)
+    packages = {Path(f).parent.as_posix() for f in files if f.startswith("src/chimuffin/")}
+    whole = sorted(p for p in packages if package_files(p) <= run)
+    assert not whole, (f"dvc.yaml stage {stage!r} runs every module of {', '.join(whole)}: "
+                       "list the folder instead of its files")
+
+
+def test_folder_deps_hold_only_python_and_dvc_ignores_bytecode():
+    """DVC hashes every file in a folder dep: __pycache__ (written when the stage runs) must be
+    ignored, or the stage would look changed after every run."""
+    folders = set().union(*(code_deps(s)[1] for s in STAGES))
+    for folder in folders:
+        other = [f for f in (REPO / folder).rglob("*")
+                 if f.is_file() and f.suffix != ".py" and "__pycache__" not in f.parts]
+        assert not other, f"{folder} holds files besides modules: {other}"
+    if folders:
+        ignored = (REPO / ".dvcignore").read_text().split()
+        assert "__pycache__/" in ignored, ".dvcignore must ignore __pycache__/"
 
 
 def test_deps_name_files_that_exist():

@@ -14,7 +14,7 @@ import yaml
 
 from chimuffin import paths
 from chimuffin.errors import UserError
-from chimuffin.plots_page import SCRIPTS, build_template, inline_script, read_scripts
+from chimuffin.report.plots_page import SCRIPTS, build_template, inline_script, read_scripts
 from tests.helpers.repo import REPO, run
 
 CHROMIUM = "/usr/bin/chromium"

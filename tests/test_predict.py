@@ -13,8 +13,8 @@ from PIL import Image
 from chimuffin.cli import main
 from chimuffin.data.prepare import decode_into_cache
 from chimuffin.data.scan import Candidate
-from chimuffin.forward import predict, softmax
-from chimuffin.inference import collect_inputs
+from chimuffin.infer.batches import predict, softmax
+from chimuffin.infer.predict_files import collect_inputs
 from tests.helpers.models import CLASSES, SIZE
 
 
@@ -76,7 +76,7 @@ def test_predict_csv_reports_errors_and_matches_prepare_decoding(folder, tiny_ch
         assert by_name[name]["label"] == "" and f"{name}: " in err
     assert "classified 6 image(s), 2 failed, 1 non-image file(s) in folders skipped" in err
 
-    # Same decoding and inference as the pipeline: prepare's cache -> forward.predict
+    # Same decoding and inference as the pipeline: prepare's cache -> infer.batches.predict
     rows, excluded, _ = decode_into_cache(folder, [Candidate(n, "train", "undefined")
                                                    for n in GOOD], SIZE, folder.parent / "c.npy")
     assert not excluded

@@ -88,8 +88,8 @@ def test_predictions_with_progress_are_the_same_batches_and_count_every_image():
     import numpy as np
     import torch
 
+    from chimuffin.infer.manifest_predictions import predict_rows
     from chimuffin.model import build_model
-    from chimuffin.predictions import predict_rows
 
     torch.manual_seed(0)
     model = build_model(2, [8], 0.1).eval()

@@ -10,10 +10,17 @@ import torch
 import yaml
 
 from chimuffin.config import load_params, parse_params
-from chimuffin.engine import fit, make_optimizer
 from chimuffin.errors import UserError
-from chimuffin.regularize import Mix, WeightEMA, cutmix_box, ema_decay_at, ema_update_, mix_batch
-from chimuffin.schedules import lr_factor, resolution_at, restart_ends
+from chimuffin.train.engine import LabeledSet, fit, make_optimizer
+from chimuffin.train.regularize import (
+    Mix,
+    WeightEMA,
+    cutmix_box,
+    ema_decay_at,
+    ema_update_,
+    mix_batch,
+)
+from chimuffin.train.schedules import lr_factor, resolution_at, restart_ends
 from tests.helpers.repo import REPO, default_params_dict
 
 
@@ -221,7 +228,8 @@ def test_fit_with_every_option_on_returns_the_ema_weights():
     labels = np.array([0, 1] * 8)
     model = build_model(2, [8], 0.1)
     seen = []
-    best = fit(model, images, np.arange(8), labels[:8], np.arange(12, 16), labels[12:], t,
+    best = fit(model, LabeledSet(images, np.arange(8), labels[:8]),
+               LabeledSet(images, np.arange(12, 16), labels[12:]), recipe=t,
                seed=1, device=torch.device("cpu"), eval_batch_size=8,
                on_epoch=lambda r, is_best: seen.append(r))
     assert [r.image_size for r in seen] == [32, 48]
@@ -263,8 +271,9 @@ def test_fit_validates_every_n_epochs_and_after_the_last():
     labels = np.array([0, 1] * 6)
     torch.manual_seed(0)
     seen = []
-    best = fit(build_model(2, [8], 0.1), images, np.arange(8), labels[:8], np.arange(8, 12),
-               labels[8:], t, seed=1, device=torch.device("cpu"), eval_batch_size=8,
+    best = fit(build_model(2, [8], 0.1), LabeledSet(images, np.arange(8), labels[:8]),
+               LabeledSet(images, np.arange(8, 12), labels[8:]), recipe=t, seed=1,
+               device=torch.device("cpu"), eval_batch_size=8,
                on_epoch=lambda r, is_best: seen.append((r, is_best)))
     assert [math.isnan(r.val_acc) for r, _ in seen] == [True, False, False]
     assert not seen[0][1] and best.epoch in (2, 3)

@@ -7,7 +7,7 @@ import pytest
 from chimuffin.errors import UserError
 from chimuffin.labels import Decision, format_decisions
 from chimuffin.review import history
-from chimuffin.review.pages import page_list, progress, read_pages
+from chimuffin.review.verify import page_list, pages_to_verify, progress
 
 CLASSES = ["chihuahua", "muffin"]
 LABELS = [*CLASSES, "undefined", "remove"]
@@ -95,22 +95,22 @@ def pages_frame(rows) -> pd.DataFrame:
 
 def test_pages_come_in_page_order_and_bad_files_are_named(tmp_path):
     f = tmp_path / "pages.parquet"
-    assert read_pages(f, set(), CLASSES) is None
+    assert pages_to_verify(f, set(), CLASSES) is None
     df = pages_frame([(3, 0, "p1", "muffin", 0.9), (3, 1, "p2", "muffin", 0.7),
                       (0, 0, "p3", "chihuahua", 0.6)])
     df.to_parquet(f)
-    got = page_list(read_pages(f, {"p1", "p2", "p3"}, CLASSES))
+    got = page_list(pages_to_verify(f, {"p1", "p2", "p3"}, CLASSES))
     assert [(p["page"], p["label"], [im["path"] for im in p["images"]]) for p in got] == \
         [(0, "chihuahua", ["p3"]), (3, "muffin", ["p1", "p2"])]
     assert got[1]["page_score"] == pytest.approx(0.8)
     with pytest.raises(UserError, match="p3 is not a pool image.*dvc repro suggest"):
-        read_pages(f, {"p1", "p2"}, CLASSES)
+        pages_to_verify(f, {"p1", "p2"}, CLASSES)
     df.drop(columns="agree").to_parquet(f)
     with pytest.raises(UserError, match="column 'agree' missing"):
-        read_pages(f, {"p1", "p2", "p3"}, CLASSES)
+        pages_to_verify(f, {"p1", "p2", "p3"}, CLASSES)
     df.assign(label=["muffin", "chihuahua", "chihuahua"]).to_parquet(f)
     with pytest.raises(UserError, match="page 3 proposes more than one class"):
-        read_pages(f, {"p1", "p2", "p3"}, CLASSES)
+        pages_to_verify(f, {"p1", "p2", "p3"}, CLASSES)
 
 
 def test_progress_counts_person_answers_and_pages_left():

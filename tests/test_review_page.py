@@ -19,7 +19,7 @@ from chimuffin import atomic
 from chimuffin.data.sample import write_sample
 from chimuffin.labels import Decision, format_decisions
 from chimuffin.review.data import Paths, ReviewData
-from chimuffin.review.pages import read_evidence
+from chimuffin.review.verify import read_evidence
 from tests.test_review import (
     BROWSER_ARGS,
     CHROMIUM,

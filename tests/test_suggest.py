@@ -6,17 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chimuffin.accept import accept, select_accepted
-from chimuffin.labels import Decision
-from chimuffin.suggest import (
+from chimuffin.curate.accept import accept, select_accepted
+from chimuffin.curate.scoring import (
     build_tables,
     cosine_knn,
     greedy_clusters,
     knn_vote,
     near_duplicates,
     pixel_signatures,
-    unit_rows,
 )
+from chimuffin.infer.embeddings import unit_rows
+from chimuffin.labels import Decision
 
 CLASSES = ["chihuahua", "muffin"]
 CFG = SimpleNamespace(k=5, model_weight=0.5, dup_similarity=0.97, issue_threshold=0.6,

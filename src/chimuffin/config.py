@@ -108,11 +108,17 @@ class Train:
     # Validate every N epochs (and always after the last): validation costs a forward pass over
     # the validation images (two with val_tta_flip), worth skipping when only the last counts.
     val_every: int = num(1, 10_000)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    # Where and how the code runs, not what the model is: train, evaluate and embed read it, and
+    # a recipe (recipes/*.yaml, the `train` group) never holds it.
     device: Literal["auto", "cpu", "cuda"] = field()
+    threads: int = num(0, 256)  # 0 = every core this process may use
     # bf16 autocast when training on CPU: true (native bf16 CPUs only), false, or auto (on where
     # the CPU has native bf16, off elsewhere)
     cpu_bf16: bool | Literal["auto"] = field()
-    threads: int = num(0, 256)
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,7 @@ class Params:
     prepare: Prepare = field()
     clean: Clean = field()
     train: Train = field()
+    runtime: Runtime = field()
     evaluate: Evaluate = field()
     embed: Embed = field()
     suggest: Suggest = field()
@@ -218,12 +225,27 @@ def _check_range(key: str, value: Any, meta) -> None:
         raise UserError(f"params: {key} must be {bound}, got {value!r}")
 
 
+# Keys that left their group: an old params.yaml, recipe or `dvc exp` names them where they were.
+MOVED = {"train.device": "runtime.device", "train.threads": "runtime.threads",
+         "train.cpu_bf16": "runtime.cpu_bf16"}
+
+
+def _check_moved(keys: list[str], prefix: str) -> None:
+    moved = [f"{prefix}.{k}" for k in keys if f"{prefix}.{k}" in MOVED]
+    if moved:
+        raise UserError(f"params: {moved[0]} moved to {MOVED[moved[0]]} (the `runtime` group: "
+                        f"where the code runs is not part of the recipe); move "
+                        f"{', '.join(moved)} out of `{prefix}` into `runtime` "
+                        "(docs/recipes.md, Runtime)")
+
+
 def _build(cls, raw: Any, prefix: str):
     if not isinstance(raw, dict):
         raise UserError(f"params: {prefix or 'params.yaml'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(map(str, raw)) - set(names))
+    _check_moved(unknown, prefix)
     if unknown:
         where = f" in {prefix}" if prefix else ""
         raise UserError(

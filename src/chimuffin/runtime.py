@@ -81,7 +81,7 @@ def pick_device(choice: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             from chimuffin.errors import UserError
 
-            raise UserError("params: train.device is 'cuda' but no CUDA device is available")
+            raise UserError("params: runtime.device is 'cuda' but no CUDA device is available")
         return torch.device("cuda")
     return torch.device("cpu")
 

@@ -379,7 +379,7 @@ class TrainingRun:
             self.collect(model, images, device, r.epoch)
 
     def collect(self, model, images: np.ndarray, device, epoch: int, best: bool = False) -> None:
-        from chimuffin.predictions import predict_manifest
+        from chimuffin.infer.manifest_predictions import predict_manifest
         from chimuffin.progress import Progress
 
         what = f"3LC metrics, {'saved model' if best else f'epoch {epoch}'}"

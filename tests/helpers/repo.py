@@ -1,4 +1,8 @@
-"""The repository under test: its paths and params, subprocesses, temporary git + DVC repos."""
+"""The repository under test: its paths and params, subprocesses, temporary git + DVC repos.
+
+The one harness for tests and benchmarks (benchmarks/*.py import it too): `run` is how both run
+a command (the environment's bin first on PATH, DVC analytics off), `init_repo` how both turn a
+folder into a git + DVC repository."""
 
 from __future__ import annotations
 
@@ -40,8 +44,11 @@ def default_params_dict() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900,
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int | None = 900,
         env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command and capture its output; `env` adds to this process's environment. With
+    check, a non-zero exit fails with the command's output; timeout None waits as long as it
+    takes."""
     e = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
          "DVC_NO_ANALYTICS": "1", **(env or {})}
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
@@ -55,6 +62,19 @@ REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/
               "tlc-config.yaml"]
 
 
+def init_repo(dest: Path, user: str = "test", email: str = "t@example.com",
+              message: str = "init", dvc_cache: Path | None = None) -> Path:
+    """git init + dvc init in `dest` (analytics off; optionally a DVC cache shared between
+    repositories), with everything in it committed."""
+    cache = [["dvc", "config", "cache.dir", str(dvc_cache)]] if dvc_cache else []
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", email],
+                ["git", "config", "user.name", user], ["dvc", "init", "-q"],
+                ["dvc", "config", "core.analytics", "false"], *cache, ["git", "add", "-A"],
+                ["git", "commit", "-qm", message]):
+        run(cmd, dest)
+    return dest
+
+
 def make_repo(dest: Path, params: dict) -> Path:
     """A temporary git + DVC repo holding this project's pipeline files and the given params."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -65,14 +85,7 @@ def make_repo(dest: Path, params: dict) -> Path:
     shutil.copytree(REPO / "src", dest / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run(["git", "config", "user.email", "t@example.com"], dest)
-    run(["git", "config", "user.name", "test"], dest)
-    run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "init"], dest)
-    return dest
+    return init_repo(dest)
 
 
 GUARDS = REPO / "tests" / "guards"

@@ -51,8 +51,8 @@ def pipeline_calibration(prepared: str, clean: str, size: int, n: int, seed: int
     from chimuffin.data.manifest import open_cache, read_manifest
     from chimuffin.errors import UserError
 
-    df = read_manifest(Path(clean) / "manifest.parquet")
-    cache = open_cache(Path(prepared) / "images.npy")
+    df = read_manifest(Path(clean) / paths.MANIFEST_FILE)
+    cache = open_cache(Path(prepared) / paths.IMAGES_FILE)
     if cache.shape[-1] != size:
         raise UserError(f"{prepared}/images.npy holds {cache.shape[-1]} px images but the "
                         f"model expects {size} px: pass --calibration with image folders")
@@ -63,7 +63,7 @@ def pipeline_calibration(prepared: str, clean: str, size: int, n: int, seed: int
 
 def files_calibration(paths: list[str], size: int, n: int):
     from chimuffin.errors import UserError
-    from chimuffin.inference import collect_inputs, decode_chunk
+    from chimuffin.infer.predict_files import collect_inputs, decode_chunk
 
     found = collect_inputs(paths)
     images, _, _ = decode_chunk(found.items[:n], size)
@@ -75,8 +75,8 @@ def files_calibration(paths: list[str], size: int, n: int):
 def run(args) -> int:
     from chimuffin.atomic import cannot_write_as_user_error, check_target
     from chimuffin.errors import UserError
+    from chimuffin.infer.onnx_export import FP32_TOLERANCE, export_onnx, read_metadata
     from chimuffin.model import load_checkpoint
-    from chimuffin.onnx_export import FP32_TOLERANCE, export_onnx, read_metadata
 
     if args.calibration and args.quantize != "static":
         raise UserError("--calibration is only used with --quantize static")

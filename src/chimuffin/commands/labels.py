@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from chimuffin import labelfile, paths
-from chimuffin.accept import accept
 from chimuffin.config import load_params
+from chimuffin.curate.accept import accept
+from chimuffin.curate.scoring import read_suggestions
 from chimuffin.errors import UserError
 from chimuffin.labels import per_class
-from chimuffin.suggest import read_suggestions
 
 
 def register(sub) -> None:
@@ -54,7 +54,7 @@ def add_accept(lsub) -> None:
                         "has a decision (a person's, an oracle's, an earlier one) is never "
                         "changed.")
     add_accept_options(p)
-    p.add_argument("--suggestions", default=f"{paths.SUGGEST}/suggestions.parquet",
+    p.add_argument("--suggestions", default=f"{paths.SUGGEST}/{paths.SUGGESTIONS_FILE}",
                    help="default: %(default)s")
     p.add_argument("--decisions", default=paths.DECISIONS, help="default: %(default)s")
     p.add_argument("--params", default=paths.PARAMS, help="default: %(default)s")

@@ -1,5 +1,5 @@
 """`chimuffin loop --rounds R`: rounds of `dvc repro`, a simulated person's review and/or
-accepted suggestions, and one git commit each (the rounds live in chimuffin.loop)."""
+accepted suggestions, and one git commit each (the rounds live in chimuffin.curate.rounds)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 from chimuffin import paths
 from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
+from chimuffin.curate.git_and_signals import repo_root
+from chimuffin.curate.rounds import AutoAccept, LoopConfig, Reviewer, run_loop
+from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.errors import UserError
-from chimuffin.loop import AutoAccept, LoopConfig, Reviewer, repo_root, run_loop
-from chimuffin.simulated_review import ReviewCost
 
 DESCRIPTION = """\
 Each round: `dvc repro`; then a simulated person adds labels (source oracle) from a file of

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from chimuffin.plots_page import write_template
+    from chimuffin.report.plots_page import write_template
 
     out = write_template(args.output)
     print(f"plots-template: wrote {out} ({out.stat().st_size / 1e6:.1f} MB); `dvc plots show` "

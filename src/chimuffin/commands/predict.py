@@ -54,7 +54,7 @@ def run(args) -> int:
 
     from chimuffin import runtime
     from chimuffin.errors import UserError
-    from chimuffin.inference import classify, collect_inputs, missing_rows, render
+    from chimuffin.infer.predict_files import classify, collect_inputs, missing_rows, render
     from chimuffin.model import load_checkpoint
 
     if args.batch_size < 1:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from chimuffin import paths
 from chimuffin.data.images import ImageDecodeError, decode_image
 from chimuffin.data.manifest import COLUMNS, CacheWriter, stratified_val
 from chimuffin.data.scan import POOL, Candidate, Excluded, scan_dataset
@@ -108,10 +109,10 @@ def prepare_dataset(root: Path, classes: list[str], size: int, val_fraction: flo
     candidates, excluded = scan_dataset(root, classes)
     df, excluded, stats = decode_and_split(root, candidates, excluded, classes, size,
                                            val_fraction, seed, validation, validation_name,
-                                           out_dir / "images.npy")
+                                           out_dir / paths.IMAGES_FILE)
     from chimuffin import atomic
 
-    atomic.write_parquet(out_dir / "manifest.parquet", df)
+    atomic.write_parquet(out_dir / paths.MANIFEST_FILE, df)
     counts = df.groupby(["split", "label"]).size()
     return {
         "images": len(df),

@@ -38,9 +38,13 @@ from chimuffin.labels import (
     parse_decisions,
     remove_decisions,
 )
-from chimuffin.pages import PAGES_FILE
 from chimuffin.review import history
-from chimuffin.review.pages import EVIDENCE_FILE, page_list, progress, read_evidence, read_pages
+from chimuffin.review.verify import (
+    page_list,
+    pages_to_verify,
+    progress,
+    read_evidence,
+)
 
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)
@@ -87,7 +91,7 @@ class ReviewData:
         self.key = Path(os.path.relpath(paths.decisions.resolve(),
                                         paths.root.resolve())).as_posix()
         history.load_state(paths.state)  # a damaged state file stops here, not mid-session
-        prepared = read_manifest(paths.prepared / "manifest.parquet")
+        prepared = read_manifest(paths.prepared / default.MANIFEST_FILE)
         # every image the label file may name: the prepared dataset minus the test split
         # (test labels are never edited here: that would be tuning on test)
         self.split = dict(zip(prepared["path"], prepared["split"], strict=True))
@@ -102,21 +106,21 @@ class ReviewData:
         self.pages, self.pages_error = self._pages()
         self.page_list = [] if self.pages is None else page_list(self.pages)
         self.page_index = {pg["page"]: pg for pg in self.page_list}
-        self.evidence = read_evidence(self.paths.suggest / EVIDENCE_FILE,
+        self.evidence = read_evidence(self.paths.suggest / default.SUGGESTIONS_FILE,
                                       set() if self.pages is None else set(self.pages["path"]))
 
     def _points(self) -> pd.DataFrame:
-        coords = _read(self.paths.embed / "pacmap.parquet", "embed")
-        pred = _read(self.paths.eval / "predictions.parquet", "evaluate")
+        coords = _read(self.paths.embed / default.PACMAP_FILE, "embed")
+        pred = _read(self.paths.eval / default.PREDICTIONS_FILE, "evaluate")
         df = coords[["path", "split", "x", "y"]].merge(
             pred[["path", "prediction", "confidence"]], on="path", how="left", validate="1:1")
         if df["prediction"].isna().any():
-            raise UserError(f"{self.paths.eval / 'predictions.parquet'}: stale (no prediction "
+            raise UserError(f"{self.paths.eval / default.PREDICTIONS_FILE}: stale (no prediction "
                             "for some plotted images); run `dvc repro`")
         return df[df["split"] != "test"].reset_index(drop=True)
 
     def _queue(self) -> pd.DataFrame:
-        path = self.paths.suggest / "review_queue.parquet"
+        path = self.paths.suggest / default.QUEUE_FILE
         if not path.is_file():
             return pd.DataFrame(columns=["rank", "path", "kind", "cluster", "proposed", "reason"])
         q = pd.read_parquet(path)
@@ -124,9 +128,9 @@ class ReviewData:
 
     def _pages(self) -> tuple[pd.DataFrame | None, str | None]:
         """The pages, or None and why not: the verify view says so, the rest still works."""
-        path = self.paths.suggest / PAGES_FILE
+        path = self.paths.suggest / default.PAGES_FILE
         try:
-            pages = read_pages(path, set(self.pool), self.classes)
+            pages = pages_to_verify(path, set(self.pool), self.classes)
         except UserError as e:
             return None, str(e)
         if pages is None:
@@ -267,7 +271,7 @@ class ReviewData:
         page = body["page"]
         if not _is_int(page) or page not in self.page_index:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no page {page!r} in "
-                               f"{self.paths.suggest / PAGES_FILE}"
+                               f"{self.paths.suggest / default.PAGES_FILE}"
                                + (f" ({self.pages_error})" if self.pages_error else ""))
         pg = self.page_index[page]
         on_page = [im["path"] for im in pg["images"]]

@@ -19,7 +19,7 @@ def summarize(df, conflicts: list[dict], dropped: int, n_decisions: int) -> dict
 
 
 def main(args, params) -> None:
-    manifest = read_manifest(Path(args.prepared) / "manifest.parquet")
+    manifest = read_manifest(Path(args.prepared) / paths.MANIFEST_FILE)
     decisions = read_decisions(args.decisions, params.base.classes)
     df = apply_decisions(manifest, decisions, name=args.decisions)
     conflicts, dropped = [], 0
@@ -27,8 +27,8 @@ def main(args, params) -> None:
         df, conflicts, dropped = dedupe_identical(df)
     summary = summarize(df, conflicts, dropped, len(decisions))
     with atomic.atomic_dir(args.out) as tmp:
-        atomic.write_parquet(tmp / "manifest.parquet", df)
-        atomic.write_json(tmp / "summary.json", summary)
+        atomic.write_parquet(tmp / paths.MANIFEST_FILE, df)
+        atomic.write_json(tmp / paths.SUMMARY_FILE, summary)
     print(f"clean: {len(df)} images, {len(decisions)} decisions, {dropped} identical copies "
           f"dropped, {len(conflicts)} label conflicts; {summary['by_split_label']}")
     for c in conflicts[:10]:

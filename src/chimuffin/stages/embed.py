@@ -4,20 +4,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import atomic, runtime
+from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
-from chimuffin.embeddings import embeddings_frame, pacmap_reduce, scatter_png
+from chimuffin.infer.embeddings import embeddings_frame, pacmap_reduce, scatter_png
+from chimuffin.infer.manifest_predictions import predict_manifest
 from chimuffin.model import load_checkpoint
-from chimuffin.predictions import predict_manifest
 from chimuffin.progress import Progress, timed
 from chimuffin.stages import common
 
 
 def main(args, params) -> None:
-    runtime.setup(params.base.seed, params.train.threads)
-    device = runtime.pick_device(params.train.device)
-    df = read_manifest(Path(args.clean) / "manifest.parquet")
-    images = open_cache(Path(args.prepared) / "images.npy")
+    runtime.setup(params.base.seed, params.runtime.threads)
+    device = runtime.pick_device(params.runtime.device)
+    df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
+    images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     model, _ = load_checkpoint(args.model, device=str(device), classes=params.base.classes)
     with Progress("embed", len(df)) as bar:
         _, emb = predict_manifest(model, images, df, params.base.classes,
@@ -33,8 +33,8 @@ def main(args, params) -> None:
                            "label": df["label"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1],
                            "x3": xyz[:, 0], "y3": xyz[:, 1], "z3": xyz[:, 2]})
     with atomic.atomic_dir(args.out) as tmp:
-        atomic.write_parquet(tmp / "embeddings.parquet", embeddings_frame(df["path"], emb))
-        atomic.write_parquet(tmp / "pacmap.parquet", coords)
+        atomic.write_parquet(tmp / paths.EMBEDDINGS_FILE, embeddings_frame(df["path"], emb))
+        atomic.write_parquet(tmp / paths.PACMAP_FILE, coords)
     with atomic.atomic_path(args.plot, suffix=".png") as tmp_png:
         scatter_png(xy, df["label"], tmp_png, f"PaCMAP of {len(df)} images (by label)")
     print(f"embed: {len(df)} images -> {emb.shape[1]}-d embeddings, PaCMAP 2-D/3-D, {args.plot}")

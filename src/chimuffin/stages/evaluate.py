@@ -8,11 +8,11 @@ import pandas as pd
 
 from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_manifest
-from chimuffin.eval_report import build_report, confident_mistakes, mistakes_png
+from chimuffin.infer.manifest_predictions import curve_tables, predict_manifest, split_metrics
 from chimuffin.model import load_checkpoint
-from chimuffin.predictions import curve_tables, predict_manifest, split_metrics
 from chimuffin.progress import Progress
-from chimuffin.recipe_diff import load_reference, recipe_diff
+from chimuffin.report.eval_report import build_report, confident_mistakes, mistakes_png
+from chimuffin.report.recipe_diff import load_reference, recipe_diff
 from chimuffin.stages import common
 
 
@@ -46,23 +46,23 @@ def plot_tables(pred, classes: list[str], reports: dict) -> dict[str, pd.DataFra
 def write_report(tmp: Path, args, params, meta, pred, df, images, reports) -> None:
     """report.md + mistakes.png: what a person reads after `dvc repro`."""
     clean = Path(args.clean)
-    summary = json.loads((clean / "summary.json").read_text(encoding="utf-8"))
-    fingerprint = hashlib.sha1((clean / "manifest.parquet").read_bytes()).hexdigest()[:12]
+    summary = json.loads((clean / paths.SUMMARY_FILE).read_text(encoding="utf-8"))
+    fingerprint = hashlib.sha1((clean / paths.MANIFEST_FILE).read_bytes()).hexdigest()[:12]
     mistakes = confident_mistakes(pred, params.base.classes)
-    mistakes_png(mistakes, df["idx"].to_numpy(), images, tmp / "mistakes.png")
+    mistakes_png(mistakes, df["idx"].to_numpy(), images, tmp / paths.MISTAKES_FILE)
     diff = recipe_diff(params.train, load_reference(args.reference))
-    atomic.write_text(tmp / "report.md", build_report(
+    atomic.write_text(tmp / paths.REPORT_MD_FILE, build_report(
         meta=meta, summary=summary, fingerprint=fingerprint, classes=params.base.classes,
         diff=diff, reference_name=args.reference, reports=reports, mistakes=mistakes,
-        png_name="mistakes.png"))
+        png_name=paths.MISTAKES_FILE))
 
 
 def main(args, params) -> None:
     classes = params.base.classes
-    runtime.setup(params.base.seed, params.train.threads)
-    device = runtime.pick_device(params.train.device)
-    df = read_manifest(Path(args.clean) / "manifest.parquet")
-    images = open_cache(Path(args.prepared) / "images.npy")
+    runtime.setup(params.base.seed, params.runtime.threads)
+    device = runtime.pick_device(params.runtime.device)
+    df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
+    images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
     with Progress("evaluate", len(df)) as bar:
         pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size,
@@ -70,9 +70,10 @@ def main(args, params) -> None:
     reports = {s: r for s in PLOT_SPLITS if (r := split_metrics(pred, s, classes))}
     out = Path(args.out)
     with atomic.atomic_dir(out) as tmp:
-        atomic.write_parquet(tmp / "predictions.parquet", pred)
-        atomic.write_json(tmp / "report.json", {"best_epoch": meta.get("epoch"), **reports})
-        atomic.write_json(tmp / "metrics.json", {s: headline(r) for s, r in reports.items()})
+        atomic.write_parquet(tmp / paths.PREDICTIONS_FILE, pred)
+        atomic.write_json(tmp / paths.REPORT_JSON_FILE,
+                          {"best_epoch": meta.get("epoch"), **reports})
+        atomic.write_json(tmp / paths.METRICS_FILE, {s: headline(r) for s, r in reports.items()})
         for name, table in plot_tables(pred, classes, reports).items():
             table.to_csv(tmp / name, index=False, float_format="%.6g")
         write_report(tmp, args, params, meta, pred, df, images, reports)

@@ -17,7 +17,7 @@ def main(args, params) -> None:
     with atomic.atomic_dir(args.out) as tmp:
         report = prepare_dataset(Path(p.data_dir), b.classes, b.image_size, p.val_fraction,
                                  b.seed, validation, str(val_file), tmp)
-        atomic.write_json(tmp / "report.json", report)
+        atomic.write_json(tmp / paths.REPORT_JSON_FILE, report)
     print(f"prepare: {report['images']} images {json.dumps(report['counts'])}; "
           f"{len(report['excluded'])} excluded; conversions {report['conversions']}")
     for e in report["excluded"][:20]:

@@ -5,18 +5,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import atomic
+from chimuffin import atomic, paths
+from chimuffin.curate.pages import build_pages, summarize_pages
+from chimuffin.curate.scoring import align, build_tables, pixel_signatures, summarize
 from chimuffin.data.manifest import open_cache, read_manifest
-from chimuffin.embeddings import read_embeddings
 from chimuffin.errors import UserError
-from chimuffin.pages import build_pages, summarize_pages
+from chimuffin.infer.embeddings import read_embeddings
 from chimuffin.stages import common
-from chimuffin.suggest import align, build_tables, pixel_signatures, summarize
+
+TABLE_FILES = {"suggestions": paths.SUGGESTIONS_FILE, "label_issues": paths.LABEL_ISSUES_FILE,
+               "review_queue": paths.QUEUE_FILE, "pages": paths.PAGES_FILE}
 
 
 def main(args, params) -> None:
     classes, cfg = params.base.classes, params.suggest
-    df = read_manifest(Path(args.clean) / "manifest.parquet")
+    df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
     pred_path = Path(args.predictions)
     if not pred_path.is_file():
         raise UserError(f"{pred_path}: predictions not found (run `dvc repro evaluate`)")
@@ -25,9 +28,9 @@ def main(args, params) -> None:
     if missing:
         raise UserError(f"{pred_path}: lacks column(s) {', '.join(missing)} for base.classes")
     p_model = pred[[f"p_{c}" for c in classes]].to_numpy()[align(df, pred["path"], str(pred_path))]
-    emb_paths, emb = read_embeddings(Path(args.embed) / "embeddings.parquet")
-    emb = emb[align(df, emb_paths, "embeddings.parquet")]
-    images = open_cache(Path(args.prepared) / "images.npy")
+    emb_paths, emb = read_embeddings(Path(args.embed) / paths.EMBEDDINGS_FILE)
+    emb = emb[align(df, emb_paths, paths.EMBEDDINGS_FILE)]
+    images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     signatures = pixel_signatures(images, df["idx"].to_numpy())
 
     tables = build_tables(df, p_model, emb, signatures, classes, cfg)
@@ -39,8 +42,8 @@ def main(args, params) -> None:
                                  cfg.uncertain_share)}
     with atomic.atomic_dir(args.out) as tmp:
         for name, table in tables.items():
-            atomic.write_parquet(tmp / f"{name}.parquet", table)
-        atomic.write_json(tmp / "summary.json", summary)
+            atomic.write_parquet(tmp / TABLE_FILES[name], table)
+        atomic.write_json(tmp / paths.SUMMARY_FILE, summary)
     print(f"suggest: {summary['pool']} pool images ({summary['agree']} where model and "
           f"neighbours agree); proposed at score >= 0.9: {summary['proposed_by_min_score']['0.9']}"
           f"; {summary['label_issues_over_threshold']} of {summary['labeled']} labeled images "

@@ -3,7 +3,7 @@ unlabeled pool as `undefined` with weight 0). With tlc.enabled false: placeholde
 
 from pathlib import Path
 
-from chimuffin import tlcio
+from chimuffin import paths, tlcio
 from chimuffin.data.manifest import read_manifest
 from chimuffin.stages import common
 
@@ -18,7 +18,7 @@ def main(args, params) -> None:
             tlcio.write_placeholder(Path(args.out) / split, DISABLED)
         print(f"tables: {DISABLED}")
         return
-    df = read_manifest(Path(args.clean) / "manifest.parquet")
+    df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
     status = tlcio.write_tables(df, args.out, params.base.classes, params.prepare.data_dir,
                                 args.tlc_config)
     print("tables: " + "; ".join(f"{split}: {s}" for split, s in status.items()))

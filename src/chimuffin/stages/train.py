@@ -2,16 +2,17 @@
 train.keep names (the best validation epoch or the last)."""
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimuffin import atomic, runtime, tlcio
+from chimuffin import atomic, paths, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
-from chimuffin.engine import check_cpu_bf16, fit, uses_cpu_bf16
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, save_checkpoint
 from chimuffin.progress import Progress, duration, eta
 from chimuffin.stages import common
+from chimuffin.train.engine import LabeledSet, check_cpu_bf16, fit, uses_cpu_bf16
 
 
 def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:
@@ -44,68 +45,108 @@ def epoch_line(r, epochs: int, elapsed: float) -> str:
             f"{val}, lr {r.lr:.3g}; {duration(elapsed)} elapsed{tail}")
 
 
-def main(args, params) -> None:
-    t, classes = params.train, params.base.classes
-    df = read_manifest(Path(args.clean) / "manifest.parquet")
-    train_rows, train_y = rows_and_labels(labeled(df, "train"), classes)
-    val_rows, val_y = rows_and_labels(labeled(df, "val"), classes)
-    if t.batch_size > len(train_rows):
-        raise UserError(f"params: train.batch_size ({t.batch_size}) is larger than the training "
-                        f"set ({len(train_rows)} labeled images)")
-    runtime.setup(params.base.seed, t.threads)
-    device = runtime.pick_device(t.device)
-    check_cpu_bf16(t.cpu_bf16, device, runtime.has_native_bf16())  # before writing anything
-    run3lc = None  # 3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio)
+@dataclass
+class Kept:
+    """The weights train.keep names (the best validation epoch or the last), copied to the CPU
+    as the epochs end: models/best.pth is written only when training completes."""
+    keep: str
+    epochs: int
+    epoch: int = 0
+    val_acc: float = math.nan
+    state: dict = field(default_factory=dict)
+
+    def offer(self, r, is_best: bool) -> None:
+        # r.model: the validated weights (the EMA copy when it is on)
+        if is_best if self.keep == "best" else r.epoch == self.epochs:
+            self.epoch, self.val_acc = r.epoch, r.val_acc
+            self.state = {k: v.detach().to("cpu", copy=True)
+                          for k, v in r.model.state_dict().items()}
+
+
+def log_epoch(live, r) -> None:
+    for name, value in epoch_metrics(r).items():
+        live.log_metric(name, value)
+    live.next_step()
+
+
+def show_epoch(bar: Progress, r, epochs: int) -> None:
+    """The bar's numbers on a terminal; one line per epoch in a log (progress.py)."""
+    bar.postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
+    if bar.log:
+        bar.print(epoch_line(r, epochs, bar.elapsed()))
+
+
+def labeled_sets(df, images, params) -> tuple[LabeledSet, LabeledSet]:
+    train, val = (LabeledSet(images, *rows_and_labels(labeled(df, split), params.base.classes))
+                  for split in ("train", "val"))
+    if params.train.batch_size > len(train):
+        raise UserError(f"params: train.batch_size ({params.train.batch_size}) is larger than "
+                        f"the training set ({len(train)} labeled images)")
+    return train, val
+
+
+def choose_device(params):
+    """runtime.setup and the device, refused before anything is written."""
+    rt = params.runtime
+    runtime.setup(params.base.seed, rt.threads)
+    device = runtime.pick_device(rt.device)
+    check_cpu_bf16(rt.cpu_bf16, device, runtime.has_native_bf16())
+    return device
+
+
+def start_3lc(args, df, params):
+    """3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio); None when it is off."""
     if params.tlc.enabled:
-        run3lc = tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
-    else:
-        tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
-    images = open_cache(Path(args.prepared) / "images.npy")
-    model = build_model(len(classes), t.head, t.dropout, t.upsample)
+        return tlcio.start_training_run(args.run, args.tables, df, params, args.tlc_config)
+    tlcio.write_placeholder(args.run, "3LC is off (params.yaml tlc.enabled: false).")
+    return None
+
+
+def done_line(params, device, n_train: int, best, kept: Kept) -> str:
+    t = params.train
+    precision = "bf16 autocast" if device.type == "cuda" or uses_cpu_bf16(
+        params.runtime.cpu_bf16, runtime.has_native_bf16()) else "fp32"
+    return (f"train: {n_train} images, {t.epochs} epochs on {device} ({precision}); "
+            f"best epoch {best.epoch}: val acc {best.val_acc:.4f}, val loss "
+            f"{best.val_loss:.4f}; saved the {t.keep} weights (epoch {kept.epoch})")
+
+
+def main(args, params) -> None:
+    t = params.train
+    df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
+    images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
+    train, val = labeled_sets(df, images, params)
+    device = choose_device(params)
+    run3lc = start_3lc(args, df, params)
+    model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)
+    kept, bar = Kept(t.keep, t.epochs), Progress("train", t.epochs * len(train), every_s=None)
 
     from dvclive import Live
 
-    # a bar with an ETA on a terminal; one line per epoch in a log (progress.py)
-    bar = Progress("train", t.epochs * len(train_rows), every_s=None)
-    # All or nothing: the best weights are kept in memory and DVCLive (which writes its files
-    # in place, epoch by epoch) writes into a temporary folder; models/best.pth and
-    # metrics/train appear only when training completes. Ctrl-C removes the temporary folder;
-    # after a SIGKILL the next run does (atomic.py).
-    best_state: dict = {}
-    kept: dict = {}  # epoch and validation accuracy of the weights saved (train.keep)
+    # All or nothing: DVCLive (which writes its files in place, epoch by epoch) writes into a
+    # temporary folder; models/best.pth and metrics/train appear only when training completes.
+    # Ctrl-C removes the temporary folder; after a SIGKILL the next run does (atomic.py).
     with atomic.atomic_dir(args.live) as live_dir, \
             Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def on_epoch(r, is_best):
-            for name, value in epoch_metrics(r).items():
-                live.log_metric(name, value)
-            # r.model: the validated weights (the EMA copy when it is on)
-            if is_best if t.keep == "best" else r.epoch == t.epochs:
-                kept.update(epoch=r.epoch, val_acc=r.val_acc)
-                best_state.update({k: v.detach().to("cpu", copy=True)
-                                   for k, v in r.model.state_dict().items()})
+            log_epoch(live, r)
+            kept.offer(r, is_best)
             if run3lc:
                 run3lc.epoch_end(r, r.model, images, device)
-            bar.postfix(epoch=r.epoch, loss=f"{r.train.loss:.3f}", val_acc=f"{r.val_acc:.3f}")
-            if bar.log:
-                bar.print(epoch_line(r, t.epochs, bar.elapsed()))
-            live.next_step()
+            show_epoch(bar, r, t.epochs)
 
-        best = fit(model, images, train_rows, train_y, val_rows, val_y, t, params.base.seed,
-                   device, params.evaluate.batch_size, on_epoch, progress=bar.update)
+        best = fit(model, train, val, recipe=t, seed=params.base.seed, device=device,
+                   cpu_bf16=params.runtime.cpu_bf16, eval_batch_size=params.evaluate.batch_size,
+                   on_epoch=on_epoch, progress=bar.update)
         bar.close()
         live.summary.update({"best/epoch": best.epoch, "best/val_acc": best.val_acc,
-                             "best/val_loss": best.val_loss, "train_images": len(train_rows),
-                             "kept/epoch": kept["epoch"], "kept/val_acc": kept["val_acc"]})
-        model.load_state_dict(best_state)
-        save_checkpoint(args.model, model, checkpoint_meta(params, kept["epoch"],
-                                                           kept["val_acc"]))
-    precision = "bf16 autocast" if device.type == "cuda" or uses_cpu_bf16(
-        t.cpu_bf16, runtime.has_native_bf16()) else "fp32"
-    print(f"train: {len(train_rows)} images, {t.epochs} epochs on {device} ({precision}); "
-          f"best epoch {best.epoch}: val acc {best.val_acc:.4f}, val loss {best.val_loss:.4f}; "
-          f"saved the {t.keep} weights (epoch {kept['epoch']})")
+                             "best/val_loss": best.val_loss, "train_images": len(train),
+                             "kept/epoch": kept.epoch, "kept/val_acc": kept.val_acc})
+        model.load_state_dict(kept.state)
+        save_checkpoint(args.model, model, checkpoint_meta(params, kept.epoch, kept.val_acc))
+    print(done_line(params, device, len(train), best, kept))
     if run3lc:
-        summary = run3lc.finish(model, kept["epoch"], images, device)  # model: the saved weights
+        summary = run3lc.finish(model, kept.epoch, images, device)  # model: the saved weights
         print(f"train: 3LC run {summary['run']}: {summary['metrics_tables']} metrics tables, "
               f"3-D PaCMAP embeddings")
 

@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 from pandas.api import types
 
+from chimuffin.curate.scoring import review_value
 from chimuffin.data.manifest import read_parquet_output
 from chimuffin.errors import UserError
-from chimuffin.suggest import review_value, unit_rows
+from chimuffin.infer.embeddings import unit_rows
 
 ENDS = ("confident", "uncertain")  # where a page's seed comes from
 ORDERS = (*ENDS, "mixed")
 EPS = 1e-9  # float slack in the mixed order's page arithmetic
-PAGES_FILE = "pages.parquet"  # in the suggest stage's output folder
 
 # The table the review page and the simulated reviewer read, in this column order.
 PAGE_SCHEMA = {"page": "int64", "position": "int64", "path": "object", "label": "object",

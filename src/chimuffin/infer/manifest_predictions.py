@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from chimuffin.data.views import label_index
-from chimuffin.forward import per_sample_loss, predict, softmax
-from chimuffin.metrics import classification_report, precision_recall_curve, roc_curve
+from chimuffin.infer.batches import per_sample_loss, predict, softmax
+from chimuffin.report.metrics import classification_report, precision_recall_curve, roc_curve
 
 # Batches per progress report: chunks are whole batches, so every batch holds the same images
 # as in one call over all rows.

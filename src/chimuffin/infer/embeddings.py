@@ -1,4 +1,5 @@
-"""Penultimate embeddings and their seeded PaCMAP reductions."""
+"""Penultimate embeddings: their table, unit-length rows for cosine similarity, and their seeded
+PaCMAP reductions."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from chimuffin.errors import UserError
 
 def embeddings_frame(paths: pd.Series, emb: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"path": paths.to_numpy(), "embedding": list(emb.astype(np.float32))})
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (all-zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
 def read_embeddings(path: str | Path) -> tuple[pd.Series, np.ndarray]:

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chimuffin import pages
+from chimuffin.curate import pages
 from chimuffin.errors import UserError
 from chimuffin.labels import PERSON_SOURCES, Decision
 from chimuffin.review.history import images_per_minute
 
 
-def read_pages(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame | None:
-    """The pages file checked (chimuffin.pages.read_pages) against the images the page may
+def pages_to_verify(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame | None:
+    """The pages file checked (chimuffin.curate.pages.read_pages) against the images the page may
     label, or None when there is none (older pipeline outputs)."""
     if not path.is_file():
         return None
@@ -40,7 +40,7 @@ def read_pages(path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame |
 
 
 def page_list(df: pd.DataFrame) -> list[dict]:
-    """Pages in page order (as read_pages sorts them), each with its images by position."""
+    """Pages in page order (as pages_to_verify sorts them), each with its images by position."""
     out: dict[int, dict] = {}
     for r in df.itertuples(index=False):
         page = out.setdefault(int(r.page), {
@@ -52,7 +52,6 @@ def page_list(df: pd.DataFrame) -> list[dict]:
     return list(out.values())
 
 
-EVIDENCE_FILE = "suggestions.parquet"  # in the suggest stage's output folder
 EVIDENCE = {  # column -> how the page gets it
     "model_label": str, "model_conf": float, "knn_label": str, "knn_conf": float,
     "knn_sim": float, "nearest_labeled": str, "dup_of": str, "dup_sim": float,

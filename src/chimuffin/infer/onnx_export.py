@@ -24,7 +24,7 @@ from torch import nn
 
 from chimuffin import atomic
 from chimuffin.errors import UserError
-from chimuffin.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from chimuffin.infer.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 OPSET = 17
 INPUT, OUTPUTS = "image", ("probabilities", "logits")
@@ -158,8 +158,8 @@ FP32_TOLERANCE = 1e-4
 
 
 def max_prob_diff(model: nn.Module, onnx_path: Path, images_u8: np.ndarray) -> float:
-    """Max abs difference of probabilities, ONNX vs the PyTorch inference path (forward.predict)."""
-    from chimuffin.forward import predict, softmax
+    """Max abs difference of probabilities, ONNX vs the PyTorch inference path (batches.predict)."""
+    from chimuffin.infer.batches import predict, softmax
 
     logits, _ = predict(model, images_u8, np.arange(len(images_u8)), 64, torch.device("cpu"))
     sess = session(onnx_path, threads=1)  # 8 images: threads would only add overhead

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from chimuffin.data.manifest import read_rows
+from chimuffin.data.views import label_index
 from chimuffin.errors import UserError
+from chimuffin.infer.embeddings import unit_rows
 from chimuffin.labels import SOURCES, UNDEFINED
 
 # One pseudo-vote spread over the classes: ten unanimous neighbours give ~0.95, not 1.0, and
@@ -31,13 +33,6 @@ SIGNATURE_GRID = 16  # pixel signature: 3 x 16 x 16 block means
 
 
 # --- neighbours ---------------------------------------------------------------------------
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (all-zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
 
 def cosine_knn(query: np.ndarray, ref: np.ndarray, k: int, exclude: np.ndarray | None = None,
                chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -134,11 +129,6 @@ def near_duplicates(signatures: np.ndarray, content_hash: np.ndarray,
 
 # --- the tables ---------------------------------------------------------------------------
 
-def class_index(labels: pd.Series, classes: list[str]) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(classes)}
-    return labels.map(lambda s: lookup.get(s, -1)).to_numpy(dtype=np.int64)
-
-
 def align(manifest: pd.DataFrame, paths: pd.Series, what: str) -> np.ndarray:
     """Row positions in `paths` for every manifest path; stale inputs stop with a clear error."""
     pos = pd.Index(paths)
@@ -191,7 +181,7 @@ def pool_suggestions(df, p_model, unit, dups, classes, cfg) -> pd.DataFrame:
     pool = np.nonzero(pool_mask(df))[0]
     paths = df["path"].to_numpy()
     nbr, sim = cosine_knn(unit[pool], unit[ref], cfg.k)
-    p_knn = knn_vote(sim, class_index(df["label"], classes)[ref][nbr], len(classes))
+    p_knn = knn_vote(sim, label_index(df["label"], classes)[ref][nbr], len(classes))
     p = combine(p_model[pool], p_knn, cfg.model_weight)
     model_y, knn_y = p_model[pool].argmax(1), p_knn.argmax(1)
     return pd.DataFrame({
@@ -209,7 +199,7 @@ def label_issues(df, p_model, unit, dups, classes, cfg) -> pd.DataFrame:
     images, plus the model's probability only where it is out of sample (validation)."""
     cls = np.array(classes, dtype=object)
     ref = np.nonzero(reference_mask(df, classes))[0]
-    y = class_index(df["label"], classes)
+    y = label_index(df["label"], classes)
     nbr, sim = cosine_knn(unit[ref], unit[ref], cfg.k, exclude=np.arange(len(ref)))
     p_knn = knn_vote(sim, y[ref][nbr], len(classes))
     oos = df["split"].to_numpy()[ref] == "val"

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from chimuffin.data.manifest import read_rows
+from chimuffin.infer.preprocess import preprocess
 from chimuffin.model import forward_with_embedding
-from chimuffin.preprocess import preprocess
 
 CHANNELS_LAST = torch.channels_last
 

@@ -8,9 +8,6 @@ from chimuffin.config import Train, _build, as_dict, load_yaml
 from chimuffin.errors import UserError
 from chimuffin.paths import REFERENCE_RECIPE
 
-# Where the code runs is not part of the recipe.
-NOT_RECIPE = {"device", "threads"}
-
 
 def load_reference(path: str | Path = REFERENCE_RECIPE) -> Train:
     """The reference `train` group, checked as strictly as params.yaml."""
@@ -41,4 +38,4 @@ def recipe_diff(train: Train, reference: Train) -> list[tuple[str, object, objec
     ours = flatten(as_dict(train), "train")
     ref = flatten(as_dict(reference), "train")
     return [(k, ours.get(k), ref.get(k)) for k in sorted(set(ours) | set(ref))
-            if k.split(".")[1] not in NOT_RECIPE and ours.get(k) != ref.get(k)]
+            if ours.get(k) != ref.get(k)]

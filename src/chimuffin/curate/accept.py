@@ -1,6 +1,6 @@
 """Accepting the suggest stage's proposals as label decisions (source `auto`).
 
-suggest.py scores; this module acts on the scores: it picks the suggestions to accept and merges
+scoring.py scores; this module acts on the scores: it picks the suggestions to accept and merges
 them into the label decisions, never over an image that already has a decision.
 """
 

@@ -1,6 +1,6 @@
 """What every image goes through before the model: uint8 to float, an optional resize, the
 ImageNet normalisation. Evaluation, embedding, prediction and ONNX export use exactly this;
-training augmentation (augment.py) ends with the same normalisation.
+training augmentation (train/augment.py) ends with the same normalisation.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The reference recipe ran torchvision transforms one PIL image at a time: resize 
 random-crop 128, horizontal flip, rotation, affine shear and scale, colour jitter, random
 erasing. Here every geometric part is folded into one affine matrix per sample and applied with
 a single `grid_sample`, so the batch never leaves tensor land. Parameters are drawn per sample
-from the same ranges as the reference. Evaluation's deterministic path is preprocess.py.
+from the same ranges as the reference. Evaluation's deterministic path is infer/preprocess.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from chimuffin.preprocess import normalize, to_float
+from chimuffin.infer.preprocess import normalize, to_float
 
 
 @dataclass(frozen=True)

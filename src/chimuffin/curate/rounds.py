@@ -1,7 +1,7 @@
 """The automated data-centric loop: reproduce, review (a simulated person), accept, commit.
 
 One round = `dvc repro`; then the label file gains
-- a simulated person's review (chimuffin.simulated_review) of this repro's review pages for a
+- a simulated person's review (chimuffin.curate.simulated_review) of this repro's review pages for a
   budget of simulated minutes (`--reviewer`), or its answers to the top review requests
   (`--oracle`), source `oracle`; and/or
 - the suggestions above a score (`--min-score`), source `auto`;
@@ -18,21 +18,27 @@ commit fails it is put back as it was. So every round is either committed whole 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-import signal
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from chimuffin import labelfile
-from chimuffin.accept import accept, as_decisions
+from chimuffin.curate.accept import accept, as_decisions
+from chimuffin.curate.git_and_signals import (
+    deferred_signals,
+    git,
+    run_child,
+    sigterm_as_interrupt,
+)
+from chimuffin.curate.pages import read_pages
+from chimuffin.curate.scoring import read_suggestions
+from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
 from chimuffin.errors import UserError
 from chimuffin.labels import (
     SOURCES,
@@ -42,9 +48,8 @@ from chimuffin.labels import (
     read_decisions,
     read_path_labels,
 )
-from chimuffin.pages import PAGES_FILE, read_pages
-from chimuffin.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
-from chimuffin.suggest import read_suggestions
+from chimuffin.paths import METRICS_FILE, PAGES_FILE, QUEUE_FILE, SUGGESTIONS_FILE, SUMMARY_FILE
+from chimuffin.progress import plural
 
 # --- what a round does ------------------------------------------------------------------------
 
@@ -106,13 +111,13 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
             pages = read_pages(cfg.suggest_dir / PAGES_FILE)
             reviewed, review = review_pages(pages, truth, decisions, rv.budget_s, rv.cost)
         else:
-            queue = read_queue(cfg.suggest_dir / "review_queue.parquet")
+            queue = read_queue(cfg.suggest_dir / QUEUE_FILE)
             reviewed, review = answer_queue(queue, truth, decisions, rv.budget_s, rv.cost)
         decisions, _ = merge_decisions(decisions, reviewed)
     accepted = None
     if cfg.auto:
         a = cfg.auto
-        suggestions = read_suggestions(cfg.suggest_dir / "suggestions.parquet")
+        suggestions = read_suggestions(cfg.suggest_dir / SUGGESTIONS_FILE)
         decisions, accepted = accept(decisions, suggestions, a.min_score, a.require_agreement,
                                      a.per_class_cap)
     return RoundLabels(decisions, reviewed, review, accepted)
@@ -153,10 +158,6 @@ def parse_trailers(message: str) -> dict[str, str]:
     """`Key: value` lines of a commit message's last paragraph."""
     last = message.strip().split("\n\n")[-1]
     return dict(m.groups() for m in re.finditer(r"^([A-Za-z-]+): (.*)$", last, re.MULTILINE))
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def budget_text(budget_s: float) -> str:
@@ -203,53 +204,6 @@ def round_message(r: int, rounds: int, metrics: dict, clean_summary: dict,
              json.dumps(metrics, sort_keys=True)]
     message = head + "\n\n" + "\n".join(body) + "\n"
     return message + ("\n" + "\n".join(trailers) + "\n" if trailers else "")
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold Ctrl-C/SIGTERM until the block ends, then raise KeyboardInterrupt.
-
-    Python runs signal handlers in the main thread, so recording the signal here works even
-    when library threads exist (a signal mask would not: the kernel hands a process-wide
-    signal to any thread that does not block it)."""
-    caught: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
-           for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    # its own session: a Ctrl-C in the terminal must not kill git halfway through a commit
-    p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                       start_new_session=True)
-    if check and p.returncode != 0:
-        raise UserError(f"`git {' '.join(args)}` failed: {p.stderr.strip() or p.stdout.strip()}")
-    return p
-
-
-def repo_root(start: Path) -> Path:
-    p = git(["rev-parse", "--show-toplevel"], start, check=False)
-    if p.returncode != 0:
-        raise UserError(f"{start}: not inside a git repository (the loop commits each round)")
-    return Path(p.stdout.strip())
 
 
 # What a round's dvc.lock is made from besides the label file: edits to these that are not
@@ -309,24 +263,6 @@ def round_change(labels: RoundLabels) -> Callable[[list], list]:
     return change
 
 
-def run_child(cmd: list[str], cwd: Path) -> int:
-    """Run a command in the foreground; on Ctrl-C/SIGTERM let it stop cleanly first (dvc
-    releases its locks on SIGINT, not on SIGKILL)."""
-    child = subprocess.Popen(cmd, cwd=cwd)
-    try:
-        return child.wait()
-    except KeyboardInterrupt:
-        # a terminal Ctrl-C reached the child too; a SIGTERM sent to us alone did not
-        for step, wait_s in ((None, 5), (signal.SIGINT, 60), (signal.SIGKILL, None)):
-            if child.poll() is not None:
-                break
-            if step is not None:
-                child.send_signal(step)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=wait_s)
-        raise
-
-
 def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: {what} not found after `dvc repro`")
@@ -369,8 +305,8 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
     if labels.accepted is not None:
         print(f"loop: accepted {len(labels.accepted)} suggestions "
               f"({per_class(labels.accepted['label'], cfg.classes)})", flush=True)
-    metrics = read_json(cfg.eval_dir / "metrics.json", "evaluation metrics")
-    summary = read_json(cfg.clean_dir / "summary.json", "clean summary")
+    metrics = read_json(cfg.eval_dir / METRICS_FILE, "evaluation metrics")
+    summary = read_json(cfg.clean_dir / SUMMARY_FILE, "clean summary")
     message = round_message(r, cfg.rounds, metrics, summary, labels, cfg.reviewer, total_s,
                             cfg.classes)
 

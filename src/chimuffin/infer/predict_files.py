@@ -2,7 +2,7 @@
 
 Files are decoded exactly as `prepare` decodes the dataset (data.images.decode_image: EXIF
 orientation, RGB conversion, bilinear resize to the checkpoint's image_size), then go through
-the same batched inference path as the evaluate stage (forward.predict). An unreadable file is
+the same batched inference path as the evaluate stage (infer.batches.predict). An unreadable file is
 one result row with its reason; it never stops the others.
 """
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from chimuffin.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from chimuffin.data.scan import IGNORED_NAMES
-from chimuffin.forward import predict, softmax
+from chimuffin.infer.batches import predict, softmax
 
 # Images decoded per chunk: bounds memory for any folder size (128 px: 50 KB each).
 CHUNK = 512

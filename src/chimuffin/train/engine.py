@@ -2,8 +2,9 @@
 schedule, and fit (epochs, validation, the best epoch).
 
 Images come from the uint8 tensor cache (N,3,S,S), indexed by manifest row `idx`; labels are
-class indices; the recipe is the `train` group of params.yaml (config.Train). Nothing here reads
-files. Inference (no training) is forward.py.
+class indices (a LabeledSet holds the three); the recipe is the `train` group of params.yaml
+(config.Train), and bf16 on the CPU is the `runtime` group's cpu_bf16. Nothing here reads
+files. Inference (no training) is infer/batches.py.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin import runtime
-from chimuffin.augment import augment_batch
-from chimuffin.forward import CHANNELS_LAST, batches, load_batch, per_sample_loss, predict
-from chimuffin.regularize import Mix, WeightEMA, mix_batch
-from chimuffin.schedules import lr_factor, resolution_at
+from chimuffin.infer.batches import CHANNELS_LAST, batches, load_batch, per_sample_loss, predict
+from chimuffin.train.augment import augment_batch
+from chimuffin.train.regularize import Mix, WeightEMA, mix_batch
+from chimuffin.train.schedules import lr_factor, resolution_at
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False):
     # Training only: bf16 autocast on CUDA (fp32 weights, optimizer state, BatchNorm statistics
     # and loss; bf16 has fp32's range, so no loss scaling). On CPU only when asked
-    # (train.cpu_bf16): it pays off with native bf16 and is slower without (measured:
+    # (runtime.cpu_bf16): it pays off with native bf16 and is slower without (measured:
     # benchmarks/README.md, training throughput).
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -38,17 +39,17 @@ def autocast(device: torch.device, cpu_bf16: bool = False):
 
 
 def uses_cpu_bf16(cpu_bf16: bool | str, native: bool) -> bool:
-    """train.cpu_bf16 resolved on this CPU: true, or auto where the CPU has native bf16."""
+    """runtime.cpu_bf16 resolved on this CPU: true, or auto where the CPU has native bf16."""
     return cpu_bf16 is True or (cpu_bf16 == "auto" and native)
 
 
 def check_cpu_bf16(cpu_bf16: bool | str, device: torch.device, native: bool) -> None:
-    """train.cpu_bf16 true on a CPU without bf16 instructions would silently train slower:
+    """runtime.cpu_bf16 true on a CPU without bf16 instructions would silently train slower:
     refuse (`auto` falls back to fp32 there instead)."""
     if cpu_bf16 is True and device.type == "cpu" and not native:
         from chimuffin.errors import UserError
 
-        raise UserError("params: train.cpu_bf16 is true but this CPU has no native bf16 "
+        raise UserError("params: runtime.cpu_bf16 is true but this CPU has no native bf16 "
                         "(flags avx512_bf16 or amx_bf16); emulated bf16 trains slower than "
                         "fp32: set it to false or auto")
 
@@ -60,17 +61,29 @@ class EpochStats:
     images: int
 
 
+@dataclass(frozen=True)
+class LabeledSet:
+    """Labeled images: rows of the uint8 cache and their class indices (the cache is shared,
+    never copied)."""
+    images: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
                     cfg, opt: torch.optim.Optimizer, g: torch.Generator, device: torch.device,
-                    step_lr: Callable[[], None] | None = None, ema: WeightEMA | None = None,
-                    out_size: int | None = None,
+                    *, cpu_bf16: bool | str = False, step_lr: Callable[[], None] | None = None,
+                    ema: WeightEMA | None = None, out_size: int | None = None,
                     progress: Callable[[int], None] | None = None) -> EpochStats:
     """One shuffled pass over `rows` with the recipe in cfg (config.Train: batch size,
-    augmentation, mixup/cutmix, label smoothing, grad clipping, cpu_bf16). step_lr is called
-    after every optimizer step (the learning-rate schedule), ema updated after it; out_size is
-    this epoch's training resolution (None: the cache's)."""
+    augmentation, mixup/cutmix, label smoothing, grad clipping) and cpu_bf16 (runtime).
+    step_lr is called after every optimizer step (the learning-rate schedule), ema updated
+    after it; out_size is this epoch's training resolution (None: the cache's)."""
     mix = Mix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
-    bf16 = uses_cpu_bf16(cfg.cpu_bf16, runtime.has_native_bf16())
+    bf16 = uses_cpu_bf16(cpu_bf16, runtime.has_native_bf16())
     model.train()
     n_classes = model.fc[-1].out_features
     total_loss, correct, seen = 0.0, 0, 0
@@ -149,50 +162,46 @@ def evaluate_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels
     return float(losses.mean()), float((logits.argmax(1) == labels).mean())
 
 
-def fit(model: nn.Module, images: np.ndarray, train_rows: np.ndarray, train_labels: np.ndarray,
-        val_rows: np.ndarray, val_labels: np.ndarray, cfg, seed: int, device: torch.device,
-        eval_batch_size: int = 128, on_epoch: Callable[[EpochResult, bool], None] | None = None,
-        progress: Callable[[int], None] | None = None,
-        should_stop: Callable[[EpochResult], bool] | None = None) -> EpochResult:
-    """Train for cfg.epochs (or until should_stop says so after an epoch); call
-    on_epoch(result, is_best) after each; return the best epoch. result.model holds the
-    validated weights (the EMA copy when cfg.ema_decay > 0): save that one.
+def fit(model: nn.Module, train: LabeledSet, val: LabeledSet, *, recipe, seed: int,
+        device: torch.device, cpu_bf16: bool | str = False, eval_batch_size: int = 128,
+        on_epoch: Callable[[EpochResult, bool], None] | None = None,
+        progress: Callable[[int], None] | None = None) -> EpochResult:
+    """Train on `train` for recipe.epochs (config.Train), validating on `val`; call
+    on_epoch(result, is_best) after each epoch; return the best epoch. result.model holds the
+    validated weights (the EMA copy when recipe.ema_decay > 0): save that one.
 
-    Validation runs every cfg.val_every epochs and after the last (a stop asked by should_stop
-    comes after an epoch's validation, if any). Best = highest validation accuracy among the
-    validated epochs, ties broken by lower validation loss (never test)."""
+    Validation runs every recipe.val_every epochs and after the last. Best = highest validation
+    accuracy among the validated epochs, ties broken by lower validation loss (never test)."""
     import time
 
-    check_cpu_bf16(cfg.cpu_bf16, device, runtime.has_native_bf16())
+    cfg = recipe
+    check_cpu_bf16(cpu_bf16, device, runtime.has_native_bf16())
     model.to(device).to(memory_format=CHANNELS_LAST)
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.optimizer_impl)
-    steps = sum(1 for _ in batches(len(train_rows), cfg.batch_size, min_size=2))
+    steps = sum(1 for _ in batches(len(train), cfg.batch_size, min_size=2))
     step_lr = make_lr_schedule(opt, cfg, steps)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    full = int(images.shape[-1])
+    full = int(train.images.shape[-1])
     best: EpochResult | None = None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start,
                              cfg.res_ramp_end, cfg.res_max)
-        stats = train_one_epoch(model, images, train_rows, train_labels, cfg, opt, g, device,
-                                step_lr, ema, out_size=None if size == full else size,
-                                progress=progress)
+        stats = train_one_epoch(model, train.images, train.rows, train.labels, cfg, opt, g,
+                                device, cpu_bf16=cpu_bf16, step_lr=step_lr, ema=ema,
+                                out_size=None if size == full else size, progress=progress)
         judged = ema.model if ema is not None else model
         vloss = vacc = math.nan
         validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs
         if validated:
-            vloss, vacc = evaluate_rows(judged, images, val_rows, val_labels, eval_batch_size,
-                                        device, tta_flip=cfg.val_tta_flip)
+            vloss, vacc = evaluate_rows(judged, val.images, val.rows, val.labels,
+                                        eval_batch_size, device, tta_flip=cfg.val_tta_flip)
         res = EpochResult(epoch, lr, stats, vloss, vacc, time.perf_counter() - t0, size, judged)
         is_best = validated and (best is None or (vacc, -vloss) > (best.val_acc, -best.val_loss))
         if is_best:
             best = res
         if on_epoch:
             on_epoch(res, is_best)
-        if should_stop and should_stop(res):
-            break
-    # a should_stop before the first validated epoch: the last epoch is the only candidate
-    return best if best is not None else res
+    return best

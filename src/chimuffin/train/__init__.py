@@ -1,0 +1,1 @@
+"""Training: the loop over epochs (engine), augmentation, regularisation, schedules."""
