@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chimuffin import labelfile
 from chimuffin.curate.accept import accept
 from chimuffin.curate.rounds import commit_round
-from chimuffin.labels import Decision, read_path_labels
+from chimuffin.labels import locked
+from chimuffin.labels.rows import Decision, read_path_labels
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -85,7 +85,7 @@ def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
     flips = [Decision(r.path, CLASSES[1 - CLASSES.index(r.label)], "rule",
                       "flipped on purpose by benchmarks/label_quality.py")
              for r in chosen.itertuples()]
-    labelfile.update(repo / "data/labels/decisions.csv", CLASSES, lambda _: flips)
+    locked.update(repo / "data/labels/decisions.csv", CLASSES, lambda _: flips)
     t = repro(repo)
     issues = pd.read_parquet(repo / "data/suggest/label_issues.parquet")  # sorted, worst first
     flipped = set(chosen["path"])
@@ -104,7 +104,7 @@ def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
     out["top_flips_found_by_split"] = {k: int(v) for k, v in by_split.items()}
     over = issues["issue_score"] >= 0.6
     out["flagged_at_0.6"] = {"flagged": int(over.sum()), "of_them_flipped": int(hit[over].sum())}
-    labelfile.update(repo / "data/labels/decisions.csv", CLASSES, lambda _: [])
+    locked.update(repo / "data/labels/decisions.csv", CLASSES, lambda _: [])
     return out
 
 

@@ -54,7 +54,7 @@ from chimuffin.curate.rounds import parse_trailers
 from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions, read_decisions, read_path_labels
+from chimuffin.labels.rows import Decision, format_decisions, read_decisions, read_path_labels
 from chimuffin.report.metrics import wilson_interval
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness

@@ -62,7 +62,7 @@ from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.errors import UserError
 from chimuffin.infer.batches import predict
-from chimuffin.labels import (
+from chimuffin.labels.rows import (
     Decision,
     apply_decisions,
     dedupe_identical,

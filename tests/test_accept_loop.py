@@ -17,7 +17,7 @@ from chimuffin.cli import main
 from chimuffin.curate.git_and_signals import deferred_signals, sigterm_as_interrupt
 from chimuffin.curate.rounds import check_clean, commit_round, parse_trailers
 from chimuffin.errors import UserError
-from chimuffin.labels import (
+from chimuffin.labels.rows import (
     Decision,
     format_decisions,
     parse_decisions,

@@ -6,8 +6,9 @@ import stat
 
 import pytest
 
-from chimuffin import atomic, labelfile
-from chimuffin.labels import Decision, merge_decisions
+from chimuffin import atomic
+from chimuffin.labels import locked
+from chimuffin.labels.rows import Decision, merge_decisions
 
 
 def mode(path) -> int:
@@ -53,5 +54,5 @@ def test_the_label_file_keeps_its_mode_through_every_write(tmp_path, umask):
     f.write_text("path,label,source,note\n")
     assert mode(f) == 0o644
     new = [Decision("a.jpg", "muffin", "human", "")]
-    labelfile.update(f, ["chihuahua", "muffin"], lambda cur: merge_decisions(cur, new)[0])
+    locked.update(f, ["chihuahua", "muffin"], lambda cur: merge_decisions(cur, new)[0])
     assert mode(f) == 0o644 and "a.jpg" in f.read_text()

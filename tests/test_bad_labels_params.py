@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from chimuffin.config import Params, as_dict, load_params, parse_params
 from chimuffin.errors import UserError
-from chimuffin.labels import (
+from chimuffin.labels.rows import (
     SOURCES,
     allowed_labels,
     check_relative_path,

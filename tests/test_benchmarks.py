@@ -49,7 +49,7 @@ def test_recipes_are_named_by_name_or_yaml_path():
 
 
 def test_exported_split_keeps_the_protocols_validation_rows_out(tmp_path):
-    from chimuffin.labels import read_decisions
+    from chimuffin.labels.rows import read_decisions
 
     tta = load("time_to_accuracy")
     oracle = [tta.Decision(f"train128/undefined/u_{i:012x}.jpg", "muffin" if i % 2 else

@@ -12,7 +12,7 @@ from chimuffin.data.prepare import prepare_dataset
 from chimuffin.data.sample import write_sample
 from chimuffin.data.scan import scan_dataset
 from chimuffin.errors import UserError
-from chimuffin.labels import parse_path_labels
+from chimuffin.labels.rows import parse_path_labels
 
 CLASSES = ["chihuahua", "muffin"]
 

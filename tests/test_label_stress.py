@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from chimuffin import atomic
-from chimuffin.labels import format_decisions, read_decisions
+from chimuffin.labels.rows import format_decisions, read_decisions
 from tests.helpers.repo import REPO
 
 CLASSES = ["chihuahua", "muffin"]

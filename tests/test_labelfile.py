@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from chimuffin import labelfile
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions, merge_decisions, read_decisions
+from chimuffin.labels import locked
+from chimuffin.labels.rows import Decision, format_decisions, merge_decisions, read_decisions
 from tests.helpers.repo import REPO
 
 CLASSES = ["chihuahua", "muffin"]
@@ -29,13 +29,13 @@ def hand_append(path, line: str) -> None:
 
 def test_update_writes_sorted_and_leaves_an_unchanged_file_alone(tmp_path):
     f = tmp_path / "decisions.csv"
-    w = labelfile.update(f, CLASSES, add("b.jpg", "a.jpg"))
+    w = locked.update(f, CLASSES, add("b.jpg", "a.jpg"))
     assert w.before.data is None and f.read_bytes() == w.after
     assert [d.path for d in read_decisions(f, CLASSES)] == ["a.jpg", "b.jpg"]
     # a hand-edited file (unsorted, CRLF) is not rewritten when nothing changes
     odd = b"path,label,source,note\r\nb.jpg,muffin,human,t\r\na.jpg,muffin,human,t\r\n"
     f.write_bytes(odd)
-    assert labelfile.update(f, CLASSES, add("a.jpg")).after is None
+    assert locked.update(f, CLASSES, add("a.jpg")).after is None
     assert f.read_bytes() == odd
 
 
@@ -50,7 +50,7 @@ def test_an_append_between_read_and_rename_is_merged_not_lost(tmp_path):
             hand_append(f, "h.jpg,chihuahua,human,by hand")
         return add("a.jpg")(cur)
 
-    labelfile.update(f, CLASSES, change)
+    locked.update(f, CLASSES, change)
     assert calls == [0, 1]  # the change was redone on the new content
     got = {d.path: d.label for d in read_decisions(f, CLASSES)}
     assert got == {"a.jpg": "muffin", "h.jpg": "chihuahua"}
@@ -59,26 +59,26 @@ def test_an_append_between_read_and_rename_is_merged_not_lost(tmp_path):
 def test_an_append_to_the_old_file_after_the_last_check_is_carried_over(tmp_path, monkeypatch):
     f = tmp_path / "decisions.csv"
     f.write_text(format_decisions([]))
-    check = labelfile._check_unchanged
+    check = locked._check_unchanged
 
     def check_then_append(path, seen):
         check(path, seen)
         hand_append(f, "h.jpg,chihuahua,human,by hand")  # lands in the file about to be replaced
 
-    monkeypatch.setattr(labelfile, "_check_unchanged", check_then_append)
-    labelfile.update(f, CLASSES, add("a.jpg"))
+    monkeypatch.setattr(locked, "_check_unchanged", check_then_append)
+    locked.update(f, CLASSES, add("a.jpg"))
     got = {d.path: d.label for d in read_decisions(f, CLASSES)}
     assert got == {"a.jpg": "muffin", "h.jpg": "chihuahua"}
 
 
 WRITER = textwrap.dedent("""
     import sys
-    from chimuffin import labelfile
-    from chimuffin.labels import Decision, merge_decisions
+    from chimuffin.labels import locked
+    from chimuffin.labels.rows import Decision, merge_decisions
     path, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     for i in range(n):
         new = [Decision(f"{who}/{i:03d}.jpg", "muffin", "human", who)]
-        labelfile.update(path, ["chihuahua", "muffin"],
+        locked.update(path, ["chihuahua", "muffin"],
                          lambda cur: merge_decisions(cur, new, protect_sources=())[0])
 """)
 
@@ -99,7 +99,7 @@ def test_a_writer_waits_for_the_lock_and_names_it_when_it_is_held_too_long(tmp_p
     release = threading.Event()
 
     def hold():
-        with labelfile.locked(f):
+        with locked.holding_lock(f):
             held.set()
             release.wait(10)
 
@@ -107,21 +107,21 @@ def test_a_writer_waits_for_the_lock_and_names_it_when_it_is_held_too_long(tmp_p
     t.start()
     held.wait(10)
     with pytest.raises(UserError, match=r"another writer has held .*\.decisions\.csv\.lock"):
-        with labelfile.locked(f, timeout_s=0.2):
+        with locked.holding_lock(f, timeout_s=0.2):
             pass
     threading.Timer(0.2, release.set).start()
     start = time.monotonic()
-    labelfile.update(f, CLASSES, add("a.jpg"))  # waits until the holder lets go
+    locked.update(f, CLASSES, add("a.jpg"))  # waits until the holder lets go
     assert time.monotonic() - start > 0.1
     t.join()
     assert [d.path for d in read_decisions(f, CLASSES)] == ["a.jpg"]
 
 
 def test_every_writer_goes_through_the_lock():
-    """No module but labelfile replaces the label file: the tools call labelfile.update."""
+    """No module but labels/locked.py replaces the label file: the tools call locked.update."""
     src = REPO / "src/chimuffin"
     writers = {p.relative_to(src).as_posix() for p in src.rglob("*.py")
-               if "labelfile.update(" in p.read_text()}
+               if "locked.update(" in p.read_text()}
     assert writers >= {"commands/labels.py", "commands/pull_3lc.py", "curate/rounds.py",
                        "review/data.py"}
     assert not [p for p in src.rglob("*.py") if "def write_decisions" in p.read_text()]
@@ -129,13 +129,13 @@ def test_every_writer_goes_through_the_lock():
 
 def test_no_writer_may_put_a_decision_on_a_test_image(tmp_path):
     f = tmp_path / "decisions.csv"
-    labelfile.update(f, CLASSES, add("train128/undefined/a.jpg"))
+    locked.update(f, CLASSES, add("train128/undefined/a.jpg"))
     before = f.read_bytes()
     for label in ("muffin", "remove"):
         new = [Decision("test128/muffin/t.jpg", label, "auto", "")]
         with pytest.raises(UserError, match=r"decisions.csv: test128/muffin/t.jpg is a test "
                            r"image: .*nothing written"):
-            labelfile.update(f, CLASSES, lambda cur, new=new: [*cur, *new])
+            locked.update(f, CLASSES, lambda cur, new=new: [*cur, *new])
     assert f.read_bytes() == before
 
 
@@ -143,13 +143,13 @@ def test_take_back_restores_exact_bytes_or_only_the_changed_rows(tmp_path):
     f = tmp_path / "decisions.csv"
     odd = b"path,label,source,note\r\nb.jpg,muffin,human,t\r\n"
     f.write_bytes(odd)
-    w = labelfile.update(f, CLASSES, add("a.jpg"))
-    with labelfile.locked(f):
-        labelfile.take_back(f, CLASSES, w)
+    w = locked.update(f, CLASSES, add("a.jpg"))
+    with locked.holding_lock(f):
+        locked.take_back(f, CLASSES, w)
     assert f.read_bytes() == odd  # nothing else changed it: byte for byte
-    w = labelfile.update(f, CLASSES, add("a.jpg"))
+    w = locked.update(f, CLASSES, add("a.jpg"))
     hand_append(f, "h.jpg,chihuahua,human,by hand")  # an unlocked writer meanwhile
-    with labelfile.locked(f):
-        labelfile.take_back(f, CLASSES, w)
+    with locked.holding_lock(f):
+        locked.take_back(f, CLASSES, w)
     got = {d.path: d.label for d in read_decisions(f, CLASSES)}
     assert got == {"b.jpg": "muffin", "h.jpg": "chihuahua"}

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from chimuffin.errors import UserError
-from chimuffin.labels import (
+from chimuffin.labels.rows import (
     Decision,
     apply_decisions,
     dedupe_identical,

@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from chimuffin import atomic, cli, labelfile
+from chimuffin import atomic, cli
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions, read_decisions
+from chimuffin.labels import locked
+from chimuffin.labels.rows import Decision, format_decisions, read_decisions
 from chimuffin.review import history
 from chimuffin.review.data import Paths, RequestError, ReviewData
 from chimuffin.review.server import make_server
@@ -423,7 +424,7 @@ def test_a_crash_during_an_action_keeps_history_and_file_consistent(built, monke
     assert rd.verify({"page": 0, "exceptions": {}})["changed"] == 3
     after_first = paths.decisions.read_bytes()
     with monkeypatch.context() as m:
-        crash_at(m, labelfile, "_check_unchanged" if where == "before the rename"
+        crash_at(m, locked, "_check_unchanged" if where == "before the rename"
                  else "_carry_over_appends")
         with pytest.raises(Crash):
             rd.verify({"page": 1, "exceptions": {}})

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions
+from chimuffin.labels.rows import Decision, format_decisions
 from chimuffin.review import history
 from chimuffin.review.verify import page_list, pages_to_verify, progress
 

@@ -17,7 +17,7 @@ import pytest
 
 from chimuffin import atomic
 from chimuffin.data.sample import write_sample
-from chimuffin.labels import Decision, format_decisions
+from chimuffin.labels.rows import Decision, format_decisions
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.verify import read_evidence
 from tests.test_review import (

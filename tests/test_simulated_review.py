@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from chimuffin.curate.simulated_review import ReviewCost, answer_queue, review_pages
-from chimuffin.labels import Decision
+from chimuffin.labels.rows import Decision
 
 
 def page_rows(page, label, paths, page_score=0.9):

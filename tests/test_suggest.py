@@ -16,7 +16,7 @@ from chimuffin.curate.scoring import (
     pixel_signatures,
 )
 from chimuffin.infer.embeddings import unit_rows
-from chimuffin.labels import Decision
+from chimuffin.labels.rows import Decision
 
 CLASSES = ["chihuahua", "muffin"]
 CFG = SimpleNamespace(k=5, model_weight=0.5, dup_similarity=0.97, issue_threshold=0.6,

@@ -19,7 +19,7 @@ from chimuffin.cli import main as cli_main
 from chimuffin.commands.pull_3lc import revision_decisions
 from chimuffin.config import parse_params
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions, read_decisions
+from chimuffin.labels.rows import Decision, format_decisions, read_decisions
 from tests.helpers.repo import REPO, default_params_dict
 
 CLASSES = ["chihuahua", "muffin"]

@@ -34,7 +34,7 @@ import yaml
 
 from chimuffin import atomic
 from chimuffin.errors import UserError
-from chimuffin.labels import UNDEFINED
+from chimuffin.labels.rows import UNDEFINED
 
 CONFIG = "tlc-config.yaml"
 TESTED_VERSION = "2.12.1"

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chimuffin import labelfile, paths
+from chimuffin import paths
 from chimuffin.config import load_params
 from chimuffin.curate.accept import accept
 from chimuffin.curate.scoring import read_suggestions
 from chimuffin.errors import UserError
-from chimuffin.labels import per_class
+from chimuffin.labels import locked
+from chimuffin.labels.rows import per_class
 
 
 def register(sub) -> None:
@@ -76,9 +77,9 @@ def run_accept(args) -> int:
         return result["merged"]
 
     if args.dry_run:
-        change(labelfile.read(args.decisions, classes).decisions)
+        change(locked.read(args.decisions, classes).decisions)
     else:
-        labelfile.update(args.decisions, classes, change)
+        locked.update(args.decisions, classes, change)
     merged, rows = result["merged"], result["rows"]
     above = int((suggestions["score"] >= args.min_score).sum())
     verb = "would add" if args.dry_run else "added"

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import labelfile, paths, tlcio
+from chimuffin import paths, tlcio
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
-from chimuffin.labels import (
+from chimuffin.labels import locked
+from chimuffin.labels.rows import (
     REMOVE,
     UNDEFINED,
     Decision,
@@ -125,7 +126,7 @@ def run(args) -> int:
     if changed:
         # re-read and merged again under the label file's lock: another tool may have
         # written it since the read above
-        labelfile.update(args.decisions, classes, lambda cur: merge_decisions(cur, new)[0])
+        locked.update(args.decisions, classes, lambda cur: merge_decisions(cur, new)[0])
     if not args.keep_revisions:
         moved = tlcio.retire(rev.chain, args.archive)
         print(f"pull-3lc: moved the pulled revision(s) to {moved[0].parent}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from chimuffin.labels import SOURCES, Decision, merge_decisions
+from chimuffin.labels.rows import SOURCES, Decision, merge_decisions
 
 
 def select_accepted(suggestions: pd.DataFrame, min_score: float, require_agreement: bool = False,

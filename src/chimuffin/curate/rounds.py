@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin import labelfile
 from chimuffin.curate.accept import accept, as_decisions
 from chimuffin.curate.git_and_signals import (
     deferred_signals,
@@ -40,7 +39,8 @@ from chimuffin.curate.pages import read_pages
 from chimuffin.curate.scoring import read_suggestions
 from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
 from chimuffin.errors import UserError
-from chimuffin.labels import (
+from chimuffin.labels import locked
+from chimuffin.labels.rows import (
     SOURCES,
     Decision,
     merge_decisions,
@@ -236,19 +236,19 @@ def commit_round(root: Path, decisions_path: Path, change: Callable[[list], list
     if lock.exists() and git(["check-ignore", "-q", str(lock)], root, check=False).returncode:
         paths.append(str(lock))
 
-    def commit(written: labelfile.Written) -> None:
+    def commit(written: locked.Written) -> None:
         try:
             git(["add", "--", *paths], root)
             git(["commit", "-q", "--allow-empty", "-m", message, "--", *paths], root)
         except BaseException:
             # keep the repository as of the last commit: no uncommitted half round
-            labelfile.take_back(decisions_path, classes, written)
+            locked.take_back(decisions_path, classes, written)
             git(["reset", "-q", "--", *paths], root, check=False)
             raise
         on_commit(git(["rev-parse", "HEAD"], root).stdout.strip())
 
     with deferred_signals():
-        labelfile.update(decisions_path, classes, change, after_write=commit)
+        locked.update(decisions_path, classes, change, after_write=commit)
 
 
 def round_change(labels: RoundLabels) -> Callable[[list], list]:

@@ -24,7 +24,7 @@ from chimuffin.data.manifest import read_rows
 from chimuffin.data.views import label_index
 from chimuffin.errors import UserError
 from chimuffin.infer.embeddings import unit_rows
-from chimuffin.labels import SOURCES, UNDEFINED
+from chimuffin.labels.rows import SOURCES, UNDEFINED
 
 # One pseudo-vote spread over the classes: ten unanimous neighbours give ~0.95, not 1.0, and
 # an image with no labeled neighbours at all gets a uniform vote.

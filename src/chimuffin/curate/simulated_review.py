@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from chimuffin.labels import PERSON_SOURCES, Decision
+from chimuffin.labels.rows import PERSON_SOURCES, Decision
 
 EPS = 1e-9  # float slack when comparing sums of seconds with the budget
 

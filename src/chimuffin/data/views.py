@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from chimuffin.labels import UNDEFINED
+from chimuffin.labels.rows import UNDEFINED
 
 
 def label_index(labels: pd.Series, classes: list[str]) -> np.ndarray:

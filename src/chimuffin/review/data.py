@@ -1,7 +1,7 @@
 """What the review page shows (pipeline outputs) and the label actions it writes.
 
 Every action is validated whole, then written at once under the label file's inter-process
-lock (chimuffin.labelfile): read the label file, merge, record how to undo it in the state file,
+lock (chimuffin.labels.locked): read the label file, merge, record how to undo it in the state file,
 write it atomically (sorted rows, source `human`, a note naming where the answer came from). A
 bad request changes nothing. An action that would change an image somebody already labeled (a
 folder label or an earlier decision) is refused unless the request says the person confirmed
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chimuffin import labelfile
 from chimuffin import paths as default
 from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
-from chimuffin.labels import (
+from chimuffin.labels import locked
+from chimuffin.labels.rows import (
     PERSON_SOURCES,
     UNDEFINED,
     VALIDATION_REFUSED,
@@ -141,7 +141,7 @@ class ReviewData:
 
     def read_label_file(self) -> tuple[bytes | None, list[Decision]]:
         """The label file's bytes (None: no file) and its decisions, from one read."""
-        snap = labelfile.read(self.paths.decisions, self.classes)
+        snap = locked.read(self.paths.decisions, self.classes)
         return snap.data, snap.decisions
 
     def effective_labels(self, decisions: list[Decision]) -> dict[str, str]:
@@ -320,7 +320,7 @@ class ReviewData:
     def undo(self, body) -> dict:
         """{}: put the label file back exactly as it was before the last action."""
         _fields(body, set(), set(), "{}")
-        with self.lock, labelfile.locked(self.paths.decisions):
+        with self.lock, locked.holding_lock(self.paths.decisions):
             state = history.load_state(self.paths.state)
             current, old = self.read_label_file()
             history.reconcile(state, self.key, current)
@@ -330,7 +330,7 @@ class ReviewData:
             try:
                 restored = history.undone_bytes(record, current, self.classes,
                                                 str(self.paths.decisions))
-                if not labelfile.restore(self.paths.decisions, current, restored):
+                if not locked.restore(self.paths.decisions, current, restored):
                     raise history.UndoRefused(f"{self.paths.decisions} was changed by something "
                                               "else during the undo; undo refused, nothing "
                                               "changed")
@@ -368,7 +368,7 @@ class ReviewData:
                         needs_confirm=True, overwrites=len(over), paths=over[:CONFIRM_LISTED])
                 return new
 
-            def record(before: labelfile.Snapshot, new: list[Decision], after: bytes) -> None:
+            def record(before: locked.Snapshot, new: list[Decision], after: bytes) -> None:
                 state = copy.deepcopy(saved)  # a retry starts from the saved state again
                 history.reconcile(state, self.key, before.data)
                 # when (the page's history shows it) and, for a page, the pace before it
@@ -384,7 +384,7 @@ class ReviewData:
                 history.save_state(self.paths.state, state)
                 out["state"] = state
 
-            written = labelfile.update(self.paths.decisions, self.classes, checked_change,
+            written = locked.update(self.paths.decisions, self.classes, checked_change,
                                        before_write=record)
             if written.after is None and out["state"] is not saved:
                 # a retry found nothing left to change: the record saved for it is void

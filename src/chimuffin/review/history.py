@@ -23,7 +23,7 @@ from pathlib import Path
 
 from chimuffin import atomic
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, format_decisions, parse_decisions
+from chimuffin.labels.rows import Decision, format_decisions, parse_decisions
 
 STATE_FILE = ".chimuffin/review-state.json"  # relative to the repository root; git-ignored
 STATE_VERSION = 1

@@ -17,7 +17,7 @@ import pandas as pd
 
 from chimuffin.curate import pages
 from chimuffin.errors import UserError
-from chimuffin.labels import PERSON_SOURCES, Decision
+from chimuffin.labels.rows import PERSON_SOURCES, Decision
 from chimuffin.review.history import images_per_minute
 
 

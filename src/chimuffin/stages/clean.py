@@ -4,7 +4,7 @@ from pathlib import Path
 
 from chimuffin import atomic, paths
 from chimuffin.data.manifest import read_manifest
-from chimuffin.labels import apply_decisions, dedupe_identical, read_decisions
+from chimuffin.labels.rows import apply_decisions, dedupe_identical, read_decisions
 from chimuffin.stages import common
 
 

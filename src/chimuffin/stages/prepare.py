@@ -5,7 +5,7 @@ from pathlib import Path
 
 from chimuffin import atomic, paths
 from chimuffin.data.prepare import prepare_dataset
-from chimuffin.labels import parse_path_labels, read_text_file
+from chimuffin.labels.rows import parse_path_labels, read_text_file
 from chimuffin.stages import common
 
 

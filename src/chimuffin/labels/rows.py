@@ -4,7 +4,7 @@ data/labels/decisions.csv has the columns `path,label,source,note`, one row per 
 path. `label` is a class, `undefined` (take the image out of training) or `remove` (drop it from
 every split). `source` says who decided. A row on a test image is refused: the test split is
 only ever evaluated. Stages only read this file; the tools that write it (review page, accept,
-pull-3lc, loop) go through chimuffin.labelfile, which locks, writes atomically and keeps it
+pull-3lc, loop) go through chimuffin.labels.locked, which locks, writes atomically and keeps it
 sorted.
 """
 

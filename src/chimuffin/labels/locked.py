@@ -26,7 +26,12 @@ from pathlib import Path
 
 from chimuffin import atomic
 from chimuffin.errors import UserError
-from chimuffin.labels import Decision, check_decisions_writable, format_decisions, parse_decisions
+from chimuffin.labels.rows import (
+    Decision,
+    check_decisions_writable,
+    format_decisions,
+    parse_decisions,
+)
 
 LOCK_TIMEOUT_S = 60.0  # a writer holds the lock for one read + write (the loop: + a git commit)
 RETRIES = 50  # times a change is redone because an unlocked writer changed the file meanwhile
@@ -39,7 +44,7 @@ def lock_path(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def holding_lock(path: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the label file's inter-process lock (an flock on its sibling lock file)."""
     lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +116,7 @@ def update(path: str | Path, classes: list[str],
     undo there, so a crash never leaves a written change without its undo record);
     `after_write(written)` runs after it, still under the lock (the loop commits there)."""
     path = Path(path)
-    with locked(path):
+    with holding_lock(path):
         for _ in range(RETRIES):
             try:
                 written = _update_once(path, classes, change, before_write)
