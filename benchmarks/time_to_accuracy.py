@@ -28,7 +28,13 @@ is dropped (and counted), and the oracle rows win over any other.
 (its schedule then did not finish: the table says so). Set a recipe's epochs to fit the budget.
 
 With two or more recipes, a paired line per pair compares their final weights on the same
-validation images (exact McNemar test): the images only one of them gets right, and the p-value.
+validation images (exact McNemar test): the images only one of them gets right, and the p-value;
+then the promotion rule's test: the less accurate one is non-inferior to the other when the
+one-sided upper confidence bound (level --alpha, default 0.05) of the accuracy difference, from
+the same discordant images (Tango's score bound, report/metrics.py says why), is below --margin
+(default 1 point). The last lines name the best run by final accuracy, the runs non-inferior to
+it, and the cheapest of those by wall time (with its image-steps, which compare across machines;
+wall times compare only when one quiet machine ran every run: each run records its cpu).
 `--paired-with FILE` adds the results of an earlier run (its --json) to the table and the pairs,
 marked "(saved)"; it must come from the same --protocol and data (checked: the validation
 images' digest, and their number). `--recipes` may then be empty: compare saved runs only.
@@ -72,7 +78,11 @@ from chimuffin.labels.rows import (
     read_path_labels,
 )
 from chimuffin.model import build_model
-from chimuffin.report.metrics import mcnemar_exact, wilson_interval
+from chimuffin.report.metrics import (
+    mcnemar_exact,
+    paired_difference_upper_bound,
+    wilson_interval,
+)
 from chimuffin.train.engine import LabeledSet, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +259,7 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
             "final_acc": float(correct.mean()), "final_k": int(correct.sum()),
             "image_steps": int(sum(r.train.images for r in history)),
             "best_epoch": best.epoch, "best_acc": best.val_acc,
-            "final_correct": correct.astype(int).tolist()}
+            "cpu": runtime.cpu_summary(), "final_correct": correct.astype(int).tolist()}
 
 
 def validation_digest(val: pd.DataFrame) -> str:
@@ -284,7 +294,7 @@ def read_saved_results(path: Path, digest: str | None, n_val: int | None) -> lis
     return saved
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], margin: float = 0.01, alpha: float = 0.05) -> str:
     lines = [f"{'recipe':<16} {'epochs':>8} {'wall':>9} {'image-steps':>11} {'train':>6} "
              f"{'val':>5}  "
              f"{'final val acc [95% CI]':<26} {'best-epoch val acc':<19}"]
@@ -300,16 +310,18 @@ def table(results: list[dict]) -> str:
     lines.append("final = the last epoch's (EMA) weights, the honest number; best-epoch = chosen "
                  "on this same validation set (optimistic; among validated epochs). tta = "
                  "flip-averaged predictions. image-steps = training images seen, all epochs.")
-    lines += paired_lines(results)
+    lines += paired_lines(results, margin, alpha)
     if len(results) > 1:
         wrong = ~np.array([r["final_correct"] for r in results], bool)
         lines.append(f"wrong for every recipe (final weights): {int(wrong.all(0).sum())} of "
                      f"{wrong.shape[1]} validation images")
+        lines += rule_lines(results, margin, alpha)
     return "\n".join(lines)
 
 
-def paired_lines(results: list[dict]) -> list[str]:
-    """One line per pair of recipes: images only one gets right (final weights), McNemar p."""
+def paired_lines(results: list[dict], margin: float = 0.01, alpha: float = 0.05) -> list[str]:
+    """Per pair of recipes: the images only one gets right (final weights) with the exact
+    McNemar p, then whether the less accurate one is non-inferior to the other."""
     lines = []
     for i, a in enumerate(results):
         for b in results[i + 1:]:
@@ -317,7 +329,56 @@ def paired_lines(results: list[dict]) -> list[str]:
                                               np.array(b["final_correct"], bool))
             lines.append(f"paired, final weights: {a['recipe']} alone right on {only_a}, "
                          f"{b['recipe']} alone right on {only_b}; exact McNemar p = {p:.3g}")
+            better, worse = (a, b) if a["final_k"] >= b["final_k"] else (b, a)
+            lines.append("  " + non_inferiority_line(better, worse, margin, alpha))
     return lines
+
+
+def non_inferior(better: dict, worse: dict, margin: float, alpha: float) -> tuple[bool, float]:
+    """(worse is non-inferior to better, the upper bound of acc_better - acc_worse): paired on
+    the same images, one-sided at level alpha (Tango's score bound, report.metrics)."""
+    only_better, only_worse, _ = mcnemar_exact(np.array(better["final_correct"], bool),
+                                               np.array(worse["final_correct"], bool))
+    upper = paired_difference_upper_bound(only_better, only_worse,
+                                          len(better["final_correct"]), alpha)
+    return upper < margin, upper
+
+
+def non_inferiority_line(better: dict, worse: dict, margin: float, alpha: float) -> str:
+    ok, upper = non_inferior(better, worse, margin, alpha)
+    return (f"non-inferiority: {better['recipe']} - {worse['recipe']} is at most "
+            f"{100 * upper:+.2f} points (one-sided {100 * (1 - alpha):g}% bound, Tango score); "
+            f"{worse['recipe']} is {'' if ok else 'NOT '}non-inferior at a "
+            f"{100 * margin:g}-point margin")
+
+
+def cheapest_not_worse(results: list[dict], margin: float, alpha: float
+                       ) -> tuple[dict, list[dict], dict]:
+    """The promotion rule: (the best run by final accuracy, the runs non-inferior to it, best
+    included, cheapest first, and the cheapest of them: the default's candidate)."""
+    best = max(results, key=lambda r: (r["final_k"], -r["wall_s"]))
+    kept = [r for r in results if r is best or non_inferior(best, r, margin, alpha)[0]]
+    kept.sort(key=lambda r: r["wall_s"])
+    return best, kept, kept[0]
+
+
+def rule_lines(results: list[dict], margin: float, alpha: float) -> list[str]:
+    """What the promotion rule says about these runs; the wall times compare only when one quiet
+    machine ran them all, so the CPU each run recorded is shown."""
+    best, kept, cheapest = cheapest_not_worse(results, margin, alpha)
+
+    def cost(r):
+        return (f"{r['recipe']} ({r['final_acc']:.4f}, {r['wall_s'] / 60:.1f} min, "
+                f"{r['image_steps']:,} image-steps)")
+
+    cpus = {r.get("cpu", "not recorded") for r in results}
+    return [f"promotion rule (cheapest run not measurably worse than the best: paired, "
+            f"one-sided {100 * (1 - alpha):g}%, margin {100 * margin:g} point):",
+            f"  best measured: {cost(best)}",
+            f"  non-inferior to it, cheapest first: {'; '.join(cost(r) for r in kept)}",
+            f"  cheapest not measurably worse: {cheapest['recipe']}",
+            "  wall times compare only when one quiet machine ran every run; cpu: "
+            + "; ".join(sorted(cpus))]
 
 
 def main(argv=None) -> int:
@@ -355,9 +416,17 @@ def main(argv=None) -> int:
                     help="oracle rows that --export-split lists as validation (default 100)")
     ap.add_argument("--decisions", type=Path, default=None, metavar="FILE",
                     help="a decisions.csv (e.g. pool labels the loop accepted) added to training")
+    ap.add_argument("--margin", type=float, default=1.0, metavar="POINTS",
+                    help="non-inferiority margin in accuracy points (default 1)")
+    ap.add_argument("--alpha", type=float, default=0.05,
+                    help="one-sided level of the non-inferiority bound (default 0.05)")
     args = ap.parse_args(argv)
+    if not 0 < args.margin < 100 or not 0 < args.alpha < 0.5:
+        raise UserError(f"--margin {args.margin} must be between 0 and 100 points and "
+                        f"--alpha {args.alpha} between 0 and 0.5")
+    rule = (args.margin / 100, args.alpha)
     if not args.recipes:
-        return compare_saved(args.paired_with)
+        return compare_saved(args.paired_with, *rule)
     reviewed = args.data / "reviewed_labels.csv"
     if not reviewed.is_file():
         raise UserError(f"{reviewed} not found (the real data; set --data or "
@@ -414,13 +483,13 @@ def main(argv=None) -> int:
     saved = [r for path in args.paired_with for r in read_saved_results(
         path, first_result["validation_digest"], first_result["val_images"])]
     print()
-    print(table(results + saved))
+    print(table(results + saved, *rule))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
-def compare_saved(paths: list[Path]) -> int:
+def compare_saved(paths: list[Path], margin: float = 0.01, alpha: float = 0.05) -> int:
     """No recipe to train: the table and paired tests of earlier runs, checked alike."""
     if not paths:
         raise UserError("--recipes is empty: name recipes to train, or --paired-with files to "
@@ -428,7 +497,7 @@ def compare_saved(paths: list[Path]) -> int:
     first = read_saved_results(paths[0], None, None)
     digest, n_val = first[0].get("validation_digest"), len(first[0]["final_correct"])
     saved = first + [r for path in paths[1:] for r in read_saved_results(path, digest, n_val)]
-    print(table(saved))
+    print(table(saved, margin, alpha))
     return 0
 
 

@@ -81,11 +81,11 @@ def test_loop_decisions_never_label_validation_images_and_oracle_wins():
 
 def test_recipes_are_compared_pairwise_on_the_same_images():
     tta = load("time_to_accuracy")
-    a = {"recipe": "reference", "final_correct": [1, 1, 1, 1, 1, 1, 0, 1]}
-    b = {"recipe": "fast", "final_correct": [0, 0, 0, 0, 0, 0, 0, 1]}
-    c = {"recipe": "fast.yaml", "final_correct": [1, 1, 1, 1, 1, 1, 1, 1]}
+    a = saved_result("reference", [1, 1, 1, 1, 1, 1, 0, 1])
+    b = saved_result("fast", [0, 0, 0, 0, 0, 0, 0, 1])
+    c = saved_result("fast.yaml", [1, 1, 1, 1, 1, 1, 1, 1])
     lines = tta.paired_lines([a, b, c])
-    assert lines == [
+    assert lines[::2] == [
         "paired, final weights: reference alone right on 6, fast alone right on 0; "
         "exact McNemar p = 0.0312",
         "paired, final weights: reference alone right on 0, fast.yaml alone right on 1; "
@@ -93,7 +93,60 @@ def test_recipes_are_compared_pairwise_on_the_same_images():
         "paired, final weights: fast alone right on 0, fast.yaml alone right on 7; "
         "exact McNemar p = 0.0156",
     ]
+    # each pair's second line: is the less accurate one non-inferior to the other?
+    assert lines[1].startswith("  non-inferiority: reference - fast is at most +")
+    assert lines[3].startswith("  non-inferiority: fast.yaml - reference is at most +")
+    assert all("is NOT non-inferior at a 1-point margin" in line for line in lines[1::2])
     assert tta.paired_lines([a]) == []
+
+
+def discordant(n: int, only_best: int, only_other: int, wrong_both: int) -> tuple[list, list]:
+    """Per-image correctness of two runs on n images with the given discordant counts."""
+    best = [1] * only_best + [0] * only_other + [0] * wrong_both
+    other = [0] * only_best + [1] * only_other + [0] * wrong_both
+    rest = n - len(best)
+    return best + [1] * rest, other + [1] * rest
+
+
+def test_the_default_is_the_cheapest_run_not_measurably_worse_than_the_best():
+    tta = load("time_to_accuracy")
+    best_c, close_c = discordant(1000, 6, 5, 30)    # one image behind, 11 discordant
+    _, worse_c = discordant(1000, 20, 5, 30)        # 1.5 points below the best
+    best = saved_result("best", best_c) | {"wall_s": 3000.0}
+    close = saved_result("close", close_c) | {"wall_s": 900.0}
+    worse = saved_result("worse", worse_c) | {"wall_s": 600.0}
+    # Tango bounds: best - close <= 0.72 points (6 vs 5), best - worse <= 2.42 (20 vs 5)
+    assert tta.non_inferior(best, close, 0.01, 0.05) == (True, pytest.approx(0.007165, abs=1e-6))
+    assert tta.non_inferior(best, worse, 0.01, 0.05)[0] is False
+    top, kept, cheapest = tta.cheapest_not_worse([best, worse, close], 0.01, 0.05)
+    assert top is best and [r["recipe"] for r in kept] == ["close", "best"]
+    assert cheapest is close
+    # a tighter margin leaves only the best itself
+    assert tta.cheapest_not_worse([best, worse, close], 0.005, 0.05)[2] is best
+    lines = tta.rule_lines([best, worse, close], 0.01, 0.05)
+    assert lines[-2] == "  cheapest not measurably worse: close"
+    assert "close (0.9640, 15.0 min, 10 image-steps); best (0.9650, 50.0 min" in lines[2]
+
+
+def test_the_rule_over_the_saved_pool_results(capsys):
+    """The saved pool-protocol runs compared without training: every pair named, and the rule."""
+    tta = load("time_to_accuracy")
+    names = ["oc16", "candA", "candD", "candE", "reference45"]
+    files = [str(REPO / "benchmarks" / "results" / "pool" / f"{n}.json") for n in names]
+    assert tta.main(["--recipes", *[a for f in files for a in ("--paired-with", f)]]) == 0
+    out = capsys.readouterr().out
+    recipes = ["oc16", "candA", "candD", "candE", "reference"]
+    for i, a in enumerate(recipes):
+        for b in recipes[i + 1:]:
+            assert f"paired, final weights: {a} (saved) alone right on" in out
+            assert f", {b} (saved) alone right on" in out
+    assert out.count("non-inferiority: ") == 10
+    # the counts benchmarks/README.md quotes for this pair
+    assert "candA (saved) alone right on 17, reference (saved) alone right on 29" in out
+    assert "best measured: reference (saved) (0.9580, 46.1 min, 111,990 image-steps)" in out
+    # candE, the closest, is 0.3 points behind on 47 discordant images: bound above 1 point
+    assert "candE (saved) is NOT non-inferior at a 1-point margin" in out
+    assert "cheapest not measurably worse: reference (saved)" in out
 
 
 def test_overrides_are_checked_and_validated_strictly():

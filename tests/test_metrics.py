@@ -6,7 +6,9 @@ from chimuffin.report.metrics import (
     classification_report,
     confusion,
     mcnemar_exact,
+    paired_difference_upper_bound,
     roc_auc,
+    tango_score,
     wilson_interval,
 )
 
@@ -60,3 +62,33 @@ def test_per_sample_loss_nan_for_unknown():
     loss = per_sample_loss(logits, np.array([1, -1]))
     assert loss[0] == pytest.approx(-np.log(0.75)) and np.isnan(loss[1])
     assert softmax(logits)[0, 1] == pytest.approx(0.75)
+
+
+def test_tango_score_by_hand():
+    # 10 images, a alone right on 2, b alone right on 1. At delta 0 the nuisance root is
+    # (3 + 3) / 40 = 0.15, so the score is 1 / sqrt(10 * 0.3); at delta 0.1 (the observed
+    # difference) B = -3 + 19 * 0.1 = -1.1, C = -0.09, sqrt(1.21 + 7.2) = 2.9, root 0.1: score 0.
+    assert tango_score(2, 1, 10, 0.0) == pytest.approx(1 / np.sqrt(3))
+    assert tango_score(2, 1, 10, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert tango_score(2, 1, 10, 0.3) < 0 < tango_score(2, 1, 10, -0.2)
+
+
+@pytest.mark.parametrize("alpha,z", [(0.05, 1.6448536269514722), (0.025, 1.959963984540054)])
+def test_paired_upper_bound_with_no_disagreement_is_closed_form(alpha, z):
+    # no discordant image: the score is -sqrt(n d / (1 - d)), which reaches -z at z^2 / (n + z^2)
+    assert paired_difference_upper_bound(0, 0, 1000, alpha) == pytest.approx(
+        z * z / (1000 + z * z), abs=1e-12)
+
+
+def test_paired_upper_bound_sits_where_the_score_reaches_minus_z():
+    z = 1.6448536269514722
+    for only_a, only_b in [(25, 22), (29, 17), (5, 5), (0, 12), (12, 0)]:
+        upper = paired_difference_upper_bound(only_a, only_b, 1000)
+        assert upper > (only_a - only_b) / 1000
+        assert tango_score(only_a, only_b, 1000, upper) == pytest.approx(-z, abs=1e-6)
+    # more discordant images at the same difference: a wider bound
+    assert paired_difference_upper_bound(17, 17, 1000) < 0.01 < paired_difference_upper_bound(
+        18, 18, 1000)
+    assert paired_difference_upper_bound(10, 0, 10) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="do not fit"):
+        paired_difference_upper_bound(8, 5, 10)
