@@ -24,6 +24,17 @@ they are unlabeled pool images, so they neither train nor vote for any suggestio
 FILE` adds that repository's decisions.csv to the training set; a decision on a validation image
 is dropped (and counted), and the oracle rows win over any other.
 
+A refit (train on train plus validation once the recipe and its epochs are fixed, keep the last
+weights) is measured by two runs that score the same 500 reviewed images: `--protocol pool-half`
+trains on the pool protocol's training set, `--protocol pool-refit` on that plus the other 500
+reviewed images. Both score final weights, and the refit's per-epoch validation only reports
+(give it `--set all:val_every=EPOCHS` to skip it):
+
+    python benchmarks/time_to_accuracy.py --protocol pool-half --recipes reference --epochs 30 \
+        --json half.json
+    python benchmarks/time_to_accuracy.py --protocol pool-refit --recipes reference --epochs 30 \
+        --paired-with half.json
+
 --budget-minutes is a hard cap: a recipe stops after the epoch during which its budget ran out
 (its schedule then did not finish: the table says so). Set a recipe's epochs to fit the budget.
 
@@ -122,6 +133,25 @@ def split_pool(pool_labels: Path, reviewed: Path, max_val: int | None, classes: 
     train = [(p, lbl) for p, lbl in label_rows(pool_labels, classes) if p not in held_out]
     decisions = [Decision(p, lbl, "oracle", "pool_labels.csv") for p, lbl in train]
     return decisions, val
+
+
+def split_pool_halves(pool_labels: Path, reviewed: Path, max_val: int | None, seed: int,
+                      classes: list[str], refit: bool) -> tuple[list[Decision], dict[str, str]]:
+    """The refit measurement: a seeded half of reviewed_labels.csv (the odd one out: its larger
+    half) is scored, never trained, in both modes; the pool rows outside reviewed_labels.csv
+    train, and with `refit` the other half trains too, as a final model trained on train plus
+    validation would. The two modes share their scored images, so their runs pair."""
+    rows = label_rows(reviewed, classes)
+    order = np.random.default_rng(seed).permutation(len(rows))
+    fit_half = [rows[i] for i in order[:len(rows) // 2]]
+    scored = dict(sorted(rows[i] for i in order[len(rows) // 2:])[:max_val])
+    held_out = {p for p, _ in rows}
+    train = [(p, lbl) for p, lbl in label_rows(pool_labels, classes) if p not in held_out]
+    decisions = [Decision(p, lbl, "oracle", "pool_labels.csv") for p, lbl in train]
+    if refit:
+        decisions += [Decision(p, lbl, "oracle", "reviewed_labels.csv (refit half)")
+                      for p, lbl in sorted(fit_half)]
+    return decisions, scored
 
 
 def export_split(out: Path, oracle: list[Decision], n_val: int, seed: int) -> None:
@@ -387,10 +417,13 @@ def main(argv=None) -> int:
                     help="recipe names (recipes/NAME.yaml) or yaml paths, run in this order "
                          "(none: only compare --paired-with files)")
     ap.add_argument("--data", type=Path, default=REAL_DATA, help=f"default {REAL_DATA}")
-    ap.add_argument("--protocol", choices=["reviewed", "pool"], default="reviewed",
+    ap.add_argument("--protocol", choices=["reviewed", "pool", "pool-half", "pool-refit"],
+                    default="reviewed",
                     help="reviewed: seeds + --train-reviewed reviewed rows train, the other "
                          "reviewed rows validate; pool: seeds + every pool_labels.csv row outside "
-                         "reviewed_labels.csv train, the 1,000 reviewed rows validate")
+                         "reviewed_labels.csv train, the 1,000 reviewed rows validate; "
+                         "pool-half: pool's training set, a seeded half of the reviewed rows "
+                         "scored; pool-refit: the same, with the other half trained too")
     ap.add_argument("--train-reviewed", type=int, default=500,
                     help="reviewed_labels.csv rows added to training (default 500; the rest "
                          "validate)")
@@ -439,12 +472,16 @@ def main(argv=None) -> int:
     overrides = [parse_override(item, args.recipes) for item in args.set]
     params = {name: recipe_params(base, name, args.epochs, overrides) for name in args.recipes}
     first = next(iter(params.values()))
+    pool_labels = args.data / "pool_labels.csv"
+    if args.protocol.startswith("pool") and not pool_labels.is_file():
+        raise UserError(f"{pool_labels} not found (needed by --protocol {args.protocol})")
     if args.protocol == "pool":
-        pool_labels = args.data / "pool_labels.csv"
-        if not pool_labels.is_file():
-            raise UserError(f"{pool_labels} not found (needed by --protocol pool)")
         decisions, validation = split_pool(pool_labels, reviewed, args.max_val,
                                            first.base.classes)
+    elif args.protocol in ("pool-half", "pool-refit"):
+        decisions, validation = split_pool_halves(pool_labels, reviewed, args.max_val,
+                                                  first.base.seed, first.base.classes,
+                                                  refit=args.protocol == "pool-refit")
     else:
         decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
                                                first.base.seed, first.base.classes)

@@ -41,6 +41,56 @@ def test_reviewed_rows_split_into_disjoint_oracle_and_validation(tmp_path):
         tta.split_reviewed(f, 1, None, 0, CLASSES)
 
 
+def test_refit_halves_score_the_same_images_and_train_the_other_half_only_in_refit(tmp_path):
+    tta = load("time_to_accuracy")
+    reviewed, pool = tmp_path / "reviewed_labels.csv", tmp_path / "pool_labels.csv"
+    rev = [(f"train128/undefined/r_{i:03d}.jpg", "muffin" if i % 2 else "chihuahua")
+           for i in range(11)]
+    rest = [(f"train128/undefined/p_{i:03d}.jpg", "chihuahua") for i in range(6)]
+    reviewed.write_text("relative_path,label\n" + "".join(f"{p},{lbl}\n" for p, lbl in rev))
+    pool.write_text("relative_path,label\n" + "".join(f"{p},{lbl}\n" for p, lbl in rev + rest))
+    half, scored = tta.split_pool_halves(pool, reviewed, None, 0, CLASSES, refit=False)
+    refit, scored_refit = tta.split_pool_halves(pool, reviewed, None, 0, CLASSES, refit=True)
+    assert scored == scored_refit and len(scored) == 6  # the larger half of 11 is scored
+    assert {d.path for d in half} == {p for p, _ in rest}  # no reviewed image trains
+    trained = {d.path: d.label for d in refit}
+    fit_half = set(trained) - {p for p, _ in rest}
+    assert len(fit_half) == 5 and fit_half.isdisjoint(scored)
+    assert fit_half | set(scored) == {p for p, _ in rev}
+    assert all(trained[p] == dict(rev)[p] for p in fit_half)
+    # seeded: the same halves again; --max-val caps the scored half only
+    assert tta.split_pool_halves(pool, reviewed, None, 0, CLASSES, refit=True) == (refit, scored)
+    capped_refit, capped = tta.split_pool_halves(pool, reviewed, 2, 0, CLASSES, refit=True)
+    assert set(capped) <= set(scored) and len(capped) == 2 and capped_refit == refit
+
+
+def test_refit_is_measured_on_tiny_synthetic_data(tmp_path, capsys, one_thread):
+    """pool-half and pool-refit end to end on the synthetic dataset: the refit trains on the
+    other half too, both score the same images, and their runs pair."""
+    from chimuffin.data.sample import write_sample
+
+    tta = load("time_to_accuracy")
+    data = tmp_path / "data"
+    write_sample(data, labeled_per_class=4, pool=24, test_per_class=0, seed=3)
+    pool_rows = (data / "pool_labels.csv").read_text().splitlines()
+    (data / "reviewed_labels.csv").write_text("\n".join(pool_rows[:11]) + "\n")  # 10 rows
+    common = ["--data", str(data), "--recipes", "reference", "--epochs", "1",
+              "--image-size", "32", "--set", "all:batch_size=4",
+              "--set", "all:runtime.threads=1"]
+    half, refit = tmp_path / "half.json", tmp_path / "refit.json"
+    assert tta.main([*common, "--protocol", "pool-half", "--json", str(half)]) == 0
+    assert tta.main([*common, "--protocol", "pool-refit", "--json", str(refit),
+                     "--paired-with", str(half)]) == 0
+    out = capsys.readouterr().out
+    (h,), (r,) = json.loads(half.read_text()), json.loads(refit.read_text())
+    # 8 seeds + 14 pool rows outside reviewed; the refit adds the 5 unscored reviewed rows
+    assert (h["train_images"], r["train_images"]) == (22, 27)
+    assert h["val_images"] == r["val_images"] == 5
+    assert h["validation_digest"] == r["validation_digest"]
+    assert "paired, final weights: reference alone right on" in out
+    assert ", reference (saved) alone right on" in out
+
+
 def test_recipes_are_named_by_name_or_yaml_path():
     tta = load("time_to_accuracy")
     assert tta.recipe_path("fast") == REPO / "recipes" / "fast.yaml"
