@@ -221,6 +221,40 @@ def test_overrides_are_checked_and_validated_strictly():
         tta.recipe_params(base, "fast", None, [("fast", "cpu_bf16", True)])
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.update(lrr=t.pop("lr")), "unknown key train.lrr"),        # mistyped key
+    (lambda t: t.pop("keep"), "missing key train.keep"),
+    (lambda t: t.update(epochs="30"), "train.epochs must be an integer, got '30'"),
+    (lambda t: t.update(val_every=0), "train.val_every must be >= 1"),
+    (lambda t: t.update(cpu_bf16=True), "train.cpu_bf16 moved to runtime.cpu_bf16"),
+])
+def test_recipe_files_load_strictly(tmp_path, edit, message):
+    import yaml
+
+    tta = load("time_to_accuracy")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    group = yaml.safe_load((REPO / "recipes" / "reference.yaml").read_text())
+    edit(group["train"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(group))
+    with pytest.raises(UserError, match=message):
+        tta.recipe_params(base, str(bad), None, [])
+
+
+def test_a_recipe_file_with_a_key_given_twice_is_refused(tmp_path):
+    import yaml
+
+    tta = load("time_to_accuracy")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    text = (REPO / "recipes" / "fast.yaml").read_text()
+    bad = tmp_path / "twice.yaml"
+    bad.write_text(text.replace("  epochs: 60\n", "  epochs: 60\n  epochs: 30\n"))
+    with pytest.raises(UserError, match="duplicate key train.epochs"):
+        tta.recipe_params(base, str(bad), None, [])
+    with pytest.raises(UserError, match="no `train:` group"):
+        tta.recipe_params(base, str(tmp_path / "none.yaml"), None, [])
+
+
 def test_a_spent_budget_stops_training_after_that_epoch(one_thread):
     """--budget-minutes 0: the first epoch spends it; the run stops there, its only epoch is
     the best, and the table shows the schedule did not finish."""

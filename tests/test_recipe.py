@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from chimuffin.config import load_params, parse_params
+from chimuffin.config import load_params, load_yaml, parse_params
 from chimuffin.errors import UserError
 from chimuffin.train.engine import LabeledSet, fit, make_optimizer
 from chimuffin.train.regularize import (
@@ -25,7 +24,8 @@ from tests.helpers.repo import REPO, default_params_dict
 
 
 def recipe_group(name: str) -> dict:
-    return yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())["train"]
+    path = REPO / "recipes" / f"{name}.yaml"
+    return load_yaml(path.read_text(), str(path))["train"]  # refuses a key given twice
 
 
 def test_default_params_are_the_reference_recipe_file():
