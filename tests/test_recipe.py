@@ -277,3 +277,62 @@ def test_fit_validates_every_n_epochs_and_after_the_last():
                on_epoch=lambda r, is_best: seen.append((r, is_best)))
     assert [math.isnan(r.val_acc) for r, _ in seen] == [True, False, False]
     assert not seen[0][1] and best.epoch in (2, 3)
+
+
+def test_refit_needs_the_last_weights_and_is_a_strict_bool():
+    raw = copy.deepcopy(default_params_dict())
+    raw["train"].update(refit=True, keep="last")
+    assert parse_params(raw).train.refit is True
+    raw["train"]["keep"] = "best"
+    with pytest.raises(UserError, match="train.refit: true .* needs train.keep: last, got 'best'"):
+        parse_params(raw)
+    raw["train"].update(refit="yes", keep="last")
+    with pytest.raises(UserError, match="train.refit must be true or false, got 'yes'"):
+        parse_params(raw)
+    del raw["train"]["refit"]
+    with pytest.raises(UserError, match="missing key train.refit"):
+        parse_params(raw)
+    raw["train"]["refti"] = True
+    with pytest.raises(UserError, match="unknown key train.refti"):
+        parse_params(raw)
+
+
+@pytest.mark.slow
+def test_refit_trains_on_validation_too_and_evaluate_says_it_is_not_held_out(tmp_path):
+    """The final step on tiny synthetic data: the validation images join training, the last
+    weights are saved, and evaluate reports validation as not held out."""
+    import json
+
+    import pandas as pd
+
+    from chimuffin.model import load_checkpoint
+    from tests.helpers.badinput import stage, tiny_params, tiny_prepared, write_params
+
+    tiny_prepared(tmp_path, pool=2, seed=5)
+    manifest = pd.read_parquet(tmp_path / "clean/manifest.parquet")
+    labeled_rows = manifest[manifest["label"].isin(["chihuahua", "muffin"])]
+    n_train, n_val = ((labeled_rows["split"] == s).sum() for s in ("train", "val"))
+    assert n_val > 0
+    write_params(tmp_path / "params.yaml",
+                 tiny_params(train={"epochs": 2, "keep": "last", "refit": True}))
+    p = stage("train", "--params", "params.yaml", "--clean", "clean", "--prepared", "prepared",
+              "--model", "models/best.pth", "--live", "metrics/train", "--tables", "tables",
+              "--run", "run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert f"train: {n_train + n_val} images (refit: validation images included" in p.stdout
+    summary = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
+    assert summary["train_images"] == n_train + n_val
+    assert load_checkpoint(tmp_path / "models/best.pth")[1]["epoch"] == 2
+    counts = manifest.groupby(["split", "label"]).size()
+    (tmp_path / "clean/summary.json").write_text(json.dumps(  # what the clean stage writes
+        {"images": len(manifest), "decisions": 0, "duplicates_dropped": 0,
+         "label_conflicts": [], "by_label_source": {"folder": int(len(labeled_rows))},
+         "by_split_label": {f"{s}/{lbl}": int(n) for (s, lbl), n in counts.items()}}))
+    p = stage("evaluate", "--params", "params.yaml", "--clean", "clean", "--prepared",
+              "prepared", "--model", "models/best.pth", "--out", "eval",
+              "--reference", REPO / "recipes" / "reference.yaml", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "(NOT held out: train.refit trained on these images)" in p.stdout
+    assert json.loads((tmp_path / "eval/report.json").read_text())["val_held_out"] is False
+    report = (tmp_path / "eval/report.md").read_text()
+    assert "**Validation is NOT held out**" in report and "| `train.refit` | True |" in report

@@ -108,6 +108,10 @@ class Train:
     # Validate every N epochs (and always after the last): validation costs a forward pass over
     # the validation images (two with val_tta_flip), worth skipping when only the last counts.
     val_every: int = num(1, 10_000)
+    # The final step once the recipe and its epochs are fixed: train on the training plus the
+    # validation images, keeping the last weights (nothing is left to choose). Validation is
+    # still computed but is then not held out.
+    refit: bool = field()
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,10 @@ def _check_relations(p: Params) -> None:
 
 
 def _check_recipe(t: Train, image_size: int) -> None:
+    if t.refit and t.keep != "last":
+        raise UserError(f"params: train.refit: true trains on the validation images too, so "
+                        f"no epoch can be chosen on them: it needs train.keep: last, got "
+                        f"{t.keep!r}")
     if t.scheduler == "onecycle" and t.warmup_epochs > 0:
         raise UserError("params: train.warmup_epochs must be 0 with train.scheduler 'onecycle' "
                         "(one-cycle has its own warm-up, the first 15% of the steps)")

@@ -91,7 +91,8 @@ def recipe_section(diff: list[tuple[str, object, object]], reference_name: str) 
     return [*lines, ""]
 
 
-def metrics_section(reports: dict[str, dict], classes: list[str]) -> list[str]:
+def metrics_section(reports: dict[str, dict], classes: list[str],
+                    val_held_out: bool = True) -> list[str]:
     rows = []
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]
@@ -103,6 +104,9 @@ def metrics_section(reports: dict[str, dict], classes: list[str]) -> list[str]:
                      *(f"F1 {c}" for c in classes)], rows)
     lines += ["", "95% CI: Wilson score interval of the accuracy. The best epoch was chosen on "
               "validation; test (when present) is only evaluated.", ""]
+    if not val_held_out:
+        lines += ["**Validation is NOT held out**: `train.refit` trained on the validation "
+                  "images (the final step), so their numbers are training numbers.", ""]
     for split, r in reports.items():
         lines += [f"Confusion matrix, {split} (rows: actual, columns: predicted):", ""]
         lines += _table(["actual \\ predicted", *classes],
@@ -128,7 +132,7 @@ def mistakes_section(mistakes: pd.DataFrame, png_name: str) -> list[str]:
 
 def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[str],
                  diff: list, reference_name: str, reports: dict[str, dict],
-                 mistakes: pd.DataFrame, png_name: str) -> str:
+                 mistakes: pd.DataFrame, png_name: str, val_held_out: bool = True) -> str:
     epoch, val_acc = meta.get("epoch"), meta.get("val_accuracy")
     head = [f"Model: best epoch {epoch}"
             + (f" (validation accuracy {val_acc:.4f})" if isinstance(val_acc, float) else "")
@@ -136,6 +140,6 @@ def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[s
     lines = ["# Evaluation report", "", *head,
              *data_section(summary, classes, fingerprint),
              *recipe_section(diff, reference_name),
-             *metrics_section(reports, classes),
+             *metrics_section(reports, classes, val_held_out),
              *mistakes_section(mistakes, png_name)]
     return "\n".join(lines).rstrip() + "\n"

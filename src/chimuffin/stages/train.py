@@ -5,6 +5,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from chimuffin import atomic, paths, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
@@ -77,8 +79,12 @@ def show_epoch(bar: Progress, r, epochs: int) -> None:
 
 
 def labeled_sets(df, images, params) -> tuple[LabeledSet, LabeledSet]:
+    """(training, validation) images; with train.refit the validation images train too."""
     train, val = (LabeledSet(images, *rows_and_labels(labeled(df, split), params.base.classes))
                   for split in ("train", "val"))
+    if params.train.refit:
+        train = LabeledSet(images, np.concatenate([train.rows, val.rows]),
+                           np.concatenate([train.labels, val.labels]))
     if params.train.batch_size > len(train):
         raise UserError(f"params: train.batch_size ({params.train.batch_size}) is larger than "
                         f"the training set ({len(train)} labeled images)")
@@ -106,7 +112,8 @@ def done_line(params, device, n_train: int, best, kept: Kept) -> str:
     t = params.train
     precision = "bf16 autocast" if device.type == "cuda" or uses_cpu_bf16(
         params.runtime.cpu_bf16, runtime.has_native_bf16()) else "fp32"
-    return (f"train: {n_train} images, {t.epochs} epochs on {device} ({precision}); "
+    refit = " (refit: validation images included, validation NOT held out)" if t.refit else ""
+    return (f"train: {n_train} images{refit}, {t.epochs} epochs on {device} ({precision}); "
             f"best epoch {best.epoch}: val acc {best.val_acc:.4f}, val loss "
             f"{best.val_loss:.4f}; saved the {t.keep} weights (epoch {kept.epoch})")
 
