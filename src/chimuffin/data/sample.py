@@ -54,8 +54,7 @@ def _background(rng: random.Random) -> Image.Image:
     return img
 
 
-def _draw_chihuahua(d: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, s: float,
-                    hard: bool):
+def _draw_chihuahua(d: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, s: float):
     fur = _jitter(rng.choice(WARM), rng)
     ear = _jitter(fur, rng, 25)
     inner = _jitter((225, 160, 150), rng, 20)
@@ -109,7 +108,10 @@ def draw_image(label: str, seed: int, hard_share: float = HARD_SHARE) -> Image.I
     s = rng.uniform(28, 38) if hard else rng.uniform(40, 56)
     spread = (0.3, 0.7) if hard else (0.4, 0.6)
     cx, cy = rng.uniform(*spread) * SIZE, rng.uniform(*spread) * SIZE
-    (_draw_chihuahua if label == "chihuahua" else _draw_muffin)(d, rng, cx, cy, s, hard)
+    if label == "chihuahua":
+        _draw_chihuahua(d, rng, cx, cy, s)
+    else:
+        _draw_muffin(d, rng, cx, cy, s, hard)
     tilt = 30 if hard else 15
     layer = layer.rotate(rng.uniform(-tilt, tilt), resample=Image.Resampling.BILINEAR,
                          center=(cx, cy))
