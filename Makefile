@@ -43,13 +43,16 @@ check-data:  ## names DVC cannot hash in prepare.data_dir (run before `make repr
 
 # The experiment table, short: name, date, the params that differ between the rows shown, and
 # the saved model's validation/test accuracy (best validation first). Everything else (deps
-# hashes, unchanged params, other metrics) is dropped; EXP_ARGS adds options, e.g. --md, -A.
+# hashes, unchanged params, other metrics) is dropped. Markdown by default: DVC's boxed table
+# replaces columns with "..." when the terminal is narrow or stdout is a pipe, Markdown never
+# cuts one. EXP_FORMAT= (empty) gives the boxed table, --csv CSV; EXP_ARGS adds options, e.g. -A.
 EXP_KEEP := ^(Experiment|Created|val\.accuracy|test\.accuracy)$$
 EXP_PARAMS := base|sample|prepare|clean|train|evaluate|embed|suggest|tlc
+EXP_FORMAT ?= --md
 exp:  ## short experiment table: params that differ + saved-model val/test accuracy
 	@$(BIN)/dvc exp show --no-pager --only-changed --keep '$(EXP_KEEP)' \
 	  --drop '^(?!($(EXP_PARAMS))\.)' --sort-by metrics/eval/metrics.json:val.accuracy \
-	  --sort-order desc --precision 4 $(EXP_ARGS)
+	  --sort-order desc --precision 4 $(EXP_FORMAT) $(EXP_ARGS)
 
 bench:  ## training / evaluation img/s: reference pipeline vs chimuffin (quiet machine)
 	$(BIN)/python benchmarks/train_throughput.py

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One improvement iteration on the embedded sample, as docs/iteration.md tells it,
 # in a fresh clone of this repository's HEAD (nothing here is touched):
-#   dvc repro (timed) -> commit -> the review queue's top 40 pool requests answered by the
+#   dvc repro (timed) -> commit -> the first review page checked against the true labels ->
+#   the review queue's top 40 pool requests answered by the
 #   sample's true pool labels (the person) -> dvc exp run (timed) -> dvc metrics diff -> commit.
 # Usage: benchmarks/one_iteration.sh [DEST]   (default: a new temp dir; needs `make setup`)
 set -euo pipefail
@@ -15,6 +16,19 @@ git config user.email story@example.com && git config user.name story
 echo "== dvc repro"
 /usr/bin/time -f "dvc repro: %e s wall, %U s user CPU" dvc repro
 git add -A && git commit -qm "baseline: dvc repro on the sample"
+
+echo "== the first review page against the sample's true pool labels"
+python - <<'EOF'
+import pandas as pd
+
+pages = pd.read_parquet("data/suggest/pages.parquet")
+truth = pd.read_csv("data/raw/sample/pool_labels.csv").set_index("relative_path")["label"]
+first = pages[pages["page"] == pages["page"].min()]
+right = int((first["label"] == first["path"].map(truth)).sum())
+print(f"first page: proposes {first['label'].iloc[0]} (page score "
+      f"{first['page_score'].iloc[0]:.2f}), {right} of {len(first)} proposals right; all pages: "
+      f"{int((pages['label'] == pages['path'].map(truth)).sum())} of {len(pages)} right")
+EOF
 
 echo "== answer the review queue's top 40 pool requests"
 python - <<'EOF'

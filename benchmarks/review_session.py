@@ -71,7 +71,8 @@ WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},
                 "train": {"epochs": 1, "batch_size": 4}, "runtime": {"threads": 1},
                 "evaluate": {"batch_size": 64}, "embed": {"batch_size": 64, "n_neighbors": 5},
-                "sample": {"labeled_per_class": 4, "pool": 4, "test_per_class": 0},
+                "sample": {"labeled_per_class": 4, "pool": 4, "test_per_class": 0,
+                           "val_per_class": 0},
                 "suggest": {"page_size": 4}}
 
 

@@ -71,3 +71,11 @@ def test_a_text_file_is_not_a_checkpoint_and_exit_is_2(tmp_path, capsys):
                        "text file (it starts with '# chimuffin'); use a model file written by "
                        "chimuffin's train stage")
         assert "could run code" not in err
+
+
+def test_labels_without_a_subcommand_lists_them_and_fails(capsys):
+    assert main(["labels"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: chimuffin labels")
+    assert "accept" in err and "merge label suggestions" in err
+    assert err.rstrip().endswith("chimuffin labels: error: choose a subcommand")

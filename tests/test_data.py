@@ -136,6 +136,22 @@ def test_validation_file_takes_pool_images_only_naming_the_row(tmp_path, which, 
     assert not (out / "manifest.parquet").exists()
 
 
+def test_a_shipped_val128_split_is_validation_only(tmp_path):
+    root, out = tmp_path / "data", tmp_path / "out"
+    out.mkdir()
+    write_sample(root, 5, 2, 1, seed=5, val_per_class=3)
+    assert len(list((root / "val128/chihuahua").glob("*.jpg"))) == 3
+    report = prepare_dataset(root, CLASSES, 32, 0.2, 5, {}, "validation.csv", out)
+    # val_fraction still draws 1 of 5 per class from train128/; val128/ adds 3 per class
+    assert report["counts"] == {"test/chihuahua": 1, "test/muffin": 1, "train/chihuahua": 4,
+                                "train/muffin": 4, "train/undefined": 2, "val/chihuahua": 4,
+                                "val/muffin": 4}
+    df = pd.read_parquet(out / "manifest.parquet")
+    shipped = df[df["path"].str.startswith("val128/")]
+    assert len(shipped) == 6 and (shipped["split"] == "val").all()
+    assert (shipped["label"] == shipped["path"].str.split("/").str[1]).all()
+
+
 def test_prepare_fails_on_empty_class(tmp_path):
     root = tmp_path / "data"
     write_sample(root, 3, 0, 0, seed=5)

@@ -135,9 +135,10 @@ def test_dvc_plots_show_and_diff_render_offline_and_exp_table_is_short(tiny_repo
     run(["dvc", "plots", "diff", "HEAD", "lr-1e-3", "-o", str(tmp_path / "diff")], repo)
     check_page(tmp_path / "diff" / "index.html", repo, revisions=2)
 
-    # `make exp`: experiment, date, the param that differs, the saved model's accuracies
+    # `make exp`: experiment, date, the param that differs, the saved model's accuracies, as
+    # Markdown by default: piped and at 60 columns, no column is cut to "..."
     table = run(["make", "-s", "-f", str(REPO / "Makefile"), "exp",
-                 f"BIN={Path(sys.executable).parent}", "EXP_ARGS=--md"], repo).stdout
+                 f"BIN={Path(sys.executable).parent}"], repo, env={"COLUMNS": "60"}).stdout
     header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     assert header == ["Experiment", "Created", "test.accuracy", "val.accuracy", "train.lr"]
     assert "lr-1e-3" in table and "0.001" in table

@@ -42,6 +42,7 @@ class Sample:
     labeled_per_class: int = num(2, 10_000)
     pool: int = num(0, 100_000)
     test_per_class: int = num(0, 10_000)
+    val_per_class: int = num(0, 10_000)  # val128/: validation images, never trained on
     bad_files: bool = field()
 
 

@@ -401,10 +401,12 @@ class TrainingRun:
         return self.reduce()
 
     def reduce(self) -> dict:
+        from chimuffin.infer.embeddings import expected_pacmap_notes_silenced
         from chimuffin.progress import timed
 
         expected = len(self.collected) * len(self.tables)
-        with tlc_warnings() as notes, timed(f"3LC: PaCMAP 3-D of {expected} metrics tables"):
+        with tlc_warnings() as notes, expected_pacmap_notes_silenced(), \
+                timed(f"3LC: PaCMAP 3-D of {expected} metrics tables"):
             reduced = self.run.reduce_embeddings_by_foreign_table_url(
                 self.train_url, method="pacmap", n_components=3, random_state=self.seed,
                 n_neighbors=self.n_neighbors, delete_source_tables=True)

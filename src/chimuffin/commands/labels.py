@@ -6,6 +6,7 @@ pulling edits from 3LC) register their own `labels` subcommand in SUBCOMMANDS be
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from chimuffin import paths
@@ -21,9 +22,17 @@ def register(sub) -> None:
     p = sub.add_parser("labels", help=f"edit {paths.DECISIONS} (accept suggestions, ...)",
                        description=f"Tools that write the git-tracked label file "
                        f"({paths.DECISIONS}); stages only read it.")
-    lsub = p.add_subparsers(dest="labels_command", required=True)
+    lsub = p.add_subparsers(dest="labels_command", title="subcommands", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS:
         add(lsub)
+    p.set_defaults(func=lambda args: no_subcommand(p))  # each subcommand sets its own func
+
+
+def no_subcommand(parser) -> int:
+    """`chimuffin labels` alone: its help, which lists the subcommands, and exit status 2."""
+    sys.stderr.write(parser.format_help())
+    sys.stderr.write(f"{parser.prog}: error: choose a subcommand\n")
+    return 2
 
 
 def add_accept_options(p, required: bool = True) -> None:

@@ -1,0 +1,1 @@
+"""Datasets: scanning, decoding and splitting images, the manifest, the embedded sample."""

@@ -1,6 +1,8 @@
 """Find the images of a dataset in the hackathon layout and decide which ones are usable.
 
-Layout: <root>/train128/{<class>...,undefined}/*  and optionally <root>/test128/{<class>...}/*.
+Layout: <root>/train128/{<class>...,undefined}/*, optionally <root>/test128/{<class>...}/* and
+<root>/val128/{<class>...}/* (a validation split the dataset ships: added to the one drawn
+from train128/, never trained on).
 Scanning never raises on a single bad file: it returns the files to decode and the files it
 excluded, each with a reason, so the prepare report can list them.
 """
@@ -14,14 +16,14 @@ from pathlib import Path
 from chimuffin.data.images import IMAGE_SUFFIXES
 from chimuffin.errors import UserError
 
-TRAIN_DIR, TEST_DIR, POOL = "train128", "test128", "undefined"
+TRAIN_DIR, TEST_DIR, VAL_DIR, POOL = "train128", "test128", "val128", "undefined"
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 @dataclass(frozen=True)
 class Candidate:
     path: str  # relative to the dataset root, posix separators
-    split: str  # "train" or "test" (validation is drawn later from train)
+    split: str  # "train", "test" or "val" (more validation is drawn later from train)
     folder_label: str  # a class name or "undefined"
 
 
@@ -85,7 +87,7 @@ def scan_dataset(root: str | Path, classes: list[str]) -> tuple[list[Candidate],
     if not train.is_dir():
         raise UserError(
             f"{root}: no {TRAIN_DIR}/ folder; expected {TRAIN_DIR}/{{{','.join(classes)},"
-            f"{POOL}}}/ and optionally {TEST_DIR}/ (set prepare.data_dir)")
+            f"{POOL}}}/ and optionally {TEST_DIR}/, {VAL_DIR}/ (set prepare.data_dir)")
     missing = [c for c in classes if not (train / c).is_dir()]
     if missing:
         found = sorted(_printable(d.name) for d in train.iterdir() if d.is_dir())
@@ -96,7 +98,8 @@ def scan_dataset(root: str | Path, classes: list[str]) -> tuple[list[Candidate],
     keep: list[Candidate] = []
     excluded: list[Excluded] = []
     for split_dir, split, allowed in ((train, "train", [*classes, POOL]),
-                                      (root / TEST_DIR, "test", classes)):
+                                      (root / TEST_DIR, "test", classes),
+                                      (root / VAL_DIR, "val", classes)):
         if not split_dir.is_dir():
             continue
         for sub in sorted(split_dir.iterdir()):

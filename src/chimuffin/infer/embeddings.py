@@ -3,6 +3,9 @@ PaCMAP reductions."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,29 @@ def read_embeddings(path: str | Path) -> tuple[pd.Series, np.ndarray]:
     return df["path"], np.stack(df["embedding"].to_numpy()).astype(np.float32)
 
 
+# PaCMAP logs these on every seeded or 3-D fit: chimuffin seeds every reduction on purpose (so
+# reruns are byte-identical) and draws the 3-D one for the review page, so they ask nothing of
+# the user. Its other warnings (sample size against neighbour pairs) still print.
+EXPECTED_PACMAP_NOTES = ("random state is set to", "n_components != 2")
+
+
+class _DropExpectedNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(note in record.getMessage() for note in EXPECTED_PACMAP_NOTES)
+
+
+@contextmanager
+def expected_pacmap_notes_silenced() -> Iterator[None]:
+    """Drop PaCMAP's notes about a set random state and 3-D output while the block runs."""
+    logger = logging.getLogger("pacmap.pacmap")  # the module's own logger (a filter applies
+    drop = _DropExpectedNotes()                  # where a record is logged, not up the tree)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def pacmap_reduce(x: np.ndarray, dims: int, n_neighbors: int, seed: int) -> np.ndarray:
     """Seeded PaCMAP; small sets get fewer neighbours (PaCMAP needs n_neighbors < n)."""
     import pacmap
@@ -35,9 +61,10 @@ def pacmap_reduce(x: np.ndarray, dims: int, n_neighbors: int, seed: int) -> np.n
     if n < 5:
         raise UserError(f"embed: PaCMAP needs at least 5 images, got {n}")
     k = max(2, min(n_neighbors, n - 3))
-    reducer = pacmap.PaCMAP(n_components=dims, n_neighbors=k, random_state=seed,
-                            MN_ratio=0.5, FP_ratio=2.0, verbose=False)
-    out = reducer.fit_transform(x.astype(np.float64), init="pca")
+    with expected_pacmap_notes_silenced():
+        reducer = pacmap.PaCMAP(n_components=dims, n_neighbors=k, random_state=seed,
+                                MN_ratio=0.5, FP_ratio=2.0, verbose=False)
+        out = reducer.fit_transform(x.astype(np.float64), init="pca")
     if out is None or not np.isfinite(out).all():
         raise UserError("embed: PaCMAP returned no or non-finite coordinates")
     return out.astype(np.float32)

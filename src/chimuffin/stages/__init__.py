@@ -1,0 +1,1 @@
+"""Stage entry points, one module per stage of dvc.yaml (run through src/stage.py)."""
