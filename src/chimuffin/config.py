@@ -352,13 +352,18 @@ def parse_params(raw: Any) -> Params:
     return params
 
 
-def load_params(path: str | Path = PARAMS) -> Params:
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """A YAML file's document, read strictly (load_yaml); `what` names the file in errors."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise UserError(f"{path}: cannot read params file ({e.strerror})") from e
-    raw = load_yaml(text, str(path))
+        raise UserError(f"{path}: cannot read {what} ({e.strerror})") from e
+    return load_yaml(text, str(path))
+
+
+def load_params(path: str | Path = PARAMS) -> Params:
+    raw = read_yaml_file(path, "params file")
     try:
         return parse_params(raw)
     except UserError as e:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chimuffin.config import Train, _build, as_dict, load_yaml
+from chimuffin.config import Train, _build, as_dict, read_yaml_file
 from chimuffin.errors import UserError
 from chimuffin.paths import REFERENCE_RECIPE
 
 
 def load_reference(path: str | Path = REFERENCE_RECIPE) -> Train:
     """The reference `train` group, checked as strictly as params.yaml."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the reference recipe ({e.strerror})") from e
-    raw = load_yaml(text, str(path))
+    raw = read_yaml_file(path, "the reference recipe")
     if not isinstance(raw, dict) or set(raw) != {"train"}:
         raise UserError(f"{path}: expected one top-level key `train`")
     try:
