@@ -42,6 +42,7 @@ STATIC = {  # name -> content type; served from review/static
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "verify.js": "text/javascript; charset=utf-8",
+    "retrain.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 # The page may talk to this server only: nothing else loads, even if a script tried.
