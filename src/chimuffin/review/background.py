@@ -223,7 +223,7 @@ class Retrainer:
                 self._start(queued)
 
     def _retrain(self, run: Run, copy: Path, out) -> None:
-        def sh(cmd: list[str], cwd: Path, nice: bool = False) -> str:
+        def sh(cmd: list[str], cwd: Path, nice: bool = False, check: bool = True) -> str:
             if self.stopping:
                 raise Stopped
             out.write(f"$ {' '.join(cmd)}\n")
@@ -243,7 +243,7 @@ class Retrainer:
             out.flush()
             if self.stopping:
                 raise Stopped
-            if p.returncode != 0:
+            if p.returncode != 0 and check:
                 raise UserError(f"`{' '.join(cmd[:3])}` failed (exit {p.returncode}); see the "
                                 "log")
             return stdout.strip()
@@ -273,6 +273,9 @@ class Retrainer:
             label_file.write_bytes(snapshot.data)
         (copy / self.params_file.resolve().relative_to(self.root)).write_text(
             yaml.safe_dump(params, sort_keys=False))
+        # the data DVC tracks (`dvc add`ed datasets, the outputs), from the shared cache; what
+        # the cache lacks the run makes (or names in its log)
+        sh(["dvc", "checkout", "-q"], copy, nice=True, check=False)
         sh(["dvc", "exp", "run", "-n", run.name], copy, nice=True)
         refs = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], copy).split()
         ref = next((r for r in refs if r.endswith(f"/{run.name}")), None)
