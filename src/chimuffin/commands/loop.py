@@ -124,7 +124,8 @@ def run_background(args) -> int:
             print("loop: review.retrain_every is 0: no background retrains in this sitting")
         s = run_sitting(root, root / args.params, root / args.decisions,
                         root / args.suggest_dir, classes, rv.truth(classes), rv.budget_s,
-                        params.review.retrain_every, params.review.round_recipe, rv.cost)
+                        params.review.retrain_every, params.review.round_recipe, rv.cost,
+                        eval_dir=root / args.eval_dir)
     print(summary(s))
     return 0
 

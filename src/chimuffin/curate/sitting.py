@@ -27,7 +27,8 @@ from chimuffin.curate.simulated_review import EPS, ReviewCost, person_decided
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
 from chimuffin.labels.rows import Decision, merge_decisions
-from chimuffin.review.background import Retrainer, person_decisions
+from chimuffin.paths import METRICS_FILE
+from chimuffin.review.background import Retrainer, person_decisions, val_metrics
 
 
 @dataclass
@@ -76,20 +77,31 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 classes: list[str], truth: dict[str, str], budget_s: float, every: int,
                 recipe: str, cost: ReviewCost,
                 sleep: Callable[[float], None] = time.sleep,
-                report: Callable[[str], None] = print) -> Sitting:
+                report: Callable[[str], None] = print, live: dict | None = None,
+                eval_dir: Path | None = None) -> Sitting:
+    """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
+    and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
+    samples them (benchmarks/review_session.py)."""
     pages_file = suggest_dir / "pages.parquet"
     if not pages_file.is_file():
         raise UserError(f"{pages_file}: not found; run `dvc repro` first")
     state = {"pages": read_pages(pages_file)}
     out = Sitting()
     guard = threading.Lock()
+    live = {} if live is None else live
+    acc, n = val_metrics(eval_dir / METRICS_FILE) if eval_dir else (None, None)
+    live.update(sitting=out, model={"name": "pipeline outputs", "val_accuracy": acc,
+                                    "val_n": n})
 
     def swap(run) -> None:  # a background model finished: its pages from the next page on
         with guard:
             state["pages"] = run.pages.sort_values(["page", "position"], kind="stable")
             out.models_finished += 1
-        report(f"loop: model {run.name} finished (val acc {run.val_accuracy}); its pages "
-               "from the next page on")
+            live["model"] = {"name": run.name, "labels": run.labels,
+                             "val_accuracy": run.val_accuracy, "val_n": run.val_n}
+        acc = "-" if run.val_accuracy is None else f"{run.val_accuracy:.4f}"
+        report(f"loop: model {run.name} finished (val acc {acc}); its pages from the next "
+               "page on")
 
     start_labels = person_decisions(locked.read(decisions, classes).decisions)
     retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,

@@ -106,13 +106,14 @@ class Run:
     pages: pd.DataFrame | None = field(default=None, repr=False)
     suggestions: pd.DataFrame | None = field(default=None, repr=False)
     val_accuracy: float | None = None
+    val_n: int | None = None    # validation images behind val_accuracy
 
     def public(self) -> dict:
         return {"name": self.name, "labels": self.labels, "reason": self.reason,
                 "started": round(self.started, 1),
                 "finished": None if self.finished is None else round(self.finished, 1),
                 "ok": self.ok, "error": self.error, "log": self.log, "log_tail": self.log_tail,
-                "val_accuracy": self.val_accuracy}
+                "val_accuracy": self.val_accuracy, "val_n": self.val_n}
 
 
 class Stopped(Exception):
@@ -284,7 +285,7 @@ class Retrainer:
         sh(["git", "push", "-q", "origin", f"{ref}:{ref}"], copy)
         run.pages = read_copy_pages(copy)
         run.suggestions = pd.read_parquet(copy / default.SUGGEST / default.SUGGESTIONS_FILE)
-        run.val_accuracy = val_accuracy(copy / default.EVAL / default.METRICS_FILE)
+        run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
 
 
 def read_copy_pages(copy: Path) -> pd.DataFrame:
@@ -293,14 +294,15 @@ def read_copy_pages(copy: Path) -> pd.DataFrame:
     return read_pages(copy / default.SUGGEST / default.PAGES_FILE)
 
 
-def val_accuracy(path: Path) -> float | None:
+def val_metrics(path: Path) -> tuple[float | None, int | None]:
+    """(validation accuracy, images) from the evaluate stage's metrics; (None, None) without."""
     import json
 
     try:
         val = json.loads(path.read_text()).get("val")
-        return None if not val else round(float(val["accuracy"]), 4)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return (None, None) if not val else (float(val["accuracy"]), int(val["n"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
 
 
 def _read_text(path: Path) -> str:
