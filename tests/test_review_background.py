@@ -292,3 +292,20 @@ def pids_under(folder: Path) -> list[int]:
                 pass
     return out
 
+
+
+def test_a_run_from_a_folder_inside_a_repository_fails_and_writes_nothing(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    outer = tmp_path / "outer"
+    (outer / "inner").mkdir(parents=True)
+    run(["git", "init", "-q"], outer)
+    inner = outer / "inner"
+    (inner / "params.yaml").write_text(yaml.safe_dump(default_params_dict()))
+    r = Retrainer(inner, inner / "params.yaml", inner / "decisions.csv", CLASSES, every=0,
+                  recipe="", labels_of_model=0, cpus=2)
+    r.request()
+    r.thread.join(30)
+    failed = r.status()["runs"][0]
+    assert failed["ok"] is False and "not the top folder of a git repository" in failed["error"]
+    assert sorted(p.name for p in inner.iterdir()) == ["params.yaml"]

@@ -249,6 +249,10 @@ class Retrainer:
                                 "log")
             return stdout.strip()
 
+        top = Path(sh(["git", "rev-parse", "--show-toplevel"], self.root)).resolve()
+        if top != self.root:  # the copy is of the repository: it must be this folder's own
+            raise UserError(f"{self.root}: not the top folder of a git repository (that is "
+                            f"{top}); run `chimuffin review` there")
         with locked.holding_lock(self.decisions):
             snapshot = locked.read(self.decisions, self.classes)
         run.labels = person_decisions(snapshot.decisions)
