@@ -18,7 +18,16 @@ Arms:
 - queue: rounds of `chimuffin loop --rounds 1 --oracle CSV --budget K`, K = M * 60 / 3 (up to
   the last checkpoint only: the whole pool one answer at a time would be hours), with
   suggest.queue_size raised so that the queue never runs dry;
-- ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`.
+- ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`;
+- wall-clock (only when named in --arms): one sitting of `chimuffin loop --background`'s person
+  (chimuffin.curate.sitting), in wall-clock time: after one `dvc repro` (the first model), the
+  person verifies pages (confident order) at the cost model's pace while background retrains
+  (every --retrain-every decisions, the arm's train group as the round recipe) swap in new
+  pages. At each --wall-schedule checkpoint (wall-clock minutes since the first page) it
+  records images verified, exceptions, background models finished, the person's idle time
+  (0 by construction) and the validation accuracy (95% interval) of the model proposing the
+  pages then; a last row when the sitting ends (the whole pool, or the last checkpoint
+  with --no-whole-pool).
 Each round's M takes the arm to the next checkpoint of --schedule (cumulative simulated
 minutes; pages are all or nothing, so an arm may stop a little short); the last round reviews
 the whole pool. Before each round, and after the last, `dvc repro` trains and evaluates: each
@@ -28,6 +37,7 @@ The arms share one DVC cache, so identical stages (the 0-minute model) run once.
     python benchmarks/review_session.py --recipe fast --set train.epochs=30
     python benchmarks/review_session.py --arms pages-confident queue --schedule 0 5 10
     python benchmarks/review_session.py --smoke          # the embedded sample, tiny, ~2 min
+    python benchmarks/review_session.py --recipe round --arms wall-clock --retrain-every 240
 
 Writes OUT/review_session.json and OUT/review_session.png; prints a table and the CPU.
 """
@@ -66,7 +76,9 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
 ARMS = ("pages-confident", "pages-uncertain", "pages-mixed", "queue", "ceiling")
+WALL_ARM = "wall-clock"
 SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
+WALL_SCHEDULE = (0.0, 10.0, 20.0, 30.0, 40.0)  # wall-clock minutes since the first page
 WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},
                 "train": {"epochs": 1, "batch_size": 4}, "runtime": {"threads": 1},
@@ -158,6 +170,9 @@ def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke:
     raw["train"]["keep"] = "last"
     if arm.startswith("pages-"):
         raw["suggest"]["page_order"] = arm.removeprefix("pages-")
+    if arm == WALL_ARM:  # background runs retrain with the arm's own train group
+        raw["suggest"]["page_order"] = "confident"
+        raw["review"]["round_recipe"] = ""
     if arm == "queue":
         raw["suggest"]["queue_size"] = 1_000_000
     return as_dict(parse_params(raw))
@@ -289,6 +304,86 @@ def run_ceiling(repo: Path, data: Data, classes: list[str]) -> Checkpoint:
     return row
 
 
+@dataclass
+class WallCheckpoint:
+    minutes: float              # wall-clock minutes since the first page
+    verified: int
+    exceptions: int
+    pages: int
+    models_started: int
+    models_finished: int
+    idle_s: float
+    model: str                  # the model proposing the pages at that moment
+    accuracy: float | None      # its validation accuracy
+    lo: float | None
+    hi: float | None
+    n: int | None
+
+
+def wall_row(minutes: float, live: dict) -> WallCheckpoint:
+    s, m = live["sitting"], live["model"]
+    acc, n = m.get("val_accuracy"), m.get("val_n")
+    lo, hi = wilson_interval(round(acc * n), n) if acc is not None and n else (None, None)
+    return WallCheckpoint(minutes, s.verified, s.exceptions, s.pages, s.models_started,
+                          s.models_finished, s.idle_s, m["name"], acc, lo, hi, n)
+
+
+def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
+                   whole_pool: bool) -> list[WallCheckpoint]:
+    """One sitting in wall-clock time, sampled at the schedule's minutes since its first page."""
+    import threading
+
+    from chimuffin.config import load_params
+    from chimuffin.curate.sitting import run_sitting, summary
+
+    sh(["dvc", "repro"], repo)  # the first model: the person starts on its pages
+    params = load_params(repo / "params.yaml")
+    truth = read_path_labels(truth_csv, classes)
+    budget = math.inf if whole_pool else schedule[-1] * 60
+    live: dict = {}
+    done: dict = {}
+
+    def sit() -> None:
+        try:
+            done["sitting"] = run_sitting(
+                repo, repo / "params.yaml", repo / "data/labels/decisions.csv",
+                repo / "data/suggest", classes, truth, budget, params.review.retrain_every,
+                params.review.round_recipe, ReviewCost(), report=lambda m: print(m, flush=True),
+                live=live, eval_dir=repo / "metrics/eval")
+        except BaseException as e:  # shown by the main thread
+            done["error"] = e
+
+    thread = threading.Thread(target=sit, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    while "sitting" not in live and thread.is_alive():
+        time.sleep(0.01)
+    rows = []
+    for minutes in schedule:
+        thread.join(max(0.0, start + minutes * 60 - time.monotonic()))
+        if not thread.is_alive():
+            break
+        rows.append(wall_row(minutes, live))
+        print(wall_line(rows[-1]), flush=True)
+    thread.join()
+    if "error" in done:
+        raise UserError(f"the wall-clock sitting failed: {done['error']}")
+    rows.append(wall_row((time.monotonic() - start) / 60, live))
+    print(wall_line(rows[-1]) + "  (the sitting's end)", flush=True)
+    print(summary(done["sitting"]), flush=True)
+    return rows
+
+
+WALL_HEADER = (f"{'wall-min':>8} {'pages':>6} {'verified':>8} {'exc':>5} {'models':>6} "
+               f"{'idle s':>6}  {'proposing model: val acc [95% CI]':<36} model")
+
+
+def wall_line(r: WallCheckpoint) -> str:
+    acc = "-" if r.accuracy is None else f"{r.accuracy:.4f} [{r.lo:.4f}, {r.hi:.4f}]"
+    return (f"{r.minutes:>8.1f} {r.pages:>6} {r.verified:>8} {r.exceptions:>5} "
+            f"{r.models_finished:>6} {r.idle_s:>6.1f}  {acc:<36} {r.model}")
+
+
 # --- reporting --------------------------------------------------------------------------------
 
 HEADER = (f"{'arm':<16} {'human-min':>9} {'pages':>6} {'verified':>8} {'exc':>5} "
@@ -347,8 +442,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REAL_DATA,
                     help="train128/ + reviewed_labels.csv + pool_labels.csv (default: "
                     "%(default)s; CHIMUFFIN_REAL_DATA overrides)")
-    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+    ap.add_argument("--arms", nargs="+", choices=(*ARMS, WALL_ARM), default=list(ARMS),
                     help="default: %(default)s")
+    ap.add_argument("--wall-schedule", nargs="+", type=float, default=None, metavar="MIN",
+                    help="wall-clock arm: checkpoints in wall-clock minutes since the first "
+                    f"page (default: {' '.join(f'{m:g}' for m in WALL_SCHEDULE)}; --smoke: "
+                    "0 0.25 0.5)")
+    ap.add_argument("--retrain-every", type=int, default=240, metavar="N",
+                    help="wall-clock arm: a background retrain every N new decisions "
+                    "(default: %(default)s; --smoke: the page size)")
     ap.add_argument("--schedule", nargs="+", type=float, default=None, metavar="MIN",
                     help="checkpoints in cumulative simulated minutes (default: "
                     f"{' '.join(f'{m:g}' for m in SCHEDULE)}; --smoke: 0 0.2)")
@@ -391,6 +493,13 @@ def main(argv=None) -> int:
     write_path_labels(truth_csv, data.pool_truth)
     params = {arm: arm_params(base, train, sets, data.root, arm, args.smoke)
               for arm in args.arms}
+    wall_schedule = sorted(args.wall_schedule if args.wall_schedule is not None
+                           else [0.0, 0.25, 0.5] if args.smoke else WALL_SCHEDULE)
+    if WALL_ARM in params:
+        if args.retrain_every < 1:
+            raise UserError(f"--retrain-every must be >= 1, got {args.retrain_every}")
+        params[WALL_ARM]["review"]["retrain_every"] = (
+            SMOKE_PARAMS["suggest"]["page_size"] if args.smoke else args.retrain_every)
     cpu = runtime.cpu_summary()
     print(f"review_session: {data.root}: {len(data.pool_truth)} pool images the person can "
           f"verify, {len(data.reviewed)} reviewed validation images; arms {args.arms}; "
@@ -399,10 +508,15 @@ def main(argv=None) -> int:
     print(HEADER, flush=True)
 
     rows: list[Checkpoint] = []
+    wall: list[WallCheckpoint] = []
     cache = work / "dvc-cache"
     for arm in args.arms:
         repo = make_repo(work / f"repo-{arm}", params[arm], data.reviewed, cache)
-        if arm == "ceiling":
+        if arm == WALL_ARM:
+            print(WALL_HEADER, flush=True)
+            wall = run_wall_clock(repo, truth_csv, classes, wall_schedule, args.whole_pool)
+            print(HEADER, flush=True)
+        elif arm == "ceiling":
             rows.append(run_ceiling(repo, data, classes))
         else:
             # the whole pool one answer at a time would be hours of human time: queue stops at
@@ -414,16 +528,23 @@ def main(argv=None) -> int:
 
     print()
     print(table(rows))
+    if wall:
+        print("\nwall-clock arm (one sitting; retrains in the background):")
+        print("\n".join([WALL_HEADER, *map(wall_line, wall)]))
     print(f"cpu: {cpu}")
     result = {"cpu": cpu, "data": str(data.root), "smoke": args.smoke,
               "cost": asdict(ReviewCost()), "schedule": schedule, "whole_pool": args.whole_pool,
               "train": params[args.arms[0]]["train"], "validation_images": len(data.reviewed),
               "pool_images": len(data.pool_truth),
               "checkpoints": [{**asdict(r), "minutes": None if math.isnan(r.minutes)
-                               else r.minutes} for r in rows]}
+                               else r.minutes} for r in rows],
+              "wall_clock": {"schedule": wall_schedule, "checkpoints": [asdict(r) for r in wall]}
+              if wall else None}
     (out / "review_session.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(rows, out / "review_session.png")
-    print(f"wrote {out / 'review_session.json'} and {out / 'review_session.png'}")
+    if rows:  # (the wall-clock arm has its table only)
+        plot(rows, out / "review_session.png")
+    print(f"wrote {out / 'review_session.json'}"
+          + (f" and {out / 'review_session.png'}" if rows else ""))
     return 0
 
 

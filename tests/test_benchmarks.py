@@ -436,3 +436,24 @@ def test_review_session_smoke(tmp_path, capsys):
     assert ceiling["minutes"] is None and ceiling["train_images"] == whole["train_images"]
     assert all(r["n"] == result["validation_images"] for r in rows)
     assert "cpu: " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_review_session_wall_clock_smoke(tmp_path, capsys):
+    """The wall-clock arm on the sample generator: one sitting at the cost model's pace with
+    retrains behind it, sampled at wall-clock checkpoints, never idle."""
+    rs = load("review_session")
+    out = tmp_path / "out"
+    assert rs.main(["--smoke", "--arms", "wall-clock", "--wall-schedule", "0", "0.1",
+                    "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
+    result = json.loads((out / "review_session.json").read_text())
+    wall = result["wall_clock"]["checkpoints"]
+    assert [r["minutes"] for r in wall[:-1]] == [0, 0.1][:len(wall) - 1]
+    assert all(r["idle_s"] == 0 for r in wall)
+    assert [r["verified"] for r in wall] == sorted(r["verified"] for r in wall)
+    end = wall[-1]
+    # the whole pool verified by the end (the smoke pool is a few pages)
+    assert end["verified"] == result["pool_images"] and end["models_started"] >= 1
+    assert end["accuracy"] is not None and end["n"] == result["validation_images"]
+    assert end["lo"] <= end["accuracy"] <= end["hi"]
+    assert "wall-clock arm" in capsys.readouterr().out

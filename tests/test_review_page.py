@@ -8,23 +8,28 @@ disk is the oracle after every step. The harness prints page-load and per-action
 import contextlib
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from chimuffin import atomic
 from chimuffin.data.sample import write_sample
 from chimuffin.labels.rows import Decision, format_decisions
+from chimuffin.review.background import Retrainer, Run
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.verify import read_evidence
+from tests.helpers.repo import default_params_dict
 from tests.test_review import (
     BROWSER_ARGS,
     CHROMIUM,
     CLASSES,
     browser_or_skip,
+    build_repo,
     on_disk,
     serving,
     write_pages,
@@ -677,3 +682,92 @@ def test_sorting_a_page_puts_the_doubtful_and_lowest_first(long_review):
             page.wait_for_timeout(50)
         rows = on_disk(paths)
         assert rows[p[PAGE - 1]][0] == "muffin" and rows[p[0]][0] == "chihuahua"
+
+
+# --- background retraining: a swap keeps the place and the marks; a failure is shown ------
+
+def small_review(tmp_path: Path):
+    """The small dataset of tests/test_review.py (page 0 = pool 0-2, chihuahua; page 1 =
+    pool 3-4, muffin; pool 5 decided `auto`)."""
+    paths, data, names = build_repo(tmp_path)
+    atomic.write_text(paths.decisions, format_decisions(
+        [Decision(names["pool"][5], "chihuahua", "auto", "accepted")]))
+    return paths, ReviewData(paths, CLASSES, data), names
+
+
+@pytest.mark.slow
+def test_a_page_swap_keeps_the_place_and_the_marks(tmp_path):
+    paths, data, names = small_review(tmp_path)
+    p = names["pool"]
+    start = paths.decisions.read_bytes()
+    with serving(data) as server, \
+            browser_at(f"http://127.0.0.1:{server.server_address[1]}/", 1440, 900) \
+            as (page, expect, _):
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        expect(page.locator("#page-head")).to_contain_text("proposed by pipeline outputs")
+        page.keyboard.press("o")  # pool 0 is a muffin: marked, not accepted
+        expect(page.locator("#page-grid .thumb.marked")).to_have_count(1)
+        # a background model finishes: its pages put the muffins first
+        write_pages(tmp_path / "new.parquet", [("muffin", [(p[3], 0.9), (p[4], 0.8)]),
+                                               ("chihuahua", [(p[0], 0.7), (p[1], 0.7),
+                                                              (p[2], 0.7)])])
+        data.swap_in(Run("review-test-4-labels", 4, "on demand", time.time(),
+                         finished=time.time(), ok=True,
+                         pages=pd.read_parquet(tmp_path / "new.parquet")))
+        expect(page.locator("#status")).to_contain_text("new proposals from review-test")
+        # the place and the mark stay; nothing was written
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        expect(page.locator(f'#page-grid .thumb[data-path="{p[0]}"]')) \
+            .to_have_attribute("data-mark", "muffin")
+        assert paths.decisions.read_bytes() == start
+        # the next page is the new model's (numbered after every page of the session)
+        page.keyboard.press("n")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "2")
+        expect(page.locator("#page-head")).to_contain_text("proposed by review-test-4-labels")
+        page.keyboard.press("p")
+        expect(page.locator(f'#page-grid .thumb[data-path="{p[0]}"]')) \
+            .to_have_attribute("data-mark", "muffin")
+        page.keyboard.press("Enter")  # the old page, accepted with its mark
+        expect(page.locator("#status")).to_contain_text("page 0 verified")
+        assert on_disk(paths) == {
+            p[0]: ("muffin", "human", "review page: page 0"),
+            p[1]: ("chihuahua", "human", "review page: page 0"),
+            p[2]: ("chihuahua", "human", "review page: page 0"),
+            p[5]: ("chihuahua", "auto", "accepted")}
+        # on to the new model's page (its chihuahua page held only images verified since)
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "2")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#progress[data-verified='5']")
+        rows = on_disk(paths)
+        assert rows[p[3]] == rows[p[4]] == ("muffin", "human", "review page: page 2")
+        assert len(rows) == 6
+        # how often each model was wrong so far (the page polls)
+        expect(page.locator("#retrain-info")).to_contain_text(
+            "pipeline outputs: 1 wrong of 3; review-test-4-labels: 0 wrong of 2")
+
+
+@pytest.mark.slow
+def test_a_failed_background_run_is_shown_and_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    paths, data, names = small_review(tmp_path / "ws")
+    (paths.root / "params.yaml").write_text(yaml.safe_dump(default_params_dict()))
+    start = paths.decisions.read_bytes()
+    # not a git repository: the run fails at its first git command
+    retrainer = Retrainer(paths.root, paths.root / "params.yaml", paths.decisions, CLASSES,
+                          every=0, recipe="", labels_of_model=0, on_done=data.swap_in)
+    with serving(data, retrainer=retrainer) as server, \
+            browser_at(f"http://127.0.0.1:{server.server_address[1]}/", 1440, 900) \
+            as (page, expect, _):
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        page.keyboard.press("Shift+R")
+        expect(page.locator("#status")).to_contain_text("background retrain: started")
+        expect(page.locator("#retrain-error")).to_contain_text("failed (nothing changed)",
+                                                               timeout=30_000)
+        expect(page.locator("#retrain-error")).to_contain_text("git rev-parse")
+        page.click("#retrain-error")
+        expect(page.locator("#retrain-log")).to_contain_text("not a git repository")
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        assert paths.decisions.read_bytes() == start
+    assert data.models_state()["version"] == 0
+    log = Path(retrainer.runs[0].log)
+    assert log.is_file() and log.is_relative_to(tmp_path)

@@ -165,6 +165,17 @@ class Tlc:
 
 
 @dataclass(frozen=True)
+class Review:
+    # The review page (`chimuffin review`), not a stage: no stage reads it, so changing it
+    # reruns nothing. Background retraining: after this many new person decisions since the
+    # model the page shows (0 = only when the page asks for one).
+    retrain_every: int = num(0, 1_000_000)
+    # The `train` group background retrains use (a recipe file, relative to the repository;
+    # "" = params.yaml's own `train` group). The final model never comes from it.
+    round_recipe: str = field()
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base = field()
     sample: Sample = field()
@@ -175,6 +186,7 @@ class Params:
     evaluate: Evaluate = field()
     embed: Embed = field()
     suggest: Suggest = field()
+    review: Review = field()
     tlc: Tlc = field()
 
 

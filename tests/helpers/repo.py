@@ -58,9 +58,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int | None = 900
     return p
 
 
-REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "data/labels/decisions.csv",
-              "data/labels/validation.csv", ".gitignore", ".dvcignore",
-              "tlc-config.yaml"]
+REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "recipes/round.yaml",
+              "data/labels/decisions.csv", "data/labels/validation.csv", ".gitignore",
+              ".dvcignore", "tlc-config.yaml"]
 
 
 def init_repo(dest: Path, user: str = "test", email: str = "t@example.com",

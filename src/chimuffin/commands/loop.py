@@ -8,9 +8,10 @@ from pathlib import Path
 from chimuffin import paths
 from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
-from chimuffin.curate.git_and_signals import repo_root
+from chimuffin.curate.git_and_signals import repo_root, run_child, sigterm_as_interrupt
 from chimuffin.curate.rounds import AutoAccept, LoopConfig, Reviewer, run_loop
 from chimuffin.curate.simulated_review import ReviewCost
+from chimuffin.curate.sitting import run_sitting, summary
 from chimuffin.errors import UserError
 
 DESCRIPTION = """\
@@ -26,7 +27,13 @@ committed whole or not at all. Simulated cost: """ + ReviewCost().describe() + "
 def register(sub) -> None:
     p = sub.add_parser("loop", help="rounds of: dvc repro, a simulated review, accepted "
                        "suggestions, one commit each", description=DESCRIPTION)
-    p.add_argument("--rounds", type=int, required=True, help="rounds to run (at most)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds to run (at most); not with --background")
+    p.add_argument("--background", action="store_true",
+                   help="one sitting instead of rounds: after one `dvc repro`, the --reviewer "
+                   "verifies pages for --minutes WALL-CLOCK minutes at the cost model's pace "
+                   "while background retrains (params.yaml `review`: retrain_every, "
+                   "round_recipe) swap in new pages; writes the label file, commits nothing")
     who = p.add_argument_group("simulated person (choose one)")
     who.add_argument("--reviewer", metavar="CSV", default=None,
                      help="path,label (or relative_path,label) file of true labels; the person "
@@ -55,6 +62,16 @@ def register(sub) -> None:
 
 
 def check_args(args) -> None:
+    if args.background:
+        if args.rounds is not None or args.oracle or args.min_score is not None:
+            raise UserError("--background is one sitting of the --reviewer: no --rounds, "
+                            "--oracle or --min-score")
+        if not args.reviewer or not (args.minutes is not None and args.minutes > 0):
+            raise UserError("--background needs --reviewer CSV and --minutes M > 0 "
+                            "(wall-clock minutes; inf: until every page is verified)")
+        return
+    if args.rounds is None:
+        raise UserError("--rounds N is needed (or --background for one sitting)")
     if args.rounds < 1:
         raise UserError(f"--rounds must be >= 1, got {args.rounds}")
     if args.min_score is not None:
@@ -95,8 +112,28 @@ def reviewer(args, classes: list[str]) -> Reviewer | None:
     return rv
 
 
+def run_background(args) -> int:
+    params = load_params(args.params)
+    classes = params.base.classes
+    root = repo_root(Path.cwd())
+    rv = reviewer(args, classes)
+    with sigterm_as_interrupt():
+        if run_child(["dvc", "repro"], root) != 0:
+            raise UserError("`dvc repro` failed; the sitting needs the pipeline's pages")
+        if params.review.retrain_every == 0:
+            print("loop: review.retrain_every is 0: no background retrains in this sitting")
+        s = run_sitting(root, root / args.params, root / args.decisions,
+                        root / args.suggest_dir, classes, rv.truth(classes), rv.budget_s,
+                        params.review.retrain_every, params.review.round_recipe, rv.cost,
+                        eval_dir=root / args.eval_dir)
+    print(summary(s))
+    return 0
+
+
 def run(args) -> int:
     check_args(args)
+    if args.background:
+        return run_background(args)
     classes = load_params(args.params).base.classes
     auto = (AutoAccept(args.min_score, args.require_agreement, args.per_class_cap)
             if args.min_score is not None else None)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from chimuffin import paths
 from chimuffin.config import load_params
+from chimuffin.curate.git_and_signals import sigterm_as_interrupt
 from chimuffin.errors import UserError
+from chimuffin.review.background import Retrainer
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.history import STATE_FILE
 from chimuffin.review.server import HOST, make_server
@@ -26,14 +28,16 @@ def register(sub) -> None:
                    help="the label file the page writes (default: %(default)s)")
     p.add_argument("--state", default=STATE_FILE,
                    help="undo history and pace, git-ignored (default: %(default)s)")
+    p.add_argument("--no-retrain", action="store_true",
+                   help="no background retraining (params.yaml `review`), not even on demand")
     p.add_argument("--open", action="store_true",
                    help="open the page in the default browser (default: %(default)s)")
     p.set_defaults(func=run)
 
 
-def bind(data: ReviewData, port: int):
+def bind(data: ReviewData, port: int, retrainer=None):
     try:
-        return make_server(data, port)
+        return make_server(data, port, retrainer=retrainer)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} on {HOST} is in use (another `chimuffin review`?); "
@@ -48,18 +52,35 @@ def run(args) -> int:
     data_dir = Path(params.prepare.data_dir)
     data = ReviewData(Paths.under(root, args.params, args.decisions, args.state),
                       params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir)
-    server = bind(data, args.port)
+    retrainer = None
+    if not args.no_retrain:
+        retrainer = Retrainer(root, root / args.params, root / args.decisions,
+                              params.base.classes, params.review.retrain_every,
+                              params.review.round_recipe, data.models[0]["labels"],
+                              on_done=data.swap_in)
+    server = bind(data, args.port, retrainer)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
         else f"no pages ({data.pages_error})"
     print(f"review: {len(data.points)} images, {pages}, {len(data.queue)} review requests; "
           f"serving {url} (Ctrl-C to stop); labels go to {args.decisions}", flush=True)
+    if retrainer is not None:
+        every = params.review.retrain_every
+        when = f"every {every} new decisions and on demand" if every else "on demand"
+        recipe = params.review.round_recipe or "params.yaml's train group"
+        print(f"review: background retraining {when}, recipe {recipe} (--no-retrain: off)",
+              flush=True)
     if args.open:
         import webbrowser
 
         webbrowser.open(url)
     try:
-        server.serve_forever()
+        with sigterm_as_interrupt():
+            server.serve_forever()
+    except KeyboardInterrupt:
+        pass
     finally:
         server.server_close()
+        if retrainer is not None:
+            retrainer.stop()  # the run's copy is removed; the workspace was never written
     return 0

@@ -40,10 +40,15 @@ from chimuffin.labels.rows import (
 )
 from chimuffin.review import history
 from chimuffin.review.verify import (
+    check_pages,
+    evidence_of,
+    is_verified,
     page_list,
+    pages_to_swap_in,
     pages_to_verify,
     progress,
     read_evidence,
+    wrong_proposals,
 )
 
 NOTE = "review page"
@@ -108,6 +113,16 @@ class ReviewData:
         self.page_index = {pg["page"]: pg for pg in self.page_list}
         self.evidence = read_evidence(self.paths.suggest / default.SUGGESTIONS_FILE,
                                       set() if self.pages is None else set(self.pages["path"]))
+        # which model proposes each page, and how its proposals fared: the pipeline's outputs
+        # first, then each background model swapped in (review/background.py)
+        pages_file = self.paths.suggest / default.PAGES_FILE
+        _, decisions = self.read_label_file()
+        self.models = [{"name": "pipeline outputs",
+                        "labels": sum(1 for d in decisions if is_verified(d)),
+                        "finished": pages_file.stat().st_mtime if pages_file.is_file() else None,
+                        "val_accuracy": None, "verified": 0, "wrong": 0}]
+        self.page_model = {pg["page"]: 0 for pg in self.page_list}
+        self.models_version = 0
 
     def _points(self) -> pd.DataFrame:
         coords = _read(self.paths.embed / default.PACMAP_FILE, "embed")
@@ -191,7 +206,9 @@ class ReviewData:
                       for r in q.itertuples()],
             "decisions": {d.path: [d.label, d.source] for d in decisions
                           if d.path in self.base_label},
-            "pages": {"list": self.page_list, "error": self.pages_error},
+            "pages": {"list": [{**pg, "model": self.page_model.get(pg["page"], 0)}
+                               for pg in self.page_list], "error": self.pages_error},
+            "models": self.models_state(),
             # the evidence behind each page image's proposal (the enlarged view shows it)
             "evidence": {"images": self.evidence[0], "error": self.evidence[1]},
             **self.summary(decisions, state),
@@ -287,10 +304,52 @@ class ReviewData:
         note = f"{NOTE}: page {page}"
         new = [Decision(p, exceptions.get(p, pg["label"]), "human", note) for p in on_page]
         what = f"page {page}: {len(on_page)} image(s), {len(exceptions)} exception(s)"
-        return self._write(lambda old: merge_decisions(old, new, protect_sources=())[0],
-                           {"kind": "verify", "what": what, "page": page,
-                            "exceptions": exceptions},
-                           confirmed=_confirm(body), pace_images=len(on_page))
+        reply = self._write(lambda old: merge_decisions(old, new, protect_sources=())[0],
+                            {"kind": "verify", "what": what, "page": page,
+                             "exceptions": exceptions},
+                            confirmed=_confirm(body), pace_images=len(on_page))
+        if reply["changed"]:
+            self.count_proposals(page, len(on_page), wrong_proposals(pg["label"], exceptions))
+        return reply
+
+    # --- background models (review/background.py) ---
+
+    def count_proposals(self, page: int, images: int, wrong: int) -> None:
+        """A page accepted (or, negative, its acceptance undone): its model's tally."""
+        model = self.models[self.page_model.get(page, 0)]
+        with self.lock:
+            model["verified"] = max(0, model["verified"] + images)
+            model["wrong"] = max(0, model["wrong"] + wrong)
+
+    def swap_in(self, run) -> None:
+        """A background model finished: its pages replace the pages list for the images not
+        verified yet (renumbered after every page number this session used, so the page's
+        per-page marks never land on another page). Pages of earlier models stay acceptable by
+        number (the page keeps the one on screen until the person turns it)."""
+        path = Path(run.name) / default.PAGES_FILE
+        new = check_pages(run.pages, path, set(self.pool), self.classes)
+        _, decisions = self.read_label_file()
+        done = {d.path for d in decisions if is_verified(d)}
+        with self.lock:
+            first = max(self.page_index, default=-1) + 1
+            pages = pages_to_swap_in(new, done, first)
+            listed = page_list(pages)
+            index = len(self.models)
+            self.models.append({"name": run.name, "labels": run.labels,
+                                "finished": run.finished, "val_accuracy": run.val_accuracy,
+                                "verified": 0, "wrong": 0})
+            self.page_model.update({pg["page"]: index for pg in listed})
+            self.pages, self.pages_error, self.page_list = pages, None, listed
+            self.page_index.update({pg["page"]: pg for pg in listed})
+            if run.suggestions is not None:
+                self.evidence = (evidence_of(run.suggestions, set(pages["path"])), None)
+            self.models_version += 1
+
+    def models_state(self) -> dict:
+        """The models that proposed pages this session, and which proposes the list now."""
+        with self.lock:
+            return {"version": self.models_version, "current": len(self.models) - 1,
+                    "list": [dict(m) for m in self.models]}
 
     def accept_cluster(self, body) -> dict:
         """{"cluster": N, "confirm"?: bool}: each image of review-queue cluster N gets its
@@ -345,6 +404,10 @@ class ReviewData:
             history.save_state(self.paths.state, state)
         undone = {k: record[k] for k in ("kind", "what", "page", "exceptions", "cluster")
                   if k in record}
+        if record.get("kind") == "verify" and record.get("page") in self.page_index:
+            pg = self.page_index[record["page"]]
+            self.count_proposals(record["page"], -len(pg["images"]),
+                                 -wrong_proposals(pg["label"], record.get("exceptions") or {}))
         return {"ok": True, "undone": undone, "changed": len(_changes(old, new)),
                 "changes": _changes(old, new), **self.summary(new, state)}
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from chimuffin.errors import UserError
+from chimuffin.labels.rows import PERSON_SOURCES
 from chimuffin.review.data import RequestError, ReviewData
 
 HOST = "127.0.0.1"
@@ -41,6 +42,7 @@ STATIC = {  # name -> content type; served from review/static
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "verify.js": "text/javascript; charset=utf-8",
+    "retrain.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 # The page may talk to this server only: nothing else loads, even if a script tried.
@@ -85,6 +87,7 @@ class DeadlineReader(io.RawIOBase):
 
 class Handler(BaseHTTPRequestHandler):
     data: ReviewData  # set on the subclass that make_server creates
+    retrainer = None  # a review.background.Retrainer, or None: no background retraining
     timeout = TIMEOUT_S  # socket timeout for writes; reads get deadlines (DeadlineReader)
 
     def setup(self) -> None:
@@ -160,6 +163,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         if url.path == "/api/state":
             return self.send_json(HTTPStatus.OK, self.data.state())
+        if url.path == "/api/retrain":
+            return self.send_json(HTTPStatus.OK, self.retrain_status())
         if url.path == "/thumb":  # the original image file (the page scales it)
             values = parse_qs(url.query).get("path", [])
             if len(values) != 1:
@@ -178,9 +183,16 @@ class Handler(BaseHTTPRequestHandler):
         body = (resources.files("chimuffin.review") / "static" / name).read_bytes()
         self.send(HTTPStatus.OK, body, STATIC[name])
 
+    def retrain_status(self) -> dict:
+        """What the page polls: background runs (if on) and the models that proposed pages."""
+        runs = {"enabled": False} if self.retrainer is None else \
+            {"enabled": True, **self.retrainer.status()}
+        return {**runs, "models": self.data.models_state()}
+
     def post(self) -> None:
-        action = ACTIONS.get(urlsplit(self.path).path)
-        if action is None:
+        path = urlsplit(self.path).path
+        action = ACTIONS.get(path)
+        if action is None and path != "/api/retrain":
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such action {self.path!r}")
         self.check_origin()
         # JSON only: a cross-site HTML form cannot send it without the browser asking first
@@ -202,7 +214,18 @@ class Handler(BaseHTTPRequestHandler):
                                "deeply") from None
         except (ValueError, UnicodeDecodeError) as e:  # incl. a number too long to read
             raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {e}") from None
-        self.send_json(HTTPStatus.OK, getattr(self.data, action)(body))
+        if action is None:  # /api/retrain: {} asks for a background run now
+            if body != {}:
+                raise RequestError(HTTPStatus.BAD_REQUEST, "expected a JSON object {}")
+            if self.retrainer is None:
+                raise RequestError(HTTPStatus.CONFLICT, "background retraining is off here")
+            return self.send_json(HTTPStatus.OK, {**self.retrainer.request("on demand"),
+                                                  **self.retrain_status()})
+        reply = getattr(self.data, action)(body)
+        self.send_json(HTTPStatus.OK, reply)
+        if self.retrainer is not None and reply.get("changed"):
+            by_source = reply["counts"]["by_source"]
+            self.retrainer.note(sum(by_source.get(s, 0) for s in PERSON_SOURCES))
 
     def read_body(self, length: int) -> bytes:
         """Exactly `length` bytes, all within `timeout` seconds (not per read: a client that
@@ -228,10 +251,12 @@ class Handler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
 
-def make_server(data: ReviewData, port: int = 0,
-                timeout: float = TIMEOUT_S) -> ThreadingHTTPServer:
-    """Bound to 127.0.0.1 (never another interface); port 0 picks a free one."""
-    handler = type("BoundHandler", (Handler,), {"data": data, "timeout": timeout})
+def make_server(data: ReviewData, port: int = 0, timeout: float = TIMEOUT_S,
+                retrainer=None) -> ThreadingHTTPServer:
+    """Bound to 127.0.0.1 (never another interface); port 0 picks a free one. `retrainer`:
+    background retraining (review/background.py), None for none."""
+    handler = type("BoundHandler", (Handler,), {"data": data, "timeout": timeout,
+                                                 "retrainer": retrainer})
     server = ThreadingHTTPServer((HOST, port), handler)
     server.daemon_threads = True
     return server

@@ -26,7 +26,11 @@ def pages_to_verify(path: Path, pool: set[str], classes: list[str]) -> pd.DataFr
     label, or None when there is none (older pipeline outputs)."""
     if not path.is_file():
         return None
-    df = pages.read_pages(path)
+    return check_pages(pages.read_pages(path), path, pool, classes)
+
+
+def check_pages(df: pd.DataFrame, path: Path, pool: set[str], classes: list[str]) -> pd.DataFrame:
+    """Pages (as read_pages checked them) that propose classes and hold pool images only."""
     fix = "the file is stale or damaged: run `dvc repro suggest`"
     bad = df[~df["label"].isin(classes)]
     if len(bad):
@@ -37,6 +41,21 @@ def pages_to_verify(path: Path, pool: set[str], classes: list[str]) -> pd.DataFr
         raise UserError(f"{path}: {unknown['path'].iat[0]} is not a pool image of the prepared "
                         f"dataset; {fix}")
     return df
+
+
+def pages_to_swap_in(new: pd.DataFrame, verified: set[str], first_page: int) -> pd.DataFrame:
+    """A background model's pages for the images not verified yet: verified images dropped
+    (and pages they emptied), the rest in the new model's order, renumbered from `first_page`
+    so no page number of the session is reused (the page keeps marks per page number)."""
+    left = new[~new["path"].isin(verified)].copy()
+    order = {p: first_page + i for i, p in enumerate(dict.fromkeys(left["page"]))}
+    left["page"] = left["page"].map(order).astype("int64")
+    return left.sort_values(["page", "position"], kind="stable").reset_index(drop=True)
+
+
+def wrong_proposals(page_label: str, exceptions: dict[str, str]) -> int:
+    """Images of an accepted page the person gave another label than the page proposed."""
+    return sum(1 for lbl in exceptions.values() if lbl != page_label)
 
 
 def page_list(df: pd.DataFrame) -> list[dict]:
@@ -71,9 +90,14 @@ def read_evidence(path: Path, paths: set[str]) -> tuple[dict[str, dict], str | N
     missing = [c for c in ["path", *EVIDENCE] if c not in df.columns]
     if missing:
         return {}, f"{path}: column {missing[0]!r} missing; {fix}"
+    return evidence_of(df, paths), None
+
+
+def evidence_of(df: pd.DataFrame, paths: set[str]) -> dict[str, dict]:
+    """The evidence columns of suggestions.parquet rows, for the images in `paths`."""
     rows = df[df["path"].isin(paths)]
     return {r["path"]: {c: _value(r[c], kind) for c, kind in EVIDENCE.items()}
-            for r in rows.to_dict("records")}, None
+            for r in rows.to_dict("records")}
 
 
 def _value(x, kind):

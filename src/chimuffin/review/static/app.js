@@ -1,7 +1,8 @@
 "use strict";
 // The review page, shared parts and the plot view: PaCMAP plot (plotly lasso/box selection),
 // thumbnails of the selection, the review queue by cluster. verify.js holds the verify view.
-// Talks only to the local server: GET /api/state, GET /thumb?path=, POST /api/{label,verify,
+// Talks only to the local server: GET /api/state, GET /thumb?path=, GET and POST /api/retrain
+// (retrain.js), POST /api/{label,verify,
 // accept-cluster,clear,undo}.
 
 const COLORS = ["#d95f02", "#1b9e77", "#7570b3", "#e7298a"];
@@ -475,6 +476,8 @@ function viewKeys() {
     { keys: ["g"], shown: "g", does: "the plot and queue view", run: () => showView("plot") },
     { keys: ["q"], shown: "q", does: "the review queue (in the plot view)", run: showQueue },
     { keys: ["?"], shown: "?", does: "every key (this map) on/off", run: () => setHelp(null) },
+    { keys: ["R"], shown: "Shift+R", once: true, does: "retrain in the background now (new " +
+      "proposals replace the pages not verified yet when it finishes)", run: requestRetrain },
   ];
 }
 
@@ -589,6 +592,7 @@ async function main() {
   renderSummary(S.data);
   const wanted = location.hash.slice(1).split("?")[0];
   verifyInit();
+  retrainInit();
   showView(wanted === "plot" || (wanted !== "verify" && S.data.pages.error) ? "plot" : "verify");
   document.body.dataset.ready = "1";
 }

@@ -462,7 +462,7 @@ function renderPage() {
     ` · page score ${pg.page_score.toFixed(2)} · ${pg.images.length} images · ` +
     `${pg.images.filter(doubtful).length} doubtful (?) · ` +
     `${marks.size} exception(s) marked · ${V.pos + 1} of ${V.filtered.length} pages shown` +
-    (pageVerified(pg) ? " · ✓ verified" : ""));
+    (pageVerified(pg) ? " · ✓ verified" : "") + proposedBy(pg));
   head.dataset.page = pg.page;
   grid.replaceChildren(...pg.images.map((im, i) => pageThumb(pg, im, i, marks)));
   if (V.shownPage !== pg.page) {  // a new page starts at its top, header in view

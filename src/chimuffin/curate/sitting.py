@@ -1,0 +1,152 @@
+"""`chimuffin loop --background`: one sitting of a simulated person, in wall-clock time, while
+the model retrains behind it (the review page's background runs, review/background.py).
+
+The person verifies review pages in page order at the cost model's pace (it sleeps for what
+each page costs: ReviewCost), answering from a file of true labels, and writes each page to the
+label file at once under its lock (source `oracle`). Background runs start every
+`review.retrain_every` new decisions (the round recipe, on a throwaway copy, as named DVC
+experiments); when one finishes, its pages replace the current ones for the images not
+verified yet, between two pages. The person never waits for a model: idle time is 0 by
+construction. The sitting ends when the budget cannot pay for the next page or every page is
+verified; a run still going then is stopped. Nothing is committed: the label file is left
+changed, as after a session on the review page.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from chimuffin.curate.pages import read_pages
+from chimuffin.curate.simulated_review import EPS, ReviewCost, person_decided
+from chimuffin.errors import UserError
+from chimuffin.labels import locked
+from chimuffin.labels.rows import Decision, merge_decisions
+from chimuffin.paths import METRICS_FILE
+from chimuffin.review.background import Retrainer, person_decisions, val_metrics
+
+
+@dataclass
+class Sitting:
+    """What one sitting did."""
+    seconds: float = 0.0        # wall-clock seconds the person spent on pages
+    wall_s: float = 0.0         # the sitting, first page to last (plus stopping a run)
+    idle_s: float = 0.0         # seconds the person waited for a model (0 by construction)
+    pages: int = 0
+    verified: int = 0
+    exceptions: int = 0
+    models_started: int = 0
+    models_finished: int = 0
+    models_failed: int = 0
+    reason: str = ""
+
+
+def next_page(pages: pd.DataFrame, done: set[str]) -> tuple[int, pd.DataFrame] | None:
+    """The first page (in page order) with an image not verified yet, and those images."""
+    todo = pages[~pages["path"].isin(done)]
+    if todo.empty:
+        return None
+    first = todo["page"].iloc[0]
+    return int(first), todo[todo["page"] == first]
+
+
+def answers(rows: pd.DataFrame, truth: dict[str, str]) -> tuple[list[Decision], int, int]:
+    """The person's answers to one page: decisions (images it knows), exceptions (its truth
+    differs from the page's label) and images it passes over (no truth)."""
+    label = rows["label"].iloc[0]
+    page = int(rows["page"].iloc[0])
+    out, wrong, unknown = [], 0, 0
+    for path in rows["path"]:
+        t = truth.get(path)
+        if t is None:
+            unknown += 1
+            continue
+        wrong += t != label
+        out.append(Decision(path, t, "oracle",
+                            f"sitting page {page} exception" if t != label
+                            else f"sitting page {page} ({label})"))
+    return out, wrong, unknown
+
+
+def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Path,
+                classes: list[str], truth: dict[str, str], budget_s: float, every: int,
+                recipe: str, cost: ReviewCost,
+                sleep: Callable[[float], None] = time.sleep,
+                report: Callable[[str], None] = print, live: dict | None = None,
+                eval_dir: Path | None = None) -> Sitting:
+    """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
+    and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
+    samples them (benchmarks/review_session.py)."""
+    pages_file = suggest_dir / "pages.parquet"
+    if not pages_file.is_file():
+        raise UserError(f"{pages_file}: not found; run `dvc repro` first")
+    state = {"pages": read_pages(pages_file)}
+    out = Sitting()
+    guard = threading.Lock()
+    live = {} if live is None else live
+    acc, n = val_metrics(eval_dir / METRICS_FILE) if eval_dir else (None, None)
+    live.update(sitting=out, model={"name": "pipeline outputs", "val_accuracy": acc,
+                                    "val_n": n})
+
+    def swap(run) -> None:  # a background model finished: its pages from the next page on
+        with guard:
+            state["pages"] = run.pages.sort_values(["page", "position"], kind="stable")
+            out.models_finished += 1
+            live["model"] = {"name": run.name, "labels": run.labels,
+                             "val_accuracy": run.val_accuracy, "val_n": run.val_n}
+        acc = "-" if run.val_accuracy is None else f"{run.val_accuracy:.4f}"
+        report(f"loop: model {run.name} finished (val acc {acc}); its pages from the next "
+               "page on")
+
+    start_labels = person_decisions(locked.read(decisions, classes).decisions)
+    retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,
+                          on_done=swap)
+    started = time.monotonic()
+    try:
+        while True:
+            snap = locked.read(decisions, classes)
+            with guard:
+                found = next_page(state["pages"], person_decided(snap.decisions))
+            if found is None:
+                out.reason = "every page is verified"
+                break
+            page, rows = found
+            new, wrong, unknown = answers(rows, truth)
+            seconds = cost.page(len(rows), wrong + unknown)
+            if out.seconds + seconds > budget_s + EPS:
+                out.reason = (f"the next page ({len(rows)} images) needs {seconds:.1f} s; "
+                              f"{budget_s - out.seconds:.1f} s of the budget were left")
+                break
+            sleep(seconds)  # the person looks, marks, accepts: the model never holds it up
+            out.seconds += seconds
+            written = locked.update(decisions, classes,
+                                    lambda old, new=new: merge_decisions(old, new)[0])
+            out.pages += 1
+            out.verified += len(new)
+            out.exceptions += wrong
+            before = retrainer.status()["running"]
+            retrainer.note(person_decisions(written.new))
+            if before is None and retrainer.status()["running"] is not None:
+                out.models_started += 1
+                report(f"loop: {out.verified} verified; a background retrain started")
+    finally:
+        retrainer.stop()
+    out.models_failed = sum(1 for r in retrainer.runs if r.ok is False
+                            and r.error != "stopped with the server")
+    failed = [r for r in retrainer.runs if r.ok is False and r.log]
+    for r in failed:
+        report(f"loop: background run {r.name} failed: {r.error} (log: {r.log})")
+    out.wall_s = time.monotonic() - started
+    return out
+
+
+def summary(s: Sitting) -> str:
+    return (f"loop: sitting done ({s.reason}): {s.verified} images verified on {s.pages} "
+            f"pages, {s.exceptions} exceptions, {s.seconds:.1f} s of reviewing, idle "
+            f"{s.idle_s:.1f} s; background models: {s.models_started} started, "
+            f"{s.models_finished} finished, {s.models_failed} failed")

@@ -1,0 +1,109 @@
+"use strict";
+// Background retraining (review/background.py): the page polls GET /api/retrain, shows which
+// model proposes the current page and how often each model's proposals were wrong, shows a
+// failed run with its log's tail, and swaps in a finished model's pages for the images not
+// verified yet. The page on screen and every page with marks not yet accepted stay (the
+// server still accepts them by number), before the new model's pages: the person keeps the
+// place and the marks. Shift+R (or the button) asks for a run now.
+
+const R = { version: 0, models: [], failedShown: null, timer: null };
+const POLL_MS = 2000;
+
+function ago(t) {
+  if (!t) return "";
+  const min = Math.max(0, (Date.now() / 1000 - t) / 60);
+  return min < 1 ? "under a minute ago" : `${Math.round(min)} min ago`;
+}
+
+function modelText(i) {
+  const m = R.models[i];
+  if (!m) return "";
+  return `${m.name} (${m.labels} labels${m.finished ? ", " + ago(m.finished) : ""})`;
+}
+
+// what the page head says about the page on screen
+function proposedBy(pg) {
+  return pg && pg.model !== undefined && R.models.length ? ` · proposed by ${modelText(pg.model)}`
+    : "";
+}
+
+function renderRetrain(st) {
+  R.models = st.models.list;
+  const run = st.running, last = (st.runs || [])[st.runs ? st.runs.length - 1 : 0];
+  const wrong = R.models.map((m) => `${m.name}: ${m.wrong} wrong of ${m.verified}`).join("; ");
+  let bg = "background retraining off";
+  if (st.enabled) {
+    bg = run ? `retraining on ${run.labels || "…"} labels since ${ago(run.started)}` +
+      (st.queued ? " (another queued)" : "")
+      : `model: ${modelText(st.models.current)}` + (st.every ? `; retrains every ${st.every}` +
+        ` new decisions (${st.labels_of_model} at the last)` : "");
+  }
+  $("retrain").disabled = !st.enabled;
+  $("retrain-info").textContent = `${bg} · proposals wrong so far: ${wrong}`;
+  const box = $("retrain-failed");
+  if (last && last.ok === false) {
+    box.hidden = false;
+    $("retrain-error").textContent = `background run ${last.name || ""} failed (nothing ` +
+      `changed): ${last.error}` + (last.log ? ` · log: ${last.log}` : "");
+    $("retrain-log").textContent = last.log_tail;
+  } else {
+    box.hidden = true;
+  }
+}
+
+async function pollRetrain() {
+  let st;
+  try {
+    const res = await fetch("/api/retrain");
+    if (!res.ok) return;
+    st = await res.json();
+  } catch {
+    return;  // the server is down: the page's writes say so
+  }
+  renderRetrain(st);
+  if (st.models.version > R.version) await swapIn(st.models.version);
+}
+
+async function swapIn(version) {
+  const res = await fetch("/api/state");
+  if (!res.ok) return;
+  const fresh = await res.json();
+  R.version = version;
+  R.models = fresh.models.list;
+  S.data.evidence = fresh.evidence;
+  S.data.pages = fresh.pages;
+  for (const [path, d] of Object.entries(fresh.decisions)) S.decisions.set(path, d);
+  const now = current();
+  const store = readStore();
+  // kept: the page on screen and pages with marks not yet accepted (and not verified)
+  const kept = V.pages.filter((pg) => !pageVerified(pg) && ((now && pg.page === now.page) ||
+    (V.marks.get(pg.page) || new Map()).size > 0 || pg.page in store));
+  const keptPaths = new Set(kept.flatMap((pg) => pg.images.map((im) => im.path)));
+  const fresher = fresh.pages.list.map((pg) => ({ ...pg,
+    images: pg.images.filter((im) => !keptPaths.has(im.path)) }))
+    .filter((pg) => pg.images.length);
+  V.pages = [...kept, ...fresher];
+  for (const pg of fresher) for (const im of pg.images) V.pageOf.set(im.path, pg.page);
+  applyFilter(now ? now.page : null);
+  status(`new proposals from ${modelText(fresh.models.current)}: ${fresher.length} page(s)` +
+    (kept.length ? `; the page on screen and pages with marks stay (${kept.length})` : ""),
+    false);
+}
+
+async function requestRetrain() {
+  const a = await post("/api/retrain", {});
+  if (!a.ok) {
+    status(`retrain: ${a.body.error}`, true);
+    return;
+  }
+  status(`background retrain: ${a.body.message}`, false);
+  renderRetrain(a.body);
+}
+
+function retrainInit() {
+  R.version = S.data.models.version;
+  R.models = S.data.models.list;
+  $("retrain").addEventListener("click", requestRetrain);
+  pollRetrain();
+  R.timer = setInterval(pollRetrain, POLL_MS);
+}

@@ -1,0 +1,98 @@
+"""`chimuffin loop --background` (curate/sitting.py): the simulated person verifies pages at the
+cost model's pace, writing each page at once, while background retrains run behind it."""
+
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from chimuffin.curate.simulated_review import ReviewCost
+from chimuffin.curate.sitting import answers, next_page, run_sitting, summary
+from chimuffin.labels.rows import Decision, format_decisions, read_decisions
+from tests.helpers.repo import REPO, TINY, deep_update, default_params_dict, make_repo, run
+from tests.test_review import CLASSES, write_pages
+
+
+def frame(pages):
+    return pd.DataFrame([{"page": i, "position": j, "path": p, "label": lbl}
+                         for i, (lbl, paths) in enumerate(pages) for j, p in enumerate(paths)])
+
+
+def test_next_page_skips_what_is_verified():
+    pages = frame([("muffin", ["a", "b"]), ("chihuahua", ["c", "d"])])
+    page, rows = next_page(pages, {"a", "b", "c"})
+    assert page == 1 and rows["path"].tolist() == ["d"]
+    assert next_page(pages, {"a", "b", "c", "d"}) is None
+
+
+def test_answers_count_exceptions_and_pass_over_the_unknown():
+    rows = frame([("muffin", ["a", "b", "c"])])
+    new, wrong, unknown = answers(rows, {"a": "muffin", "b": "chihuahua"})
+    assert (wrong, unknown) == (1, 1)
+    assert [(d.path, d.label, d.source) for d in new] == [("a", "muffin", "oracle"),
+                                                         ("b", "chihuahua", "oracle")]
+    assert new[1].note == "sitting page 0 exception"
+
+
+def sitting_files(tmp_path):
+    suggest = tmp_path / "suggest"
+    write_pages(suggest / "pages.parquet", [("muffin", [("p0", 0.9), ("p1", 0.8)]),
+                                            ("chihuahua", [("p2", 0.7), ("p3", 0.6)])])
+    decisions = tmp_path / "decisions.csv"
+    decisions.write_text(format_decisions([Decision("p1", "muffin", "human", "by hand")]))
+    truth = {"p0": "muffin", "p1": "muffin", "p2": "muffin", "p3": "chihuahua"}
+    return suggest, decisions, truth
+
+
+def test_the_person_goes_at_the_cost_models_pace_and_never_waits(tmp_path):
+    suggest, decisions, truth = sitting_files(tmp_path)
+    slept = []
+    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
+                    math.inf, every=0, recipe="", cost=ReviewCost(), sleep=slept.append,
+                    report=lambda _: None)
+    cost = ReviewCost()
+    # page 0: only p0 left (p1 verified by hand); page 1: p2 is an exception
+    assert slept == [cost.page(1, 0), cost.page(2, 1)]
+    assert (s.pages, s.verified, s.exceptions, s.idle_s) == (2, 3, 1, 0.0)
+    assert s.seconds == pytest.approx(sum(slept)) and s.reason == "every page is verified"
+    on_disk = {d.path: (d.label, d.source) for d in read_decisions(decisions, CLASSES)}
+    assert on_disk == {"p0": ("muffin", "oracle"), "p1": ("muffin", "human"),
+                       "p2": ("muffin", "oracle"), "p3": ("chihuahua", "oracle")}
+    assert "3 images verified on 2 pages, 1 exceptions" in summary(s)
+
+
+def test_the_budget_stops_before_a_page_it_cannot_pay_for(tmp_path):
+    suggest, decisions, truth = sitting_files(tmp_path)
+    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
+                    2.0, every=0, recipe="", cost=ReviewCost(), sleep=lambda _: None,
+                    report=lambda _: None)
+    assert (s.pages, s.verified) == (1, 1) and "needs 3.8 s; 0.6 s" in s.reason
+
+
+@pytest.mark.slow
+def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tmp_path):
+    params = deep_update(default_params_dict(), TINY)
+    params["suggest"]["page_size"] = 3
+    params["review"] = {"retrain_every": 2, "round_recipe": ""}
+    root = make_repo(tmp_path / "repo", params)
+    run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "repro"], root)
+    p = run(["chimuffin", "loop", "--background", "--reviewer",
+             "data/raw/sample/pool_labels.csv", "--minutes", "inf"], root,
+            env={"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}, timeout=240)
+    out = p.stdout
+    assert "idle 0.0 s" in out and "a background retrain started" in out, out
+    truth = {r.split(",")[0]: r.split(",")[1] for r in
+             (root / "data/raw/sample/pool_labels.csv").read_text().splitlines()[1:]}
+    rows = read_decisions(root / "data/labels/decisions.csv", CLASSES)
+    assert {d.path for d in rows if d.source == "oracle"} <= set(truth)
+    assert all(truth[d.path] == d.label for d in rows if d.source == "oracle")
+    verified = int(out.split(" images verified")[0].rsplit(" ", 1)[1])
+    assert verified == len([d for d in rows if d.source == "oracle"]) > 0
+    # the label file is the only workspace file the sitting changed; its runs left no copy
+    changed = run(["git", "status", "--porcelain"], root).stdout.split("\n")
+    assert [c for c in changed if c] == [" M data/labels/decisions.csv"]
+    assert list(tmp_path.glob("chimuffin-retrain-*")) == []
+    assert yaml.safe_load((root / "params.yaml").read_text()) == params
