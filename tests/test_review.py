@@ -555,7 +555,8 @@ def test_without_pages_the_verify_view_says_why_and_labels_still_work(built, tmp
 def test_missing_pipeline_outputs_name_the_stage(tmp_path):
     paths, data, _ = build_repo(tmp_path)
     shutil.rmtree(paths.embed)
-    with pytest.raises(UserError, match="pacmap.parquet: not found; run `dvc repro embed`"):
+    with pytest.raises(UserError, match=r"pacmap.parquet: PaCMAP coordinates not found "
+                       r"\(run `dvc repro embed`\)"):
         ReviewData(paths, CLASSES, data)
 
 

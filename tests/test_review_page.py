@@ -551,10 +551,10 @@ def test_evidence_is_read_for_page_images_and_a_stale_file_says_why(long_built, 
     json.dumps(state, allow_nan=False)
     old = tmp_path / "suggestions.parquet"
     pd.read_parquet(paths.suggest / "suggestions.parquet").drop(columns="knn_sim").to_parquet(old)
-    assert read_evidence(old, set(p)) == ({}, f"{old}: column 'knn_sim' missing; run "
-                                          "`dvc repro suggest`")
+    assert read_evidence(old, set(p)) == ({}, f"{old}: column(s) knn_sim missing from the "
+                                          "suggestions; run `dvc repro suggest`")
     assert read_evidence(tmp_path / "nope.parquet", set(p))[1].endswith(
-        "nope.parquet: not found; run `dvc repro suggest`")
+        "nope.parquet: suggestions not found (run `dvc repro suggest`)")
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from chimuffin.curate.git_and_signals import (
     sigterm_as_interrupt,
 )
 from chimuffin.curate.pages import read_pages
-from chimuffin.curate.scoring import read_suggestions
+from chimuffin.curate.scoring import read_queue, read_suggestions
 from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
@@ -121,12 +121,6 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
         decisions, accepted = accept(decisions, suggestions, a.min_score, a.require_agreement,
                                      a.per_class_cap)
     return RoundLabels(decisions, reviewed, review, accepted)
-
-
-def read_queue(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: review queue not found (run `dvc repro suggest`)")
-    return pd.read_parquet(path)
 
 
 def labels_of(review: ReviewResult) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chimuffin.data.manifest import read_rows
+from chimuffin.data.manifest import read_parquet_output, read_rows
 from chimuffin.data.views import label_index
 from chimuffin.errors import UserError
 from chimuffin.infer.embeddings import unit_rows
@@ -300,14 +300,17 @@ def summarize(tables: dict[str, pd.DataFrame], classes: list[str], cfg) -> dict:
     }
 
 
-def read_suggestions(path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: suggestions not found (run `dvc repro suggest`)")
-    df = pd.read_parquet(path)
-    need = ["path", "label", "score", "agree", "model_label", "model_conf", "knn_label",
-            "knn_conf"]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: lacks column(s) {', '.join(missing)}")
-    return df
+SUGGESTION_COLUMNS = ["path", "label", "score", "agree", "model_label", "model_conf",
+                      "knn_label", "knn_conf"]
+QUEUE_COLUMNS = ["rank", "path", "kind", "cluster", "proposed", "reason"]
+
+
+def read_suggestions(path: str | Path, columns: list[str] = SUGGESTION_COLUMNS) -> pd.DataFrame:
+    """The suggest stage's suggestions (one row per pool image) with at least `columns`; a
+    missing, damaged or stale file stops with its path and `dvc repro suggest`."""
+    return read_parquet_output(path, "suggestions", "dvc repro suggest", columns)
+
+
+def read_queue(path: str | Path) -> pd.DataFrame:
+    """The suggest stage's review queue, in rank order (QUEUE_COLUMNS), checked the same way."""
+    return read_parquet_output(path, "review queue", "dvc repro suggest", QUEUE_COLUMNS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +23,27 @@ COLUMNS = ["path", "split", "label", "label_source", "idx", "content_hash", "wid
 SPLITS = ("train", "val", "test")
 
 
-def read_parquet_output(path: str | Path, what: str, rebuild: str) -> pd.DataFrame:
-    """A stage's parquet output; a missing or damaged file stops with the path and the command
-    that rebuilds it."""
+def read_parquet_output(path: str | Path, what: str, rebuild: str,
+                        columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A stage's parquet output with at least `columns`; a missing or damaged file, or a missing
+    column, stops with the path, what is wrong and the command that rebuilds it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found (run `{rebuild}`)")
     try:
-        return pd.read_parquet(path)
+        df = pd.read_parquet(path)
     except Exception as e:  # pyarrow's ArrowInvalid, OSError... on a damaged file
         raise UserError(f"{path}: {what} not readable ({type(e).__name__}); run `{rebuild}` "
                         "to rebuild it") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: column(s) {', '.join(missing)} missing from the {what}; "
+                        f"run `{rebuild}`")
+    return df
 
 
 def read_manifest(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:
-    path = Path(path)
-    df = read_parquet_output(path, "manifest", "dvc repro")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
-    return df
+    return read_parquet_output(path, "manifest", "dvc repro", columns)
 
 
 def open_cache(path: str | Path) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chimuffin.data.manifest import read_parquet_output
 from chimuffin.errors import UserError
 
 
@@ -26,8 +27,17 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def read_embeddings(path: str | Path) -> tuple[pd.Series, np.ndarray]:
-    df = pd.read_parquet(path)
+    """The embed stage's embeddings: (paths, N x 512 float32 rows)."""
+    df = read_parquet_output(path, "embeddings", "dvc repro embed", ["path", "embedding"])
     return df["path"], np.stack(df["embedding"].to_numpy()).astype(np.float32)
+
+
+PACMAP_COLUMNS = ["path", "split", "x", "y"]
+
+
+def read_pacmap(path: str | Path) -> pd.DataFrame:
+    """The embed stage's 2-D PaCMAP coordinates, one row per image (PACMAP_COLUMNS)."""
+    return read_parquet_output(path, "PaCMAP coordinates", "dvc repro embed", PACMAP_COLUMNS)
 
 
 # PaCMAP logs these on every seeded or 3-D fit: chimuffin seeds every reduction on purpose (so

@@ -288,7 +288,7 @@ class Retrainer:
             raise UserError(f"dvc exp run left no ref for {run.name}")
         sh(["git", "push", "-q", "origin", f"{ref}:{ref}"], copy)
         run.pages = read_copy_pages(copy)
-        run.suggestions = pd.read_parquet(copy / default.SUGGEST / default.SUGGESTIONS_FILE)
+        run.suggestions = read_copy_suggestions(copy)
         run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
 
 
@@ -296,6 +296,14 @@ def read_copy_pages(copy: Path) -> pd.DataFrame:
     from chimuffin.curate.pages import read_pages
 
     return read_pages(copy / default.SUGGEST / default.PAGES_FILE)
+
+
+def read_copy_suggestions(copy: Path) -> pd.DataFrame:
+    """The copy's suggestions, with the columns the enlarged view's evidence needs."""
+    from chimuffin.curate.scoring import read_suggestions
+    from chimuffin.review.verify import EVIDENCE_COLUMNS
+
+    return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE, EVIDENCE_COLUMNS)
 
 
 def val_metrics(path: Path) -> tuple[float | None, int | None]:

@@ -24,8 +24,11 @@ import numpy as np
 import pandas as pd
 
 from chimuffin import paths as default
+from chimuffin.curate.scoring import QUEUE_COLUMNS, read_queue
 from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
+from chimuffin.infer.embeddings import read_pacmap
+from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.labels import locked
 from chimuffin.labels.rows import (
     PERSON_SOURCES,
@@ -125,8 +128,8 @@ class ReviewData:
         self.models_version = 0
 
     def _points(self) -> pd.DataFrame:
-        coords = _read(self.paths.embed / default.PACMAP_FILE, "embed")
-        pred = _read(self.paths.eval / default.PREDICTIONS_FILE, "evaluate")
+        coords = read_pacmap(self.paths.embed / default.PACMAP_FILE)
+        pred = read_predictions(self.paths.eval / default.PREDICTIONS_FILE)
         df = coords[["path", "split", "x", "y"]].merge(
             pred[["path", "prediction", "confidence"]], on="path", how="left", validate="1:1")
         if df["prediction"].isna().any():
@@ -136,9 +139,9 @@ class ReviewData:
 
     def _queue(self) -> pd.DataFrame:
         path = self.paths.suggest / default.QUEUE_FILE
-        if not path.is_file():
-            return pd.DataFrame(columns=["rank", "path", "kind", "cluster", "proposed", "reason"])
-        q = pd.read_parquet(path)
+        if not path.is_file():  # no queue yet: the queue view is empty, the rest works
+            return pd.DataFrame(columns=QUEUE_COLUMNS)
+        q = read_queue(path)
         return q[q["path"].isin(self.base_label)].reset_index(drop=True)
 
     def _pages(self) -> tuple[pd.DataFrame | None, str | None]:
@@ -482,12 +485,6 @@ def _confirm(body: dict) -> bool:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _read(path: Path, stage: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `dvc repro {stage}` first")
-    return pd.read_parquet(path)
 
 
 def _floats(s: pd.Series) -> list[float]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from chimuffin.curate import pages
+from chimuffin.curate.scoring import read_suggestions
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import PERSON_SOURCES, Decision
 from chimuffin.review.history import images_per_minute
@@ -75,6 +76,7 @@ EVIDENCE = {  # column -> how the page gets it
     "model_label": str, "model_conf": float, "knn_label": str, "knn_conf": float,
     "knn_sim": float, "nearest_labeled": str, "dup_of": str, "dup_sim": float,
     "near_duplicate": bool}
+EVIDENCE_COLUMNS = ["path", *EVIDENCE]  # what suggestions.parquet must hold for the evidence
 
 
 def read_evidence(path: Path, paths: set[str]) -> tuple[dict[str, dict], str | None]:
@@ -83,13 +85,10 @@ def read_evidence(path: Path, paths: set[str]) -> tuple[dict[str, dict], str | N
     labeled image, the most similar image (and whether it is a near-duplicate). Read from the
     suggest stage's suggestions.parquet; ({}, why) when it is absent or lacks a column (the
     enlarged view then says so, the rest works)."""
-    fix = "run `dvc repro suggest`"
-    if not path.is_file():
-        return {}, f"{path}: not found; {fix}"
-    df = pd.read_parquet(path)
-    missing = [c for c in ["path", *EVIDENCE] if c not in df.columns]
-    if missing:
-        return {}, f"{path}: column {missing[0]!r} missing; {fix}"
+    try:
+        df = read_suggestions(path, EVIDENCE_COLUMNS)
+    except UserError as e:
+        return {}, str(e)
     return evidence_of(df, paths), None
 
 

@@ -3,14 +3,12 @@ the review pages."""
 
 from pathlib import Path
 
-import pandas as pd
-
 from chimuffin import atomic, paths
 from chimuffin.curate.pages import build_pages, summarize_pages
 from chimuffin.curate.scoring import align, build_tables, pixel_signatures, summarize
 from chimuffin.data.manifest import open_cache, read_manifest
-from chimuffin.errors import UserError
 from chimuffin.infer.embeddings import read_embeddings
+from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.stages import common
 
 TABLE_FILES = {"suggestions": paths.SUGGESTIONS_FILE, "label_issues": paths.LABEL_ISSUES_FILE,
@@ -21,12 +19,7 @@ def main(args, params) -> None:
     classes, cfg = params.base.classes, params.suggest
     df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
     pred_path = Path(args.predictions)
-    if not pred_path.is_file():
-        raise UserError(f"{pred_path}: predictions not found (run `dvc repro evaluate`)")
-    pred = pd.read_parquet(pred_path)
-    missing = [f"p_{c}" for c in classes if f"p_{c}" not in pred.columns]
-    if missing:
-        raise UserError(f"{pred_path}: lacks column(s) {', '.join(missing)} for base.classes")
+    pred = read_predictions(pred_path, classes)
     p_model = pred[[f"p_{c}" for c in classes]].to_numpy()[align(df, pred["path"], str(pred_path))]
     emb_paths, emb = read_embeddings(Path(args.embed) / paths.EMBEDDINGS_FILE)
     emb = emb[align(df, emb_paths, paths.EMBEDDINGS_FILE)]
