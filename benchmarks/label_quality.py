@@ -29,11 +29,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 
+from chimuffin import paths
 from chimuffin.curate.accept import accept
 from chimuffin.curate.rounds import commit_round
+from chimuffin.curate.scoring import read_label_issues, read_suggestions
+from chimuffin.data.manifest import read_manifest
+from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.labels import locked
 from chimuffin.labels.rows import Decision, read_path_labels
 
@@ -78,7 +81,7 @@ def repro(repo: Path) -> float:
 
 def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
     sh(["dvc", "repro", "prepare"], repo)
-    manifest = pd.read_parquet(repo / "data/prepared/manifest.parquet")
+    manifest = read_manifest(repo / paths.PREPARED / paths.MANIFEST_FILE)
     seeds = manifest[manifest["label"].isin(CLASSES) & manifest["split"].isin(["train", "val"])]
     rng = np.random.default_rng(seed)
     chosen = seeds.iloc[np.sort(rng.choice(len(seeds), n_flips, replace=False))]
@@ -87,7 +90,7 @@ def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
              for r in chosen.itertuples()]
     locked.update(repo / "data/labels/decisions.csv", CLASSES, lambda _: flips)
     t = repro(repo)
-    issues = pd.read_parquet(repo / "data/suggest/label_issues.parquet")  # sorted, worst first
+    issues = read_label_issues(repo / paths.SUGGEST / paths.LABEL_ISSUES_FILE)  # worst first
     flipped = set(chosen["path"])
     hit = issues["path"].isin(flipped).to_numpy()
     n = len(issues)
@@ -109,8 +112,8 @@ def flip_experiment(repo: Path, n_flips: int, seed: int) -> dict:
 
 
 def measure(repo: Path, truth: dict[str, str]) -> dict:
-    s = pd.read_parquet(repo / "data/suggest/suggestions.parquet")
-    pred = pd.read_parquet(repo / "metrics/eval/predictions.parquet").set_index("path")
+    s = read_suggestions(repo / paths.SUGGEST / paths.SUGGESTIONS_FILE)
+    pred = read_predictions(repo / paths.PREDICTIONS).set_index("path")
     metrics = json.loads((repo / "metrics/eval/metrics.json").read_text())
     t = s[s["path"].isin(truth)].copy()
     t["truth"] = t["path"].map(truth)
@@ -185,7 +188,7 @@ def main() -> None:
         m = measure(repo, truth)
         m["repro_s"] = round(t)
         print_round(r, m)
-        s = pd.read_parquet(repo / "data/suggest/suggestions.parquet")
+        s = read_suggestions(repo / paths.SUGGEST / paths.SUGGESTIONS_FILE)
         s = s[~s["path"].isin(truth)]  # the reviewed images stay out of training
         found = {}
 

@@ -11,8 +11,10 @@ import pytest
 from chimuffin import paths
 from chimuffin.curate.pages import PAGE_SCHEMA, read_pages
 from chimuffin.curate.scoring import (
+    LABEL_ISSUE_COLUMNS,
     QUEUE_COLUMNS,
     SUGGESTION_COLUMNS,
+    read_label_issues,
     read_queue,
     read_suggestions,
 )
@@ -41,6 +43,8 @@ READERS = {
     "evidence": (lambda p: read_suggestions(p, EVIDENCE_COLUMNS), paths.SUGGESTIONS_FILE,
                  EVIDENCE_COLUMNS, "suggestions", "dvc repro suggest"),
     "queue": (read_queue, paths.QUEUE_FILE, QUEUE_COLUMNS, "review queue", "dvc repro suggest"),
+    "label issues": (read_label_issues, paths.LABEL_ISSUES_FILE, LABEL_ISSUE_COLUMNS,
+                     "label issues", "dvc repro suggest"),
     "pages": (read_pages, paths.PAGES_FILE, list(PAGE_SCHEMA), "review pages",
               "dvc repro suggest"),
 }
@@ -56,7 +60,7 @@ def value(column: str):
     if kind == "bool" or column in ("agree", "near_duplicate"):
         return True
     if kind == "float64" or column.startswith("p_") or column.endswith(("conf", "sim")) or \
-            column in ("score", "confidence", "x", "y"):
+            column in ("score", "confidence", "x", "y", "issue_score"):
         return 0.5
     return "chihuahua" if column.endswith("label") or column == "proposed" else "a/1.jpg"
 

@@ -303,6 +303,7 @@ def summarize(tables: dict[str, pd.DataFrame], classes: list[str], cfg) -> dict:
 SUGGESTION_COLUMNS = ["path", "label", "score", "agree", "model_label", "model_conf",
                       "knn_label", "knn_conf"]
 QUEUE_COLUMNS = ["rank", "path", "kind", "cluster", "proposed", "reason"]
+LABEL_ISSUE_COLUMNS = ["path", "split", "label", "issue_score", "suggested_label"]
 
 
 def read_suggestions(path: str | Path, columns: list[str] = SUGGESTION_COLUMNS) -> pd.DataFrame:
@@ -314,3 +315,9 @@ def read_suggestions(path: str | Path, columns: list[str] = SUGGESTION_COLUMNS) 
 def read_queue(path: str | Path) -> pd.DataFrame:
     """The suggest stage's review queue, in rank order (QUEUE_COLUMNS), checked the same way."""
     return read_parquet_output(path, "review queue", "dvc repro suggest", QUEUE_COLUMNS)
+
+
+def read_label_issues(path: str | Path) -> pd.DataFrame:
+    """The suggest stage's label issues (one row per labeled image, the likeliest wrong label
+    first; LABEL_ISSUE_COLUMNS), checked the same way."""
+    return read_parquet_output(path, "label issues", "dvc repro suggest", LABEL_ISSUE_COLUMNS)
