@@ -1,9 +1,10 @@
 """How good are the suggest stage's auto-labels and label-issue scores on the real data?
 
-Runs the real pipeline (`dvc repro`) in a fresh clone of this repository's HEAD (a temporary
-git + DVC repo) that reads the real dataset (never copied), with an affordable training recipe,
-and measures against reviewed_labels.csv (1,000 pool images a careful person labeled). Those
-images are NEVER trained on here: they are never accepted, flipped or used as validation.
+Runs the real pipeline (`dvc repro`) in a temporary git + DVC repo holding this checkout's
+pipeline files and code (tests/helpers/repo.py make_repo) that reads the real dataset (never
+copied), with an affordable training recipe, and measures against reviewed_labels.csv (1,000
+pool images a careful person labeled). Those images are NEVER trained on here: they are never
+accepted, flipped or used as validation.
 
 1. Label-issue detection: flip --flips labeled seed images on purpose (a `rule` decision),
    reproduce, and count how many flipped images rank in the top of the label-issue ranking
@@ -29,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from chimuffin import paths
 from chimuffin.curate.accept import accept
@@ -42,7 +42,7 @@ from chimuffin.labels.rows import Decision, read_path_labels
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers.repo import run  # noqa: E402
+from tests.helpers.repo import default_params_dict, make_repo, run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["chihuahua", "muffin"]
@@ -58,19 +58,17 @@ def sh(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - t
 
 
-def make_repo(dest: Path, data: Path, args) -> None:
-    """A fresh clone of this repository's HEAD, with this benchmark's params committed."""
-    sh(["git", "clone", "-q", str(REPO), str(dest)], REPO)
-    sh(["git", "config", "user.email", "bench@example.com"], dest)
-    sh(["git", "config", "user.name", "label_quality"], dest)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+def bench_repo(dest: Path, data: Path, args) -> Path:
+    """The shared harness's temporary repo (this checkout's pipeline files and code), with this
+    benchmark's params committed."""
+    params = default_params_dict()
     params["prepare"]["data_dir"] = str(data)
     params["base"]["image_size"] = args.image_size
     params["train"].update(epochs=args.epochs, batch_size=args.batch_size)
     params["runtime"]["threads"] = args.threads
     params["tlc"]["enabled"] = False  # measured here: labels, not the 3LC bookkeeping
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(["git", "commit", "-qam", "label_quality params"], dest)
+    return make_repo(dest, params, user="label_quality", email="bench@example.com",
+                     message="label_quality params")
 
 
 def repro(repo: Path) -> float:
@@ -171,7 +169,7 @@ def main() -> None:
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="chimuffin-label-quality-"))
     repo = work / "repo"
-    make_repo(repo, data, args)
+    bench_repo(repo, data, args)
     print(f"label_quality: {data}, repo {repo}; recipe: {args.epochs} epochs, batch "
           f"{args.batch_size}, {args.image_size}px, {args.threads} thread(s); {len(truth)} "
           "reviewed pool images held out",

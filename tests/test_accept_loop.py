@@ -24,7 +24,7 @@ from chimuffin.labels.rows import (
     read_decisions,
     read_path_labels,
 )
-from tests.helpers.repo import REPO, run
+from tests.helpers.repo import REPO, init_repo, run
 
 CLASSES = ["chihuahua", "muffin"]
 
@@ -107,15 +107,11 @@ def test_a_signal_during_the_commit_step_lands_after_it(tmp_path, signum):
 
 
 def git_repo(path):
+    """A git-only repo (no DVC) holding an empty label file, committed."""
     path.mkdir()
-    for cmd in (["init", "-q"], ["config", "user.email", "t@example.com"],
-                ["config", "user.name", "t"]):
-        subprocess.run(["git", *cmd], cwd=path, check=True)
     (path / "labels.csv").write_text("path,label,source,note\n")
     (path / ".gitignore").write_text(".*.lock\n")  # the label file's lock, as in the project
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True)
-    return path
+    return init_repo(path, dvc=False)
 
 
 def test_loop_refuses_to_start_over_uncommitted_inputs_naming_them(tmp_path):
@@ -134,7 +130,7 @@ def test_loop_refuses_to_start_over_uncommitted_inputs_naming_them(tmp_path):
     with pytest.raises(UserError, match=r"uncommitted changes to params.yaml, src/new.py: a "
                        r"round's commit would record a dvc.lock made with them"):
         check_clean(repo, labels)
-    subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=repo, check=True)
+    run(["git", "checkout", "-q", "params.yaml"], repo)
     (repo / "src/new.py").unlink()
     labels.write_text(labels.read_text() + "a.jpg,muffin,human,\n")
     with pytest.raises(UserError, match="uncommitted changes to labels.csv"):
@@ -143,9 +139,9 @@ def test_loop_refuses_to_start_over_uncommitted_inputs_naming_them(tmp_path):
 
 def commit_all(repo, message):
     """Commit everything (message "--amend": into the last commit)."""
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    run(["git", "add", "-A"], repo)
     how = ["--amend", "--no-edit"] if message == "--amend" else ["-m", message]
-    subprocess.run(["git", "commit", "-q", *how], cwd=repo, check=True)
+    run(["git", "commit", "-q", *how], repo)
 
 
 def test_commit_round_commits_or_restores_the_label_file(tmp_path):
@@ -154,11 +150,8 @@ def test_commit_round_commits_or_restores_the_label_file(tmp_path):
     seen = []
     commit_round(repo, labels, lambda cur: [*cur, Decision("a.jpg", "muffin", "auto")],
                  CLASSES, "round 1\n\nbody", seen.append)
-    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True,
-                         text=True).stdout.split("\n")
-    assert log[0] == "round 1" and len(seen) == 1
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
-                          text=True).stdout == ""
+    assert git_log(repo).split("\n")[0] == "round 1" and len(seen) == 1
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
     # a failing commit (here: a hook) leaves the label file as committed
     hook = repo / ".git/hooks/pre-commit"
     hook.write_text("#!/bin/sh\nexit 1\n")
@@ -229,18 +222,15 @@ def test_loop_interrupted_in_round_two_keeps_round_one_and_nothing_else(tmp_path
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
     assert "loop: interrupted; 1 complete round(s) committed" in err
-    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True,
-                         text=True).stdout.splitlines()
+    log = git_log(repo).splitlines()
     assert len(log) == 2 and log[0].startswith("loop round 1/3: val acc 0.7500 (n=8); +2 auto")
-    assert subprocess.run(["git", "status", "--porcelain", "labels.csv"], cwd=repo,
-                          capture_output=True, text=True).stdout == ""
+    assert run(["git", "status", "--porcelain", "labels.csv"], repo).stdout == ""
     assert [d.path for d in read_decisions(repo / "labels.csv", CLASSES)] == ["p/a.jpg",
                                                                               "p/b.jpg"]
 
 
 def git_log(repo, fmt="%s"):
-    return subprocess.run(["git", "log", f"--format={fmt}"], cwd=repo, capture_output=True,
-                          text=True).stdout
+    return run(["git", "log", f"--format={fmt}"], repo).stdout
 
 
 def reviewer_repo(tmp_path):
@@ -269,9 +259,8 @@ def reviewer_repo(tmp_path):
 
 
 def loop_cli(repo, env, *args):
-    return subprocess.run([sys.executable, "-m", "chimuffin.cli", "loop", "--decisions",
-                           "labels.csv", *args], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return run([sys.executable, "-m", "chimuffin.cli", "loop", "--decisions", "labels.csv",
+                *args], repo, check=False, timeout=120, env=env)
 
 
 def test_loop_reviewer_commits_each_round_with_its_session_and_stops_when_nothing_is_left(

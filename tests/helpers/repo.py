@@ -64,20 +64,21 @@ REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "recipes/roun
 
 
 def init_repo(dest: Path, user: str = "test", email: str = "t@example.com",
-              message: str = "init", dvc_cache: Path | None = None) -> Path:
+              message: str = "init", dvc_cache: Path | None = None, dvc: bool = True) -> Path:
     """git init + dvc init in `dest` (analytics off; optionally a DVC cache shared between
-    repositories), with everything in it committed."""
+    repositories; dvc=False: git only), with everything in it committed."""
     cache = [["dvc", "config", "cache.dir", str(dvc_cache)]] if dvc_cache else []
+    dvc_init = [["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"], *cache]
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", email],
-                ["git", "config", "user.name", user], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"], *cache, ["git", "add", "-A"],
-                ["git", "commit", "-qm", message]):
+                ["git", "config", "user.name", user], *(dvc_init if dvc else []),
+                ["git", "add", "-A"], ["git", "commit", "-qm", message]):
         run(cmd, dest)
     return dest
 
 
-def make_repo(dest: Path, params: dict) -> Path:
-    """A temporary git + DVC repo holding this project's pipeline files and the given params."""
+def make_repo(dest: Path, params: dict, **init) -> Path:
+    """A temporary git + DVC repo holding this project's pipeline files and the given params
+    (`init`: init_repo's committer, message or shared DVC cache)."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in REPO_FILES:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def make_repo(dest: Path, params: dict) -> Path:
     shutil.copytree(REPO / "src", dest / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return init_repo(dest)
+    return init_repo(dest, **init)
 
 
 GUARDS = REPO / "tests" / "guards"
