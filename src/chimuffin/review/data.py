@@ -112,6 +112,7 @@ class ReviewData:
         self.page_list = [] if self.pages is None else page_list(self.pages)
         self.page_index = {pg["page"]: pg for pg in self.page_list}
         self.evidence = read_evidence(self.paths.suggest / default.SUGGESTIONS_FILE,
+                                      self.paths.suggest / default.NEIGHBOURS_FILE,
                                       set() if self.pages is None else set(self.pages["path"]))
         # which model proposes each page, and how its proposals fared: the pipeline's outputs
         # first, then each background model swapped in (review/background.py)
@@ -342,7 +343,9 @@ class ReviewData:
             self.pages, self.pages_error, self.page_list = pages, None, listed
             self.page_index.update({pg["page"]: pg for pg in listed})
             if run.suggestions is not None:
-                self.evidence = (evidence_of(run.suggestions, set(pages["path"])), None)
+                self.evidence = (evidence_of(run.suggestions, set(pages["path"]), run.neighbours),
+                                 None if run.neighbours is not None else
+                                 f"{run.name}: no {default.NEIGHBOURS_FILE}")
             self.models_version += 1
 
     def models_state(self) -> dict:

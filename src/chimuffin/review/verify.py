@@ -75,14 +75,18 @@ EVIDENCE = {  # column -> how the page gets it
     "model_label": str, "model_conf": float, "knn_label": str, "knn_conf": float,
     "knn_sim": float, "nearest_labeled": str, "dup_of": str, "dup_sim": float,
     "near_duplicate": bool}
+NEIGHBOUR_COLUMNS = ["path", "rank", "neighbour", "similarity"]  # neighbours.parquet
 
 
-def read_evidence(path: Path, paths: set[str]) -> tuple[dict[str, dict], str | None]:
+def read_evidence(path: Path, neighbours_path: Path,
+                  paths: set[str]) -> tuple[dict[str, dict], str | None]:
     """What stands behind each proposal, for the images in `paths`: the model's label and
     confidence, the labeled neighbours' vote (label, share, mean similarity), the nearest
-    labeled image, the most similar image (and whether it is a near-duplicate). Read from the
-    suggest stage's suggestions.parquet; ({}, why) when it is absent or lacks a column (the
-    enlarged view then says so, the rest works)."""
+    labeled image, the most similar image (and whether it is a near-duplicate), all from the
+    suggest stage's suggestions.parquet; and the k labeled neighbours that voted, each with
+    its similarity, from neighbours.parquet. ({}, why) when suggestions.parquet is absent or
+    lacks a column; the evidence without `neighbours`, and why, when only neighbours.parquet
+    is (the enlarged view then says so, the rest works)."""
     fix = "run `dvc repro suggest`"
     if not path.is_file():
         return {}, f"{path}: not found; {fix}"
@@ -90,14 +94,32 @@ def read_evidence(path: Path, paths: set[str]) -> tuple[dict[str, dict], str | N
     missing = [c for c in ["path", *EVIDENCE] if c not in df.columns]
     if missing:
         return {}, f"{path}: column {missing[0]!r} missing; {fix}"
-    return evidence_of(df, paths), None
+    if not neighbours_path.is_file():
+        return evidence_of(df, paths), f"{neighbours_path}: not found; {fix}"
+    nb = pd.read_parquet(neighbours_path)
+    missing = [c for c in NEIGHBOUR_COLUMNS if c not in nb.columns]
+    if missing:
+        return evidence_of(df, paths), f"{neighbours_path}: column {missing[0]!r} missing; {fix}"
+    return evidence_of(df, paths, nb), None
 
 
-def evidence_of(df: pd.DataFrame, paths: set[str]) -> dict[str, dict]:
-    """The evidence columns of suggestions.parquet rows, for the images in `paths`."""
+def evidence_of(df: pd.DataFrame, paths: set[str],
+                neighbours: pd.DataFrame | None = None) -> dict[str, dict]:
+    """The evidence columns of suggestions.parquet rows, for the images in `paths`; with
+    neighbours.parquet's rows, each image's `neighbours`: [[path, similarity], ...], the
+    nearest first."""
     rows = df[df["path"].isin(paths)]
-    return {r["path"]: {c: _value(r[c], kind) for c, kind in EVIDENCE.items()}
-            for r in rows.to_dict("records")}
+    out = {r["path"]: {c: _value(r[c], kind) for c, kind in EVIDENCE.items()}
+           for r in rows.to_dict("records")}
+    if neighbours is not None:  # [] for an image no labeled image voted on
+        for ev in out.values():
+            ev["neighbours"] = []
+        nb = neighbours[neighbours["path"].isin(list(out))].sort_values(
+            ["path", "rank"], kind="stable")
+        for r in nb.itertuples(index=False):
+            out[r.path]["neighbours"].append(
+                [str(r.neighbour), _value(r.similarity, float)])
+    return out
 
 
 def _value(x, kind):
