@@ -59,7 +59,8 @@ def build_long_pages(root: Path) -> tuple[Paths, Path, dict]:
     labeled = [f for f in files if "/undefined/" not in f and f.startswith("train")]
     xy = np.array([(i % 10, i // 10) for i in range(len(manifest))], dtype=float)
     atomic.write_parquet(paths.embed / "pacmap.parquet", manifest[["path", "split", "label"]]
-                         .assign(x=xy[:, 0], y=xy[:, 1]))
+                         .assign(x=xy[:, 0], y=xy[:, 1], x3=xy[:, 0], y3=xy[:, 1],
+                                 z3=np.arange(len(manifest)) % 7))
     atomic.write_parquet(paths.eval / "predictions.parquet", manifest[["path"]].assign(
         prediction="muffin", confidence=0.7))
     queue = pd.DataFrame({"rank": [49, 50, 51, 52], "path": [labeled[0], *pool[96:99]],
@@ -685,6 +686,48 @@ def test_hovering_a_point_shows_its_image(long_review):
 
 
 @pytest.mark.slow
+def test_the_plot_switches_between_2d_and_3d(long_review):
+    url, paths, names = long_review
+    kind = "() => document.getElementById('plot').data[0].type"
+    with browser_at(url + "#plot", 1440, 900) as (page, expect, _):
+        page.wait_for_selector("body[data-plot='1']")
+        assert page.evaluate(kind) == "scatter"
+        button = page.locator("#dims")
+        expect(button).to_have_text("3-D view (d)")
+        expect(page.locator("#key-help")).to_contain_text("d the plot in 3-D / in 2-D")
+        timed(page, "d: the plot in 3-D", "d", "body[data-dims='3']")
+        assert page.evaluate(kind) == "scatter3d"
+        # the 3-D trace plots pacmap.parquet's x3, y3, z3 for the same points
+        shown = page.evaluate("""() => { const t = document.getElementById('plot').data[0];
+            return t.text.map((p, i) => [p, t.x[i], t.y[i], t.z[i]]); }""")
+        coords = pd.read_parquet(paths.embed / "pacmap.parquet").set_index("path")
+        assert len(shown) == len(names["pool"]) + len(names["labeled"])  # test images left out
+        assert shown == [[p, *coords.loc[p, ["x3", "y3", "z3"]].tolist()] for p, *_ in shown]
+        assert len({z for *_, z in shown}) == 7
+        # the mouse on a point shows its image in 3-D too (plotly's 3-D hover has no mouse
+        # event: the page's own stands in); the scene is drawn in the plot's box, so scan it
+        box = page.locator("#plot").bounding_box()
+        hover = page.locator("#hover-thumb")
+        for y in range(int(box["y"]) + 60, int(box["y"] + box["height"]) - 40, 12):
+            for x in range(int(box["x"]) + 60, int(box["x"] + box["width"]) - 60, 12):
+                page.mouse.move(x, y)
+                if hover.is_visible():
+                    break
+            else:
+                continue
+            break
+        expect(hover).to_be_visible()
+        assert hover.locator("img").get_attribute("alt") in {p for p, *_ in shown}
+        page.mouse.move(5, 5)
+        expect(button).to_have_text("2-D view (d)")
+        button.click()
+        expect(page.locator("body")).to_have_attribute("data-dims", "2")
+        assert page.evaluate(kind) == "scatter"
+        page.keyboard.press("?")
+        expect(page.locator("#help")).to_contain_text("the plot in 3-D / in 2-D")
+
+
+@pytest.mark.slow
 def test_sorting_a_page_puts_the_doubtful_and_lowest_first(long_review):
     url, paths, names = long_review
     p = names["pool"]
@@ -748,6 +791,21 @@ def test_a_swapped_in_model_brings_its_evidence_and_neighbours(tmp_path):
     ev = data.state()["evidence"]
     assert ev["error"] == "without: no neighbours.parquet"
     assert ev["images"][p[3]]["knn_sim"] == 0.8 and "neighbours" not in ev["images"][p[3]]
+
+
+@pytest.mark.slow
+def test_without_3d_coordinates_the_plot_stays_2d_and_says_why(tmp_path):
+    paths, data, _ = small_review(tmp_path)  # its pacmap.parquet has x and y only
+    assert "z3" not in data.state()["points"]
+    with serving(data) as server, \
+            browser_at(f"http://127.0.0.1:{server.server_address[1]}/#plot", 1440, 900) \
+            as (page, expect, _):
+        page.wait_for_selector("body[data-plot='1']")
+        expect(page.locator("#dims")).to_be_disabled()
+        page.keyboard.press("d")
+        expect(page.locator("#status")).to_contain_text(
+            "no 3-D coordinates in the embed stage's pacmap.parquet: run `dvc repro embed`")
+        assert page.evaluate("() => document.getElementById('plot').data[0].type") == "scatter"
 
 
 @pytest.mark.slow

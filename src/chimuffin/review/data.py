@@ -54,6 +54,7 @@ from chimuffin.review.verify import (
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)
 HISTORY_SHOWN = 10  # the last actions the page lists (each undoable, latest first)
+XYZ = ("x3", "y3", "z3")  # pacmap.parquet's 3-D coordinates (the plot's 3-D view)
 
 
 class RequestError(Exception):
@@ -128,7 +129,9 @@ class ReviewData:
     def _points(self) -> pd.DataFrame:
         coords = _read(self.paths.embed / default.PACMAP_FILE, "embed")
         pred = _read(self.paths.eval / default.PREDICTIONS_FILE, "evaluate")
-        df = coords[["path", "split", "x", "y"]].merge(
+        # the 3-D PaCMAP coordinates too where the embed stage wrote them (older outputs lack them)
+        xyz = list(XYZ) if set(XYZ) <= set(coords.columns) else []
+        df = coords[["path", "split", "x", "y", *xyz]].merge(
             pred[["path", "prediction", "confidence"]], on="path", how="left", validate="1:1")
         if df["prediction"].isna().any():
             raise UserError(f"{self.paths.eval / default.PREDICTIONS_FILE}: stale (no prediction "
@@ -197,6 +200,7 @@ class ReviewData:
             "person_sources": list(PERSON_SOURCES),
             "points": {"path": p["path"].tolist(), "split": p["split"].tolist(),
                        "x": _floats(p["x"]), "y": _floats(p["y"]),
+                       **{c: _floats(p[c]) for c in XYZ if c in p.columns},
                        "label": [eff[x] for x in p["path"]],
                        # the label before any decision: folder, validation or undefined
                        "base": [self.base_label[x] for x in p["path"]],
