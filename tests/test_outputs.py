@@ -12,9 +12,11 @@ from chimuffin import paths
 from chimuffin.curate.pages import PAGE_SCHEMA, read_pages
 from chimuffin.curate.scoring import (
     LABEL_ISSUE_COLUMNS,
+    NEIGHBOUR_COLUMNS,
     QUEUE_COLUMNS,
     SUGGESTION_COLUMNS,
     read_label_issues,
+    read_neighbours,
     read_queue,
     read_suggestions,
 )
@@ -45,6 +47,8 @@ READERS = {
     "queue": (read_queue, paths.QUEUE_FILE, QUEUE_COLUMNS, "review queue", "dvc repro suggest"),
     "label issues": (read_label_issues, paths.LABEL_ISSUES_FILE, LABEL_ISSUE_COLUMNS,
                      "label issues", "dvc repro suggest"),
+    "neighbours": (read_neighbours, paths.NEIGHBOURS_FILE, NEIGHBOUR_COLUMNS, "voting neighbours",
+                   "dvc repro suggest"),
     "pages": (read_pages, paths.PAGES_FILE, list(PAGE_SCHEMA), "review pages",
               "dvc repro suggest"),
 }

@@ -59,7 +59,8 @@ def build_long_pages(root: Path) -> tuple[Paths, Path, dict]:
     labeled = [f for f in files if "/undefined/" not in f and f.startswith("train")]
     xy = np.array([(i % 10, i // 10) for i in range(len(manifest))], dtype=float)
     atomic.write_parquet(paths.embed / "pacmap.parquet", manifest[["path", "split", "label"]]
-                         .assign(x=xy[:, 0], y=xy[:, 1]))
+                         .assign(x=xy[:, 0], y=xy[:, 1], x3=xy[:, 0], y3=xy[:, 1],
+                                 z3=np.arange(len(manifest)) % 7))
     atomic.write_parquet(paths.eval / "predictions.parquet", manifest[["path"]].assign(
         prediction="muffin", confidence=0.7))
     queue = pd.DataFrame({"rank": [49, 50, 51, 52], "path": [labeled[0], *pool[96:99]],
@@ -74,6 +75,11 @@ def build_long_pages(root: Path) -> tuple[Paths, Path, dict]:
         "knn_label": ["chihuahua", "muffin", "chihuahua"], "knn_conf": 0.8, "knn_sim": 0.9,
         "nearest_labeled": labeled[0], "dup_of": [pool[97], pool[98], ""],
         "dup_sim": [0.97, 0.5, 0.0], "near_duplicate": [True, False, False]}))
+    # the labeled neighbours that voted: all four for pool 96, two for pool 97, none for 98
+    atomic.write_parquet(paths.suggest / "neighbours.parquet", pd.DataFrame({
+        "path": [pool[96]] * 4 + [pool[97]] * 2, "rank": [1, 2, 3, 4, 1, 2],
+        "neighbour": [labeled[0], labeled[2], labeled[1], labeled[3], labeled[3], labeled[0]],
+        "similarity": np.array([0.93, 0.91, 0.6, 0.55, 0.8, 0.7], dtype=np.float32)}))
     scores = [0.95 - 0.004 * i for i in range(PAGE)]
     write_pages(paths.suggest / "pages.parquet",
                 [("chihuahua", list(zip(pool[:PAGE], scores, strict=True))),
@@ -540,27 +546,38 @@ def test_doubtful_images_are_marked_and_a_page_flips_with_one_key(long_review):
 
 def test_evidence_is_read_for_page_images_and_a_stale_file_says_why(long_built, tmp_path):
     paths, data, names = long_built
-    p = names["pool"]
+    p, lab = names["pool"], names["labeled"]
     state = ReviewData(paths, CLASSES, data).state()["evidence"]
     assert state["error"] is None and sorted(state["images"]) == sorted(p[96:99])
     assert state["images"][p[96]] == {
         "model_label": "chihuahua", "model_conf": 0.7, "knn_label": "chihuahua",
-        "knn_conf": 0.8, "knn_sim": 0.9, "nearest_labeled": names["labeled"][0],
-        "dup_of": p[97], "dup_sim": 0.97, "near_duplicate": True}
+        "knn_conf": 0.8, "knn_sim": 0.9, "nearest_labeled": lab[0],
+        "dup_of": p[97], "dup_sim": 0.97, "near_duplicate": True,
+        "neighbours": [[lab[0], 0.93], [lab[2], 0.91], [lab[1], 0.6], [lab[3], 0.55]]}
+    assert state["images"][p[97]]["neighbours"] == [[lab[3], 0.8], [lab[0], 0.7]]
+    assert state["images"][p[98]]["neighbours"] == []  # no labeled image voted
     assert state["images"][p[98]]["model_conf"] is None  # NaN: JSON has none
     json.dumps(state, allow_nan=False)
+    neighbours = paths.suggest / "neighbours.parquet"
     old = tmp_path / "suggestions.parquet"
     pd.read_parquet(paths.suggest / "suggestions.parquet").drop(columns="knn_sim").to_parquet(old)
-    assert read_evidence(old, set(p)) == ({}, f"{old}: column(s) knn_sim missing from the "
-                                          "suggestions; run `dvc repro suggest`")
-    assert read_evidence(tmp_path / "nope.parquet", set(p))[1].endswith(
+    assert read_evidence(old, neighbours, set(p)) == ({}, f"{old}: column(s) knn_sim missing "
+                                                      "from the suggestions; run `dvc repro "
+                                                      "suggest`")
+    assert read_evidence(tmp_path / "nope.parquet", neighbours, set(p))[1].endswith(
         "nope.parquet: suggestions not found (run `dvc repro suggest`)")
+    # older outputs without the neighbours: the rest of the evidence, and why not those
+    images, why = read_evidence(paths.suggest / "suggestions.parquet", tmp_path / "none.parquet",
+                                set(p))
+    assert sorted(images) == sorted(p[96:99]) and "neighbours" not in images[p[96]]
+    assert why == (f"{tmp_path / 'none.parquet'}: voting neighbours not found (run `dvc repro "
+                   "suggest`)")
 
 
 @pytest.mark.slow
 def test_the_enlarged_view_shows_the_evidence(long_review):
     url, paths, names = long_review
-    p = names["pool"]
+    p, lab = names["pool"], names["labeled"]
     with browser_at(url, 1280, 720) as (page, expect, _):
         page.keyboard.press("n")
         page.keyboard.press("n")
@@ -569,22 +586,37 @@ def test_the_enlarged_view_shows_the_evidence(long_review):
         box = page.locator("#zoom-evidence")
         expect(box).to_contain_text("model: chihuahua 0.70 · labeled neighbours vote "
                                     "chihuahua 0.80 (mean similarity 0.90)")
+        expect(box).to_contain_text("the 4 labeled neighbours that voted, nearest first")
+        # the k neighbours that voted, nearest first: image, label now, similarity
+        listed = page.eval_on_selector_all("#zoom-evidence .neighbours li", """els => els.map(
+            e => [e.title, e.querySelector('img').alt, e.querySelector('span').textContent,
+                  e.querySelector('small').textContent])""")
+        assert listed == [[lab[0], lab[0], "chihuahua", "0.93"],
+                          [lab[2], lab[2], "muffin", "0.91"],
+                          [lab[1], lab[1], "chihuahua", "0.60"],
+                          [lab[3], lab[3], "muffin", "0.55"]]
         captions = page.eval_on_selector_all("#zoom-evidence figcaption",
                                              "els => els.map(e => e.textContent)")
-        assert captions == ["nearest labeled: chihuahua",
-                            "NEAR-DUPLICATE, similarity 0.97: undefined"]
-        shown = page.eval_on_selector_all("#zoom-evidence img", "els => els.map(e => e.alt)")
-        assert shown == [names["labeled"][0], p[97]]
-        # everything of the enlarged view is on screen at 1280x720
+        assert captions == ["NEAR-DUPLICATE, similarity 0.97: undefined"]
+        assert page.eval_on_selector("#zoom-evidence figure img", "e => e.alt") == p[97]
+        # everything of the enlarged view is on screen at 1280x720, every thumbnail loaded
         bottom = page.eval_on_selector("#zoom-evidence", "e => e.getBoundingClientRect().bottom")
         assert bottom <= 720
+        page.wait_for_function("""() => [...document.querySelectorAll('#zoom-evidence img')]
+            .every(i => i.complete && i.naturalWidth > 0)""")
         page.keyboard.press("l")
+        expect(page.locator("#zoom-evidence .neighbours li")).to_have_count(2)
+        expect(page.locator("#zoom-evidence .neighbours li span")).to_have_text(
+            ["muffin", "chihuahua"])
         page.keyboard.press("l")
         expect(box).to_contain_text("model: chihuahua ? ·")  # a missing value, said as such
+        expect(box).to_contain_text("no labeled image voted")
+        expect(page.locator("#zoom-evidence .neighbours li")).to_have_count(0)
         page.keyboard.press("Escape")
         page.keyboard.press("p")  # page 1: no evidence rows, nothing claimed
         page.keyboard.press("e")
         expect(page.locator("#zoom-evidence figure")).to_have_count(0)
+        expect(page.locator("#zoom-evidence .neighbours li")).to_have_count(0)
 
 
 # --- the history: the last actions, each undoable back to there -------------------------
@@ -656,6 +688,48 @@ def test_hovering_a_point_shows_its_image(long_review):
 
 
 @pytest.mark.slow
+def test_the_plot_switches_between_2d_and_3d(long_review):
+    url, paths, names = long_review
+    kind = "() => document.getElementById('plot').data[0].type"
+    with browser_at(url + "#plot", 1440, 900) as (page, expect, _):
+        page.wait_for_selector("body[data-plot='1']")
+        assert page.evaluate(kind) == "scatter"
+        button = page.locator("#dims")
+        expect(button).to_have_text("3-D view (d)")
+        expect(page.locator("#key-help")).to_contain_text("d the plot in 3-D / in 2-D")
+        timed(page, "d: the plot in 3-D", "d", "body[data-dims='3']")
+        assert page.evaluate(kind) == "scatter3d"
+        # the 3-D trace plots pacmap.parquet's x3, y3, z3 for the same points
+        shown = page.evaluate("""() => { const t = document.getElementById('plot').data[0];
+            return t.text.map((p, i) => [p, t.x[i], t.y[i], t.z[i]]); }""")
+        coords = pd.read_parquet(paths.embed / "pacmap.parquet").set_index("path")
+        assert len(shown) == len(names["pool"]) + len(names["labeled"])  # test images left out
+        assert shown == [[p, *coords.loc[p, ["x3", "y3", "z3"]].tolist()] for p, *_ in shown]
+        assert len({z for *_, z in shown}) == 7
+        # the mouse on a point shows its image in 3-D too (plotly's 3-D hover has no mouse
+        # event: the page's own stands in); the scene is drawn in the plot's box, so scan it
+        box = page.locator("#plot").bounding_box()
+        hover = page.locator("#hover-thumb")
+        for y in range(int(box["y"]) + 60, int(box["y"] + box["height"]) - 40, 12):
+            for x in range(int(box["x"]) + 60, int(box["x"] + box["width"]) - 60, 12):
+                page.mouse.move(x, y)
+                if hover.is_visible():
+                    break
+            else:
+                continue
+            break
+        expect(hover).to_be_visible()
+        assert hover.locator("img").get_attribute("alt") in {p for p, *_ in shown}
+        page.mouse.move(5, 5)
+        expect(button).to_have_text("2-D view (d)")
+        button.click()
+        expect(page.locator("body")).to_have_attribute("data-dims", "2")
+        assert page.evaluate(kind) == "scatter"
+        page.keyboard.press("?")
+        expect(page.locator("#help")).to_contain_text("the plot in 3-D / in 2-D")
+
+
+@pytest.mark.slow
 def test_sorting_a_page_puts_the_doubtful_and_lowest_first(long_review):
     url, paths, names = long_review
     p = names["pool"]
@@ -693,6 +767,47 @@ def small_review(tmp_path: Path):
     atomic.write_text(paths.decisions, format_decisions(
         [Decision(names["pool"][5], "chihuahua", "auto", "accepted")]))
     return paths, ReviewData(paths, CLASSES, data), names
+
+
+def test_a_swapped_in_model_brings_its_evidence_and_neighbours(tmp_path):
+    paths, data, names = small_review(tmp_path)
+    p, lab = names["pool"], [x for x in data.base_label if data.base_label[x] in CLASSES]
+    write_pages(tmp_path / "new.parquet", [("muffin", [(p[3], 0.9), (p[4], 0.8)])])
+    suggestions = pd.DataFrame({
+        "path": [p[3], p[4]], "model_label": "muffin", "model_conf": 0.9,
+        "knn_label": "muffin", "knn_conf": 0.7, "knn_sim": 0.8, "nearest_labeled": lab[0],
+        "dup_of": "", "dup_sim": 0.1, "near_duplicate": False})
+    neighbours = pd.DataFrame({"path": [p[3], p[3], p[4]], "rank": [1, 2, 1],
+                               "neighbour": [lab[0], lab[1], lab[1]],
+                               "similarity": [0.9, 0.7, 0.8]})
+    pages = pd.read_parquet(tmp_path / "new.parquet")
+    data.swap_in(Run("with-neighbours", 4, "on demand", time.time(), finished=time.time(),
+                     ok=True, pages=pages, suggestions=suggestions, neighbours=neighbours))
+    ev = data.state()["evidence"]
+    assert ev["error"] is None
+    assert ev["images"][p[3]]["neighbours"] == [[lab[0], 0.9], [lab[1], 0.7]]
+    assert ev["images"][p[4]]["neighbours"] == [[lab[1], 0.8]]
+    # a run whose outputs lack the neighbours: the rest of the evidence, and why not those
+    data.swap_in(Run("without", 4, "on demand", time.time(), finished=time.time(), ok=True,
+                     pages=pages, suggestions=suggestions))
+    ev = data.state()["evidence"]
+    assert ev["error"] == "without: no neighbours.parquet"
+    assert ev["images"][p[3]]["knn_sim"] == 0.8 and "neighbours" not in ev["images"][p[3]]
+
+
+@pytest.mark.slow
+def test_without_3d_coordinates_the_plot_stays_2d_and_says_why(tmp_path):
+    paths, data, _ = small_review(tmp_path)  # its pacmap.parquet has x and y only
+    assert "z3" not in data.state()["points"]
+    with serving(data) as server, \
+            browser_at(f"http://127.0.0.1:{server.server_address[1]}/#plot", 1440, 900) \
+            as (page, expect, _):
+        page.wait_for_selector("body[data-plot='1']")
+        expect(page.locator("#dims")).to_be_disabled()
+        page.keyboard.press("d")
+        expect(page.locator("#status")).to_contain_text(
+            "no 3-D coordinates in the embed stage's pacmap.parquet: run `dvc repro embed`")
+        assert page.evaluate("() => document.getElementById('plot').data[0].type") == "scatter"
 
 
 @pytest.mark.slow

@@ -67,6 +67,31 @@ def world(n_per=12, seed=0):
     return df, p_model, np.array(emb, dtype=np.float32), sig
 
 
+def test_neighbours_are_the_k_most_similar_labeled_images_with_their_similarities():
+    df, p_model, emb, sig = world()
+    df.loc[0, "split"] = "test"  # a labeled test image never votes
+    t = build_tables(df, p_model, emb, sig, CLASSES, CFG)
+    nb = t["neighbours"]
+    unit = unit_rows(emb)
+    labeled = ((df["split"] != "test") & (df["label"] != "undefined")).to_numpy()
+    pool = df["path"][df["label"] == "undefined"].tolist()
+    assert list(nb.columns) == ["path", "rank", "neighbour", "similarity"]
+    assert sorted(set(nb["path"])) == sorted(pool)
+    for path in pool:
+        mine = nb[nb["path"] == path]
+        sim = unit[np.flatnonzero(labeled)] @ unit[df.index[df["path"] == path][0]]
+        best = np.argsort(-sim, kind="stable")[:CFG.k]
+        assert mine["rank"].tolist() == list(range(1, CFG.k + 1))
+        assert mine["neighbour"].tolist() == df["path"].to_numpy()[labeled][best].tolist()
+        np.testing.assert_allclose(mine["similarity"], sim[best], rtol=1e-5)
+    # the vote's mean similarity and nearest labeled image are these neighbours'
+    s = t["suggestions"].set_index("path")
+    first = nb[nb["rank"] == 1].set_index("path")["neighbour"]
+    assert (s.loc[first.index, "nearest_labeled"] == first).all()
+    mean = nb.groupby("path")["similarity"].mean()
+    np.testing.assert_allclose(s.loc[mean.index, "knn_sim"], mean, rtol=1e-5)
+
+
 def test_pool_suggestions_agree_with_clusters_and_disagreement_is_queued_first():
     df, p_model, emb, sig = world()
     odd = df.index[df["path"] == "train128/m/10.jpg"][0]  # a muffin-cluster pool image

@@ -38,6 +38,7 @@ MISTAKES_FILE = "mistakes.png"  # EVAL: the confident mistakes' thumbnails
 EMBEDDINGS_FILE = "embeddings.parquet"  # EMBED: 512-d embeddings, one row per image
 PACMAP_FILE = "pacmap.parquet"  # EMBED: 2-D and 3-D PaCMAP coordinates
 SUGGESTIONS_FILE = "suggestions.parquet"  # SUGGEST: one row per pool image
+NEIGHBOURS_FILE = "neighbours.parquet"  # SUGGEST: a pool image's k labeled neighbours that voted
 LABEL_ISSUES_FILE = "label_issues.parquet"  # SUGGEST: one row per labeled image
 QUEUE_FILE = "review_queue.parquet"  # SUGGEST: the review queue
 PAGES_FILE = "pages.parquet"  # SUGGEST: the review pages

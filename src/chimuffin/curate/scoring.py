@@ -155,7 +155,8 @@ def reference_mask(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 def build_tables(df: pd.DataFrame, p_model: np.ndarray, emb: np.ndarray, signatures: np.ndarray,
                  classes: list[str], cfg) -> dict[str, pd.DataFrame]:
-    """suggestions (pool), label_issues (labeled), review_queue.
+    """suggestions (pool), neighbours (the pool's voting neighbours), label_issues (labeled),
+    review_queue.
 
     df: the clean manifest; p_model: (N, C) model probabilities, emb: (N, D) embeddings and
     signatures: (N, F) pixel signatures, all row-aligned with df; cfg: the `suggest` params."""
@@ -164,23 +165,43 @@ def build_tables(df: pd.DataFrame, p_model: np.ndarray, emb: np.ndarray, signatu
     dups = near_duplicates(signatures, df["content_hash"].to_numpy(), cfg.dup_similarity)
     paths = df["path"].to_numpy()
     dups["dup_of"] = np.where(dups["dup_row"] >= 0, paths[dups["dup_row"].clip(lower=0)], "")
-    suggestions = pool_suggestions(df, p_model, unit, dups, classes, cfg)
+    knn = pool_knn(df, unit, classes, cfg.k)
+    suggestions = pool_suggestions(df, p_model, knn, dups, classes, cfg)
     issues = label_issues(df, p_model, unit, dups, classes, cfg)
     queue = review_queue(suggestions, issues, unit, pd.Index(paths), cfg)
-    return {"suggestions": suggestions, "label_issues": issues, "review_queue": queue}
+    return {"suggestions": suggestions, "neighbours": neighbour_table(paths, *knn),
+            "label_issues": issues, "review_queue": queue}
 
 
 def dup_columns(dups: pd.DataFrame, rows: np.ndarray) -> dict:
     return {c: dups[c].to_numpy()[rows] for c in ("dup_of", "dup_sim", "near_duplicate")}
 
 
-def pool_suggestions(df, p_model, unit, dups, classes, cfg) -> pd.DataFrame:
-    """Every undecided pool image: the model, its labeled neighbours, and one proposal."""
-    cls = np.array(classes, dtype=object)
+def pool_knn(df, unit, classes, k) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pool rows, reference rows, neighbours, similarities): every undecided pool image's k
+    most similar labeled images (positions in the reference rows), the ones whose labels vote."""
     ref = np.nonzero(reference_mask(df, classes))[0]
     pool = np.nonzero(pool_mask(df))[0]
+    nbr, sim = cosine_knn(unit[pool], unit[ref], k)
+    return pool, ref, nbr, sim
+
+
+def neighbour_table(paths: np.ndarray, pool: np.ndarray, ref: np.ndarray, nbr: np.ndarray,
+                    sim: np.ndarray) -> pd.DataFrame:
+    """One row per pool image and voting neighbour, most similar first: `path` (the pool
+    image), `rank` (1 = the nearest), `neighbour` (a labeled image), `similarity` (cosine)."""
+    n, k = nbr.shape
+    return pd.DataFrame({
+        "path": np.repeat(paths[pool], k), "rank": np.tile(np.arange(1, k + 1), n),
+        "neighbour": paths[ref][nbr.reshape(-1)], "similarity": sim.reshape(-1)})
+
+
+def pool_suggestions(df, p_model, knn, dups, classes, cfg) -> pd.DataFrame:
+    """Every undecided pool image: the model, its labeled neighbours (pool_knn), and one
+    proposal."""
+    cls = np.array(classes, dtype=object)
+    pool, ref, nbr, sim = knn
     paths = df["path"].to_numpy()
-    nbr, sim = cosine_knn(unit[pool], unit[ref], cfg.k)
     p_knn = knn_vote(sim, label_index(df["label"], classes)[ref][nbr], len(classes))
     p = combine(p_model[pool], p_knn, cfg.model_weight)
     model_y, knn_y = p_model[pool].argmax(1), p_knn.argmax(1)
@@ -304,6 +325,7 @@ SUGGESTION_COLUMNS = ["path", "label", "score", "agree", "model_label", "model_c
                       "knn_label", "knn_conf"]
 QUEUE_COLUMNS = ["rank", "path", "kind", "cluster", "proposed", "reason"]
 LABEL_ISSUE_COLUMNS = ["path", "split", "label", "issue_score", "suggested_label"]
+NEIGHBOUR_COLUMNS = ["path", "rank", "neighbour", "similarity"]
 
 
 def read_suggestions(path: str | Path, columns: list[str] = SUGGESTION_COLUMNS) -> pd.DataFrame:
@@ -321,3 +343,9 @@ def read_label_issues(path: str | Path) -> pd.DataFrame:
     """The suggest stage's label issues (one row per labeled image, the likeliest wrong label
     first; LABEL_ISSUE_COLUMNS), checked the same way."""
     return read_parquet_output(path, "label issues", "dvc repro suggest", LABEL_ISSUE_COLUMNS)
+
+
+def read_neighbours(path: str | Path) -> pd.DataFrame:
+    """The suggest stage's voting neighbours (one row per pool image and neighbour, rank 1 the
+    nearest; NEIGHBOUR_COLUMNS), checked the same way."""
+    return read_parquet_output(path, "voting neighbours", "dvc repro suggest", NEIGHBOUR_COLUMNS)

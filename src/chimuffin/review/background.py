@@ -105,6 +105,7 @@ class Run:
     log_tail: str = ""
     pages: pd.DataFrame | None = field(default=None, repr=False)
     suggestions: pd.DataFrame | None = field(default=None, repr=False)
+    neighbours: pd.DataFrame | None = field(default=None, repr=False)
     val_accuracy: float | None = None
     val_n: int | None = None    # validation images behind val_accuracy
 
@@ -216,7 +217,7 @@ class Retrainer:
             self.child = None
             if run.ok:
                 self.labels_of_model = run.labels
-            run.pages = run.suggestions = None  # handed over; not kept twice
+            run.pages = run.suggestions = run.neighbours = None  # handed over; not kept twice
             self.runs.append(run)
             self.running, queued = None, self.queued
             self.queued = None
@@ -289,6 +290,7 @@ class Retrainer:
         sh(["git", "push", "-q", "origin", f"{ref}:{ref}"], copy)
         run.pages = read_copy_pages(copy)
         run.suggestions = read_copy_suggestions(copy)
+        run.neighbours = read_copy_neighbours(copy)
         run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
 
 
@@ -304,6 +306,13 @@ def read_copy_suggestions(copy: Path) -> pd.DataFrame:
     from chimuffin.review.verify import EVIDENCE_COLUMNS
 
     return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE, EVIDENCE_COLUMNS)
+
+
+def read_copy_neighbours(copy: Path) -> pd.DataFrame:
+    """The copy's voting neighbours (the enlarged view lists them)."""
+    from chimuffin.curate.scoring import read_neighbours
+
+    return read_neighbours(copy / default.SUGGEST / default.NEIGHBOURS_FILE)
 
 
 def val_metrics(path: Path) -> tuple[float | None, int | None]:

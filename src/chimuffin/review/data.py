@@ -57,6 +57,7 @@ from chimuffin.review.verify import (
 NOTE = "review page"
 CONFIRM_LISTED = 20  # paths named in a "needs confirmation" answer (the count is always whole)
 HISTORY_SHOWN = 10  # the last actions the page lists (each undoable, latest first)
+XYZ = ("x3", "y3", "z3")  # pacmap.parquet's 3-D coordinates (the plot's 3-D view)
 
 
 class RequestError(Exception):
@@ -115,6 +116,7 @@ class ReviewData:
         self.page_list = [] if self.pages is None else page_list(self.pages)
         self.page_index = {pg["page"]: pg for pg in self.page_list}
         self.evidence = read_evidence(self.paths.suggest / default.SUGGESTIONS_FILE,
+                                      self.paths.suggest / default.NEIGHBOURS_FILE,
                                       set() if self.pages is None else set(self.pages["path"]))
         # which model proposes each page, and how its proposals fared: the pipeline's outputs
         # first, then each background model swapped in (review/background.py)
@@ -130,7 +132,9 @@ class ReviewData:
     def _points(self) -> pd.DataFrame:
         coords = read_pacmap(self.paths.embed / default.PACMAP_FILE)
         pred = read_predictions(self.paths.eval / default.PREDICTIONS_FILE)
-        df = coords[["path", "split", "x", "y"]].merge(
+        # the 3-D PaCMAP coordinates too where the embed stage wrote them (older outputs lack them)
+        xyz = list(XYZ) if set(XYZ) <= set(coords.columns) else []
+        df = coords[["path", "split", "x", "y", *xyz]].merge(
             pred[["path", "prediction", "confidence"]], on="path", how="left", validate="1:1")
         if df["prediction"].isna().any():
             raise UserError(f"{self.paths.eval / default.PREDICTIONS_FILE}: stale (no prediction "
@@ -199,6 +203,7 @@ class ReviewData:
             "person_sources": list(PERSON_SOURCES),
             "points": {"path": p["path"].tolist(), "split": p["split"].tolist(),
                        "x": _floats(p["x"]), "y": _floats(p["y"]),
+                       **{c: _floats(p[c]) for c in XYZ if c in p.columns},
                        "label": [eff[x] for x in p["path"]],
                        # the label before any decision: folder, validation or undefined
                        "base": [self.base_label[x] for x in p["path"]],
@@ -345,7 +350,9 @@ class ReviewData:
             self.pages, self.pages_error, self.page_list = pages, None, listed
             self.page_index.update({pg["page"]: pg for pg in listed})
             if run.suggestions is not None:
-                self.evidence = (evidence_of(run.suggestions, set(pages["path"])), None)
+                self.evidence = (evidence_of(run.suggestions, set(pages["path"]), run.neighbours),
+                                 None if run.neighbours is not None else
+                                 f"{run.name}: no {default.NEIGHBOURS_FILE}")
             self.models_version += 1
 
     def models_state(self) -> dict:

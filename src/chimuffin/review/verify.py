@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from chimuffin.curate import pages
-from chimuffin.curate.scoring import read_suggestions
+from chimuffin.curate.scoring import read_neighbours, read_suggestions
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import PERSON_SOURCES, Decision
 from chimuffin.review.history import images_per_minute
@@ -79,24 +79,43 @@ EVIDENCE = {  # column -> how the page gets it
 EVIDENCE_COLUMNS = ["path", *EVIDENCE]  # what suggestions.parquet must hold for the evidence
 
 
-def read_evidence(path: Path, paths: set[str]) -> tuple[dict[str, dict], str | None]:
+def read_evidence(path: Path, neighbours_path: Path,
+                  paths: set[str]) -> tuple[dict[str, dict], str | None]:
     """What stands behind each proposal, for the images in `paths`: the model's label and
     confidence, the labeled neighbours' vote (label, share, mean similarity), the nearest
-    labeled image, the most similar image (and whether it is a near-duplicate). Read from the
-    suggest stage's suggestions.parquet; ({}, why) when it is absent or lacks a column (the
-    enlarged view then says so, the rest works)."""
+    labeled image, the most similar image (and whether it is a near-duplicate), all from the
+    suggest stage's suggestions.parquet; and the k labeled neighbours that voted, each with
+    its similarity, from neighbours.parquet. ({}, why) when suggestions.parquet is absent or
+    lacks a column; the evidence without `neighbours`, and why, when only neighbours.parquet
+    is (the enlarged view then says so, the rest works)."""
     try:
         df = read_suggestions(path, EVIDENCE_COLUMNS)
     except UserError as e:
         return {}, str(e)
-    return evidence_of(df, paths), None
+    try:
+        nb = read_neighbours(neighbours_path)
+    except UserError as e:
+        return evidence_of(df, paths), str(e)
+    return evidence_of(df, paths, nb), None
 
 
-def evidence_of(df: pd.DataFrame, paths: set[str]) -> dict[str, dict]:
-    """The evidence columns of suggestions.parquet rows, for the images in `paths`."""
+def evidence_of(df: pd.DataFrame, paths: set[str],
+                neighbours: pd.DataFrame | None = None) -> dict[str, dict]:
+    """The evidence columns of suggestions.parquet rows, for the images in `paths`; with
+    neighbours.parquet's rows, each image's `neighbours`: [[path, similarity], ...], the
+    nearest first."""
     rows = df[df["path"].isin(paths)]
-    return {r["path"]: {c: _value(r[c], kind) for c, kind in EVIDENCE.items()}
-            for r in rows.to_dict("records")}
+    out = {r["path"]: {c: _value(r[c], kind) for c, kind in EVIDENCE.items()}
+           for r in rows.to_dict("records")}
+    if neighbours is not None:  # [] for an image no labeled image voted on
+        for ev in out.values():
+            ev["neighbours"] = []
+        nb = neighbours[neighbours["path"].isin(list(out))].sort_values(
+            ["path", "rank"], kind="stable")
+        for r in nb.itertuples(index=False):
+            out[r.path]["neighbours"].append(
+                [str(r.neighbour), _value(r.similarity, float)])
+    return out
 
 
 def _value(x, kind):

@@ -11,8 +11,9 @@ from chimuffin.infer.embeddings import read_embeddings
 from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.stages import common
 
-TABLE_FILES = {"suggestions": paths.SUGGESTIONS_FILE, "label_issues": paths.LABEL_ISSUES_FILE,
-               "review_queue": paths.QUEUE_FILE, "pages": paths.PAGES_FILE}
+TABLE_FILES = {"suggestions": paths.SUGGESTIONS_FILE, "neighbours": paths.NEIGHBOURS_FILE,
+               "label_issues": paths.LABEL_ISSUES_FILE, "review_queue": paths.QUEUE_FILE,
+               "pages": paths.PAGES_FILE}
 
 
 def main(args, params) -> None:

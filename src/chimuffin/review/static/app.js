@@ -16,7 +16,8 @@ const S = {
   data: null, view: null, busy: false,
   decisions: new Map(),  // path -> [label, source]: the label file, kept current from answers
   index: new Map(),      // path -> point index
-  selection: [], excluded: new Set(), colorBy: "label", plotDrawn: false,
+  selection: [], excluded: new Set(), colorBy: "label", dims: 2, plotDrawn: false,
+  mouse: null,  // the last mouse event on the plot
 };
 const $ = (id) => document.getElementById(id);
 
@@ -214,37 +215,82 @@ function customdata() {
   return p.path.map((_, i) => [p.label[i], p.prediction[i], p.confidence[i]]);
 }
 
+// The PaCMAP scatter in 2-D (lasso and box selection) or 3-D (turn it with the mouse; no
+// lasso in plotly's 3-D scenes, so the queue's "select" is the way to select there).
+function trace() {
+  const p = S.data.points, flat = S.dims === 2;
+  return {
+    type: flat ? "scatter" : "scatter3d", mode: "markers",
+    ...(flat ? { x: p.x, y: p.y } : { x: p.x3, y: p.y3, z: p.z3 }),
+    text: p.path, customdata: customdata(),
+    hovertemplate: "%{text}<br>label %{customdata[0]}<br>predicted %{customdata[1]} " +
+      "(%{customdata[2]:.2f})<extra></extra>",
+    marker: { size: flat ? 7 : 3, opacity: 0.85, ...markerColors() },
+    ...(flat ? { selected: { marker: { opacity: 1 } }, unselected: { marker: { opacity: 0.25 } } }
+      : {}),
+  };
+}
+
+function plotLayout() {
+  const hidden = { visible: false };
+  return {
+    dragmode: "lasso", hovermode: "closest", margin: { l: 10, r: 10, t: 10, b: 10 },
+    xaxis: hidden, yaxis: hidden,
+    scene: { xaxis: hidden, yaxis: hidden, zaxis: hidden, dragmode: "orbit" },
+  };
+}
+
+// offline: no "edit in Chart Studio" / "send to cloud" link or button, no plotly logo
+// the toolbar always shows (the hint points at it), not only while the mouse is on the plot
+const PLOT_CONFIG = {
+  displaylogo: false, responsive: true, scrollZoom: true, displayModeBar: true,
+  showSendToCloud: false, showEditInChartStudio: false, showLink: false,
+  modeBarButtonsToRemove: ["toImage", "autoScale2d", "sendDataToCloud"] };
+
+// a point's row: plotly names it pointIndex in 2-D, pointNumber in 3-D
+const pointRow = (pt) => (pt.pointIndex !== undefined ? pt.pointIndex : pt.pointNumber);
+
 function draw() {
   if (S.plotDrawn) return;
   $("plot").textContent = "";
   const p = S.data.points;
-  const trace = {
-    type: "scatter", mode: "markers", x: p.x, y: p.y, text: p.path, customdata: customdata(),
-    hovertemplate: "%{text}<br>label %{customdata[0]}<br>predicted %{customdata[1]} " +
-      "(%{customdata[2]:.2f})<extra></extra>",
-    marker: { size: 7, opacity: 0.85, ...markerColors() },
-    selected: { marker: { opacity: 1 } }, unselected: { marker: { opacity: 0.25 } },
-  };
-  const layout = {
-    dragmode: "lasso", hovermode: "closest", margin: { l: 10, r: 10, t: 10, b: 10 },
-    xaxis: { visible: false }, yaxis: { visible: false },
-  };
-  // offline: no "edit in Chart Studio" / "send to cloud" link or button, no plotly logo
-  // the toolbar always shows (the hint points at it), not only while the mouse is on the plot
-  const config = { displaylogo: false, responsive: true, scrollZoom: true, displayModeBar: true,
-                   showSendToCloud: false, showEditInChartStudio: false, showLink: false,
-                   modeBarButtonsToRemove: ["toImage", "autoScale2d", "sendDataToCloud"] };
-  Plotly.newPlot("plot", [trace], layout, config);
+  Plotly.newPlot("plot", [trace()], plotLayout(), PLOT_CONFIG);
   const plot = $("plot");
   plot.on("plotly_selected", (ev) => {
-    setSelection(ev ? ev.points.map((pt) => p.path[pt.pointIndex]) : [], false, null);
+    setSelection(ev ? ev.points.map((pt) => p.path[pointRow(pt)]) : [], false, null);
   });
   plot.on("plotly_deselect", () => setSelection([], false, null));
-  plot.on("plotly_hover", (ev) => showHoverThumb(p.path[ev.points[0].pointIndex], ev.event));
+  // plotly's 3-D hover carries no mouse event: the last mouse position on the plot stands in
+  plot.addEventListener("mousemove", (ev) => { S.mouse = ev; });
+  plot.on("plotly_hover", (ev) => showHoverThumb(p.path[pointRow(ev.points[0])],
+                                                 ev.event || S.mouse));
   plot.on("plotly_unhover", () => { $("hover-thumb").hidden = true; });
   legend();
   S.plotDrawn = true;
   document.body.dataset.plot = "1";
+  renderDims();
+}
+
+// 2-D <-> 3-D (button or `d`); the selection and the colouring stay
+function toggleDims() {
+  if (!S.data.points.z3) {
+    status("no 3-D coordinates in the embed stage's pacmap.parquet: run `dvc repro embed`", true);
+    return;
+  }
+  S.dims = S.dims === 2 ? 3 : 2;
+  if (S.plotDrawn) {
+    $("hover-thumb").hidden = true;
+    Plotly.react("plot", [trace()], plotLayout(), PLOT_CONFIG);
+    const idx = S.selection.map((x) => S.index.get(x)).filter((i) => i !== undefined);
+    if (S.dims === 2 && idx.length) Plotly.restyle("plot", { selectedpoints: [idx] });
+  }
+  renderDims();
+}
+
+function renderDims() {
+  $("dims").textContent = S.dims === 2 ? "3-D view (d)" : "2-D view (d)";
+  $("dims").disabled = !S.data.points.z3;
+  document.body.dataset.dims = String(S.dims);
 }
 
 // plotly.js (4.8 MB) loads only when the plot view first opens: the verify view never waits
@@ -465,7 +511,8 @@ function plotKeys() {
             { keys: ["x", "Delete"], shown: "x", does: "remove", run: () => applyLabel("remove") },
             { keys: ["Escape"], shown: "Esc", does: "deselect",
               run: () => setSelection([], true, null) },
-            { keys: ["z"], shown: "z", does: "undo", run: undo });
+            { keys: ["z"], shown: "z", does: "undo", run: undo },
+            { keys: ["d"], shown: "d", does: "the plot in 3-D / in 2-D", run: toggleDims });
   return keys;
 }
 
@@ -517,6 +564,8 @@ function plotButtons() {
     .join(", ");
   $("deselect").addEventListener("click", () => setSelection([], true, null));
   $("clear-selection").addEventListener("click", clearSelection);
+  $("dims").addEventListener("click", toggleDims);
+  renderDims();
 }
 
 function showView(name) {

@@ -349,8 +349,9 @@ function renderZoom() {
   renderEvidence(im.path);
 }
 
-// What stands behind the proposal (the suggest stage's suggestions.parquet): the model, the
-// labeled neighbours' vote, the nearest labeled image, the most similar image.
+// What stands behind the proposal (the suggest stage's suggestions.parquet and
+// neighbours.parquet): the model, the labeled neighbours' vote, the k labeled neighbours that
+// voted (label now, similarity), the most similar image.
 function renderEvidence(path) {
   const box = $("zoom-evidence"), ev = S.data.evidence.images[path];
   if (!ev) {
@@ -358,21 +359,29 @@ function renderEvidence(path) {
     return;
   }
   const pct = (x) => (x === null ? "?" : x.toFixed(2));
-  const figure = (p, what) => el("figure", {},
-    el("img", { alt: p, src: "/thumb?path=" + encodeURIComponent(p) }),
+  const thumb = (p) => el("img", { alt: p, src: "/thumb?path=" + encodeURIComponent(p) });
+  const figure = (p, what) => el("figure", {}, thumb(p),
     el("figcaption", { textContent: `${what}: ${currentLabel(p)}` }), el("small", {
       textContent: p }));
-  const figures = [];
-  if (ev.nearest_labeled) figures.push(figure(ev.nearest_labeled, "nearest labeled"));
-  if (ev.dup_of) {
-    figures.push(figure(ev.dup_of, (ev.near_duplicate ? "NEAR-DUPLICATE" : "most similar") +
-                        `, similarity ${pct(ev.dup_sim)}`));
-  }
-  box.replaceChildren(
+  const nbs = ev.neighbours, row = [], lines = [
     el("p", { textContent: `model: ${ev.model_label} ${pct(ev.model_conf)} · labeled ` +
               `neighbours vote ${ev.knn_label} ${pct(ev.knn_conf)} (mean similarity ` +
-              `${pct(ev.knn_sim)})` }),
-    el("div", { className: "figures" }, ...figures));
+              `${pct(ev.knn_sim)})` })];
+  if (nbs === undefined) {  // older outputs: only the nearest one is known
+    lines.push(el("p", { textContent: `neighbours not recorded: ${S.data.evidence.error}` }));
+    if (ev.nearest_labeled) row.push(figure(ev.nearest_labeled, "nearest labeled"));
+  } else {
+    lines.push(el("p", { textContent: nbs.length ? `the ${nbs.length} labeled neighbours ` +
+      "that voted, nearest first (label now, similarity):" : "no labeled image voted" }));
+    row.push(el("ol", { className: "neighbours" }, ...nbs.map(([p, sim]) =>
+      el("li", { title: p }, thumb(p),
+         el("span", { textContent: currentLabel(p) }), el("small", { textContent: pct(sim) })))));
+  }
+  if (ev.dup_of) {
+    row.push(figure(ev.dup_of, (ev.near_duplicate ? "NEAR-DUPLICATE" : "most similar") +
+                    `, similarity ${pct(ev.dup_sim)}`));
+  }
+  box.replaceChildren(...lines, el("div", { className: "figures" }, ...row));
 }
 
 // --- drawing ---
