@@ -59,7 +59,7 @@ import numpy as np
 import yaml
 
 from chimuffin import runtime
-from chimuffin.config import as_dict, load_yaml, parse_params
+from chimuffin.config import as_dict, parse_params, read_yaml_file
 from chimuffin.curate.rounds import parse_trailers
 from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.data.sample import write_sample
@@ -134,7 +134,7 @@ def recipe_train(name: str | None, base: dict) -> dict:
     if not name:
         return base["train"]
     path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "recipes" / f"{name}.yaml"
-    group = load_yaml(path.read_text(), str(path)) if path.is_file() else None
+    group = read_yaml_file(path, "recipe") if path.is_file() else None
     if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
         raise UserError(f"--recipe {name}: {path} is missing or has no `train:` group")
     return group["train"]
@@ -474,7 +474,7 @@ def main(argv=None) -> int:
                     help="keep each arm's repository (default: removed at the end)")
     args = ap.parse_args(argv)
 
-    base = load_yaml((REPO / "params.yaml").read_text(), str(REPO / "params.yaml"))
+    base = read_yaml_file(REPO / "params.yaml", "params file")
     classes = base["base"]["classes"]
     schedule = sorted(args.schedule if args.schedule is not None
                       else [0.0, 0.2] if args.smoke else SCHEDULE)

@@ -73,7 +73,7 @@ import pandas as pd
 import yaml
 
 from chimuffin import atomic, runtime
-from chimuffin.config import load_yaml, parse_params
+from chimuffin.config import parse_params, read_yaml_file
 from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
@@ -226,7 +226,7 @@ def recipe_params(base: dict, name: str, epochs: int | None,
                   overrides: list[tuple[str, str, object]]):
     """params.yaml with the recipe's train group (plus --epochs/--set), validated strictly."""
     raw, path = copy.deepcopy(base), recipe_path(name)
-    group = load_yaml(path.read_text(), str(path)) if path.is_file() else None
+    group = read_yaml_file(path, "recipe") if path.is_file() else None
     if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
         raise UserError(f"recipe {name}: {path} is missing or has no `train:` group")
     raw["train"] = group["train"]
@@ -465,7 +465,7 @@ def main(argv=None) -> int:
         raise UserError(f"{reviewed} not found (the real data; set --data or "
                         "CHIMUFFIN_REAL_DATA)")
 
-    base = load_yaml((REPO / "params.yaml").read_text(), str(REPO / "params.yaml"))
+    base = read_yaml_file(REPO / "params.yaml", "params file")
     base["prepare"].update({"data_dir": str(args.data), "val_fraction": 0.0})
     if args.image_size:
         base["base"]["image_size"] = args.image_size

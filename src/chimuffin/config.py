@@ -25,6 +25,9 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False):
     return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
 
 
+IMAGE_SIZES = (32, 512)  # base.image_size's range; checkpoints are checked against it too
+
+
 def num(lo=None, hi=None, lo_open=False, hi_open=False):
     """A dataclass field with an allowed numeric range (no default: every key must be given)."""
     return field(metadata=_range(lo, hi, lo_open, hi_open))
@@ -34,7 +37,7 @@ def num(lo=None, hi=None, lo_open=False, hi_open=False):
 class Base:
     seed: int = num(0, 2**63 - 1)  # torch.manual_seed takes at most 64 bits
     classes: list[str] = field()
-    image_size: int = num(32, 512)
+    image_size: int = num(*IMAGE_SIZES)
 
 
 @dataclass(frozen=True)
@@ -307,10 +310,10 @@ def _convert(key: str, value: Any, tp, meta) -> Any:
 
 
 def _check_relations(p: Params) -> None:
+    """Constraints between keys that a per-key range cannot express."""
     if not p.prepare.data_dir.strip():
         raise UserError("params: prepare.data_dir must name the dataset folder (e.g. "
                         "data/raw/sample), got an empty string")
-    """Constraints between keys that a per-key range cannot express."""
     if len(p.base.classes) != 2 or len(set(p.base.classes)) != 2:
         raise UserError(f"params: base.classes must be two distinct names, got {p.base.classes}")
     reserved = {"undefined", "remove"} & set(p.base.classes)

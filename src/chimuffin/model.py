@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from chimuffin.config import IMAGE_SIZES
 from chimuffin.errors import UserError
 
 EMBED_DIM = 512  # ResNet-18's pooled features: the penultimate embedding
@@ -71,8 +72,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic.write_torch(path, {"state_dict": state, "meta": meta})
 
-
-IMAGE_SIZES = (32, 512)  # base.image_size's allowed range (config.py)
 
 # torch.save writes a zip archive; its legacy format and a bare pickle start with protocol 2-5.
 CHECKPOINT_HEADERS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")

@@ -24,7 +24,6 @@ from chimuffin.labels.rows import (
     UNDEFINED,
     Decision,
     merge_decisions,
-    read_decisions,
 )
 
 
@@ -104,11 +103,23 @@ def run(args) -> int:
             f"be mapped safely. Redo them in the Dashboard on the current table and delete: "
             f"{' '.join(str(p) for p in rev.stale)}")
     new, notes = revision_decisions(rev.base, rev.latest, classes, names[0])
-    old = read_decisions(args.decisions, classes)
-    merged, changed = merge_decisions(old, new)
-    current = {d.path: d for d in old}
-    kept = [d for d in new if d.path in current and current[d.path].source == "human"
-            and current[d.path].label != d.label]
+    result = {}
+
+    def change(old):
+        # under the label file's lock (a dry run: on the file as read): merged into what it
+        # holds now, so the counts printed are the ones written
+        merged, result["changed"] = merge_decisions(old, new)
+        current = {d.path: d for d in old}
+        result["kept"] = [d for d in new if d.path in current
+                          and current[d.path].source == "human"
+                          and current[d.path].label != d.label]
+        return merged
+
+    if args.dry_run:
+        change(locked.read(args.decisions, classes).decisions)
+    else:
+        locked.update(args.decisions, classes, change)
+    changed, kept = result["changed"], result["kept"]
     base_label = dict(zip(rev.base["path"], rev.base["label"], strict=True))
 
     print(f"pull-3lc: {rev.latest_url} ({len(names)} revision(s): {', '.join(names)})")
@@ -123,10 +134,6 @@ def run(args) -> int:
     if args.dry_run:
         print("pull-3lc: dry run, nothing written")
         return 0
-    if changed:
-        # re-read and merged again under the label file's lock: another tool may have
-        # written it since the read above
-        locked.update(args.decisions, classes, lambda cur: merge_decisions(cur, new)[0])
     if not args.keep_revisions:
         moved = tlcio.retire(rev.chain, args.archive)
         print(f"pull-3lc: moved the pulled revision(s) to {moved[0].parent}")

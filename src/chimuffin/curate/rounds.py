@@ -91,7 +91,6 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class RoundLabels:
-    decisions: list             # the label file after this round
     reviewed: list              # the simulated person's new decisions
     review: ReviewResult | None
     accepted: pd.DataFrame | None  # suggestion rows accepted as `auto` (None: not asked)
@@ -120,7 +119,7 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
         suggestions = read_suggestions(cfg.suggest_dir / SUGGESTIONS_FILE)
         decisions, accepted = accept(decisions, suggestions, a.min_score, a.require_agreement,
                                      a.per_class_cap)
-    return RoundLabels(decisions, reviewed, review, accepted)
+    return RoundLabels(reviewed, review, accepted)
 
 
 def labels_of(review: ReviewResult) -> list[str]:

@@ -24,10 +24,9 @@ import pandas as pd
 
 from chimuffin.curate.pages import read_pages
 from chimuffin.curate.simulated_review import EPS, ReviewCost, person_decided
-from chimuffin.errors import UserError
 from chimuffin.labels import locked
 from chimuffin.labels.rows import Decision, merge_decisions
-from chimuffin.paths import METRICS_FILE
+from chimuffin.paths import METRICS_FILE, PAGES_FILE
 from chimuffin.review.background import Retrainer, person_decisions, val_metrics
 
 
@@ -82,10 +81,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
     """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
     and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
     samples them (benchmarks/review_session.py)."""
-    pages_file = suggest_dir / "pages.parquet"
-    if not pages_file.is_file():
-        raise UserError(f"{pages_file}: not found; run `dvc repro` first")
-    state = {"pages": read_pages(pages_file)}
+    state = {"pages": read_pages(suggest_dir / PAGES_FILE)}
     out = Sitting()
     guard = threading.Lock()
     live = {} if live is None else live
@@ -95,7 +91,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
 
     def swap(run) -> None:  # a background model finished: its pages from the next page on
         with guard:
-            state["pages"] = run.pages.sort_values(["page", "position"], kind="stable")
+            state["pages"] = run.pages  # read_pages sorted it
             out.models_finished += 1
             live["model"] = {"name": run.name, "labels": run.labels,
                              "val_accuracy": run.val_accuracy, "val_n": run.val_n}

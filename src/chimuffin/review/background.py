@@ -36,9 +36,10 @@ import yaml
 
 from chimuffin import paths as default
 from chimuffin.config import load_yaml, parse_params
+from chimuffin.curate.simulated_review import person_decided
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
-from chimuffin.labels.rows import PERSON_SOURCES, Decision
+from chimuffin.labels.rows import Decision
 
 NICE = 10
 LOG_TAIL_LINES = 30
@@ -47,7 +48,7 @@ STOP_GRACE_S = 30.0  # dvc releases its locks on SIGINT; SIGKILL after this
 
 def person_decisions(decisions: list[Decision]) -> int:
     """The labels a person gave (what `retrain_every` counts)."""
-    return sum(1 for d in decisions if d.source in PERSON_SOURCES)
+    return len(person_decided(decisions))
 
 
 def due(labels_now: int, labels_of_model: int, every: int, busy: bool) -> bool:

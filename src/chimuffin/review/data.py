@@ -25,6 +25,7 @@ import pandas as pd
 
 from chimuffin import paths as default
 from chimuffin.curate.scoring import QUEUE_COLUMNS, read_queue
+from chimuffin.curate.simulated_review import person_decided
 from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
 from chimuffin.infer.embeddings import read_pacmap
@@ -123,7 +124,7 @@ class ReviewData:
         pages_file = self.paths.suggest / default.PAGES_FILE
         _, decisions = self.read_label_file()
         self.models = [{"name": "pipeline outputs",
-                        "labels": sum(1 for d in decisions if is_verified(d)),
+                        "labels": len(person_decided(decisions)),
                         "finished": pages_file.stat().st_mtime if pages_file.is_file() else None,
                         "val_accuracy": None, "verified": 0, "wrong": 0}]
         self.page_model = {pg["page"]: 0 for pg in self.page_list}
