@@ -384,6 +384,89 @@ def wall_line(r: WallCheckpoint) -> str:
             f"{r.models_finished:>6} {r.idle_s:>6.1f}  {acc:<36} {r.model}")
 
 
+# --- the round-based loop on the wall clock ---------------------------------------------------
+
+def rounds_on_wall_clock(checkpoints: list[dict]) -> list[tuple]:
+    """A round-based arm's saved checkpoints as the wall clock its person lives, from the first
+    page: each session's simulated minutes, then the wait for its `dvc repro` (not after the
+    last session: the pool is done). Knots (wall s, pages, verified, exceptions, idle s, models
+    finished since the first page); the proposing model is checkpoint[models]."""
+    knots = [(0.0, 0, 0, 0, 0.0, 0)]
+    wall = idle = 0.0
+    for i in range(1, len(checkpoints)):
+        prev, cur = checkpoints[i - 1], checkpoints[i]
+        wall += (cur["minutes"] - prev["minutes"]) * 60
+        knots.append((wall, cur["pages"], cur["verified"], cur["exceptions"], idle, i - 1))
+        if i < len(checkpoints) - 1:
+            wall += cur["repro_s"]
+            idle += cur["repro_s"]
+            knots.append((wall, cur["pages"], cur["verified"], cur["exceptions"], idle, i))
+    return knots
+
+
+def round_row(minutes: float, knots: list[tuple], checkpoints: list[dict]) -> WallCheckpoint:
+    """The round-based person's state `minutes` after the first page; counts interpolated within
+    a session (pages are whole, so they are approximate there)."""
+    t = min(minutes * 60, knots[-1][0])
+    j = max(k for k in range(len(knots)) if knots[k][0] <= t)
+    left, right = knots[j], knots[min(j + 1, len(knots) - 1)]
+    f = 0.0 if right[0] == left[0] else (t - left[0]) / (right[0] - left[0])
+    pages, verified, exceptions, idle = (a + f * (b - a) for a, b in zip(left[1:5], right[1:5]))
+    models = left[5]
+    m = checkpoints[models]
+    return WallCheckpoint(t / 60, round(verified), round(exceptions), round(pages), models,
+                          models, idle, f"repro {models} ({m['verified']} verified)",
+                          m["accuracy"], m["lo"], m["hi"], m["n"])
+
+
+def round_based_on_wall_clock(checkpoints: list[dict], schedule: list[float],
+                              ) -> list[WallCheckpoint]:
+    """The schedule's rows while the sitting lasts, then a row at its end (the last page)."""
+    knots = rounds_on_wall_clock(checkpoints)
+    end = knots[-1][0] / 60
+    return [round_row(m, knots, checkpoints) for m in schedule if m < end] + \
+        [round_row(end, knots, checkpoints)]
+
+
+def exceptions_at(checkpoints: list[dict], verified: int) -> float:
+    """A round-based arm's wrong proposals after `verified` images (linear between
+    checkpoints): the yardstick for the wall-clock arm's."""
+    return float(np.interp(verified, [c["verified"] for c in checkpoints],
+                           [c["exceptions"] for c in checkpoints]))
+
+
+def compare_on_wall_clock(rounds_file: Path, wall_file: Path | None, schedule: list[float],
+                          ) -> str:
+    """Each round-based arm of a saved run on the wall clock; with a wall-clock run's JSON, its
+    wrong proposals beside the round-based arms' at the same number of verified images."""
+    saved = json.loads(rounds_file.read_text())
+    arms = {}
+    for c in saved["checkpoints"]:
+        if c["arm"].startswith("pages-"):
+            arms.setdefault(c["arm"], []).append(c)
+    if not arms:
+        raise UserError(f"{rounds_file}: no round-based pages arm in its checkpoints")
+    lines = [f"round-based arms of {rounds_file} (cpu: {saved['cpu']}), on the wall clock: "
+             "each session, then a wait for its `dvc repro`"]
+    for arm, cps in arms.items():
+        lines += [f"\n{arm}:", WALL_HEADER,
+                  *(wall_line(r) for r in round_based_on_wall_clock(cps, schedule))]
+    if wall_file is not None:
+        wall = json.loads(wall_file.read_text())
+        if not wall.get("wall_clock"):
+            raise UserError(f"{wall_file}: no wall-clock arm in it")
+        lines += [f"\nwrong proposals at the same number of verified images: wall-clock arm "
+                  f"({wall_file}, cpu: {wall['cpu']}) against the round-based arms "
+                  "(interpolated)",
+                  f"{'wall-min':>8} {'verified':>8} {'wall-clock exc':>14} "
+                  + " ".join(f"{arm + ' exc':>22}" for arm in arms)]
+        for r in wall["wall_clock"]["checkpoints"]:
+            lines.append(f"{r['minutes']:>8.1f} {r['verified']:>8} {r['exceptions']:>14} "
+                         + " ".join(f"{exceptions_at(cps, r['verified']):>22.0f}"
+                                    for cps in arms.values()))
+    return "\n".join(lines)
+
+
 # --- reporting --------------------------------------------------------------------------------
 
 HEADER = (f"{'arm':<16} {'human-min':>9} {'pages':>6} {'verified':>8} {'exc':>5} "
@@ -470,9 +553,21 @@ def main(argv=None) -> int:
                     help="where the JSON and PNG go (default: WORKDIR/results)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="repositories and scratch files (default: a new temporary folder)")
+    ap.add_argument("--on-wall-clock", nargs="+", type=Path, default=None,
+                    metavar=("ROUNDS_JSON", "WALL_JSON"),
+                    help="run nothing: print a saved run's round-based arms on the wall clock "
+                    "(at --wall-schedule), and with a wall-clock run's JSON its wrong proposals "
+                    "beside theirs at the same number of verified images")
     ap.add_argument("--keep-repos", action="store_true",
                     help="keep each arm's repository (default: removed at the end)")
     args = ap.parse_args(argv)
+    if args.on_wall_clock is not None:
+        if len(args.on_wall_clock) > 2:
+            ap.error("--on-wall-clock takes ROUNDS_JSON and at most one WALL_JSON")
+        rounds_file, wall_file = (args.on_wall_clock + [None])[:2]
+        print(compare_on_wall_clock(rounds_file, wall_file,
+                                    sorted(args.wall_schedule or WALL_SCHEDULE)))
+        return 0
 
     base = read_yaml_file(REPO / "params.yaml", "params file")
     classes = base["base"]["classes"]

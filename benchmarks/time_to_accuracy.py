@@ -279,9 +279,14 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     # stopped before the first validated epoch: the last epoch is the only candidate
     best = best[0] if best else last
     # per-image correctness of the final weights, for the paired test (outside the wall time)
-    logits, _ = predict(last.model, images, val_rows, params.evaluate.batch_size, device,
-                        tta_flip=t.val_tta_flip)
-    correct = logits.argmax(1) == val_y
+    def final_correct(tta_flip: bool) -> np.ndarray:
+        logits, _ = predict(last.model, images, val_rows, params.evaluate.batch_size, device,
+                            tta_flip=tta_flip)
+        return logits.argmax(1) == val_y
+
+    correct = final_correct(t.val_tta_flip)
+    # the same weights scored with flip TTA too: evaluate.tta_flip's effect at no training cost
+    flipped = None if t.val_tta_flip else final_correct(True).astype(int).tolist()
     return {"recipe": name, "validation_digest": validation_digest(labeled(df, "val")),
             "epochs": last.epoch, "planned_epochs": t.epochs,
             "wall_s": wall, "train_images": int(len(train_rows)), "val_images": int(n),
@@ -289,7 +294,23 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
             "final_acc": float(correct.mean()), "final_k": int(correct.sum()),
             "image_steps": int(sum(r.train.images for r in history)),
             "best_epoch": best.epoch, "best_acc": best.val_acc,
-            "cpu": runtime.cpu_summary(), "final_correct": correct.astype(int).tolist()}
+            "cpu": runtime.cpu_summary(), "final_correct": correct.astype(int).tolist(),
+            "flip_correct": flipped}
+
+
+def with_flip_rows(results: list[dict]) -> list[dict]:
+    """Each run scored without flip TTA, followed by a row for its same final weights scored
+    with it ("NAME +flip": same training, same wall time; evaluation is outside the wall time
+    for both). Saved runs from before this was recorded have no such row."""
+    out = []
+    for r in results:
+        out.append(r)
+        if r.get("flip_correct") is not None:
+            k = int(sum(r["flip_correct"]))
+            out.append({**r, "recipe": f"{r['recipe']} +flip", "val_tta_flip": True,
+                        "final_correct": r["flip_correct"], "final_k": k,
+                        "final_acc": k / len(r["flip_correct"]), "flip_correct": None})
+    return out
 
 
 def validation_digest(val: pd.DataFrame) -> str:
@@ -520,7 +541,7 @@ def main(argv=None) -> int:
     saved = [r for path in args.paired_with for r in read_saved_results(
         path, first_result["validation_digest"], first_result["val_images"])]
     print()
-    print(table(results + saved, *rule))
+    print(table(with_flip_rows(results + saved), *rule))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
@@ -534,7 +555,7 @@ def compare_saved(paths: list[Path], margin: float = 0.01, alpha: float = 0.05) 
     first = read_saved_results(paths[0], None, None)
     digest, n_val = first[0].get("validation_digest"), len(first[0]["final_correct"])
     saved = first + [r for path in paths[1:] for r in read_saved_results(path, digest, n_val)]
-    print(table(saved, margin, alpha))
+    print(table(with_flip_rows(saved), margin, alpha))
     return 0
 
 

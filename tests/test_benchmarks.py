@@ -457,3 +457,64 @@ def test_review_session_wall_clock_smoke(tmp_path, capsys):
     assert end["accuracy"] is not None and end["n"] == result["validation_images"]
     assert end["lo"] <= end["accuracy"] <= end["hi"]
     assert "wall-clock arm" in capsys.readouterr().out
+
+
+def _round_checkpoints():
+    """A round-based arm as review_session saves it: sessions of 2, 3 and 5 simulated minutes,
+    `dvc repro`s of 60, 120, 180 and 240 s (the first before the first page)."""
+    rows = [(0, 0, 0, 0, 60, 0.70), (2, 4, 200, 10, 120, 0.80), (5, 10, 500, 40, 180, 0.85),
+            (10, 20, 1000, 90, 240, 0.90)]
+    return [{"arm": "pages-confident", "minutes": m, "pages": p, "verified": v, "exceptions": e,
+             "repro_s": r, "accuracy": a, "lo": a - 0.02, "hi": a + 0.02, "n": 1000}
+            for m, p, v, e, r, a in rows]
+
+
+def test_round_based_arm_on_the_wall_clock_waits_for_each_repro_but_the_first_and_last():
+    rs = load("review_session")
+    cps = _round_checkpoints()
+    rows = rs.round_based_on_wall_clock(cps, [0, 1, 3, 5, 30])
+    # sessions end at 2 min, then wait 2 (repro 1), 3 more min (7), wait 3 (repro 2), 5 more
+    # (15, the end: the last repro is not waited for)
+    assert [r.minutes for r in rows] == [0, 1, 3, 5, 15]
+    start, mid_session, waiting, second, end = rows
+    assert (start.verified, start.idle_s, start.model) == (0, 0, "repro 0 (0 verified)")
+    assert (mid_session.verified, mid_session.exceptions, mid_session.idle_s) == (100, 5, 0)
+    assert mid_session.accuracy == 0.70  # still the first model's pages
+    assert (waiting.verified, waiting.idle_s, waiting.models_finished) == (200, 60, 0)
+    assert (second.verified, second.idle_s, second.accuracy) == (300, 120, 0.80)
+    assert (end.verified, end.exceptions, end.idle_s, end.models_finished) == (1000, 90, 300, 2)
+    assert end.accuracy == 0.85 and end.lo == pytest.approx(0.83)
+
+
+def test_wall_clock_run_compared_at_the_same_number_of_verified_images(tmp_path):
+    rs = load("review_session")
+    rounds = tmp_path / "rounds.json"
+    rounds.write_text(json.dumps({"cpu": "cpu A", "checkpoints": _round_checkpoints()
+                                  + [{"arm": "ceiling"}]}))
+    wall = tmp_path / "wall.json"
+    wall.write_text(json.dumps({"cpu": "cpu A", "wall_clock": {"checkpoints": [
+        {"minutes": 0.0, "verified": 0, "exceptions": 0},
+        {"minutes": 12.5, "verified": 750, "exceptions": 50}]}}))
+    assert rs.exceptions_at(_round_checkpoints(), 750) == 65  # halfway from 40 to 90
+    text = rs.compare_on_wall_clock(rounds, wall, [0, 10])
+    assert "pages-confident:" in text and "repro 2 (500 verified)" in text
+    assert text.splitlines()[-1].split() == ["12.5", "750", "50", "65"]
+    with pytest.raises(UserError, match="no wall-clock arm"):
+        rs.compare_on_wall_clock(rounds, rounds, [0])
+    rounds.write_text(json.dumps({"cpu": "cpu A", "checkpoints": [{"arm": "ceiling"}]}))
+    with pytest.raises(UserError, match="no round-based pages arm"):
+        rs.compare_on_wall_clock(rounds, None, [0])
+
+
+def test_flip_rows_score_the_same_weights_with_flip_tta():
+    tta = load("time_to_accuracy")
+    run = {"recipe": "b64", "wall_s": 60.0, "val_tta_flip": False, "final_k": 2,
+           "final_acc": 0.5, "final_correct": [1, 0, 1, 0], "flip_correct": [1, 1, 1, 0]}
+    older = {"recipe": "old (saved)", "wall_s": 30.0, "val_tta_flip": False, "final_k": 1,
+             "final_acc": 0.25, "final_correct": [1, 0, 0, 0]}  # saved before flips were kept
+    rows = tta.with_flip_rows([run, older])
+    assert [r["recipe"] for r in rows] == ["b64", "b64 +flip", "old (saved)"]
+    flip = rows[1]
+    assert (flip["final_k"], flip["final_acc"], flip["val_tta_flip"]) == (3, 0.75, True)
+    assert flip["wall_s"] == run["wall_s"] and flip["final_correct"] == [1, 1, 1, 0]
+    assert rows[0] is run and run["final_correct"] == [1, 0, 1, 0]  # the run is unchanged

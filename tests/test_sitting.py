@@ -2,6 +2,7 @@
 cost model's pace, writing each page at once, while background retrains run behind it."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -96,3 +97,67 @@ def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tm
     assert [c for c in changed if c] == [" M data/labels/decisions.csv"]
     assert list(tmp_path.glob("chimuffin-retrain-*")) == []
     assert yaml.safe_load((root / "params.yaml").read_text()) == params
+
+
+def exp_run_niceness() -> list[int]:
+    """Niceness of every running `dvc exp run` of a background retrain (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmd = stat.read_bytes().split(b"\0")
+            fields = (stat.parent / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if b"exp" in cmd and b"run" in cmd and any(c.startswith(b"review-") for c in cmd):
+            found.append(int(fields[16]))  # field 19 of /proc/PID/stat: nice
+    return found
+
+
+@pytest.mark.slow
+def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, monkeypatch):
+    """The person is slow on its second page (it waits there until the background model is
+    done, as a long page would): the pages after it come from that model, whose run ran at
+    nice 10 and is a named experiment; the workspace holds only the person's decisions."""
+    import os
+    import tempfile
+    import time
+
+    from tests.test_review_background import exp_names, tiny_round_repo
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = tiny_round_repo(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["suggest"]["page_size"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})  # pages of 2
+    run(["git", "commit", "-qm", "pages of 2", "params.yaml", "dvc.lock"], root)
+    truth = {r.split(",")[0]: r.split(",")[1] for r in
+             (root / "data/raw/sample/pool_labels.csv").read_text().splitlines()[1:]}
+    live, events, niceness = {}, [], []
+    own_nice = os.nice(0)
+
+    def person(seconds: float) -> None:
+        s = live["sitting"]
+        events.append(("page", s.pages, live["model"]["name"]))
+        if s.pages == 1:  # the second page: stay on it until the first model is done
+            deadline = time.monotonic() + 240
+            while s.models_finished == 0 and time.monotonic() < deadline:
+                niceness.extend(exp_run_niceness())
+                time.sleep(0.2)
+
+    s = run_sitting(root, root / "params.yaml", root / "data/labels/decisions.csv",
+                    root / "data/suggest", CLASSES, truth, math.inf, every=1,
+                    recipe="recipes/tiny_round.yaml", cost=ReviewCost(), sleep=person,
+                    report=events.append, live=live)
+    assert s.models_started >= 1 and s.models_finished >= 1, events
+    assert s.idle_s == 0 and s.reason == "every page is verified"
+    assert niceness and set(niceness) == {own_nice + 10}
+    finished = next(i for i, e in enumerate(events) if "finished" in str(e))
+    after = [e for e in events[finished:] if isinstance(e, tuple)]
+    assert after, events  # pages were verified after the swap, proposed by the new model
+    proposer = after[0][2]
+    assert proposer.startswith("review-") and proposer in exp_names(root), events
+    rows = read_decisions(root / "data/labels/decisions.csv", CLASSES)
+    assert all(truth[d.path] == d.label for d in rows if d.source == "oracle")
+    changed = [c for c in run(["git", "status", "--porcelain"], root).stdout.split("\n") if c]
+    assert changed == [" M data/labels/decisions.csv"]
