@@ -411,7 +411,8 @@ def round_row(minutes: float, knots: list[tuple], checkpoints: list[dict]) -> Wa
     j = max(k for k in range(len(knots)) if knots[k][0] <= t)
     left, right = knots[j], knots[min(j + 1, len(knots) - 1)]
     f = 0.0 if right[0] == left[0] else (t - left[0]) / (right[0] - left[0])
-    pages, verified, exceptions, idle = (a + f * (b - a) for a, b in zip(left[1:5], right[1:5]))
+    pages, verified, exceptions, idle = (a + f * (b - a)
+                                         for a, b in zip(left[1:5], right[1:5], strict=True))
     models = left[5]
     m = checkpoints[models]
     return WallCheckpoint(t / 60, round(verified), round(exceptions), round(pages), models,

@@ -518,3 +518,13 @@ def test_flip_rows_score_the_same_weights_with_flip_tta():
     assert (flip["final_k"], flip["final_acc"], flip["val_tta_flip"]) == (3, 0.75, True)
     assert flip["wall_s"] == run["wall_s"] and flip["final_correct"] == [1, 1, 1, 0]
     assert rows[0] is run and run["final_correct"] == [1, 0, 1, 0]  # the run is unchanged
+
+
+@pytest.mark.slow
+def test_page_latency_smoke(capsys):
+    """Times the review page idle and beside a nice-10 training stand-in, on a tiny sample."""
+    assert load("page_latency").main(["--threads", "1", "--requests", "3", "--gap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu: " in out and "idle" in out
+    line = next(x for x in out.splitlines() if x.startswith("training, nice 10, 1 thread"))
+    assert "/api/state" in line and float(line.rsplit("training ", 1)[1].split()[0]) > 0

@@ -139,6 +139,24 @@ def test_no_writer_may_put_a_decision_on_a_test_image(tmp_path):
     assert f.read_bytes() == before
 
 
+def test_no_writer_may_change_or_remove_a_validation_label(tmp_path):
+    """validation.csv beside the label file holds labels no decision may change: every writer
+    (accept, pull-3lc, the loop, the page) is refused at write time, not by `clean` later."""
+    f = tmp_path / "decisions.csv"
+    (tmp_path / "validation.csv").write_text("path,label\ntrain128/undefined/v.jpg,muffin\n")
+    locked.update(f, CLASSES, add("train128/undefined/a.jpg"))
+    before = f.read_bytes()
+    for label in ("chihuahua", "remove", "undefined"):
+        new = [Decision("train128/undefined/v.jpg", label, "auto", "")]
+        with pytest.raises(UserError, match=r"decisions.csv: train128/undefined/v.jpg is a "
+                           r"validation image .*nothing written"):
+            locked.update(f, CLASSES, lambda cur, new=new: [*cur, *new])
+    assert f.read_bytes() == before
+    # the same label as validation's changes nothing it holds: allowed
+    locked.update(f, CLASSES, add("train128/undefined/v.jpg"))
+    assert "train128/undefined/v.jpg" in f.read_text()
+
+
 def test_take_back_restores_exact_bytes_or_only_the_changed_rows(tmp_path):
     f = tmp_path / "decisions.csv"
     odd = b"path,label,source,note\r\nb.jpg,muffin,human,t\r\n"

@@ -114,3 +114,22 @@ def test_a_complete_output_is_read(tmp_path, name):
         assert list(paths_read) == ["a/1.jpg"] and emb.shape == (1, 4)
     else:
         assert list(out.columns) == columns and len(out) == 1
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "clean stage's summary not found (run `dvc repro clean`)"),
+    ('{"n": 1', "clean stage's summary not readable (JSONDecodeError); run `dvc repro clean`"),
+    (b"\xff\xfe{}", "clean stage's summary not readable (UnicodeDecodeError)"),
+    ("[1, 2]", "the clean stage's summary is not a JSON object; run `dvc repro clean`"),
+])
+def test_json_outputs_name_the_file_and_the_rebuild(tmp_path, content, problem):
+    from chimuffin.data.manifest import read_json_output
+
+    f = tmp_path / paths.SUMMARY_FILE
+    if content is not None:
+        (f.write_bytes if isinstance(content, bytes) else f.write_text)(content)
+    with pytest.raises(UserError) as e:
+        read_json_output(f, "clean stage's summary", "dvc repro clean")
+    assert str(e.value).startswith(f"{f}: ") and problem in str(e.value)
+    f.write_text('{"n": 1}')
+    assert read_json_output(f, "clean stage's summary", "dvc repro clean") == {"n": 1}

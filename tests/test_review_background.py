@@ -36,10 +36,9 @@ def test_due_counts_decisions_since_the_model():
     assert not due(50, 5, every=5, busy=True)  # one run at a time
 
 
-def test_threads_leave_a_core_for_the_page():
-    assert threads_for_run(2) == 1
-    assert threads_for_run(16) == 15
-    assert threads_for_run(1) == 1
+def test_runs_use_every_core_at_a_lower_priority():
+    assert threads_for_run(2) == 2
+    assert threads_for_run(16) == 16
     assert threads_for_run(None) == 1
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from chimuffin.curate.simulated_review import ReviewCost
-from chimuffin.curate.sitting import answers, next_page, run_sitting, summary
+from chimuffin.curate.simulated_review import ReviewCost, page_answers
+from chimuffin.curate.sitting import next_page, run_sitting, summary
 from chimuffin.labels.rows import Decision, format_decisions, read_decisions
 from tests.helpers.repo import REPO, TINY, deep_update, default_params_dict, make_repo, run
 from tests.test_review import CLASSES, write_pages
@@ -29,7 +29,8 @@ def test_next_page_skips_what_is_verified():
 
 def test_answers_count_exceptions_and_pass_over_the_unknown():
     rows = frame([("muffin", ["a", "b", "c"])])
-    new, wrong, unknown = answers(rows, {"a": "muffin", "b": "chihuahua"})
+    new, wrong, unknown = page_answers(rows, {"a": "muffin", "b": "chihuahua"},
+                                      "sitting page 0 (muffin)", "sitting page 0 exception")
     assert (wrong, unknown) == (1, 1)
     assert [(d.path, d.label, d.source) for d in new] == [("a", "muffin", "oracle"),
                                                          ("b", "chihuahua", "oracle")]

@@ -38,6 +38,7 @@ from chimuffin.curate.git_and_signals import (
 from chimuffin.curate.pages import read_pages
 from chimuffin.curate.scoring import read_queue, read_suggestions
 from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
+from chimuffin.data.manifest import read_json_output
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
 from chimuffin.labels.rows import (
@@ -257,9 +258,7 @@ def round_change(labels: RoundLabels) -> Callable[[list], list]:
 
 
 def read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: {what} not found after `dvc repro`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_output(path, what, "dvc repro")
 
 
 # --- the rounds -------------------------------------------------------------------------------

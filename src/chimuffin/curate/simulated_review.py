@@ -70,6 +70,24 @@ def person_decided(decisions: list[Decision]) -> set[str]:
     return {d.path for d in decisions if d.source in PERSON_SOURCES}
 
 
+def page_answers(todo: pd.DataFrame, truth: dict[str, str], note: str, exception_note: str,
+                 ) -> tuple[list[Decision], int, int]:
+    """The person's answers to a page's undecided images (`todo`, one page label): a decision
+    (source `oracle`) for each image it knows the truth of, noted `exception_note` where the
+    page's label is wrong, else `note`; then the number of exceptions and of images passed over
+    (no truth)."""
+    label = todo["label"].iloc[0]
+    out, wrong, unknown = [], 0, 0
+    for path in todo["path"]:
+        t = truth.get(path)
+        if t is None:
+            unknown += 1
+            continue
+        wrong += t != label
+        out.append(Decision(path, t, "oracle", exception_note if t != label else note))
+    return out, wrong, unknown
+
+
 def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Decision],
                  budget_seconds: float, cost: ReviewCost = ReviewCost()
                  ) -> tuple[list[Decision], ReviewResult]:
@@ -86,10 +104,9 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
         skipped += len(rows) - len(todo)
         if todo.empty:
             continue
-        true = todo["path"].map(truth)
-        unknown = true.isna()
-        wrong = ~unknown & (true != label)
-        seconds = cost.page(len(todo), int(wrong.sum() + unknown.sum()))
+        note = f"page {page} ({label}, page score {rows['page_score'].iloc[0]:.2f})"
+        answers, wrong, unknown = page_answers(todo, truth, note, f"page {page} exception")
+        seconds = cost.page(len(todo), wrong + unknown)
         if used + seconds > budget_seconds + EPS:
             stopped = "budget"
             reason = (f"the next page (page {page}, {len(todo)} images) needs {seconds:.1f} s and "
@@ -98,13 +115,9 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
             break
         used += seconds
         shown_pages += 1
-        exceptions += int(wrong.sum())
-        passed += int(unknown.sum())
-        note = f"page {page} ({label}, page score {rows['page_score'].iloc[0]:.2f})"
-        for path, t, is_wrong in zip(todo["path"], true, wrong, strict=True):
-            if isinstance(t, str):
-                new.append(Decision(path, t, "oracle",
-                                    f"page {page} exception" if is_wrong else note))
+        exceptions += wrong
+        passed += unknown
+        new += answers
     if stopped == "exhausted":
         n = pages["page"].nunique()
         if not n:

@@ -23,11 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin.curate.pages import read_pages
-from chimuffin.curate.simulated_review import EPS, ReviewCost, person_decided
+from chimuffin.curate.simulated_review import EPS, ReviewCost, page_answers, person_decided
 from chimuffin.labels import locked
-from chimuffin.labels.rows import Decision, merge_decisions
+from chimuffin.labels.rows import merge_decisions
 from chimuffin.paths import METRICS_FILE, PAGES_FILE
-from chimuffin.review.background import Retrainer, person_decisions, val_metrics
+from chimuffin.review.background import STOPPED, Retrainer, person_decisions, val_metrics
 
 
 @dataclass
@@ -52,24 +52,6 @@ def next_page(pages: pd.DataFrame, done: set[str]) -> tuple[int, pd.DataFrame] |
         return None
     first = todo["page"].iloc[0]
     return int(first), todo[todo["page"] == first]
-
-
-def answers(rows: pd.DataFrame, truth: dict[str, str]) -> tuple[list[Decision], int, int]:
-    """The person's answers to one page: decisions (images it knows), exceptions (its truth
-    differs from the page's label) and images it passes over (no truth)."""
-    label = rows["label"].iloc[0]
-    page = int(rows["page"].iloc[0])
-    out, wrong, unknown = [], 0, 0
-    for path in rows["path"]:
-        t = truth.get(path)
-        if t is None:
-            unknown += 1
-            continue
-        wrong += t != label
-        out.append(Decision(path, t, "oracle",
-                            f"sitting page {page} exception" if t != label
-                            else f"sitting page {page} ({label})"))
-    return out, wrong, unknown
 
 
 def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Path,
@@ -112,7 +94,9 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 out.reason = "every page is verified"
                 break
             page, rows = found
-            new, wrong, unknown = answers(rows, truth)
+            label = rows["label"].iloc[0]
+            new, wrong, unknown = page_answers(rows, truth, f"sitting page {page} ({label})",
+                                               f"sitting page {page} exception")
             seconds = cost.page(len(rows), wrong + unknown)
             if out.seconds + seconds > budget_s + EPS:
                 out.reason = (f"the next page ({len(rows)} images) needs {seconds:.1f} s; "
@@ -125,15 +109,13 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             out.pages += 1
             out.verified += len(new)
             out.exceptions += wrong
-            before = retrainer.status()["running"]
-            retrainer.note(person_decisions(written.new))
-            if before is None and retrainer.status()["running"] is not None:
+            if retrainer.note(person_decisions(written.new)):
                 out.models_started += 1
                 report(f"loop: {out.verified} verified; a background retrain started")
     finally:
         retrainer.stop()
     out.models_failed = sum(1 for r in retrainer.runs if r.ok is False
-                            and r.error != "stopped with the server")
+                            and r.error != STOPPED)
     failed = [r for r in retrainer.runs if r.ok is False and r.log]
     for r in failed:
         report(f"loop: background run {r.name} failed: {r.error} (log: {r.log})")

@@ -9,6 +9,7 @@ Columns (data/prepared/manifest.parquet and data/clean/manifest.parquet):
 from __future__ import annotations
 
 import io
+import json
 import math
 import shutil
 from collections.abc import Iterable
@@ -40,6 +41,22 @@ def read_parquet_output(path: str | Path, what: str, rebuild: str,
         raise UserError(f"{path}: column(s) {', '.join(missing)} missing from the {what}; "
                         f"run `{rebuild}`")
     return df
+
+
+def read_json_output(path: str | Path, what: str, rebuild: str) -> dict:
+    """A stage's JSON object output; missing, damaged or not an object stops like
+    read_parquet_output."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found (run `{rebuild}`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: {what} not readable ({type(e).__name__}); run `{rebuild}` "
+                        "to rebuild it") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the {what} is not a JSON object; run `{rebuild}`")
+    return data
 
 
 def read_manifest(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFrame:

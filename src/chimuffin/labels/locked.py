@@ -24,13 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimuffin import atomic
+from chimuffin import atomic, paths
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import (
     Decision,
     check_decisions_writable,
     format_decisions,
     parse_decisions,
+    parse_path_labels,
+    read_text_file,
 )
 
 LOCK_TIMEOUT_S = 60.0  # a writer holds the lock for one read + write (the loop: + a git commit)
@@ -129,6 +131,13 @@ def update(path: str | Path, classes: list[str],
                     "without the lock); nothing written")
 
 
+def validation_beside(path: Path, classes: list[str]) -> dict[str, str]:
+    """The validation labels in validation.csv beside the label file (data/labels/), if any:
+    no writer may change or remove them (the clean stage would refuse the file later)."""
+    f = path.parent / Path(paths.VALIDATION).name
+    return parse_path_labels(read_text_file(f), classes, str(f)) if f.is_file() else {}
+
+
 def _update_once(path: Path, classes: list[str], change, before_write) -> Written:
     try:
         old_file = open(path, "rb")  # kept open: appends to it after our rename are caught
@@ -143,7 +152,7 @@ def _update_once(path: Path, classes: list[str], change, before_write) -> Writte
             raise _Changed  # appended to while we read
         before = Snapshot(data, [] if data is None else decode(path, data, classes))
         new = change(before.decisions)
-        check_decisions_writable(new, str(path))
+        check_decisions_writable(new, str(path), validation_beside(path, classes))
         after = format_decisions(new).encode()
         if after == data or _same(before.decisions, new):
             return Written(before, new, None)  # nothing changed: the file is left as it is

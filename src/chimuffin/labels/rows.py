@@ -73,12 +73,16 @@ VALIDATION_REFUSED = ("is a validation image (labeled in data/labels/validation.
                       "delete this row")
 
 
-def check_decisions_writable(decisions: list[Decision], name: str) -> None:
-    """Refuse a label file that would hold a decision on a test image (before writing it)."""
+def check_decisions_writable(decisions: list[Decision], name: str,
+                             validation: dict[str, str] | None = None) -> None:
+    """Refuse a label file that would hold a decision on a test image, or one that changes or
+    removes a validation image's label (`validation`: {path: label}), before writing it."""
     for d in decisions:
+        where = f"{name}: row {d.row}" if d.row else name
         if is_test_image(d.path):
-            where = f"{name}: row {d.row}" if d.row else name
             raise UserError(f"{where}: {d.path} {TEST_REFUSED}; nothing written")
+        if validation and d.path in validation and d.label != validation[d.path]:
+            raise UserError(f"{where}: {d.path} {VALIDATION_REFUSED}; nothing written")
 
 
 def check_path_and_label(where: str, path: str, label: str, allowed: list[str]) -> None:

@@ -128,7 +128,6 @@ class ReviewData:
                         "finished": pages_file.stat().st_mtime if pages_file.is_file() else None,
                         "val_accuracy": None, "verified": 0, "wrong": 0}]
         self.page_model = {pg["page"]: 0 for pg in self.page_list}
-        self.models_version = 0
 
     def _points(self) -> pd.DataFrame:
         coords = read_pacmap(self.paths.embed / default.PACMAP_FILE)
@@ -354,12 +353,12 @@ class ReviewData:
                 self.evidence = (evidence_of(run.suggestions, set(pages["path"]), run.neighbours),
                                  None if run.neighbours is not None else
                                  f"{run.name}: no {default.NEIGHBOURS_FILE}")
-            self.models_version += 1
 
     def models_state(self) -> dict:
         """The models that proposed pages this session, and which proposes the list now."""
         with self.lock:
-            return {"version": self.models_version, "current": len(self.models) - 1,
+            # one model is added per swap: its index is also the list's version
+            return {"version": len(self.models) - 1, "current": len(self.models) - 1,
                     "list": [dict(m) for m in self.models]}
 
     def accept_cluster(self, body) -> dict:

@@ -1,13 +1,12 @@
 """Stage `evaluate`: metrics on validation (and test when present); predictions for every image."""
 
 import hashlib
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from chimuffin import atomic, paths, runtime
-from chimuffin.data.manifest import open_cache, read_manifest
+from chimuffin.data.manifest import open_cache, read_json_output, read_manifest
 from chimuffin.infer.manifest_predictions import curve_tables, predict_manifest, split_metrics
 from chimuffin.model import load_checkpoint
 from chimuffin.progress import Progress
@@ -48,7 +47,8 @@ def plot_tables(pred, classes: list[str], reports: dict) -> dict[str, pd.DataFra
 def write_report(tmp: Path, args, params, meta, pred, df, images, reports) -> None:
     """report.md + mistakes.png: what a person reads after `dvc repro`."""
     clean = Path(args.clean)
-    summary = json.loads((clean / paths.SUMMARY_FILE).read_text(encoding="utf-8"))
+    summary = read_json_output(clean / paths.SUMMARY_FILE, "clean stage's summary",
+                               "dvc repro clean")
     fingerprint = hashlib.sha1((clean / paths.MANIFEST_FILE).read_bytes()).hexdigest()[:12]
     mistakes = confident_mistakes(pred, params.base.classes)
     mistakes_png(mistakes, df["idx"].to_numpy(), images, tmp / paths.MISTAKES_FILE)
