@@ -43,7 +43,7 @@ python - "$data/reviewed_labels.csv" "$min_score" <<'PY'
 import sys
 import pandas as pd
 from chimuffin.config import load_params
-from chimuffin.labels import read_path_labels
+from chimuffin.labels.rows import read_path_labels
 from chimuffin.report.metrics import wilson_interval
 truth = pd.Series(read_path_labels(sys.argv[1], load_params().base.classes))
 s = pd.read_parquet("data/suggest/suggestions.parquet")

@@ -33,15 +33,16 @@ EOF
 echo "== answer the review queue's top 40 pool requests"
 python - <<'EOF'
 import pandas as pd
-from chimuffin.labels import Decision, merge_decisions, read_decisions, write_decisions
+from chimuffin.labels import locked
+from chimuffin.labels.rows import Decision, merge_decisions
 
 queue = pd.read_parquet("data/suggest/review_queue.parquet")
 truth = pd.read_csv("data/raw/sample/pool_labels.csv").set_index("relative_path")["label"]
 asked = queue[queue["kind"] == "pool"].head(40)
 answers = [Decision(p, truth[p], "human", "review page") for p in asked["path"]]
-old = read_decisions("data/labels/decisions.csv", ["chihuahua", "muffin"])
-merged, _ = merge_decisions(old, answers)
-write_decisions("data/labels/decisions.csv", merged)
+# written as the review page writes: under the label file's lock
+locked.update("data/labels/decisions.csv", ["chihuahua", "muffin"],
+              lambda old: merge_decisions(old, answers)[0])
 right = int((asked["proposed"].to_numpy() == truth[asked["path"]].to_numpy()).sum())
 print(f"{len(answers)} new decisions: {pd.Series([a.label for a in answers]).value_counts().to_dict()}"
       f"; the queue's proposal was right for {right}")
