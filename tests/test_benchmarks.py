@@ -215,8 +215,8 @@ def test_overrides_are_checked_and_validated_strictly():
     with pytest.raises(UserError, match="unknown key train.lrr"):
         tta.recipe_params(base, "fast", None, [("fast", "lrr", 1.0)])
     # where a recipe runs is the runtime group: runtime.KEY sets it, a train key does not exist
-    bf16 = tta.recipe_params(base, "fast", None, [("fast", "runtime.cpu_bf16", "auto")])
-    assert bf16.runtime.cpu_bf16 == "auto" and ref.runtime.cpu_bf16 is False
+    fp32 = tta.recipe_params(base, "fast", None, [("fast", "runtime.cpu_bf16", False)])
+    assert fp32.runtime.cpu_bf16 is False and ref.runtime.cpu_bf16 == "auto"  # params.yaml's
     with pytest.raises(UserError, match="train.cpu_bf16 moved to runtime.cpu_bf16"):
         tta.recipe_params(base, "fast", None, [("fast", "cpu_bf16", True)])
 

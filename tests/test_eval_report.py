@@ -22,7 +22,9 @@ CLASSES = ["chihuahua", "muffin"]
 def test_reference_recipe_is_complete_and_diff_lists_recipe_changes():
     ref = load_reference(REPO / "recipes/reference.yaml")  # strict: every train key, valid values
     train = load_params(REPO / "params.yaml").train
-    changed = replace(train, lr=0.001, epochs=20, augment=replace(train.augment, flip_p=0.0))
+    assert [k for k, _, _ in recipe_diff(train, ref)] == [  # the default's promoted keys
+        "train.epochs", "train.keep", "train.val_every", "train.val_tta_flip"]
+    changed = replace(ref, lr=0.001, epochs=20, augment=replace(ref.augment, flip_p=0.0))
     diff = recipe_diff(changed, ref)
     keys = [k for k, _, _ in diff]
     assert keys == ["train.augment.flip_p", "train.epochs", "train.lr"]
@@ -95,6 +97,15 @@ def test_build_report_sections():
     assert "![most confident mistakes](mistakes.png)" in text
     assert re.search(r"\| 1 \| `c` \| val \| muffin \| folder \| chihuahua \| 0.950 \|", text)
     assert "`d`" not in text
+    assert "Model: best epoch 3 (validation accuracy 0.5000)" in text
+    assert "The best epoch was chosen on validation" in text
+    last = build_report(meta={"epoch": 30, "val_accuracy": 0.5, "image_size": 64},
+                        summary=summary, fingerprint="abc123", classes=CLASSES, diff=[],
+                        reference_name="ref.yaml", reports={"val": report},
+                        mistakes=confident_mistakes(fake_predictions(), CLASSES),
+                        png_name="mistakes.png", kept="last")
+    assert "Model: the last epoch's weights (epoch 30)" in last and "best epoch" not in last
+    assert "nothing was chosen on validation" in last
 
 
 @pytest.mark.slow

@@ -90,7 +90,8 @@ def test_sigint_and_sigkill_mid_training_then_repro(tmp_path):
     params = deep_update(default_params_dict(), TINY)
     params = deep_update(params, {"base": {"image_size": 32},
                                   "sample": {"pool": 0, "test_per_class": 0},
-                                  "train": {"epochs": EPOCHS}, "runtime": {"threads": 1}})
+                                  "train": {"epochs": EPOCHS, "val_every": 1},  # a row each epoch
+                                  "runtime": {"threads": 1}})
     repo = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "tables"], repo)  # everything train reads (3LC off: placeholders)
     inputs = snapshot(repo)

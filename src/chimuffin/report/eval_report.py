@@ -92,7 +92,7 @@ def recipe_section(diff: list[tuple[str, object, object]], reference_name: str) 
 
 
 def metrics_section(reports: dict[str, dict], classes: list[str],
-                    val_held_out: bool = True) -> list[str]:
+                    val_held_out: bool = True, kept: str = "best") -> list[str]:
     rows = []
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]
@@ -102,8 +102,11 @@ def metrics_section(reports: dict[str, dict], classes: list[str],
     lines = ["## Metrics", ""]
     lines += _table(["split", "n", "accuracy", "95% CI", "loss", "ROC AUC",
                      *(f"F1 {c}" for c in classes)], rows)
-    lines += ["", "95% CI: Wilson score interval of the accuracy. The best epoch was chosen on "
-              "validation; test (when present) is only evaluated.", ""]
+    chosen = ("The best epoch was chosen on validation" if kept == "best" else
+              "The last epoch's weights were kept (`train.keep: last`): nothing was chosen on "
+              "validation")
+    lines += ["", f"95% CI: Wilson score interval of the accuracy. {chosen}; test (when "
+              "present) is only evaluated.", ""]
     if not val_held_out:
         lines += ["**Validation is NOT held out**: `train.refit` trained on the validation "
                   "images (the final step), so their numbers are training numbers.", ""]
@@ -132,14 +135,18 @@ def mistakes_section(mistakes: pd.DataFrame, png_name: str) -> list[str]:
 
 def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[str],
                  diff: list, reference_name: str, reports: dict[str, dict],
-                 mistakes: pd.DataFrame, png_name: str, val_held_out: bool = True) -> str:
+                 mistakes: pd.DataFrame, png_name: str, val_held_out: bool = True,
+                 kept: str = "best") -> str:
+    """`kept`: train.keep, which weights the model holds (the best validated epoch's or the
+    last epoch's)."""
     epoch, val_acc = meta.get("epoch"), meta.get("val_accuracy")
-    head = [f"Model: best epoch {epoch}"
+    model = f"best epoch {epoch}" if kept == "best" else f"the last epoch's weights (epoch {epoch})"
+    head = [f"Model: {model}"
             + (f" (validation accuracy {val_acc:.4f})" if isinstance(val_acc, float) else "")
             + f", image size {meta.get('image_size')}, classes {', '.join(classes)}.", ""]
     lines = ["# Evaluation report", "", *head,
              *data_section(summary, classes, fingerprint),
              *recipe_section(diff, reference_name),
-             *metrics_section(reports, classes, val_held_out),
+             *metrics_section(reports, classes, val_held_out, kept),
              *mistakes_section(mistakes, png_name)]
     return "\n".join(lines).rstrip() + "\n"

@@ -56,7 +56,8 @@ def write_report(tmp: Path, args, params, meta, pred, df, images, reports) -> No
     atomic.write_text(tmp / paths.REPORT_MD_FILE, build_report(
         meta=meta, summary=summary, fingerprint=fingerprint, classes=params.base.classes,
         diff=diff, reference_name=args.reference, reports=reports, mistakes=mistakes,
-        png_name=paths.MISTAKES_FILE, val_held_out=not params.train.refit))
+        png_name=paths.MISTAKES_FILE, val_held_out=not params.train.refit,
+        kept=params.train.keep))
 
 
 def main(args, params) -> None:
