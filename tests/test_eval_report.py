@@ -104,7 +104,8 @@ def test_build_report_sections():
                         reference_name="ref.yaml", reports={"val": report},
                         mistakes=confident_mistakes(fake_predictions(), CLASSES),
                         png_name="mistakes.png", kept="last")
-    assert "Model: the last epoch's weights (epoch 30)" in last and "best epoch" not in last
+    assert "Model: the last epoch's weights, epoch 30 (validation" in last
+    assert "best epoch" not in last
     assert "nothing was chosen on validation" in last
 
 

@@ -140,7 +140,7 @@ def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[s
     """`kept`: train.keep, which weights the model holds (the best validated epoch's or the
     last epoch's)."""
     epoch, val_acc = meta.get("epoch"), meta.get("val_accuracy")
-    model = f"best epoch {epoch}" if kept == "best" else f"the last epoch's weights (epoch {epoch})"
+    model = f"best epoch {epoch}" if kept == "best" else f"the last epoch's weights, epoch {epoch}"
     head = [f"Model: {model}"
             + (f" (validation accuracy {val_acc:.4f})" if isinstance(val_acc, float) else "")
             + f", image size {meta.get('image_size')}, classes {', '.join(classes)}.", ""]
