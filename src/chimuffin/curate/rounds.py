@@ -257,10 +257,6 @@ def round_change(labels: RoundLabels) -> Callable[[list], list]:
     return change
 
 
-def read_json(path: Path, what: str) -> dict:
-    return read_json_output(path, what, "dvc repro")
-
-
 # --- the rounds -------------------------------------------------------------------------------
 
 def previous_review_seconds(root: Path) -> float:
@@ -297,8 +293,8 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
     if labels.accepted is not None:
         print(f"loop: accepted {len(labels.accepted)} suggestions "
               f"({per_class(labels.accepted['label'], cfg.classes)})", flush=True)
-    metrics = read_json(cfg.eval_dir / METRICS_FILE, "evaluation metrics")
-    summary = read_json(cfg.clean_dir / SUMMARY_FILE, "clean summary")
+    metrics = read_json_output(cfg.eval_dir / METRICS_FILE, "evaluation metrics", "dvc repro")
+    summary = read_json_output(cfg.clean_dir / SUMMARY_FILE, "clean summary", "dvc repro")
     message = round_message(r, cfg.rounds, metrics, summary, labels, cfg.reviewer, total_s,
                             cfg.classes)
 
