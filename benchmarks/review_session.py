@@ -318,6 +318,8 @@ class WallCheckpoint:
     lo: float | None
     hi: float | None
     n: int | None
+    rebuilds: int = 0           # pages rebuilt with fresh votes so far (review.fresh_votes)
+    rebuild_s: float = 0.0      # the wall-clock seconds they took
 
 
 def wall_row(minutes: float, live: dict) -> WallCheckpoint:
@@ -325,7 +327,8 @@ def wall_row(minutes: float, live: dict) -> WallCheckpoint:
     acc, n = m.get("val_accuracy"), m.get("val_n")
     lo, hi = wilson_interval(round(acc * n), n) if acc is not None and n else (None, None)
     return WallCheckpoint(minutes, s.verified, s.exceptions, s.pages, s.models_started,
-                          s.models_finished, s.idle_s, m["name"], acc, lo, hi, n)
+                          s.models_finished, s.idle_s, m["name"], acc, lo, hi, n, s.rebuilds,
+                          round(s.rebuild_s, 2))
 
 
 def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
@@ -349,7 +352,8 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
                 repo, repo / "params.yaml", repo / "data/labels/decisions.csv",
                 repo / "data/suggest", classes, truth, budget, params.review.retrain_every,
                 params.review.round_recipe, ReviewCost(), report=lambda m: print(m, flush=True),
-                live=live, eval_dir=repo / "metrics/eval")
+                live=live, eval_dir=repo / "metrics/eval",
+                fresh_votes=params.suggest if params.review.fresh_votes else None)
         except BaseException as e:  # shown by the main thread
             done["error"] = e
 
@@ -630,7 +634,8 @@ def main(argv=None) -> int:
     print(f"cpu: {cpu}")
     result = {"cpu": cpu, "data": str(data.root), "smoke": args.smoke,
               "cost": asdict(ReviewCost()), "schedule": schedule, "whole_pool": args.whole_pool,
-              "train": params[args.arms[0]]["train"], "validation_images": len(data.reviewed),
+              "train": params[args.arms[0]]["train"], "review": params[args.arms[0]]["review"],
+              "validation_images": len(data.reviewed),
               "pool_images": len(data.pool_truth),
               "checkpoints": [{**asdict(r), "minutes": None if math.isnan(r.minutes)
                                else r.minutes} for r in rows],

@@ -132,7 +132,8 @@ def tiny_round_repo(tmp_path: Path, every: int = 0) -> Path:
     from tests.helpers.repo import make_repo
 
     params = deep_update(default_params_dict(), TINY)
-    params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml"}
+    params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml",
+                        "fresh_votes": False}
     root = tmp_path / "repo"
     root.mkdir(parents=True)
     (root / "recipes").mkdir()

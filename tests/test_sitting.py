@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from chimuffin.config import parse_params
+from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
+from chimuffin.curate.pages import read_pages
 from chimuffin.curate.simulated_review import ReviewCost, page_answers
 from chimuffin.curate.sitting import next_page, run_sitting, summary
 from chimuffin.labels.rows import Decision, format_decisions, read_decisions
@@ -76,16 +79,22 @@ def test_the_budget_stops_before_a_page_it_cannot_pay_for(tmp_path):
 def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tmp_path):
     params = deep_update(default_params_dict(), TINY)
     params["suggest"]["page_size"] = 3
-    params["review"] = {"retrain_every": 2, "round_recipe": ""}
+    params["review"] = {"retrain_every": 2, "round_recipe": "", "fresh_votes": True}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "repro"], root)
+    # fresh votes with no answer since the model are the suggest stage's own pages
+    cfg = parse_params(params).suggest
+    fresh = fresh_pages(read_model_outputs(root, CLASSES),
+                        read_decisions(root / "data/labels/decisions.csv", CLASSES), CLASSES, cfg)
+    pd.testing.assert_frame_equal(fresh.pages, read_pages(root / "data/suggest/pages.parquet"))
     p = run(["chimuffin", "loop", "--background", "--reviewer",
              "data/raw/sample/pool_labels.csv", "--minutes", "inf"], root,
             env={"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}, timeout=240)
     out = p.stdout
     assert "idle 0.0 s" in out and "a background retrain started" in out, out
+    assert "page rebuilds with fresh votes" in out, out
     truth = {r.split(",")[0]: r.split(",")[1] for r in
              (root / "data/raw/sample/pool_labels.csv").read_text().splitlines()[1:]}
     rows = read_decisions(root / "data/labels/decisions.csv", CLASSES)

@@ -176,6 +176,10 @@ class Review:
     # The `train` group background retrains use (a recipe file, relative to the repository;
     # "" = params.yaml's own `train` group). The final model never comes from it.
     round_recipe: str = field()
+    # After each page a person accepts, rebuild the pages of the images not verified yet from
+    # the proposing model's outputs with every label given so far voting (curate/fresh_votes.py):
+    # the neighbour half of each proposal is never older than the last page.
+    fresh_votes: bool = field()
 
 
 @dataclass(frozen=True)

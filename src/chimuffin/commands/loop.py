@@ -125,7 +125,8 @@ def run_background(args) -> int:
         s = run_sitting(root, root / args.params, root / args.decisions,
                         root / args.suggest_dir, classes, rv.truth(classes), rv.budget_s,
                         params.review.retrain_every, params.review.round_recipe, rv.cost,
-                        eval_dir=root / args.eval_dir)
+                        eval_dir=root / args.eval_dir,
+                        fresh_votes=params.suggest if params.review.fresh_votes else None)
     print(summary(s))
     return 0
 

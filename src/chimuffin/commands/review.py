@@ -51,13 +51,14 @@ def run(args) -> int:
     params = load_params(args.params)
     data_dir = Path(params.prepare.data_dir)
     data = ReviewData(Paths.under(root, args.params, args.decisions, args.state),
-                      params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir)
+                      params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir,
+                      fresh_votes=params.suggest if params.review.fresh_votes else None)
     retrainer = None
     if not args.no_retrain:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,
                               params.base.classes, params.review.retrain_every,
                               params.review.round_recipe, data.models[0]["labels"],
-                              on_done=data.swap_in)
+                              on_done=data.swap_in, keep_outputs=data.outputs is not None)
     server = bind(data, args.port, retrainer)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
@@ -70,6 +71,8 @@ def run(args) -> int:
         recipe = params.review.round_recipe or "params.yaml's train group"
         print(f"review: background retraining {when}, recipe {recipe} (--no-retrain: off)",
               flush=True)
+    if data.fresh_error:
+        print(f"review: {data.fresh_error}", flush=True)
     if args.open:
         import webbrowser
 

@@ -6,8 +6,11 @@ each page costs: ReviewCost), answering from a file of true labels, and writes e
 label file at once under its lock (source `oracle`). Background runs start every
 `review.retrain_every` new decisions (the round recipe, on a throwaway copy, as named DVC
 experiments); when one finishes, its pages replace the current ones for the images not
-verified yet, between two pages. The person never waits for a model: idle time is 0 by
-construction. The sitting ends when the budget cannot pay for the next page or every page is
+verified yet, between two pages. With fresh votes (`review.fresh_votes`), the pages are also
+rebuilt after every page the person accepts, from the proposing model's outputs with every
+label given so far voting (curate/fresh_votes.py); the time that takes is counted apart
+(`rebuild_s`: the page turn a person would wait for). The person never waits for a model: idle
+time is 0 by construction. The sitting ends when the budget cannot pay for the next page or every page is
 verified; a run still going then is stopped. Nothing is committed: the label file is left
 changed, as after a session on the review page.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
 from chimuffin.curate.pages import read_pages
 from chimuffin.curate.simulated_review import EPS, ReviewCost, page_answers, person_decided
 from chimuffin.labels import locked
@@ -42,6 +46,8 @@ class Sitting:
     models_started: int = 0
     models_finished: int = 0
     models_failed: int = 0
+    rebuilds: int = 0           # pages rebuilt with fresh votes
+    rebuild_s: float = 0.0      # wall-clock seconds those rebuilds took
     reason: str = ""
 
 
@@ -59,13 +65,21 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 recipe: str, cost: ReviewCost,
                 sleep: Callable[[float], None] = time.sleep,
                 report: Callable[[str], None] = print, live: dict | None = None,
-                eval_dir: Path | None = None) -> Sitting:
+                eval_dir: Path | None = None, fresh_votes=None) -> Sitting:
     """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
     and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
-    samples them (benchmarks/review_session.py)."""
-    state = {"pages": read_pages(suggest_dir / PAGES_FILE)}
+    samples them (benchmarks/review_session.py). fresh_votes: the `suggest` params to rebuild
+    pages with after each page (review.fresh_votes), or None: each model's own pages."""
+    state = {"pages": read_pages(suggest_dir / PAGES_FILE),
+             "outputs": None if fresh_votes is None else read_model_outputs(root, classes)}
     out = Sitting()
     guard = threading.Lock()
+
+    def rebuild(decided: list) -> None:  # under guard
+        t = time.monotonic()
+        state["pages"] = fresh_pages(state["outputs"], decided, classes, fresh_votes).pages
+        out.rebuilds += 1
+        out.rebuild_s += time.monotonic() - t
     live = {} if live is None else live
     acc, n = val_metrics(eval_dir / METRICS_FILE) if eval_dir else (None, None)
     live.update(sitting=out, model={"name": "pipeline outputs", "val_accuracy": acc,
@@ -73,7 +87,11 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
 
     def swap(run) -> None:  # a background model finished: its pages from the next page on
         with guard:
-            state["pages"] = run.pages  # read_pages sorted it
+            if fresh_votes is None:
+                state["pages"] = run.pages  # read_pages sorted it
+            else:  # its snapshot's labels are older than the label file's
+                state["outputs"] = run.outputs
+                rebuild(locked.read(decisions, classes).decisions)
             out.models_finished += 1
             live["model"] = {"name": run.name, "labels": run.labels,
                              "val_accuracy": run.val_accuracy, "val_n": run.val_n}
@@ -83,7 +101,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
 
     start_labels = person_decisions(locked.read(decisions, classes).decisions)
     retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,
-                          on_done=swap)
+                          on_done=swap, keep_outputs=fresh_votes is not None)
     started = time.monotonic()
     try:
         while True:
@@ -109,6 +127,9 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             out.pages += 1
             out.verified += len(new)
             out.exceptions += wrong
+            if fresh_votes is not None:
+                with guard:
+                    rebuild(written.new)
             if retrainer.note(person_decisions(written.new)):
                 out.models_started += 1
                 report(f"loop: {out.verified} verified; a background retrain started")
@@ -127,4 +148,6 @@ def summary(s: Sitting) -> str:
     return (f"loop: sitting done ({s.reason}): {s.verified} images verified on {s.pages} "
             f"pages, {s.exceptions} exceptions, {s.seconds:.1f} s of reviewing, idle "
             f"{s.idle_s:.1f} s; background models: {s.models_started} started, "
-            f"{s.models_finished} finished, {s.models_failed} failed")
+            f"{s.models_finished} finished, {s.models_failed} failed"
+            + (f"; {s.rebuilds} page rebuilds with fresh votes, "
+               f"{1000 * s.rebuild_s / s.rebuilds:.0f} ms each" if s.rebuilds else ""))

@@ -11,8 +11,9 @@ A run never writes the workspace. It
    runs `dvc exp run -n NAME` at a lower CPU priority (`nice -n 10`: the page goes first);
 4. pushes the experiment's ref (refs/exps/...) into the main repository, so `dvc exp show`
    there lists it; NAME holds the label count (`review-<UTC time>-<N>-labels`);
-5. reads the copy's review pages (the suggest stage's outputs) and removes the copy. A failed
-   run keeps the copy and its log (the page shows the log's tail and where it is).
+5. reads the copy's review pages (the suggest stage's outputs; with fresh votes also its
+   predictions and embeddings, curate/fresh_votes.py) and removes the copy. A failed run keeps
+   the copy and its log (the page shows the log's tail and where it is).
 
 One run at a time; a request while one runs is queued (one at most) and starts when it ends.
 """
@@ -36,6 +37,7 @@ import yaml
 
 from chimuffin import paths as default
 from chimuffin.config import load_yaml, parse_params
+from chimuffin.curate.fresh_votes import ModelOutputs, read_model_outputs
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
@@ -112,6 +114,7 @@ class Run:
     neighbours: pd.DataFrame | None = field(default=None, repr=False)
     val_accuracy: float | None = None
     val_n: int | None = None    # validation images behind val_accuracy
+    outputs: ModelOutputs | None = field(default=None, repr=False)  # for fresh votes
 
     def public(self) -> dict:
         return {"name": self.name, "labels": self.labels, "reason": self.reason,
@@ -131,8 +134,10 @@ class Retrainer:
 
     def __init__(self, root: Path, params_file: Path, decisions: Path, classes: list[str],
                  every: int, recipe: str, labels_of_model: int,
-                 on_done: Callable[[Run], None] | None = None, cpus: int | None = None):
+                 on_done: Callable[[Run], None] | None = None, cpus: int | None = None,
+                 keep_outputs: bool = False):
         self.root, self.params_file, self.decisions = root.resolve(), params_file, decisions
+        self.keep_outputs = keep_outputs  # a finished run also reads its ModelOutputs
         self.classes, self.every, self.recipe = classes, every, recipe
         self.labels_of_model, self.on_done = labels_of_model, on_done
         self.threads = threads_for_run(cpus if cpus is not None else len(os.sched_getaffinity(0)))
@@ -223,7 +228,8 @@ class Retrainer:
             self.child = None
             if run.ok:
                 self.labels_of_model = run.labels
-            run.pages = run.suggestions = run.neighbours = None  # handed over; not kept twice
+            # handed over; not kept twice
+            run.pages = run.suggestions = run.neighbours = run.outputs = None
             self.runs.append(run)
             self.running, queued = None, self.queued
             self.queued = None
@@ -298,6 +304,8 @@ class Retrainer:
         run.suggestions = read_copy_suggestions(copy)
         run.neighbours = read_copy_neighbours(copy)
         run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
+        if self.keep_outputs:
+            run.outputs = read_model_outputs(copy, self.classes)
 
 
 def read_copy_pages(copy: Path) -> pd.DataFrame:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from chimuffin import paths as default
+from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
 from chimuffin.curate.scoring import QUEUE_COLUMNS, read_queue
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.data.manifest import read_manifest
@@ -92,7 +93,10 @@ class Paths:
 class ReviewData:
     """The pipeline outputs the page shows, and the label file it writes."""
 
-    def __init__(self, paths: Paths, classes: list[str], data_dir: Path, clock=time.time):
+    def __init__(self, paths: Paths, classes: list[str], data_dir: Path, clock=time.time,
+                 fresh_votes=None):
+        """fresh_votes: the `suggest` params to rebuild the pages with after each accepted page
+        (review.fresh_votes; curate/fresh_votes.py), or None: each model's own pages."""
         self.paths, self.classes, self.clock = paths, classes, clock
         self.labels = allowed_labels(classes)
         self.data_dir = data_dir.resolve()
@@ -128,6 +132,17 @@ class ReviewData:
                         "finished": pages_file.stat().st_mtime if pages_file.is_file() else None,
                         "val_accuracy": None, "verified": 0, "wrong": 0}]
         self.page_model = {pg["page"]: 0 for pg in self.page_list}
+        self.list_version = 0  # one more each time the pages list is replaced
+        self.refreshing = threading.Lock()  # held while fresh votes rebuild the pages
+        self.fresh = fresh_votes
+        # the proposing model's outputs, for fresh votes (none without pages: nothing to
+        # rebuild); outputs it cannot read turn fresh votes off, and the page says why
+        self.outputs, self.fresh_error = None, None
+        if fresh_votes is not None and self.pages is not None:
+            try:
+                self.outputs = read_model_outputs(paths.root, classes)
+            except UserError as e:
+                self.fresh_error = f"fresh votes off: {e}"
 
     def _points(self) -> pd.DataFrame:
         coords = read_pacmap(self.paths.embed / default.PACMAP_FILE)
@@ -318,6 +333,8 @@ class ReviewData:
                             confirmed=_confirm(body), pace_images=len(on_page))
         if reply["changed"]:
             self.count_proposals(page, len(on_page), wrong_proposals(pg["label"], exceptions))
+            if self.outputs is not None:
+                self.refresh()
         return reply
 
     # --- background models (review/background.py) ---
@@ -333,32 +350,58 @@ class ReviewData:
         """A background model finished: its pages replace the pages list for the images not
         verified yet (renumbered after every page number this session used, so the page's
         per-page marks never land on another page). Pages of earlier models stay acceptable by
-        number (the page keeps the one on screen until the person turns it)."""
+        number (the page keeps the one on screen until the person turns it). With fresh votes
+        its pages are rebuilt first: its snapshot's labels are older than the label file's."""
+        model = {"name": run.name, "labels": run.labels, "finished": run.finished,
+                 "val_accuracy": run.val_accuracy, "verified": 0, "wrong": 0}
+        if self.fresh is not None and run.outputs is not None:
+            self.refresh(run.outputs, model)
+            return
         path = Path(run.name) / default.PAGES_FILE
         new = check_pages(run.pages, path, set(self.pool), self.classes)
         _, decisions = self.read_label_file()
-        done = {d.path for d in decisions if is_verified(d)}
         with self.lock:
-            first = max(self.page_index, default=-1) + 1
-            pages = pages_to_swap_in(new, done, first)
-            listed = page_list(pages)
-            index = len(self.models)
-            self.models.append({"name": run.name, "labels": run.labels,
-                                "finished": run.finished, "val_accuracy": run.val_accuracy,
-                                "verified": 0, "wrong": 0})
-            self.page_model.update({pg["page"]: index for pg in listed})
-            self.pages, self.pages_error, self.page_list = pages, None, listed
-            self.page_index.update({pg["page"]: pg for pg in listed})
-            if run.suggestions is not None:
-                self.evidence = (evidence_of(run.suggestions, set(pages["path"]), run.neighbours),
-                                 None if run.neighbours is not None else
-                                 f"{run.name}: no {default.NEIGHBOURS_FILE}")
+            self.models.append(model)
+            self._show(new, decisions, run.suggestions, run.neighbours, run.name)
+
+    def refresh(self, outputs=None, model: dict | None = None) -> None:
+        """Fresh votes: the proposing model's pages rebuilt from its outputs, every label in
+        the label file voting, for the images not verified yet. With `outputs` and `model`, a
+        background model's: it proposes from now on (if its pages could be built)."""
+        with self.refreshing:  # one at a time: the last to run read the newest label file
+            outputs = self.outputs if outputs is None else outputs
+            _, decisions = self.read_label_file()
+            fresh = fresh_pages(outputs, decisions, self.classes, self.fresh)
+            source = "fresh votes" if model is None else f"{model['name']} (fresh votes)"
+            new = check_pages(fresh.pages, Path(source), set(self.pool), self.classes)
+            with self.lock:
+                if model is not None:
+                    self.outputs = outputs
+                    self.models.append(model)
+                self._show(new, decisions, fresh.suggestions, fresh.neighbours, source)
+
+    def _show(self, new: pd.DataFrame, decisions: list[Decision], suggestions, neighbours,
+              source: str) -> None:
+        """Under self.lock: `new` pages (checked) become the list, proposed by the last model."""
+        done = {d.path for d in decisions if is_verified(d)}
+        first = max(self.page_index, default=-1) + 1
+        pages = pages_to_swap_in(new, done, first)
+        listed = page_list(pages)
+        index = len(self.models) - 1
+        self.page_model.update({pg["page"]: index for pg in listed})
+        self.pages, self.pages_error, self.page_list = pages, None, listed
+        self.page_index.update({pg["page"]: pg for pg in listed})
+        self.list_version += 1
+        if suggestions is not None:
+            self.evidence = (evidence_of(suggestions, set(pages["path"]), neighbours),
+                             None if neighbours is not None else
+                             f"{source}: no {default.NEIGHBOURS_FILE}")
 
     def models_state(self) -> dict:
         """The models that proposed pages this session, and which proposes the list now."""
         with self.lock:
-            # one model is added per swap: its index is also the list's version
-            return {"version": len(self.models) - 1, "current": len(self.models) - 1,
+            return {"version": self.list_version, "current": len(self.models) - 1,
+                    "fresh_votes": self.outputs is not None, "fresh_error": self.fresh_error,
                     "list": [dict(m) for m in self.models]}
 
     def accept_cluster(self, body) -> dict:

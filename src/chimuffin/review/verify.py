@@ -140,7 +140,9 @@ def progress(pool: list[str], decisions: dict[str, Decision], pages: pd.DataFram
     if pages is None:
         left, pages_total, pages_left, on_pages = [], 0, 0, set()
     else:
-        todo = pages[[not is_verified(decisions.get(p)) for p in pages["path"]]]
+        # a boolean array: an empty list would select columns once no page is left
+        todo = pages[np.array([not is_verified(decisions.get(p)) for p in pages["path"]],
+                              dtype=bool)]
         left, pages_total = list(todo["label"]), int(pages["page"].nunique())
         pages_left, on_pages = int(todo["page"].nunique()), set(pages["path"])
     left_by_class = Counter(left)
