@@ -115,6 +115,16 @@ def write_model_outputs(paths, lone_muffins: list[str]) -> None:
                          manifest.loc[~pool, ["path"]].assign(**dup))
 
 
+def fresh_repo(tmp_path):
+    """build_repo's dataset and pages with write_model_outputs' outputs (pool 3-5 the lone
+    muffins) and an empty label file: (paths, dataset folder, pool images)."""
+    paths, data_dir, info = build_repo(tmp_path)
+    write_model_outputs(paths, info["pool"][3:])
+    paths.decisions.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(paths.decisions, format_decisions([]))
+    return paths, data_dir, info["pool"]
+
+
 def test_read_model_outputs_names_a_stale_file(tmp_path):
     paths, _, info = build_repo(tmp_path)
     write_model_outputs(paths, info["pool"][3:])
@@ -127,11 +137,7 @@ def test_read_model_outputs_names_a_stale_file(tmp_path):
 
 
 def test_the_page_proposes_again_after_each_accepted_page(tmp_path):
-    paths, data_dir, info = build_repo(tmp_path)
-    pool = info["pool"]
-    write_model_outputs(paths, pool[3:])
-    paths.decisions.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(paths.decisions, format_decisions([]))
+    paths, data_dir, pool = fresh_repo(tmp_path)
     before = fresh_pages(read_model_outputs(paths.root, CLASSES), [], CLASSES, PAGE_CFG).pages
     assert before.set_index("path").loc[pool[5], "label"] == "chihuahua"  # no muffin near
     data = ReviewData(paths, CLASSES, data_dir, fresh_votes=PAGE_CFG)
@@ -174,11 +180,7 @@ def test_in_the_browser_the_next_pages_follow_the_last_answers(tmp_path):
     from tests.test_review import on_disk, serving
     from tests.test_review_page import browser_at
 
-    paths, data_dir, info = build_repo(tmp_path)
-    pool = info["pool"]
-    write_model_outputs(paths, pool[3:])
-    paths.decisions.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(paths.decisions, format_decisions([]))
+    paths, data_dir, pool = fresh_repo(tmp_path)
     data = ReviewData(paths, CLASSES, data_dir, fresh_votes=PAGE_CFG)
     with serving(data) as server, \
             browser_at(f"http://127.0.0.1:{server.server_address[1]}/", 1280, 720) \
@@ -226,11 +228,7 @@ def test_a_finished_model_proposes_with_the_labels_given_since_its_snapshot(tmp_
 
     from chimuffin.review.background import Run
 
-    paths, data_dir, info = build_repo(tmp_path)
-    pool = info["pool"]
-    write_model_outputs(paths, pool[3:])
-    paths.decisions.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(paths.decisions, format_decisions([]))
+    paths, data_dir, pool = fresh_repo(tmp_path)
     data = ReviewData(paths, CLASSES, data_dir, fresh_votes=PAGE_CFG)
     data.verify({"page": 1, "exceptions": {}})  # pool 3-4: muffin, after the run's snapshot
     outputs = read_model_outputs(paths.root, CLASSES)

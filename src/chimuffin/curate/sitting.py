@@ -9,10 +9,10 @@ experiments); when one finishes, its pages replace the current ones for the imag
 verified yet, between two pages. With fresh votes (`review.fresh_votes`), the pages are also
 rebuilt after every page the person accepts, from the proposing model's outputs with every
 label given so far voting (curate/fresh_votes.py); the time that takes is counted apart
-(`rebuild_s`: the page turn a person would wait for). The person never waits for a model: idle
-time is 0 by construction. The sitting ends when the budget cannot pay for the next page or every page is
-verified; a run still going then is stopped. Nothing is committed: the label file is left
-changed, as after a session on the review page.
+(`rebuild_s`: the page turn a person would wait for). The person never waits for a model:
+idle time is 0 by construction. The sitting ends when the budget cannot pay for the next page
+or every page is verified; a run still going then is stopped. Nothing is committed: the label
+file is left changed, as after a session on the review page.
 """
 
 from __future__ import annotations
