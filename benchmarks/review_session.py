@@ -345,6 +345,7 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
     budget = math.inf if whole_pool else schedule[-1] * 60
     live: dict = {}
     done: dict = {}
+    stop = threading.Event()  # Ctrl-C here ends the sitting and stops its background run
 
     def sit() -> None:
         try:
@@ -353,7 +354,8 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
                 repo / "data/suggest", classes, truth, budget, params.review.retrain_every,
                 params.review.round_recipe, ReviewCost(), report=lambda m: print(m, flush=True),
                 live=live, eval_dir=repo / "metrics/eval",
-                fresh_votes=params.suggest if params.review.fresh_votes else None)
+                fresh_votes=params.suggest if params.review.fresh_votes else None,
+                stop=stop, sleep=stop.wait, warm_recipe=params.review.warm_recipe)
         except BaseException as e:  # shown by the main thread
             done["error"] = e
 
@@ -363,13 +365,20 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
     while "sitting" not in live and thread.is_alive():
         time.sleep(0.01)
     rows = []
-    for minutes in schedule:
-        thread.join(max(0.0, start + minutes * 60 - time.monotonic()))
-        if not thread.is_alive():
-            break
-        rows.append(wall_row(minutes, live))
-        print(wall_line(rows[-1]), flush=True)
-    thread.join()
+    try:
+        for minutes in schedule:
+            thread.join(max(0.0, start + minutes * 60 - time.monotonic()))
+            if not thread.is_alive():
+                break
+            rows.append(wall_row(minutes, live))
+            print(wall_line(rows[-1]), flush=True)
+        thread.join()
+    except KeyboardInterrupt:  # the sitting's thread would go on, its retrain with it
+        print("review_session: interrupted; stopping the sitting and its background run",
+              flush=True)
+        stop.set()
+        thread.join()
+        raise
     if "error" in done:
         raise UserError(f"the wall-clock sitting failed: {done['error']}")
     rows.append(wall_row((time.monotonic() - start) / 60, live))
@@ -655,3 +664,7 @@ if __name__ == "__main__":
     except UserError as e:
         print(f"review_session: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("review_session: interrupted; no results were written (the work folder, printed "
+              "at the start, is left as it was)", file=sys.stderr)
+        sys.exit(130)

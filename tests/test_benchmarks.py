@@ -528,3 +528,20 @@ def test_page_latency_smoke(capsys):
     assert "cpu: " in out and "idle" in out
     line = next(x for x in out.splitlines() if x.startswith("training, nice 10, 1 thread"))
     assert "/api/state" in line and float(line.rsplit("training ", 1)[1].split()[0]) > 0
+
+
+@pytest.mark.slow
+def test_stage_times_smoke(tmp_path, capsys):
+    """Where a retrain's time goes, on the sample generator: the stages a label change reruns,
+    each timed, and one background retrain of the review page end to end."""
+    st = load("stage_times")
+    out = tmp_path / "times.json"
+    assert st.main(["--smoke", "--background", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # a label change reruns clean and everything after it, never the data preparation
+    assert list(result["stages_s"]) == ["clean", "tables", "train", "evaluate", "embed",
+                                        "suggest"]
+    assert all(s > 0 for s in result["stages_s"].values())
+    assert result["background_s"] > 0 and result["labels"] > result["step"] > 0
+    printed = capsys.readouterr().out
+    assert "background retrain review-" in printed and "cpu: " in printed

@@ -133,6 +133,7 @@ def tiny_round_repo(tmp_path: Path, every: int = 0) -> Path:
 
     params = deep_update(default_params_dict(), TINY)
     params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml",
+                        "warm_recipe": "",
                         "fresh_votes": False}
     root = tmp_path / "repo"
     root.mkdir(parents=True)

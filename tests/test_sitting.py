@@ -75,11 +75,29 @@ def test_the_budget_stops_before_a_page_it_cannot_pay_for(tmp_path):
     assert (s.pages, s.verified) == (1, 1) and "needs 3.8 s; 0.6 s" in s.reason
 
 
+def test_a_stop_from_another_thread_ends_the_sitting_before_the_page_is_written(tmp_path):
+    import threading
+
+    suggest, decisions, truth = sitting_files(tmp_path)
+    stop = threading.Event()
+    before = decisions.read_bytes()
+
+    def sleep_then_stop(seconds):  # Ctrl-C arrives while the person looks at the first page
+        stop.set()
+
+    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
+                    math.inf, every=0, recipe="", cost=ReviewCost(), sleep=sleep_then_stop,
+                    report=lambda _: None, stop=stop)
+    assert (s.pages, s.verified, s.reason) == (0, 0, "stopped")
+    assert decisions.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tmp_path):
     params = deep_update(default_params_dict(), TINY)
     params["suggest"]["page_size"] = 3
-    params["review"] = {"retrain_every": 2, "round_recipe": "", "fresh_votes": True}
+    params["review"] = {"retrain_every": 2, "round_recipe": "", "warm_recipe": "",
+                        "fresh_votes": True}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)

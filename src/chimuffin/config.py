@@ -176,6 +176,10 @@ class Review:
     # The `train` group background retrains use (a recipe file, relative to the repository;
     # "" = params.yaml's own `train` group). The final model never comes from it.
     round_recipe: str = field()
+    # The `train` group of a background retrain that starts from the last background model's
+    # weights instead of from scratch (a recipe file; "" = every retrain from scratch). The
+    # first retrain of a session starts from scratch with round_recipe.
+    warm_recipe: str = field()
     # After each page a person accepts, rebuild the pages of the images not verified yet from
     # the proposing model's outputs with every label given so far voting (curate/fresh_votes.py):
     # the neighbour half of each proposal is never older than the last page.

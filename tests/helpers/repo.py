@@ -59,6 +59,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int | None = 900
 
 
 REPO_FILES = ["dvc.yaml", "params.yaml", "recipes/reference.yaml", "recipes/round.yaml",
+              "recipes/round_warm.yaml", "models/warm_start/README.md",
               "data/labels/decisions.csv", "data/labels/validation.csv", ".gitignore",
               ".dvcignore", "tlc-config.yaml"]
 

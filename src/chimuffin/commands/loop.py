@@ -126,7 +126,8 @@ def run_background(args) -> int:
                         root / args.suggest_dir, classes, rv.truth(classes), rv.budget_s,
                         params.review.retrain_every, params.review.round_recipe, rv.cost,
                         eval_dir=root / args.eval_dir,
-                        fresh_votes=params.suggest if params.review.fresh_votes else None)
+                        fresh_votes=params.suggest if params.review.fresh_votes else None,
+                        warm_recipe=params.review.warm_recipe)
     print(summary(s))
     return 0
 

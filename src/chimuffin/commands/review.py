@@ -58,7 +58,8 @@ def run(args) -> int:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,
                               params.base.classes, params.review.retrain_every,
                               params.review.round_recipe, data.models[0]["labels"],
-                              on_done=data.swap_in, keep_outputs=data.outputs is not None)
+                              on_done=data.swap_in, keep_outputs=data.outputs is not None,
+                              warm_recipe=params.review.warm_recipe)
     server = bind(data, args.port, retrainer)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
@@ -69,6 +70,8 @@ def run(args) -> int:
         every = params.review.retrain_every
         when = f"every {every} new decisions and on demand" if every else "on demand"
         recipe = params.review.round_recipe or "params.yaml's train group"
+        warm = params.review.warm_recipe
+        recipe += f", then warm starts with {warm}" if warm else ""
         print(f"review: background retraining {when}, recipe {recipe} (--no-retrain: off)",
               flush=True)
     if data.fresh_error:

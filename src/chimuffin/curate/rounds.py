@@ -202,7 +202,7 @@ def round_message(r: int, rounds: int, metrics: dict, clean_summary: dict,
 
 # What a round's dvc.lock is made from besides the label file: edits to these that are not
 # committed would be recorded in the round's dvc.lock but not in its commit.
-ROUND_INPUTS = ("params.yaml", "dvc.yaml", "recipes", "src", "data/labels")
+ROUND_INPUTS = ("params.yaml", "dvc.yaml", "recipes", "src", "data/labels", "models/warm_start")
 
 
 def check_clean(root: Path, path: Path) -> None:

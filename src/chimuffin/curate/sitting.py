@@ -65,11 +65,15 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 recipe: str, cost: ReviewCost,
                 sleep: Callable[[float], None] = time.sleep,
                 report: Callable[[str], None] = print, live: dict | None = None,
-                eval_dir: Path | None = None, fresh_votes=None) -> Sitting:
+                eval_dir: Path | None = None, fresh_votes=None,
+                stop: threading.Event | None = None, warm_recipe: str = "") -> Sitting:
     """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
     and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
     samples them (benchmarks/review_session.py). fresh_votes: the `suggest` params to rebuild
-    pages with after each page (review.fresh_votes), or None: each model's own pages."""
+    pages with after each page (review.fresh_votes), or None: each model's own pages.
+    warm_recipe: review.warm_recipe (retrains after the first start from the last model).
+    `stop`: set by a watcher in another thread to end the sitting before its next page is
+    written (pass `sleep=stop.wait` so that a page's wait ends at once too)."""
     state = {"pages": read_pages(suggest_dir / PAGES_FILE),
              "outputs": None if fresh_votes is None else read_model_outputs(root, classes)}
     out = Sitting()
@@ -101,10 +105,14 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
 
     start_labels = person_decisions(locked.read(decisions, classes).decisions)
     retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,
-                          on_done=swap, keep_outputs=fresh_votes is not None)
+                          on_done=swap, keep_outputs=fresh_votes is not None,
+                          warm_recipe=warm_recipe)
     started = time.monotonic()
     try:
         while True:
+            if stop is not None and stop.is_set():
+                out.reason = "stopped"
+                break
             snap = locked.read(decisions, classes)
             with guard:
                 found = next_page(state["pages"], person_decided(snap.decisions))
@@ -121,6 +129,9 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                               f"{budget_s - out.seconds:.1f} s of the budget were left")
                 break
             sleep(seconds)  # the person looks, marks, accepts: the model never holds it up
+            if stop is not None and stop.is_set():  # mid-page: the page is not written
+                out.reason = "stopped"
+                break
             out.seconds += seconds
             written = locked.update(decisions, classes,
                                     lambda old, new=new: merge_decisions(old, new)[0])

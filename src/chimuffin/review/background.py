@@ -8,7 +8,11 @@ A run never writes the workspace. It
    written as its label file, and the main repository's DVC cache as its cache;
 3. in the copy, sets the round recipe (params.yaml `review.round_recipe`) as its `train` group
    and `runtime.threads` to every core, checks the result as strictly as any params file, and
-   runs `dvc exp run -n NAME` at a lower CPU priority (`nice -n 10`: the page goes first);
+   runs `dvc exp run -n NAME` at a lower CPU priority (`nice -n 10`: the page goes first).
+   With a warm recipe (`review.warm_recipe`) and a background model already finished, the
+   run starts from that model's weights instead: they are put in the copy's
+   models/warm_start/ and `dvc add`ed (the train stage's dep records them), the warm recipe is
+   the `train` group, and NAME ends in `-warm`;
 4. pushes the experiment's ref (refs/exps/...) into the main repository, so `dvc exp show`
    there lists it; NAME holds the label count (`review-<UTC time>-<N>-labels`);
 5. reads the copy's review pages (the suggest stage's outputs; with fresh votes also its
@@ -85,8 +89,9 @@ def round_params(params_text: str, recipe_text: str | None, threads: int,
     return params
 
 
-def experiment_name(labels: int, when: float) -> str:
-    return f"review-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(when))}-{labels}-labels"
+def experiment_name(labels: int, when: float, warm: bool = False) -> str:
+    return (f"review-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(when))}-{labels}-labels"
+            + ("-warm" if warm else ""))
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -115,9 +120,11 @@ class Run:
     val_accuracy: float | None = None
     val_n: int | None = None    # validation images behind val_accuracy
     outputs: ModelOutputs | None = field(default=None, repr=False)  # for fresh votes
+    warm: bool = False          # started from the last background model's weights
 
     def public(self) -> dict:
         return {"name": self.name, "labels": self.labels, "reason": self.reason,
+                "warm": self.warm,
                 "started": round(self.started, 1),
                 "finished": None if self.finished is None else round(self.finished, 1),
                 "ok": self.ok, "error": self.error, "log": self.log, "log_tail": self.log_tail,
@@ -135,9 +142,12 @@ class Retrainer:
     def __init__(self, root: Path, params_file: Path, decisions: Path, classes: list[str],
                  every: int, recipe: str, labels_of_model: int,
                  on_done: Callable[[Run], None] | None = None, cpus: int | None = None,
-                 keep_outputs: bool = False):
+                 keep_outputs: bool = False, warm_recipe: str = ""):
         self.root, self.params_file, self.decisions = root.resolve(), params_file, decisions
         self.keep_outputs = keep_outputs  # a finished run also reads its ModelOutputs
+        self.warm_recipe = warm_recipe
+        # the last finished run's weights (a copy outside the workspace), when warm_recipe
+        self.weights_dir: Path | None = None
         self.classes, self.every, self.recipe = classes, every, recipe
         self.labels_of_model, self.on_done = labels_of_model, on_done
         self.threads = threads_for_run(cpus if cpus is not None else len(os.sched_getaffinity(0)))
@@ -198,6 +208,8 @@ class Retrainer:
                 _signal_group(child, signal.SIGKILL)
         if self.thread is not None:
             self.thread.join(wait_s)
+        if self.weights_dir is not None:
+            shutil.rmtree(self.weights_dir, ignore_errors=True)
 
     # --- one run (its own thread) ---
 
@@ -269,8 +281,11 @@ class Retrainer:
         with locked.holding_lock(self.decisions):
             snapshot = locked.read(self.decisions, self.classes)
         run.labels = person_decisions(snapshot.decisions)
-        run.name = experiment_name(run.labels, run.started)
-        recipe_file = self.root / self.recipe if self.recipe else None
+        start_from = self.last_weights()
+        run.warm = start_from is not None
+        run.name = experiment_name(run.labels, run.started, run.warm)
+        recipe = self.warm_recipe if run.warm else self.recipe
+        recipe_file = self.root / recipe if recipe else None
         recipe_text = None if recipe_file is None else _read_text(recipe_file)
         params = round_params(_read_text(self.params_file), recipe_text, self.threads,
                               str(self.params_file), str(recipe_file or self.params_file))
@@ -294,6 +309,11 @@ class Retrainer:
         # the data DVC tracks (`dvc add`ed datasets, the outputs), from the shared cache; what
         # the cache lacks the run makes (or names in its log)
         sh(["dvc", "checkout", "-q"], copy, nice=True, check=False)
+        if start_from is not None:  # tracked, so the experiment records where it started
+            weights = copy / default.WARM_START / default.WARM_START_FILE
+            shutil.copyfile(start_from, weights)
+            sh(["dvc", "add", "-q", str(weights.relative_to(copy))], copy, nice=True)
+            sh(["git", "add", default.WARM_START], copy)  # its .dvc file, whatever autostage
         sh(["dvc", "exp", "run", "-n", run.name], copy, nice=True)
         refs = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], copy).split()
         ref = next((r for r in refs if r.endswith(f"/{run.name}")), None)
@@ -306,6 +326,24 @@ class Retrainer:
         run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
         if self.keep_outputs:
             run.outputs = read_model_outputs(copy, self.classes)
+        if self.warm_recipe:
+            self.keep_weights(copy / default.MODEL)
+
+    def last_weights(self) -> Path | None:
+        """The last finished run's weights, when warm starts are on and one finished."""
+        if not self.warm_recipe or self.weights_dir is None:
+            return None
+        path = self.weights_dir / default.WARM_START_FILE
+        return path if path.is_file() else None
+
+    def keep_weights(self, model: Path) -> None:
+        """Keep a finished run's model for the next run to start from (its copy is removed)."""
+        if self.weights_dir is None:
+            self.weights_dir = Path(tempfile.mkdtemp(prefix="chimuffin-warm-start-"))
+        kept = self.weights_dir / default.WARM_START_FILE
+        tmp = kept.with_suffix(".tmp")
+        shutil.copyfile(model, tmp)
+        tmp.replace(kept)
 
 
 def read_copy_pages(copy: Path) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from chimuffin import atomic, paths, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.errors import UserError
-from chimuffin.model import build_model, save_checkpoint
+from chimuffin.model import build_model, load_checkpoint, save_checkpoint
 from chimuffin.progress import Progress, duration, eta
 from chimuffin.stages import common
 from chimuffin.train.engine import LabeledSet, check_cpu_bf16, fit, uses_cpu_bf16
@@ -100,6 +100,29 @@ def choose_device(params):
     return device
 
 
+def warm_start(path: Path, model, params) -> str | None:
+    """Load the weights at `path` into `model` when the file is there, and say so; None (train
+    from scratch, seeded by base.seed) when it is not. Only a background retrain of the review
+    page puts a file there, in its throwaway copy: its last model, `dvc add`ed, so that the
+    experiment records the weights it started from (the folder is one of the stage's deps)."""
+    if not path.is_file():
+        return None
+    loaded, meta = load_checkpoint(path, classes=list(params.base.classes))
+    t = params.train
+    ours = {"train.head": list(t.head), "train.upsample": float(t.upsample),
+            "base.image_size": params.base.image_size}
+    theirs = {"train.head": list(meta["head"]), "train.upsample": float(meta.get("upsample", 1)),
+              "base.image_size": meta["image_size"]}
+    for key, want in ours.items():
+        if theirs[key] != want:
+            raise UserError(f"{path}: these warm-start weights were trained with {key} "
+                            f"{theirs[key]}, the params say {want}; remove the file to train "
+                            "from scratch")
+    model.load_state_dict(loaded.state_dict())
+    return (f"train: warm start from {path} (epoch {meta['epoch']} of an earlier model, "
+            f"val acc {meta['val_accuracy']:.4f}), not from scratch")
+
+
 def start_3lc(args, df, params):
     """3LC: per-epoch scalars, per-sample metrics + embeddings (tlcio); None when it is off."""
     if params.tlc.enabled:
@@ -126,6 +149,9 @@ def main(args, params) -> None:
     device = choose_device(params)
     run3lc = start_3lc(args, df, params)
     model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)
+    warm = warm_start(Path(args.warm_start) / paths.WARM_START_FILE, model, params)
+    if warm:
+        print(warm, flush=True)
     kept, bar = Kept(t.keep, t.epochs), Progress("train", t.epochs * len(train), every_s=None)
 
     from dvclive import Live
@@ -148,7 +174,8 @@ def main(args, params) -> None:
         bar.close()
         live.summary.update({"best/epoch": best.epoch, "best/val_acc": best.val_acc,
                              "best/val_loss": best.val_loss, "train_images": len(train),
-                             "kept/epoch": kept.epoch, "kept/val_acc": kept.val_acc})
+                             "kept/epoch": kept.epoch, "kept/val_acc": kept.val_acc,
+                             "warm_start": int(warm is not None)})
         model.load_state_dict(kept.state)
         save_checkpoint(args.model, model, checkpoint_meta(params, kept.epoch, kept.val_acc))
     print(done_line(params, device, len(train), best, kept))
@@ -167,4 +194,7 @@ if __name__ == "__main__":
     p.add_argument("--run", required=True, help="3LC run folder (a placeholder when 3LC is off)")
     p.add_argument("--tables", required=True, help="3LC tables folder (stage `tables`)")
     p.add_argument("--tlc-config", default=tlcio.CONFIG)
+    p.add_argument("--warm-start", default=paths.WARM_START,
+                   help=f"a folder: training starts from its {paths.WARM_START_FILE} when that "
+                   "file exists, from scratch when not (default %(default)s)")
     common.run(main, p.parse_args())
