@@ -11,7 +11,7 @@ from tests.helpers.repo import REPO, default_params_dict
 def test_repo_params_load_and_match_reference_recipe():
     p = load_params(REPO / "params.yaml")
     t = p.train
-    assert (t.lr, t.weight_decay, t.batch_size, t.epochs) == (5e-4, 5e-4, 16, 100)
+    assert (t.lr, t.weight_decay, t.batch_size, t.epochs) == (5e-4, 5e-4, 16, 70)
     assert (t.scheduler, t.t0, t.t_mult, t.grad_clip) == ("cosine_restarts", 10, 2, 1.0)
     assert t.head == [256, 128] and t.dropout == 0.3
     a = t.augment
@@ -107,7 +107,7 @@ def test_a_5000_digit_integer_is_a_clear_error_naming_the_key(tmp_path):
     text = params_text()
     line = line_of(text, "  epochs: ")
     f = tmp_path / "params.yaml"
-    f.write_text(text.replace("  epochs: 100 ", "  epochs: " + "9" * 5000 + " ", 1))
+    f.write_text(text.replace("  epochs: 70 ", "  epochs: " + "9" * 5000 + " ", 1))
     with pytest.raises(UserError, match=rf"params.yaml: train.epochs \(line {line}\): an "
                        "integer of 5000 digits is too large to read"):
         load_params(f)

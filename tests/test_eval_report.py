@@ -23,7 +23,7 @@ def test_reference_recipe_is_complete_and_diff_lists_recipe_changes():
     ref = load_reference(REPO / "recipes/reference.yaml")  # strict: every train key, valid values
     train = load_params(REPO / "params.yaml").train
     assert [k for k, _, _ in recipe_diff(train, ref)] == [  # the default's promoted keys
-        "train.keep", "train.val_every", "train.val_tta_flip"]
+        "train.epochs", "train.keep", "train.val_every", "train.val_tta_flip"]
     changed = replace(ref, lr=0.001, epochs=20, augment=replace(ref.augment, flip_p=0.0))
     diff = recipe_diff(changed, ref)
     keys = [k for k, _, _ in diff]

@@ -71,7 +71,8 @@ def test_the_repository_trains_from_scratch():
     """The folder the train stage reads holds no weights here: only a copy gets some."""
     folder = REPO / paths.WARM_START
     assert sorted(p.name for p in folder.iterdir()) == ["README.md"]
-    assert default_params_dict()["review"]["warm_recipe"] == ""
+    # background retrains warm-start by default (measured: benchmarks/README.md)
+    assert default_params_dict()["review"]["warm_recipe"] == "recipes/round_warm.yaml"
 
 
 def test_warm_recipe_is_the_round_recipe_shortened():
