@@ -178,8 +178,9 @@ def main(argv=None) -> int:
                               [parse_set(s) for s in args.set], data.root, args.smoke)
         order = label_order(data.pool_truth, base["base"]["seed"])
         cpu = runtime.cpu_summary()
-        print(f"stage_times: {data.root}: {n} pool labels (+{step} for the background run)"
-              f" of {len(data.pool_truth)}, {len(data.reviewed)} validation images; "
+        more = f" (+{step} for the background run)" if args.background else ""
+        print(f"stage_times: {data.root}: {n} pool labels{more} of {len(data.pool_truth)}, "
+              f"{len(data.reviewed)} validation images; "
               f"train {params['train']['epochs']} epochs; tlc "
               f"{'on' if params['tlc']['enabled'] else 'off'}; cpu: {cpu}", flush=True)
 
