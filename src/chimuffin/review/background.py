@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from chimuffin import atomic
 from chimuffin import paths as default
 from chimuffin.config import load_yaml, parse_params
 from chimuffin.curate.fresh_votes import ModelOutputs, read_model_outputs
@@ -340,10 +341,8 @@ class Retrainer:
         """Keep a finished run's model for the next run to start from (its copy is removed)."""
         if self.weights_dir is None:
             self.weights_dir = Path(tempfile.mkdtemp(prefix="chimuffin-warm-start-"))
-        kept = self.weights_dir / default.WARM_START_FILE
-        tmp = kept.with_suffix(".tmp")
-        shutil.copyfile(model, tmp)
-        tmp.replace(kept)
+        with atomic.atomic_path(self.weights_dir / default.WARM_START_FILE) as tmp:
+            shutil.copyfile(model, tmp)
 
 
 def read_copy_pages(copy: Path) -> pd.DataFrame:
