@@ -25,7 +25,8 @@ from chimuffin.train.engine import autocast
 # name: (channels_last, torch.compile, bf16 autocast)
 VARIANTS = {"nchw": (False, False, False), "cl": (True, False, False),
             "cl+compile": (True, True, False), "nchw+compile": (False, True, False),
-            "cl+bf16": (True, False, True), "nchw+bf16": (False, False, True)}
+            "cl+bf16": (True, False, True), "nchw+bf16": (False, False, True),
+            "cl+compile+bf16": (True, True, True)}
 
 
 def step_rate(channels_last: bool, compiled: bool, bf16: bool, batch_size: int, size: int,

@@ -59,7 +59,7 @@ import numpy as np
 import yaml
 
 from chimuffin import runtime
-from chimuffin.config import as_dict, parse_params, read_yaml_file
+from chimuffin.config import as_dict, parse_override, parse_params, read_yaml_file, set_override
 from chimuffin.curate.rounds import parse_trailers
 from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.data.sample import write_sample
@@ -82,10 +82,12 @@ WALL_SCHEDULE = (0.0, 10.0, 20.0, 30.0, 40.0)  # wall-clock minutes since the fi
 WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},
                 "train": {"epochs": 1, "batch_size": 4}, "runtime": {"threads": 1},
-                "evaluate": {"batch_size": 64}, "embed": {"batch_size": 64, "n_neighbors": 5},
+                "evaluate": {"batch_size": 64}, "embed": {"n_neighbors": 5},
                 "sample": {"labeled_per_class": 4, "pool": 4, "test_per_class": 0,
                            "val_per_class": 0},
-                "suggest": {"page_size": 4}}
+                "suggest": {"page_size": 4},
+                # the warm recipe trains in batches of 64: more than the smoke's pool
+                "review": {"warm_recipe": ""}}
 
 
 # --- the data ---------------------------------------------------------------------------------
@@ -141,18 +143,8 @@ def recipe_train(name: str | None, base: dict) -> dict:
 
 
 def parse_set(item: str) -> tuple[list[str], object]:
-    """'train.KEY=VALUE' (any GROUP.KEY) -> (key path, YAML-parsed value)."""
-    key, eq, value = item.partition("=")
-    if not eq or "." not in key:
-        raise UserError(f"--set {item!r}: expected GROUP.KEY=VALUE, e.g. train.epochs=30")
-    return key.split("."), yaml.safe_load(value)
-
-
-def deep_set(raw: dict, path: list[str], value) -> None:
-    node = raw
-    for k in path[:-1]:
-        node = node.setdefault(k, {})
-    node[path[-1]] = value
+    """--set 'GROUP.KEY=VALUE' -> (key path, YAML-parsed value)."""
+    return parse_override(item, "--set")
 
 
 def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke: bool) -> dict:
@@ -164,7 +156,7 @@ def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke:
         for k, v in values.items():
             raw[group][k] = v
     for path, value in sets:
-        deep_set(raw, path, value)
+        set_override(raw, path, value)
     raw["prepare"].update(data_dir=str(data), val_fraction=0.0)
     raw["tlc"]["enabled"] = False
     raw["train"]["keep"] = "last"

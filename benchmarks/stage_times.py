@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 from chimuffin import runtime
-from chimuffin.config import as_dict, parse_params, read_yaml_file
+from chimuffin.config import as_dict, parse_params, read_yaml_file, set_override
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions
 
@@ -48,7 +48,6 @@ from benchmarks.review_session import (  # noqa: E402
     REAL_DATA,
     REPO,
     SMOKE_PARAMS,
-    deep_set,
     load_data,
     make_repo,
     parse_set,
@@ -71,7 +70,7 @@ def bench_params(base: dict, train: dict, sets: list, data: Path, smoke: bool) -
     if smoke:
         raw["tlc"]["enabled"] = False  # importing 3LC alone takes longer than the tiny stages
     for path, value in sets:
-        deep_set(raw, path, value)
+        set_override(raw, path, value)
     raw["prepare"].update(data_dir=str(data), val_fraction=0.0)
     return as_dict(parse_params(raw))
 

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -439,9 +440,10 @@ def test_review_session_smoke(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_review_session_wall_clock_smoke(tmp_path, capsys):
+def test_review_session_wall_clock_smoke(tmp_path, capsys, monkeypatch):
     """The wall-clock arm on the sample generator: one sitting at the cost model's pace with
     retrains behind it, sampled at wall-clock checkpoints, never idle."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a failed run's copy stays here
     rs = load("review_session")
     out = tmp_path / "out"
     assert rs.main(["--smoke", "--arms", "wall-clock", "--wall-schedule", "0", "0.1",
@@ -456,7 +458,8 @@ def test_review_session_wall_clock_smoke(tmp_path, capsys):
     assert end["verified"] == result["pool_images"] and end["models_started"] >= 1
     assert end["accuracy"] is not None and end["n"] == result["validation_images"]
     assert end["lo"] <= end["accuracy"] <= end["hi"]
-    assert "wall-clock arm" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wall-clock arm" in printed and ", 0 failed" in printed
 
 
 def _round_checkpoints():

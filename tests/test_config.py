@@ -127,6 +127,15 @@ def test_runtime_keys_left_in_train_say_where_they_moved(key):
         parse_params(old)
 
 
+def test_embed_batch_size_is_refused_saying_why_it_is_gone():
+    """The evaluate stage's pass makes the embeddings now: an old params.yaml that still sets
+    embed.batch_size is told so, not left with a key nothing reads."""
+    old = mutated(["embed", "batch_size"], 128)
+    with pytest.raises(UserError, match=r"embed.batch_size is no longer a key \(the evaluate "
+                       r"stage's pass .* evaluate.batch_size\); delete it"):
+        parse_params(old)
+
+
 def test_runtime_is_its_own_group_and_not_in_any_recipe():
     p = load_params(REPO / "params.yaml")
     assert (p.runtime.device, p.runtime.threads, p.runtime.cpu_bf16) == ("auto", 0, "auto")

@@ -17,7 +17,7 @@ from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.infer import batches
 from chimuffin.model import build_model
-from chimuffin.stages import embed, evaluate, train
+from chimuffin.stages import evaluate, train
 from chimuffin.train import engine
 from tests.helpers.repo import default_params_dict
 
@@ -62,17 +62,17 @@ def tiny_dataset(tmp_path):
     return tmp_path
 
 
-STAGE_OUTPUTS = ("model.pth", "live", "out", "plot.png")
+STAGE_OUTPUTS = ("model.pth", "live", "out", "embeddings.parquet")
 
 
 def _stage_args(d) -> argparse.Namespace:
     """A model stage's arguments, every output under d (STAGE_OUTPUTS)."""
     return argparse.Namespace(clean=str(d / "clean"), prepared=str(d / "prepared"),
                               model=str(d / "model.pth"), live=str(d / "live"),
-                              out=str(d / "out"), plot=str(d / "plot.png"))
+                              out=str(d / "out"), embeddings=str(d / "embeddings.parquet"))
 
 
-@pytest.mark.parametrize("stage", [train, evaluate, embed], ids=["train", "evaluate", "embed"])
+@pytest.mark.parametrize("stage", [train, evaluate], ids=["train", "evaluate"])
 def test_every_model_stage_refuses_cuda_without_cuda(stage, tiny_dataset, tiny_params_dict,
                                                      no_cuda):
     """Each stage goes through runtime.pick_device with runtime.device, before writing

@@ -37,7 +37,7 @@ READERS = {
                     [*PREDICTION_COLUMNS, "p_chihuahua", "p_muffin"], "predictions",
                     "dvc repro evaluate"),
     "embeddings": (read_embeddings, paths.EMBEDDINGS_FILE, ["path", "embedding"], "embeddings",
-                   "dvc repro embed"),
+                   "dvc repro evaluate"),
     "pacmap": (read_pacmap, paths.PACMAP_FILE, PACMAP_COLUMNS, "PaCMAP coordinates",
                "dvc repro embed"),
     "suggestions": (read_suggestions, paths.SUGGESTIONS_FILE, SUGGESTION_COLUMNS, "suggestions",

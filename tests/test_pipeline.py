@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 # Outputs that must be bit-for-bit identical across `dvc repro -f` on CPU. (The DVCLive folder
 # is left out: its .tsv files carry wall-clock timestamps by design.)
 DETERMINISTIC = ["data/raw/sample", "data/prepared", "data/clean", "models/best.pth",
-                 "metrics/eval", "data/embed", "metrics/embedding.png", "data/suggest"]
+                 "metrics/eval", "data/embed/embeddings.parquet", "data/embed/pacmap.parquet",
+                 "metrics/embedding.png", "data/suggest"]
 
 
 def out_hashes(repo) -> dict:

@@ -31,10 +31,10 @@ PARAMS = default_params_dict()
 OPTION_PATH = {"--clean": "CLEAN", "--prepared": "PREPARED", "--model": "MODEL",
                "--validation": "VALIDATION", "--decisions": "DECISIONS", "--tables": "TABLES",
                "--run": "RUN", "--live": "TRAIN_METRICS", "--predictions": "PREDICTIONS",
-               "--embed": "EMBED", "--plot": "EMBED_PLOT", "--reference": "REFERENCE_RECIPE",
+               "--embeddings": "EMBEDDINGS", "--plot": "EMBED_PLOT", "--reference": "REFERENCE_RECIPE",
                "--warm-start": "WARM_START"}
 STAGE_OUT = {"sample": "SAMPLE", "prepare": "PREPARED", "clean": "CLEAN", "tables": "TABLES",
-             "evaluate": "EVAL", "embed": "EMBED", "suggest": "SUGGEST"}
+             "evaluate": "EVAL", "embed": "PACMAP", "suggest": "SUGGEST"}
 
 
 def argv(stage: str) -> list[str]:

@@ -18,9 +18,17 @@ import pandas as pd
 import pytest
 import yaml
 
+from chimuffin.config import parse_params
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions
-from chimuffin.review.background import Retrainer, Run, due, round_params, threads_for_run
+from chimuffin.review.background import (
+    Retrainer,
+    Run,
+    due,
+    round_params,
+    threads_for_run,
+    warm_start_due,
+)
 from chimuffin.review.data import ReviewData
 from chimuffin.review.verify import pages_to_swap_in, wrong_proposals
 from tests.helpers.repo import BIN, REPO, TINY, deep_update, default_params_dict, run
@@ -55,6 +63,36 @@ def test_round_params_take_the_recipe_and_are_checked():
         round_params(params, bad, 1, "params.yaml", "recipes/r.yaml")
     with pytest.raises(UserError, match="one group, `train`"):
         round_params(params, "base: {}\n", 1, "params.yaml", "recipes/r.yaml")
+
+
+def test_background_set_changes_the_copys_params_after_the_recipe():
+    params = yaml.safe_dump(default_params_dict())
+    recipe = yaml.safe_dump({"train": {**default_params_dict()["train"], "epochs": 3}})
+    out = round_params(params, recipe, 1, "params.yaml", "recipes/r.yaml",
+                       ["tlc.enabled=false", "evaluate.tta_flip=false", "train.epochs=2"])
+    assert out["tlc"]["enabled"] is False and out["evaluate"]["tta_flip"] is False
+    assert out["train"]["epochs"] == 2  # after the recipe: it wins
+    for bad, says in [("tlc.enabeld=false", r"review.background_set.*unknown key tlc.enabeld"),
+                      ("evaluate.tta_flip=maybe", r"review.background_set.*evaluate.tta_flip"),
+                      ("epochs=2", r"review.background_set: 'epochs=2' is not GROUP.KEY=VALUE"),
+                      ("train.epochs.x=1", r"train.epochs is a value, not a group")]:
+        with pytest.raises(UserError, match=says):
+            round_params(params, recipe, 1, "params.yaml", "recipes/r.yaml", [bad])
+
+
+def test_params_refuse_a_background_set_item_that_is_not_a_key_and_value():
+    raw = default_params_dict()
+    raw["review"]["background_set"] = ["tlc.enabled=false", "tlc.enabled"]
+    with pytest.raises(UserError, match=r"review.background_set\[1\].*not GROUP.KEY=VALUE"):
+        parse_params(raw)
+
+
+def test_warm_starts_wait_for_warm_after_decisions(tmp_path):
+    weights = tmp_path / "weights.pth"
+    assert warm_start_due(999, 1000, weights) is None
+    assert warm_start_due(1000, 1000, weights) == weights
+    assert warm_start_due(5000, 1000, None) is None  # no model finished yet
+    assert warm_start_due(0, 0, weights) == weights
 
 
 def test_round_recipe_is_the_12_epoch_pool_variant():
@@ -133,8 +171,8 @@ def tiny_round_repo(tmp_path: Path, every: int = 0) -> Path:
 
     params = deep_update(default_params_dict(), TINY)
     params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml",
-                        "warm_recipe": "",
-                        "fresh_votes": False}
+                        "warm_recipe": "", "fresh_votes": False,
+                        "background_set": ["evaluate.tta_flip=false"], "warm_after": 0}
     root = tmp_path / "repo"
     root.mkdir(parents=True)
     (root / "recipes").mkdir()
@@ -196,6 +234,12 @@ def test_background_run_is_a_named_experiment_and_writes_nothing(tmp_path, monke
     assert r.labels_of_model == 1
     names = exp_names(root)
     assert first.name in names and r.runs[1].name in names
+    # review.background_set is in the experiment's params; the workspace's are unchanged
+    ref = next(ref for ref in run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+                                  root).stdout.split() if ref.endswith(first.name))
+    ran = yaml.safe_load(run(["git", "show", f"{ref}:params.yaml"], root).stdout)
+    assert ran["evaluate"]["tta_flip"] is False
+    assert yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["tta_flip"] is True
     assert fingerprint(root) == before
     assert retrain_leftovers() == []
 

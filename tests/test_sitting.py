@@ -97,7 +97,7 @@ def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tm
     params = deep_update(default_params_dict(), TINY)
     params["suggest"]["page_size"] = 3
     params["review"] = {"retrain_every": 2, "round_recipe": "", "warm_recipe": "",
-                        "fresh_votes": True}
+                        "fresh_votes": True, "background_set": [], "warm_after": 0}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)

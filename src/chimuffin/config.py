@@ -137,7 +137,6 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Embed:
-    batch_size: int = num(1, 4096)
     n_neighbors: int = num(2, 200)
 
 
@@ -184,6 +183,13 @@ class Review:
     # the proposing model's outputs with every label given so far voting (curate/fresh_votes.py):
     # the neighbour half of each proposal is never older than the last page.
     fresh_votes: bool = field()
+    # Params a background retrain changes in its copy after the round recipe, each in DVC's
+    # `-S` form (GROUP.KEY=VALUE): what the page never reads need not be made there (3LC
+    # tables and run, flip TTA over every image). The experiment's params.yaml records them.
+    background_set: list[str] = field()
+    # Warm starts begin once the person has given this many decisions; before, every retrain
+    # starts from scratch (a few dozen steps from a model trained on few labels scored worse).
+    warm_after: int = num(0, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -256,9 +262,15 @@ def _check_range(key: str, value: Any, meta) -> None:
 # Keys that left their group: an old params.yaml, recipe or `dvc exp` names them where they were.
 MOVED = {"train.device": "runtime.device", "train.threads": "runtime.threads",
          "train.cpu_bf16": "runtime.cpu_bf16"}
+# Keys that are gone, and why: an old params.yaml names them.
+REMOVED = {"embed.batch_size": "the evaluate stage's pass over every image makes the "
+                               "embeddings too, in batches of evaluate.batch_size"}
 
 
 def _check_moved(keys: list[str], prefix: str) -> None:
+    gone = [f"{prefix}.{k}" for k in keys if f"{prefix}.{k}" in REMOVED]
+    if gone:
+        raise UserError(f"params: {gone[0]} is no longer a key ({REMOVED[gone[0]]}); delete it")
     moved = [f"{prefix}.{k}" for k in keys if f"{prefix}.{k}" in MOVED]
     if moved:
         raise UserError(f"params: {moved[0]} moved to {MOVED[moved[0]]} (the `runtime` group: "
@@ -317,8 +329,34 @@ def _convert(key: str, value: Any, tp, meta) -> Any:
     return value
 
 
+def parse_override(item: str, where: str) -> tuple[list[str], Any]:
+    """'GROUP.KEY=VALUE' (DVC's `-S` form, any depth) -> (key path, YAML-parsed value)."""
+    key, eq, value = item.partition("=")
+    path = key.strip().split(".")
+    if not eq or len(path) < 2 or not all(path):
+        raise UserError(f"{where}: {item!r} is not GROUP.KEY=VALUE (e.g. train.epochs=30)")
+    try:
+        return path, yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: {item!r}: the value is not YAML ({e})") from None
+
+
+def set_override(raw: dict, path: list[str], value: Any) -> None:
+    """Set one key of a params document in place (a missing group is made; the strict check
+    that follows refuses a key params.yaml does not have)."""
+    node = raw
+    for depth, k in enumerate(path[:-1]):
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise UserError(f"params: {'.'.join(path)}: {'.'.join(path[:depth + 1])} is a "
+                            "value, not a group")
+    node[path[-1]] = value
+
+
 def _check_relations(p: Params) -> None:
     """Constraints between keys that a per-key range cannot express."""
+    for i, item in enumerate(p.review.background_set):
+        parse_override(item, f"params: review.background_set[{i}]")
     if not p.prepare.data_dir.strip():
         raise UserError("params: prepare.data_dir must name the dataset folder (e.g. "
                         "data/raw/sample), got an empty string")

@@ -28,7 +28,7 @@ TINY = {
     "prepare": {"val_fraction": 0.34},
     "train": {"epochs": 1, "batch_size": 4},
     "evaluate": {"batch_size": 32},
-    "embed": {"batch_size": 32, "n_neighbors": 5},
+    "embed": {"n_neighbors": 5},
     "tlc": {"enabled": False},  # tests/test_tlc_pipeline.py runs the 3LC-enabled pipeline
 }
 

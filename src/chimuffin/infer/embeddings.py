@@ -27,8 +27,8 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def read_embeddings(path: str | Path) -> tuple[pd.Series, np.ndarray]:
-    """The embed stage's embeddings: (paths, N x 512 float32 rows)."""
-    df = read_parquet_output(path, "embeddings", "dvc repro embed", ["path", "embedding"])
+    """The embeddings the evaluate stage wrote: (paths, N x 512 float32 rows)."""
+    df = read_parquet_output(path, "embeddings", "dvc repro evaluate", ["path", "embedding"])
     return df["path"], np.stack(df["embedding"].to_numpy()).astype(np.float32)
 
 

@@ -7,10 +7,12 @@ A run never writes the workspace. It
    create`, which touches neither the files nor the stash list) read into it, the snapshot
    written as its label file, and the main repository's DVC cache as its cache;
 3. in the copy, sets the round recipe (params.yaml `review.round_recipe`) as its `train` group
-   and `runtime.threads` to every core, checks the result as strictly as any params file, and
-   runs `dvc exp run -n NAME` at a lower CPU priority (`nice -n 10`: the page goes first).
-   With a warm recipe (`review.warm_recipe`) and a background model already finished, the
-   run starts from that model's weights instead: they are put in the copy's
+   and `runtime.threads` to every core, then review.background_set's params (DVC's `-S`
+   form: what the page never reads, such as 3LC, need not be made), checks the result as
+   strictly as any params file, and runs `dvc exp run -n NAME` at a lower CPU priority (`nice
+   -n 10`: the page goes first). With a warm recipe (`review.warm_recipe`), a background model
+   already finished and at least review.warm_after person decisions, the run starts from that
+   model's weights instead: they are put in the copy's
    models/warm_start/ and `dvc add`ed (the train stage's dep records them), the warm recipe is
    the `train` group, and NAME ends in `-warm`;
 4. pushes the experiment's ref (refs/exps/...) into the main repository, so `dvc exp show`
@@ -41,7 +43,7 @@ import yaml
 
 from chimuffin import atomic
 from chimuffin import paths as default
-from chimuffin.config import load_yaml, parse_params
+from chimuffin.config import load_yaml, parse_override, parse_params, set_override
 from chimuffin.curate.fresh_votes import ModelOutputs, read_model_outputs
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.errors import UserError
@@ -73,9 +75,10 @@ def threads_for_run(cpus: int | None) -> int:
 
 
 def round_params(params_text: str, recipe_text: str | None, threads: int,
-                 params_name: str, recipe_name: str) -> dict:
-    """The copy's params: the workspace's, with the recipe's `train` group (None: keep it) and
-    runtime.threads; checked strictly (a bad recipe stops here, before any run)."""
+                 params_name: str, recipe_name: str, overrides: list[str] = ()) -> dict:
+    """The copy's params: the workspace's, with the recipe's `train` group (None: keep it),
+    runtime.threads, then `overrides` (review.background_set); checked strictly (a bad
+    recipe or override stops here, before any run)."""
     params = load_yaml(params_text, params_name)
     if recipe_text is not None:
         recipe = load_yaml(recipe_text, recipe_name)
@@ -87,7 +90,20 @@ def round_params(params_text: str, recipe_text: str | None, threads: int,
         parse_params(params)
     except UserError as e:
         raise UserError(f"{recipe_name}: {e}") from e
+    where = f"{params_name}: review.background_set"
+    for item in overrides:
+        set_override(params, *parse_override(item, where))
+    try:
+        parse_params(params)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from e
     return params
+
+
+def warm_start_due(labels: int, warm_after: int, last_weights: Path | None) -> Path | None:
+    """The weights a run starts from: the last background model's once the snapshot holds
+    warm_after person decisions (None: from scratch)."""
+    return last_weights if labels >= warm_after else None
 
 
 def experiment_name(labels: int, when: float, warm: bool = False) -> str:
@@ -282,14 +298,16 @@ class Retrainer:
         with locked.holding_lock(self.decisions):
             snapshot = locked.read(self.decisions, self.classes)
         run.labels = person_decisions(snapshot.decisions)
-        start_from = self.last_weights()
+        params_text = _read_text(self.params_file)  # the workspace's, as the run starts
+        review = parse_params(load_yaml(params_text, str(self.params_file))).review
+        start_from = warm_start_due(run.labels, review.warm_after, self.last_weights())
         run.warm = start_from is not None
         run.name = experiment_name(run.labels, run.started, run.warm)
         recipe = self.warm_recipe if run.warm else self.recipe
         recipe_file = self.root / recipe if recipe else None
         recipe_text = None if recipe_file is None else _read_text(recipe_file)
-        params = round_params(_read_text(self.params_file), recipe_text, self.threads,
-                              str(self.params_file), str(recipe_file or self.params_file))
+        params = round_params(params_text, recipe_text, self.threads, str(self.params_file),
+                              str(recipe_file or self.params_file), review.background_set)
         head = sh(["git", "rev-parse", "HEAD"], self.root)
         changes = sh(["git", "stash", "create"], self.root)  # "" when nothing is changed
         cache = sh(["dvc", "cache", "dir"], self.root)

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: metrics on validation (and test when present); predictions for every image."""
+"""Stage `evaluate`: metrics on validation (and test when present); predictions and 512-d
+embeddings for every image (one pass makes both: the embed stage maps them)."""
 
 import hashlib
 from pathlib import Path
@@ -7,6 +8,7 @@ import pandas as pd
 
 from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_json_output, read_manifest
+from chimuffin.infer.embeddings import embeddings_frame
 from chimuffin.infer.manifest_predictions import curve_tables, predict_manifest, split_metrics
 from chimuffin.model import load_checkpoint
 from chimuffin.progress import Progress
@@ -68,8 +70,9 @@ def main(args, params) -> None:
     images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
     with Progress("evaluate", len(df)) as bar:
-        pred, _ = predict_manifest(model, images, df, classes, params.evaluate.batch_size,
-                                   device, params.evaluate.tta_flip, progress=bar.update)
+        pred, emb = predict_manifest(model, images, df, classes, params.evaluate.batch_size,
+                                     device, params.evaluate.tta_flip, with_embeddings=True,
+                                     progress=bar.update)
     reports = {s: r for s in PLOT_SPLITS if (r := split_metrics(pred, s, classes))}
     out = Path(args.out)
     with atomic.atomic_dir(out) as tmp:
@@ -81,6 +84,8 @@ def main(args, params) -> None:
         for name, table in plot_tables(pred, classes, reports).items():
             table.to_csv(tmp / name, index=False, float_format="%.6g")
         write_report(tmp, args, params, meta, pred, df, images, reports)
+    Path(args.embeddings).parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_parquet(Path(args.embeddings), embeddings_frame(df["path"], emb))
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]
         print(f"evaluate: {split}: accuracy {r['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), "
@@ -95,6 +100,8 @@ if __name__ == "__main__":
     p.add_argument("--prepared", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--embeddings", required=True,
+                   help="the 512-d embeddings of every image (a parquet file)")
     p.add_argument("--reference", default=paths.REFERENCE_RECIPE,
                    help="the reference recipe the report compares params with")
     common.run(main, p.parse_args())

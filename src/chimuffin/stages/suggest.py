@@ -22,8 +22,8 @@ def main(args, params) -> None:
     pred_path = Path(args.predictions)
     pred = read_predictions(pred_path, classes)
     p_model = pred[[f"p_{c}" for c in classes]].to_numpy()[align(df, pred["path"], str(pred_path))]
-    emb_paths, emb = read_embeddings(Path(args.embed) / paths.EMBEDDINGS_FILE)
-    emb = emb[align(df, emb_paths, paths.EMBEDDINGS_FILE)]
+    emb_paths, emb = read_embeddings(args.embeddings)
+    emb = emb[align(df, emb_paths, args.embeddings)]
     images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     signatures = pixel_signatures(images, df["idx"].to_numpy())
 
@@ -57,6 +57,6 @@ if __name__ == "__main__":
     p.add_argument("--clean", required=True)
     p.add_argument("--prepared", required=True)
     p.add_argument("--predictions", required=True)
-    p.add_argument("--embed", required=True)
+    p.add_argument("--embeddings", required=True)
     p.add_argument("--out", required=True)
     common.run(main, p.parse_args())
