@@ -31,8 +31,8 @@ PARAMS = default_params_dict()
 OPTION_PATH = {"--clean": "CLEAN", "--prepared": "PREPARED", "--model": "MODEL",
                "--validation": "VALIDATION", "--decisions": "DECISIONS", "--tables": "TABLES",
                "--run": "RUN", "--live": "TRAIN_METRICS", "--predictions": "PREDICTIONS",
-               "--embeddings": "EMBEDDINGS", "--plot": "EMBED_PLOT", "--reference": "REFERENCE_RECIPE",
-               "--warm-start": "WARM_START"}
+               "--embeddings": "EMBEDDINGS", "--plot": "EMBED_PLOT",
+               "--reference": "REFERENCE_RECIPE", "--warm-start": "WARM_START"}
 STAGE_OUT = {"sample": "SAMPLE", "prepare": "PREPARED", "clean": "CLEAN", "tables": "TABLES",
              "evaluate": "EVAL", "embed": "PACMAP", "suggest": "SUGGEST"}
 

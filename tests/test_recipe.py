@@ -340,8 +340,9 @@ def test_refit_trains_on_validation_too_and_evaluate_says_it_is_not_held_out(tmp
          "label_conflicts": [], "by_label_source": {"folder": int(len(labeled_rows))},
          "by_split_label": {f"{s}/{lbl}": int(n) for (s, lbl), n in counts.items()}}))
     p = stage("evaluate", "--params", "params.yaml", "--clean", "clean", "--prepared",
-              "prepared", "--model", "models/best.pth", "--out", "eval",
-              "--reference", REPO / "recipes" / "reference.yaml", cwd=tmp_path)
+              "prepared", "--model", "models/best.pth", "--out", "eval", "--embeddings",
+              "embed/embeddings.parquet", "--reference", REPO / "recipes" / "reference.yaml",
+              cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "(NOT held out: train.refit trained on these images)" in p.stdout
     assert json.loads((tmp_path / "eval/report.json").read_text())["val_held_out"] is False

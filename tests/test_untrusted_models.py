@@ -146,7 +146,8 @@ def test_evaluate_stage_refuses_bad_model_files(models, evaluate_inputs, tmp_pat
     before = tree_hashes(tmp_path)
 
     p = stage("evaluate", "--params", "params.yaml", "--clean", "clean", "--prepared",
-              "prepared", "--model", "best.pth", "--out", "eval", cwd=tmp_path)
+              "prepared", "--model", "best.pth", "--out", "eval", "--embeddings",
+              "embeddings.parquet", cwd=tmp_path)
 
     assert p.returncode == 2
     line = error_line(p)

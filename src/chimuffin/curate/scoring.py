@@ -1,7 +1,7 @@
 """Label suggestions, label-issue scores and the review queue.
 
-Everything here is a pure function of the clean manifest, the evaluate stage's predictions, the
-embed stage's vectors and tiny pixel signatures. Two signals are combined:
+Everything here is a pure function of the clean manifest, the evaluate stage's predictions and
+embeddings (one pass makes both) and tiny pixel signatures. Two signals are combined:
 
 - the model's class probabilities, and
 - the labels of an image's nearest LABELED neighbours in embedding space (cosine kNN).
