@@ -23,8 +23,8 @@ import pandas as pd
 
 from chimuffin import paths as default
 from chimuffin.curate.pages import build_pages
-from chimuffin.curate.scoring import align, neighbour_table, pool_knn, pool_proposals
-from chimuffin.data.manifest import read_manifest, read_parquet_output
+from chimuffin.curate.scoring import neighbour_table, pool_knn, pool_proposals
+from chimuffin.data.manifest import align, read_manifest, read_parquet_output
 from chimuffin.infer.embeddings import read_embeddings, unit_rows
 from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.labels.rows import REMOVE, Decision
@@ -57,10 +57,10 @@ def read_model_outputs(root: Path, classes: list[str]) -> ModelOutputs:
     pred_file = root / default.EVAL / default.PREDICTIONS_FILE
     pred = read_predictions(pred_file, classes)
     p_model = pred[[f"p_{c}" for c in classes]].to_numpy()[
-        align(df, pred["path"], str(pred_file))]
+        align(df, pred["path"], str(pred_file), "suggest")]
     emb_file = root / default.EMBED / default.EMBEDDINGS_FILE
     emb_paths, emb = read_embeddings(emb_file)
-    unit = unit_rows(emb[align(df, emb_paths, str(emb_file))])
+    unit = unit_rows(emb[align(df, emb_paths, str(emb_file), "suggest")])
     suggest = root / default.SUGGEST
     scored = [read_parquet_output(suggest / name, what, "dvc repro suggest", ["path", *DUP_COLUMNS])
               for name, what in ((default.SUGGESTIONS_FILE, "suggestions"),

@@ -129,20 +129,6 @@ def near_duplicates(signatures: np.ndarray, content_hash: np.ndarray,
 
 # --- the tables ---------------------------------------------------------------------------
 
-def align(manifest: pd.DataFrame, paths: pd.Series, what: str,
-          stage: str = "suggest") -> np.ndarray:
-    """Row positions in `paths` for every manifest path; stale inputs stop with a clear error."""
-    pos = pd.Index(paths)
-    if not pos.is_unique:
-        raise UserError(f"{stage}: {what} lists a path twice")
-    at = pos.get_indexer(manifest["path"])
-    if (at < 0).any():
-        missing = manifest["path"].to_numpy()[at < 0]
-        raise UserError(f"{stage}: {what} has no row for {len(missing)} image(s) of the clean "
-                        f"manifest (e.g. {missing[0]}); it is stale: run `dvc repro`")
-    return at
-
-
 def pool_mask(df: pd.DataFrame) -> np.ndarray:
     """Unlabeled training images that nobody has decided about yet."""
     return ((df["split"] == "train") & (df["label"] == UNDEFINED)

@@ -63,6 +63,20 @@ def read_manifest(path: str | Path, columns: list[str] = COLUMNS) -> pd.DataFram
     return read_parquet_output(path, "manifest", "dvc repro", columns)
 
 
+def align(manifest: pd.DataFrame, paths: pd.Series, what: str, stage: str) -> np.ndarray:
+    """Row positions in `paths` for every manifest path; a stale input (`what`, read by
+    `stage`) stops with a clear error."""
+    pos = pd.Index(paths)
+    if not pos.is_unique:
+        raise UserError(f"{stage}: {what} lists a path twice")
+    at = pos.get_indexer(manifest["path"])
+    if (at < 0).any():
+        missing = manifest["path"].to_numpy()[at < 0]
+        raise UserError(f"{stage}: {what} has no row for {len(missing)} image(s) of the clean "
+                        f"manifest (e.g. {missing[0]}); it is stale: run `dvc repro`")
+    return at
+
+
 def open_cache(path: str | Path) -> np.ndarray:
     """Memory-map the image cache (N,3,S,S uint8): pages load on demand, memory stays bounded."""
     path = Path(path)

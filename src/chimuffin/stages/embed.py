@@ -6,8 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin import atomic, paths
-from chimuffin.curate.scoring import align
-from chimuffin.data.manifest import read_manifest
+from chimuffin.data.manifest import align, read_manifest
 from chimuffin.infer.embeddings import pacmap_reduce, read_embeddings, scatter_png
 from chimuffin.progress import timed
 from chimuffin.stages import common

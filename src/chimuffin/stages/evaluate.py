@@ -84,8 +84,7 @@ def main(args, params) -> None:
         for name, table in plot_tables(pred, classes, reports).items():
             table.to_csv(tmp / name, index=False, float_format="%.6g")
         write_report(tmp, args, params, meta, pred, df, images, reports)
-    Path(args.embeddings).parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_parquet(Path(args.embeddings), embeddings_frame(df["path"], emb))
+    atomic.write_parquet(args.embeddings, embeddings_frame(df["path"], emb))
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]
         print(f"evaluate: {split}: accuracy {r['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), "

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from chimuffin import atomic, paths
 from chimuffin.curate.pages import build_pages, summarize_pages
-from chimuffin.curate.scoring import align, build_tables, pixel_signatures, summarize
-from chimuffin.data.manifest import open_cache, read_manifest
+from chimuffin.curate.scoring import build_tables, pixel_signatures, summarize
+from chimuffin.data.manifest import align, open_cache, read_manifest
 from chimuffin.infer.embeddings import read_embeddings
 from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.stages import common
@@ -21,14 +21,15 @@ def main(args, params) -> None:
     df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
     pred_path = Path(args.predictions)
     pred = read_predictions(pred_path, classes)
-    p_model = pred[[f"p_{c}" for c in classes]].to_numpy()[align(df, pred["path"], str(pred_path))]
+    at = align(df, pred["path"], str(pred_path), "suggest")
+    p_model = pred[[f"p_{c}" for c in classes]].to_numpy()[at]
     emb_paths, emb = read_embeddings(args.embeddings)
-    emb = emb[align(df, emb_paths, args.embeddings)]
+    emb = emb[align(df, emb_paths, args.embeddings, "suggest")]
     images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     signatures = pixel_signatures(images, df["idx"].to_numpy())
 
     tables = build_tables(df, p_model, emb, signatures, classes, cfg)
-    pool_emb = emb[align(tables["suggestions"], df["path"], "the clean manifest")]
+    pool_emb = emb[align(tables["suggestions"], df["path"], "the clean manifest", "suggest")]
     tables["pages"] = build_pages(tables["suggestions"], pool_emb, cfg.page_size, cfg.page_order,
                                   cfg.uncertain_share)
     summary = {**summarize(tables, classes, cfg),
