@@ -94,7 +94,7 @@ from chimuffin.report.metrics import (
     paired_difference_upper_bound,
     wilson_interval,
 )
-from chimuffin.train.engine import LabeledSet, fit
+from chimuffin.train.engine import LabeledSet, fit, with_min_steps
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
@@ -255,6 +255,7 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     if max_train and max_train < len(train_rows):
         keep = np.sort(np.random.default_rng(seed).permutation(len(train_rows))[:max_train])
         train_rows, train_y = train_rows[keep], train_y[keep]
+    t = with_min_steps(t, len(train_rows))  # as the train stage does: epochs grown to min_steps
     runtime.setup(seed, params.runtime.threads)
     device = runtime.pick_device(params.runtime.device)
     model = build_model(len(classes), t.head, t.dropout, t.upsample)

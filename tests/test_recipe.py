@@ -10,7 +10,13 @@ import torch
 
 from chimuffin.config import load_params, load_yaml, parse_params
 from chimuffin.errors import UserError
-from chimuffin.train.engine import LabeledSet, fit, make_optimizer
+from chimuffin.train.engine import (
+    LabeledSet,
+    fit,
+    make_optimizer,
+    steps_per_epoch,
+    with_min_steps,
+)
 from chimuffin.train.regularize import (
     Mix,
     WeightEMA,
@@ -288,6 +294,50 @@ def test_fit_validates_every_n_epochs_and_after_the_last():
                on_epoch=lambda r, is_best: seen.append((r, is_best)))
     assert [math.isnan(r.val_acc) for r, _ in seen] == [True, False, False]
     assert not seen[0][1] and best.epoch in (2, 3)
+
+
+def test_min_steps_grows_the_epochs_only_while_the_images_are_few():
+    default = load_params(REPO / "params.yaml").train
+    t = default.__class__(**{**default.__dict__, "epochs": 12, "batch_size": 64,
+                             "min_steps": 400})
+    assert steps_per_epoch(344, 64) == 6 and steps_per_epoch(65, 64) == 1  # a tail of 1 dropped
+    assert with_min_steps(t, 344).epochs == 67                  # ceil(400 / 6)
+    assert with_min_steps(t, 2_200).epochs == 12                # 35 steps x 12 = 420 >= 400
+    assert with_min_steps(t, 2_200) is t
+    off = t.__class__(**{**t.__dict__, "min_steps": 0})
+    assert with_min_steps(off, 10) is off
+    grown = with_min_steps(t, 344)
+    assert {k for k in t.__dict__ if t.__dict__[k] != grown.__dict__[k]} == {"epochs"}
+
+
+@pytest.mark.slow
+def test_train_stage_trains_the_grown_epochs_and_says_so(tmp_path):
+    """min_steps on a training set of a few images: the stage prints why it trains more epochs
+    than train.epochs, trains them, and keeps the last of them."""
+    import json
+    import re
+
+    from chimuffin.data.manifest import read_manifest
+    from chimuffin.data.views import labeled
+    from chimuffin.model import load_checkpoint
+    from tests.helpers.badinput import stage, tiny_params, tiny_prepared, write_params
+
+    tiny_prepared(tmp_path, pool=2, seed=5)
+    n_train = len(labeled(read_manifest(tmp_path / "clean/manifest.parquet"), "train"))
+    per_epoch = steps_per_epoch(n_train, 4)
+    write_params(tmp_path / "params.yaml", tiny_params(
+        train={"epochs": 1, "min_steps": 3 * per_epoch, "keep": "last", "val_every": 100}))
+    p = stage("train", "--params", "params.yaml", "--clean", "clean", "--prepared", "prepared",
+              "--model", "models/best.pth", "--live", "metrics/train", "--tables", "tables",
+              "--run", "run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    line = f"{n_train} images make {per_epoch} steps an epoch; train.min_steps " \
+           f"{3 * per_epoch} grows 1 epochs to 3"
+    assert line in p.stdout
+    assert re.search(r"train: \d+ images, 3 epochs on", p.stdout)
+    summary = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
+    _, meta = load_checkpoint(tmp_path / "models/best.pth")
+    assert meta["epoch"] == summary["kept/epoch"] == summary["best/epoch"] == 3
 
 
 def test_refit_needs_the_last_weights_and_is_a_strict_bool():

@@ -98,8 +98,10 @@ def test_warm_starts_wait_for_warm_after_decisions(tmp_path):
 def test_round_recipe_is_the_12_epoch_pool_variant():
     pool = yaml.safe_load((REPO / "recipes/pool.yaml").read_text())["train"]
     rnd = yaml.safe_load((REPO / "recipes/round.yaml").read_text())["train"]
-    assert {k for k in pool if pool[k] != rnd[k]} == {"epochs", "res_min", "val_every"}
-    assert (rnd["epochs"], rnd["res_min"], rnd["val_every"]) == (12, 80, 8)
+    assert {k for k in pool if pool[k] != rnd[k]} == {"epochs", "min_steps", "res_min",
+                                                      "val_every"}
+    assert (rnd["epochs"], rnd["min_steps"], rnd["res_min"], rnd["val_every"]) == (12, 300, 80,
+                                                                                    1000)
     assert default_params_dict()["review"]["round_recipe"] == "recipes/round.yaml"
 
 

@@ -79,7 +79,8 @@ def test_warm_recipe_is_the_round_recipe_shortened():
     rnd = yaml.safe_load((REPO / "recipes/round.yaml").read_text())["train"]
     warm = yaml.safe_load((REPO / "recipes/round_warm.yaml").read_text())["train"]
     changed = {k for k in rnd if rnd[k] != warm[k]}
-    assert changed == {"epochs", "lr", "res_min", "ema_decay", "val_every"}
+    assert changed == {"epochs", "min_steps", "lr", "res_min", "ema_decay", "val_every"}
+    assert warm["min_steps"] == 0  # a warm start already has its steps behind it
     assert warm["epochs"] < rnd["epochs"] and warm["lr"] < rnd["lr"]
     assert experiment_name(5, 0.0, warm=True).endswith("-5-labels-warm")
 

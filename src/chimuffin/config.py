@@ -77,6 +77,10 @@ class Augment:
 @dataclass(frozen=True)
 class Train:
     epochs: int = num(1, 10_000)
+    # At least this many optimizer steps (0 = off): with few training images the epochs grow to
+    # ceil(min_steps / steps per epoch), so a small training set still gets the steps its
+    # schedule needs (one-cycle, cosine and the resolution ramp stretch; restart cycles do not).
+    min_steps: int = num(0, 10_000_000)
     batch_size: int = num(1, 4096)
     lr: float = num(0.0, 10.0, lo_open=True)
     weight_decay: float = num(0.0, 1.0)

@@ -2,7 +2,7 @@
 train.keep names (the best validation epoch or the last)."""
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,14 @@ from chimuffin.errors import UserError
 from chimuffin.model import build_model, load_checkpoint, save_checkpoint
 from chimuffin.progress import Progress, duration, eta
 from chimuffin.stages import common
-from chimuffin.train.engine import LabeledSet, check_cpu_bf16, fit, uses_cpu_bf16
+from chimuffin.train.engine import (
+    LabeledSet,
+    check_cpu_bf16,
+    fit,
+    steps_per_epoch,
+    uses_cpu_bf16,
+    with_min_steps,
+)
 
 
 def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:
@@ -131,6 +138,18 @@ def start_3lc(args, df, params):
     return None
 
 
+def grow_to_min_steps(params, n_train: int) -> tuple:
+    """params with train.epochs grown to reach train.min_steps on n_train images, and the line
+    that says so (None when nothing grew)."""
+    grown = with_min_steps(params.train, n_train)
+    if grown is params.train:
+        return params, None
+    per_epoch = steps_per_epoch(n_train, grown.batch_size)
+    return replace(params, train=grown), (
+        f"train: {n_train} images make {per_epoch} steps an epoch; train.min_steps "
+        f"{grown.min_steps} grows {params.train.epochs} epochs to {grown.epochs}")
+
+
 def done_line(params, device, n_train: int, best, kept: Kept) -> str:
     t = params.train
     precision = "bf16 autocast" if device.type == "cuda" or uses_cpu_bf16(
@@ -142,10 +161,13 @@ def done_line(params, device, n_train: int, best, kept: Kept) -> str:
 
 
 def main(args, params) -> None:
-    t = params.train
     df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
     images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     train, val = labeled_sets(df, images, params)
+    params, grown = grow_to_min_steps(params, len(train))
+    if grown:
+        print(grown, flush=True)
+    t = params.train
     device = choose_device(params)
     run3lc = start_3lc(args, df, params)
     model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)

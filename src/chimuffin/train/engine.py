@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -162,6 +162,21 @@ def evaluate_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray, labels
     return float(losses.mean()), float((logits.argmax(1) == labels).mean())
 
 
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch: the batches train_one_epoch makes (a last batch of one
+    image is dropped)."""
+    return sum(1 for _ in batches(n_train, batch_size, min_size=2))
+
+
+def with_min_steps(recipe, n_train: int):
+    """The recipe with its epochs grown to reach recipe.min_steps optimizer steps on n_train
+    images (unchanged when it already does, or min_steps is 0). Callers apply it before fit and
+    before anything that counts epochs, so every epoch-based setting sees the same count."""
+    per_epoch = max(1, steps_per_epoch(n_train, recipe.batch_size))
+    epochs = max(recipe.epochs, math.ceil(recipe.min_steps / per_epoch))
+    return recipe if epochs == recipe.epochs else replace(recipe, epochs=epochs)
+
+
 def fit(model: nn.Module, train: LabeledSet, val: LabeledSet, *, recipe, seed: int,
         device: torch.device, cpu_bf16: bool | str = False, eval_batch_size: int = 128,
         on_epoch: Callable[[EpochResult, bool], None] | None = None,
@@ -179,7 +194,7 @@ def fit(model: nn.Module, train: LabeledSet, val: LabeledSet, *, recipe, seed: i
     model.to(device).to(memory_format=CHANNELS_LAST)
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.optimizer_impl)
-    steps = sum(1 for _ in batches(len(train), cfg.batch_size, min_size=2))
+    steps = steps_per_epoch(len(train), cfg.batch_size)
     step_lr = make_lr_schedule(opt, cfg, steps)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     full = int(train.images.shape[-1])
