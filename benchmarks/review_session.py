@@ -27,7 +27,10 @@ Arms:
   records images verified, exceptions, background models finished, the person's idle time
   (0 by construction) and the validation accuracy (95% interval) of the model proposing the
   pages then; a last row when the sitting ends (the whole pool, or the last checkpoint
-  with --no-whole-pool).
+  with --no-whole-pool). The JSON keeps its page log too (each accepted page: when, images
+  verified on it, images its model put on it, wrong proposals, the proposing model), and
+  --on-wall-clock splits those pages at the checkpoints into whole ones and ones cut short
+  (some of their images were verified on an earlier model's pages).
 Each round's M takes the arm to the next checkpoint of --schedule (cumulative simulated
 minutes; pages are all or nothing, so an arm may stop a little short); the last round reviews
 the whole pool. Before each round, and after the last, `dvc repro` trains and evaluates: each
@@ -324,8 +327,9 @@ def wall_row(minutes: float, live: dict) -> WallCheckpoint:
 
 
 def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
-                   whole_pool: bool) -> list[WallCheckpoint]:
-    """One sitting in wall-clock time, sampled at the schedule's minutes since its first page."""
+                   whole_pool: bool) -> tuple[list[WallCheckpoint], list[dict]]:
+    """One sitting in wall-clock time, sampled at the schedule's minutes since its first page;
+    also its page log (curate/sitting.py PageDone, one per accepted page)."""
     import threading
 
     from chimuffin.config import load_params
@@ -376,7 +380,7 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
     rows.append(wall_row((time.monotonic() - start) / 60, live))
     print(wall_line(rows[-1]) + "  (the sitting's end)", flush=True)
     print(summary(done["sitting"]), flush=True)
-    return rows
+    return rows, [asdict(p) for p in done["sitting"].log]
 
 
 WALL_HEADER = (f"{'wall-min':>8} {'pages':>6} {'verified':>8} {'exc':>5} {'models':>6} "
@@ -470,7 +474,43 @@ def compare_on_wall_clock(rounds_file: Path, wall_file: Path | None, schedule: l
             lines.append(f"{r['minutes']:>8.1f} {r['verified']:>8} {r['exceptions']:>14} "
                          + " ".join(f"{exceptions_at(cps, r['verified']):>22.0f}"
                                     for cps in arms.values()))
+        if wall["wall_clock"].get("pages"):  # runs before the page log have none
+            lines += ["\nthe wall-clock arm's pages between checkpoints: whole (as their model "
+                      "built them) and cut (some images verified on an earlier model's pages)",
+                      PAGE_SPLIT_HEADER,
+                      *page_split_lines(wall["wall_clock"]["pages"],
+                                        wall["wall_clock"]["checkpoints"])]
     return "\n".join(lines)
+
+
+PAGE_SPLIT_HEADER = (f"{'wall-min':>8} {'verified':>8} {'whole pages: images (wrong)':>28} "
+                     f"{'cut pages: images (wrong)':>26}")
+
+
+def page_split(pages: list[dict], upto: int, since: int = 0) -> dict[str, list[int]]:
+    """Of the pages begun with `since` to `upto` images verified: [pages, images, wrong] on
+    whole pages and on cut ones."""
+    out = {"whole": [0, 0, 0], "cut": [0, 0, 0]}
+    for p in pages:
+        if since <= p["verified_before"] < upto:
+            tally = out["cut" if p["images"] < p["built"] else "whole"]
+            tally[0] += 1
+            tally[1] += p["images"]
+            tally[2] += p["wrong"]
+    return out
+
+
+def page_split_lines(pages: list[dict], checkpoints: list[dict]) -> list[str]:
+    lines, since = [], 0
+    for c in checkpoints:
+        if c["verified"] <= since:
+            continue
+        split = page_split(pages, c["verified"], since)
+        lines.append(f"{c['minutes']:>8.1f} {c['verified']:>8} "
+                     + " ".join(f"{f'{n} ({w})':>{width}}" for (_, n, w), width in
+                                ((split["whole"], 28), (split["cut"], 26))))
+        since = c["verified"]
+    return lines
 
 
 # --- reporting --------------------------------------------------------------------------------
@@ -610,12 +650,14 @@ def main(argv=None) -> int:
 
     rows: list[Checkpoint] = []
     wall: list[WallCheckpoint] = []
+    page_log: list[dict] = []
     cache = work / "dvc-cache"
     for arm in args.arms:
         repo = make_repo(work / f"repo-{arm}", params[arm], data.reviewed, cache)
         if arm == WALL_ARM:
             print(WALL_HEADER, flush=True)
-            wall = run_wall_clock(repo, truth_csv, classes, wall_schedule, args.whole_pool)
+            wall, page_log = run_wall_clock(repo, truth_csv, classes, wall_schedule,
+                                            args.whole_pool)
             print(HEADER, flush=True)
         elif arm == "ceiling":
             rows.append(run_ceiling(repo, data, classes))
@@ -640,7 +682,8 @@ def main(argv=None) -> int:
               "pool_images": len(data.pool_truth),
               "checkpoints": [{**asdict(r), "minutes": None if math.isnan(r.minutes)
                                else r.minutes} for r in rows],
-              "wall_clock": {"schedule": wall_schedule, "checkpoints": [asdict(r) for r in wall]}
+              "wall_clock": {"schedule": wall_schedule, "checkpoints": [asdict(r) for r in wall],
+                             "pages": page_log}
               if wall else None}
     (out / "review_session.json").write_text(json.dumps(result, indent=1) + "\n")
     if rows:  # (the wall-clock arm has its table only)

@@ -458,6 +458,10 @@ def test_review_session_wall_clock_smoke(tmp_path, capsys, monkeypatch):
     assert end["verified"] == result["pool_images"] and end["models_started"] >= 1
     assert end["accuracy"] is not None and end["n"] == result["validation_images"]
     assert end["lo"] <= end["accuracy"] <= end["hi"]
+    pages = result["wall_clock"]["pages"]  # the page log adds up to the sitting's totals
+    assert (len(pages), sum(p["images"] for p in pages), sum(p["wrong"] for p in pages)) == (
+        end["pages"], end["verified"], end["exceptions"])
+    assert all(0 < p["images"] <= p["built"] for p in pages)
     printed = capsys.readouterr().out
     assert "wall-clock arm" in printed and ", 0 failed" in printed
 
@@ -502,6 +506,17 @@ def test_wall_clock_run_compared_at_the_same_number_of_verified_images(tmp_path)
     text = rs.compare_on_wall_clock(rounds, wall, [0, 10])
     assert "pages-confident:" in text and "repro 2 (500 verified)" in text
     assert text.splitlines()[-1].split() == ["12.5", "750", "50", "65"]
+    assert "cut pages" not in text  # a run saved before the page log: no split
+    # with the page log: pages split at the checkpoints' counts into whole and cut ones
+    saved = json.loads(wall.read_text())
+    saved["wall_clock"]["pages"] = [
+        {"verified_before": 0, "images": 500, "built": 500, "wrong": 20},
+        {"verified_before": 500, "images": 100, "built": 300, "wrong": 10},
+        {"verified_before": 600, "images": 150, "built": 150, "wrong": 20}]
+    wall.write_text(json.dumps(saved))
+    lines = rs.compare_on_wall_clock(rounds, wall, [0, 10]).splitlines()
+    assert lines[-1].split() == ["12.5", "750", "650", "(40)", "100", "(10)"]
+    assert rs.page_split(saved["wall_clock"]["pages"], 600, 500)["cut"] == [1, 100, 10]
     with pytest.raises(UserError, match="no wall-clock arm"):
         rs.compare_on_wall_clock(rounds, rounds, [0])
     rounds.write_text(json.dumps({"cpu": "cpu A", "checkpoints": [{"arm": "ceiling"}]}))

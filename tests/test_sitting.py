@@ -65,6 +65,10 @@ def test_the_person_goes_at_the_cost_models_pace_and_never_waits(tmp_path):
     assert on_disk == {"p0": ("muffin", "oracle"), "p1": ("muffin", "human"),
                        "p2": ("muffin", "oracle"), "p3": ("chihuahua", "oracle")}
     assert "3 images verified on 2 pages, 1 exceptions" in summary(s)
+    # the page log: page 0 was cut (p1 verified before), page 1 whole; both the pipeline's
+    assert [(p.verified_before, p.images, p.built, p.wrong, p.model) for p in s.log] == [
+        (0, 1, 2, 0, "pipeline outputs"), (1, 2, 2, 1, "pipeline outputs")]
+    assert 0 <= s.log[0].at_s <= s.log[1].at_s
 
 
 def test_the_budget_stops_before_a_page_it_cannot_pay_for(tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +32,19 @@ from chimuffin.labels import locked
 from chimuffin.labels.rows import merge_decisions
 from chimuffin.paths import METRICS_FILE, PAGES_FILE
 from chimuffin.review.background import STOPPED, Retrainer, person_decisions, val_metrics
+
+
+@dataclass
+class PageDone:
+    """One page the person accepted: when, how much of it, and whose proposal it was. A page
+    holds fewer images than its model put on it when some of them were verified before it was
+    shown (on an earlier model's pages, or before the sitting)."""
+    at_s: float                 # wall-clock seconds since the first page, when it was written
+    verified_before: int        # images the person had verified before it
+    images: int                 # images verified on it
+    built: int                  # images its model put on it
+    wrong: int                  # wrong proposals (exceptions marked)
+    model: str                  # the model proposing it
 
 
 @dataclass
@@ -49,6 +62,7 @@ class Sitting:
     rebuilds: int = 0           # pages rebuilt with fresh votes
     rebuild_s: float = 0.0      # wall-clock seconds those rebuilds took
     reason: str = ""
+    log: list[PageDone] = field(default_factory=list)  # every page, in order
 
 
 def next_page(pages: pd.DataFrame, done: set[str]) -> tuple[int, pd.DataFrame] | None:
@@ -116,6 +130,8 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             snap = locked.read(decisions, classes)
             with guard:
                 found = next_page(state["pages"], person_decided(snap.decisions))
+                built = 0 if found is None else int((state["pages"]["page"] == found[0]).sum())
+                proposer = live["model"]["name"]
             if found is None:
                 out.reason = "every page is verified"
                 break
@@ -135,6 +151,8 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             out.seconds += seconds
             written = locked.update(decisions, classes,
                                     lambda old, new=new: merge_decisions(old, new)[0])
+            out.log.append(PageDone(round(time.monotonic() - started, 1), out.verified,
+                                    len(new), built, wrong, proposer))
             out.pages += 1
             out.verified += len(new)
             out.exceptions += wrong
