@@ -483,8 +483,8 @@ def compare_on_wall_clock(rounds_file: Path, wall_file: Path | None, schedule: l
     return "\n".join(lines)
 
 
-PAGE_SPLIT_HEADER = (f"{'wall-min':>8} {'verified':>8} {'whole pages: images (wrong)':>28} "
-                     f"{'cut pages: images (wrong)':>26}")
+PAGE_SPLIT_HEADER = (f"{'wall-min':>8} {'verified':>8} "
+                     f"{'whole: pages, images (wrong)':>30} {'cut: pages, images (wrong)':>28}")
 
 
 def page_split(pages: list[dict], upto: int, since: int = 0) -> dict[str, list[int]]:
@@ -507,8 +507,8 @@ def page_split_lines(pages: list[dict], checkpoints: list[dict]) -> list[str]:
             continue
         split = page_split(pages, c["verified"], since)
         lines.append(f"{c['minutes']:>8.1f} {c['verified']:>8} "
-                     + " ".join(f"{f'{n} ({w})':>{width}}" for (_, n, w), width in
-                                ((split["whole"], 28), (split["cut"], 26))))
+                     + " ".join(f"{f'{k}, {n} ({w})':>{width}}" for (k, n, w), width in
+                                ((split["whole"], 30), (split["cut"], 28))))
         since = c["verified"]
     return lines
 

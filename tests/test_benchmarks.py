@@ -515,7 +515,7 @@ def test_wall_clock_run_compared_at_the_same_number_of_verified_images(tmp_path)
         {"verified_before": 600, "images": 150, "built": 150, "wrong": 20}]
     wall.write_text(json.dumps(saved))
     lines = rs.compare_on_wall_clock(rounds, wall, [0, 10]).splitlines()
-    assert lines[-1].split() == ["12.5", "750", "650", "(40)", "100", "(10)"]
+    assert lines[-1].split() == ["12.5", "750", "2,", "650", "(40)", "1,", "100", "(10)"]
     assert rs.page_split(saved["wall_clock"]["pages"], 600, 500)["cut"] == [1, 100, 10]
     with pytest.raises(UserError, match="no wall-clock arm"):
         rs.compare_on_wall_clock(rounds, rounds, [0])

@@ -128,14 +128,14 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 out.reason = "stopped"
                 break
             snap = locked.read(decisions, classes)
-            with guard:
-                found = next_page(state["pages"], person_decided(snap.decisions))
-                built = 0 if found is None else int((state["pages"]["page"] == found[0]).sum())
-                proposer = live["model"]["name"]
+            with guard:  # a swap replaces the pages table (never changes it in place)
+                pages, proposer = state["pages"], live["model"]["name"]
+            found = next_page(pages, person_decided(snap.decisions))
             if found is None:
                 out.reason = "every page is verified"
                 break
             page, rows = found
+            built = int((pages["page"] == page).sum())  # what its model put on it
             label = rows["label"].iloc[0]
             new, wrong, unknown = page_answers(rows, truth, f"sitting page {page} ({label})",
                                                f"sitting page {page} exception")
