@@ -8,6 +8,7 @@ from chimuffin.curate.pages import (
     PAGE_SCHEMA,
     build_pages,
     page_end,
+    pages_left,
     priority_rank,
     summarize_pages,
 )
@@ -121,6 +122,19 @@ def test_a_page_takes_the_images_most_similar_to_its_seed():
     pages = build_pages(s, emb, 3, "confident")
     assert pages.groupby("page")["path"].apply("".join).tolist() == ["aec", "bfd"]
     assert pages.loc[0, "page_score"] == pytest.approx((0.99 + 0.6 + 0.8) / 3)
+
+
+def test_pages_left_are_built_again_on_the_images_not_verified_yet():
+    s = pd.DataFrame({"path": list("abcdef"), "label": ["muffin"] * 6,
+                      "score": [0.99, 0.9, 0.8, 0.7, 0.6, 0.5], "margin": 0.5, "agree": True,
+                      "model_label": "muffin", "knn_label": "muffin"})
+    emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9], [1, 0.05], [0.05, 1]])
+    # built on the snapshot: "aec" then "bfd"; with a and e verified since, dropping them
+    # would leave page "c" of one image first; built again, the best image left (b) seeds a
+    # full page and c waits for the page after it
+    left = pages_left(s, unit_rows(emb), {"a", "e"}, 3, "confident")
+    assert left.groupby("page")["path"].apply("".join).tolist() == ["bfd", "c"]
+    assert pages_left(s, unit_rows(emb), set(s["path"]), 3, "confident").empty
 
 
 def test_pages_are_deterministic_whatever_the_row_order():

@@ -153,6 +153,35 @@ def test_swap_in_keeps_old_pages_acceptable_and_tallies_each_model(tmp_path):
     assert data.models_state()["list"][0] == {**m[0], "verified": 3, "wrong": 1}
 
 
+def test_swap_in_rebuilt_builds_the_models_pages_again_on_the_images_left(tmp_path):
+    """With review.rebuild_on_swap, a model's pages are built again from its suggestions and
+    embeddings on the images not verified yet: full pages, where its own pages (built on its
+    snapshot) would have left a page of one image first."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    paths, data_dir, info = build_repo(tmp_path)
+    cfg = SimpleNamespace(page_size=2, page_order="confident", uncertain_share=None)
+    data = ReviewData(paths, CLASSES, data_dir, rebuild_on_swap=cfg)
+    pool = info["pool"]
+    data.verify({"page": 0, "exceptions": {}})  # pool 0-2, while the model trained
+    # its snapshot's pages: [pool 1, pool 3] then [pool 4]; pool 1 has been verified since
+    own = [("muffin", [(pool[1], 0.95), (pool[3], 0.6)]), ("muffin", [(pool[4], 0.9)])]
+    write_pages(tmp_path / "own.parquet", own)
+    suggestions = pd.DataFrame({
+        "path": pool[:5], "label": ["chihuahua", "muffin", "chihuahua", "muffin", "muffin"],
+        "score": [0.99, 0.95, 0.97, 0.6, 0.9], "margin": 0.5, "agree": True,
+        "model_label": "muffin", "knn_label": "muffin"})
+    unit = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    run_ = Run("review-x-3-labels", 3, "on demand", time.time(), finished=time.time(), ok=True,
+               pages=pd.read_parquet(tmp_path / "own.parquet"), page_inputs=(suggestions, unit))
+    data.swap_in(run_)
+    listed = data.state()["pages"]["list"]
+    assert [[im["path"] for im in pg["images"]] for pg in listed] == [[pool[4], pool[3]]]
+    assert [pg["label"] for pg in listed] == ["muffin"] and listed[0]["model"] == 1
+
+
 def test_swap_in_refuses_pages_of_images_outside_the_pool(tmp_path):
     paths, data_dir, info = build_repo(tmp_path)
     data = ReviewData(paths, CLASSES, data_dir)
@@ -173,7 +202,7 @@ def tiny_round_repo(tmp_path: Path, every: int = 0) -> Path:
 
     params = deep_update(default_params_dict(), TINY)
     params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml",
-                        "warm_recipe": "", "fresh_votes": False,
+                        "warm_recipe": "", "fresh_votes": False, "rebuild_on_swap": False,
                         "background_set": ["evaluate.tta_flip=false"], "warm_after": 0}
     root = tmp_path / "repo"
     root.mkdir(parents=True)

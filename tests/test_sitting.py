@@ -101,7 +101,8 @@ def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tm
     params = deep_update(default_params_dict(), TINY)
     params["suggest"]["page_size"] = 3
     params["review"] = {"retrain_every": 2, "round_recipe": "", "warm_recipe": "",
-                        "fresh_votes": True, "background_set": [], "warm_after": 0}
+                        "fresh_votes": True, "rebuild_on_swap": False, "background_set": [],
+                        "warm_after": 0}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)
@@ -146,10 +147,14 @@ def exp_run_niceness() -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("rebuild", [False, True], ids=["own-pages", "rebuilt-on-swap"])
+def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, monkeypatch,
+                                                                    rebuild):
     """The person is slow on its second page (it waits there until the background model is
     done, as a long page would): the pages after it come from that model, whose run ran at
-    nice 10 and is a named experiment; the workspace holds only the person's decisions."""
+    nice 10 and is a named experiment; the workspace holds only the person's decisions.
+    Rebuilt on swap, that model's pages hold only images left after the page on screen, so
+    none of them is cut."""
     import os
     import tempfile
     import time
@@ -180,7 +185,8 @@ def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, mon
     s = run_sitting(root, root / "params.yaml", root / "data/labels/decisions.csv",
                     root / "data/suggest", CLASSES, truth, math.inf, every=1,
                     recipe="recipes/tiny_round.yaml", cost=ReviewCost(), sleep=person,
-                    report=events.append, live=live)
+                    report=events.append, live=live,
+                    rebuild_on_swap=parse_params(params).suggest if rebuild else None)
     assert s.models_started >= 1 and s.models_finished >= 1, events
     assert s.idle_s == 0 and s.reason == "every page is verified"
     assert niceness and set(niceness) == {own_nice + 10}
@@ -189,6 +195,8 @@ def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, mon
     assert after, events  # pages were verified after the swap, proposed by the new model
     proposer = after[0][2]
     assert proposer.startswith("review-") and proposer in exp_names(root), events
+    if rebuild:  # every page a background model proposed
+        assert all(p.images == p.built for p in s.log if p.model.startswith("review-")), s.log
     rows = read_decisions(root / "data/labels/decisions.csv", CLASSES)
     assert all(truth[d.path] == d.label for d in rows if d.source == "oracle")
     changed = [c for c in run(["git", "status", "--porcelain"], root).stdout.split("\n") if c]

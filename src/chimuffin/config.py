@@ -187,6 +187,10 @@ class Review:
     # the proposing model's outputs with every label given so far voting (curate/fresh_votes.py):
     # the neighbour half of each proposal is never older than the last page.
     fresh_votes: bool = field()
+    # When a background model swaps in, build its pages again on the images not verified yet
+    # (full pages, seeded from its best image left) instead of dropping the verified images
+    # from the pages it built on its snapshot.
+    rebuild_on_swap: bool = field()
     # Params a background retrain changes in its copy after the round recipe, each in DVC's
     # `-S` form (GROUP.KEY=VALUE): what the page never reads need not be made there (3LC
     # tables and run, flip TTA over every image). The experiment's params.yaml records them.

@@ -127,7 +127,9 @@ def run_background(args) -> int:
                         params.review.retrain_every, params.review.round_recipe, rv.cost,
                         eval_dir=root / args.eval_dir,
                         fresh_votes=params.suggest if params.review.fresh_votes else None,
-                        warm_recipe=params.review.warm_recipe)
+                        warm_recipe=params.review.warm_recipe,
+                        rebuild_on_swap=(params.suggest if params.review.rebuild_on_swap
+                                         else None))
     print(summary(s))
     return 0
 

@@ -52,14 +52,17 @@ def run(args) -> int:
     data_dir = Path(params.prepare.data_dir)
     data = ReviewData(Paths.under(root, args.params, args.decisions, args.state),
                       params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir,
-                      fresh_votes=params.suggest if params.review.fresh_votes else None)
+                      fresh_votes=params.suggest if params.review.fresh_votes else None,
+                      rebuild_on_swap=(params.suggest if params.review.rebuild_on_swap
+                                       else None))
     retrainer = None
     if not args.no_retrain:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,
                               params.base.classes, params.review.retrain_every,
                               params.review.round_recipe, data.models[0]["labels"],
                               on_done=data.swap_in, keep_outputs=data.outputs is not None,
-                              warm_recipe=params.review.warm_recipe)
+                              warm_recipe=params.review.warm_recipe,
+                              keep_page_inputs=data.rebuild is not None)
     server = bind(data, args.port, retrainer)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \

@@ -135,6 +135,16 @@ def build_pages(suggestions: pd.DataFrame, embeddings: np.ndarray, page_size: in
     return out.astype(PAGE_SCHEMA)
 
 
+def pages_left(suggestions: pd.DataFrame, unit: np.ndarray, done: set[str], page_size: int,
+               order: str, uncertain_share: float | None = None) -> pd.DataFrame:
+    """A model's pages built again on the images not verified yet (`done` left out): every page
+    full and seeded from the best image left, where dropping the verified images from the pages
+    it built on its snapshot would leave the remnants of its best clusters first.
+    unit: the suggestions' unit embeddings, row-aligned."""
+    keep = ~suggestions["path"].isin(done).to_numpy()
+    return build_pages(suggestions[keep], unit[keep], page_size, order, uncertain_share)
+
+
 def summarize_pages(pages: pd.DataFrame, classes: list[str], page_size: int, order: str,
                     uncertain_share: float | None = None) -> dict:
     per_page = pages.groupby("page")["label"].first()

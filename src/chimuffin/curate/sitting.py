@@ -6,13 +6,14 @@ each page costs: ReviewCost), answering from a file of true labels, and writes e
 label file at once under its lock (source `oracle`). Background runs start every
 `review.retrain_every` new decisions (the round recipe, on a throwaway copy, as named DVC
 experiments); when one finishes, its pages replace the current ones for the images not
-verified yet, between two pages. With fresh votes (`review.fresh_votes`), the pages are also
-rebuilt after every page the person accepts, from the proposing model's outputs with every
-label given so far voting (curate/fresh_votes.py); the time that takes is counted apart
-(`rebuild_s`: the page turn a person would wait for). The person never waits for a model:
-idle time is 0 by construction. The sitting ends when the budget cannot pay for the next page
-or every page is verified; a run still going then is stopped. Nothing is committed: the label
-file is left changed, as after a session on the review page.
+verified yet, between two pages (with `review.rebuild_on_swap`, built again on those images and
+not on the page on screen: curate/pages.py pages_left). With fresh votes (`review.fresh_votes`),
+the pages are also rebuilt after every page the person accepts, from the proposing model's
+outputs with every label given so far voting (curate/fresh_votes.py); the time that takes is
+counted apart (`rebuild_s`: the page turn a person would wait for). The person never waits for
+a model: idle time is 0 by construction. The sitting ends when the budget cannot pay for the
+next page or every page is verified; a run still going then is stopped. Nothing is committed:
+the label file is left changed, as after a session on the review page.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
-from chimuffin.curate.pages import read_pages
+from chimuffin.curate.pages import pages_left, read_pages
 from chimuffin.curate.simulated_review import EPS, ReviewCost, page_answers, person_decided
 from chimuffin.labels import locked
 from chimuffin.labels.rows import merge_decisions
@@ -80,15 +81,18 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 sleep: Callable[[float], None] = time.sleep,
                 report: Callable[[str], None] = print, live: dict | None = None,
                 eval_dir: Path | None = None, fresh_votes=None,
-                stop: threading.Event | None = None, warm_recipe: str = "") -> Sitting:
+                stop: threading.Event | None = None, warm_recipe: str = "",
+                rebuild_on_swap=None) -> Sitting:
     """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
     and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
     samples them (benchmarks/review_session.py). fresh_votes: the `suggest` params to rebuild
     pages with after each page (review.fresh_votes), or None: each model's own pages.
     warm_recipe: review.warm_recipe (retrains after the first start from the last model).
+    rebuild_on_swap: the `suggest` params to build a finished model's pages again with, on the
+    images not verified yet (review.rebuild_on_swap), or None: its own pages.
     `stop`: set by a watcher in another thread to end the sitting before its next page is
     written (pass `sleep=stop.wait` so that a page's wait ends at once too)."""
-    state = {"pages": read_pages(suggest_dir / PAGES_FILE),
+    state = {"pages": read_pages(suggest_dir / PAGES_FILE), "on_screen": set(),
              "outputs": None if fresh_votes is None else read_model_outputs(root, classes)}
     out = Sitting()
     guard = threading.Lock()
@@ -105,7 +109,14 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
 
     def swap(run) -> None:  # a background model finished: its pages from the next page on
         with guard:
-            if fresh_votes is None:
+            if fresh_votes is None and rebuild_on_swap is not None:
+                cfg, (suggestions, unit) = rebuild_on_swap, run.page_inputs
+                # the page the person is on is verified too by the time these are shown
+                done = (person_decided(locked.read(decisions, classes).decisions)
+                        | state["on_screen"])
+                state["pages"] = pages_left(suggestions, unit, done, cfg.page_size,
+                                            cfg.page_order, cfg.uncertain_share)
+            elif fresh_votes is None:
                 state["pages"] = run.pages  # read_pages sorted it
             else:  # its snapshot's labels are older than the label file's
                 state["outputs"] = run.outputs
@@ -120,7 +131,8 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
     start_labels = person_decisions(locked.read(decisions, classes).decisions)
     retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,
                           on_done=swap, keep_outputs=fresh_votes is not None,
-                          warm_recipe=warm_recipe)
+                          warm_recipe=warm_recipe,
+                          keep_page_inputs=rebuild_on_swap is not None)
     started = time.monotonic()
     try:
         while True:
@@ -130,7 +142,8 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             snap = locked.read(decisions, classes)
             with guard:  # a swap replaces the pages table (never changes it in place)
                 pages, proposer = state["pages"], live["model"]["name"]
-            found = next_page(pages, person_decided(snap.decisions))
+                found = next_page(pages, person_decided(snap.decisions))
+                state["on_screen"] = set() if found is None else set(found[1]["path"])
             if found is None:
                 out.reason = "every page is verified"
                 break

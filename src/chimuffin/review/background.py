@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -137,6 +138,8 @@ class Run:
     val_accuracy: float | None = None
     val_n: int | None = None    # validation images behind val_accuracy
     outputs: ModelOutputs | None = field(default=None, repr=False)  # for fresh votes
+    # its suggestions and their unit embeddings, to build its pages again at a swap
+    page_inputs: tuple[pd.DataFrame, np.ndarray] | None = field(default=None, repr=False)
     warm: bool = False          # started from the last background model's weights
 
     def public(self) -> dict:
@@ -159,9 +162,11 @@ class Retrainer:
     def __init__(self, root: Path, params_file: Path, decisions: Path, classes: list[str],
                  every: int, recipe: str, labels_of_model: int,
                  on_done: Callable[[Run], None] | None = None, cpus: int | None = None,
-                 keep_outputs: bool = False, warm_recipe: str = ""):
+                 keep_outputs: bool = False, warm_recipe: str = "",
+                 keep_page_inputs: bool = False):
         self.root, self.params_file, self.decisions = root.resolve(), params_file, decisions
         self.keep_outputs = keep_outputs  # a finished run also reads its ModelOutputs
+        self.keep_page_inputs = keep_page_inputs  # ... and what its pages are built from
         self.warm_recipe = warm_recipe
         # the last finished run's weights (a copy outside the workspace), when warm_recipe
         self.weights_dir: Path | None = None
@@ -259,6 +264,7 @@ class Retrainer:
                 self.labels_of_model = run.labels
             # handed over; not kept twice
             run.pages = run.suggestions = run.neighbours = run.outputs = None
+            run.page_inputs = None
             self.runs.append(run)
             self.running, queued = None, self.queued
             self.queued = None
@@ -345,6 +351,8 @@ class Retrainer:
         run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
         if self.keep_outputs:
             run.outputs = read_model_outputs(copy, self.classes)
+        if self.keep_page_inputs:
+            run.page_inputs = read_copy_page_inputs(copy)
         if self.warm_recipe:
             self.keep_weights(copy / default.MODEL)
 
@@ -375,6 +383,21 @@ def read_copy_suggestions(copy: Path) -> pd.DataFrame:
     from chimuffin.review.verify import EVIDENCE_COLUMNS
 
     return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE, EVIDENCE_COLUMNS)
+
+
+def read_copy_page_inputs(copy: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The copy's suggestions with what the page builder reads, and their unit embeddings
+    (row-aligned), for curate/pages.py pages_left."""
+    from chimuffin.curate.scoring import SUGGESTION_COLUMNS, read_suggestions
+    from chimuffin.data.manifest import align
+    from chimuffin.infer.embeddings import read_embeddings, unit_rows
+
+    suggestions = read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE,
+                                   [*SUGGESTION_COLUMNS, "margin"])
+    emb_file = copy / default.EMBED / default.EMBEDDINGS_FILE
+    paths, emb = read_embeddings(emb_file)
+    unit = unit_rows(emb[align(suggestions, paths, str(emb_file), "the swap")])
+    return suggestions, unit
 
 
 def read_copy_neighbours(copy: Path) -> pd.DataFrame:

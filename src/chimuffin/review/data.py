@@ -25,6 +25,7 @@ import pandas as pd
 
 from chimuffin import paths as default
 from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
+from chimuffin.curate.pages import pages_left
 from chimuffin.curate.scoring import QUEUE_COLUMNS, read_queue
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.data.manifest import read_manifest
@@ -94,9 +95,11 @@ class ReviewData:
     """The pipeline outputs the page shows, and the label file it writes."""
 
     def __init__(self, paths: Paths, classes: list[str], data_dir: Path, clock=time.time,
-                 fresh_votes=None):
+                 fresh_votes=None, rebuild_on_swap=None):
         """fresh_votes: the `suggest` params to rebuild the pages with after each accepted page
-        (review.fresh_votes; curate/fresh_votes.py), or None: each model's own pages."""
+        (review.fresh_votes; curate/fresh_votes.py), or None: each model's own pages.
+        rebuild_on_swap: the `suggest` params to build a background model's pages again with,
+        on the images not verified yet, when it swaps in (review.rebuild_on_swap), or None."""
         self.paths, self.classes, self.clock = paths, classes, clock
         self.labels = allowed_labels(classes)
         self.data_dir = data_dir.resolve()
@@ -135,6 +138,7 @@ class ReviewData:
         self.list_version = 0  # one more each time the pages list is replaced
         self.refreshing = threading.Lock()  # held while fresh votes rebuild the pages
         self.fresh = fresh_votes
+        self.rebuild = rebuild_on_swap
         # the proposing model's outputs, for fresh votes (none without pages: nothing to
         # rebuild); outputs it cannot read turn fresh votes off, and the page says why
         self.outputs, self.fresh_error = None, None
@@ -358,8 +362,13 @@ class ReviewData:
             self.refresh(run.outputs, model)
             return
         path = Path(run.name) / default.PAGES_FILE
-        new = check_pages(run.pages, path, set(self.pool), self.classes)
         _, decisions = self.read_label_file()
+        new = run.pages
+        if self.rebuild is not None and run.page_inputs is not None:
+            cfg, (suggestions, unit) = self.rebuild, run.page_inputs
+            new = pages_left(suggestions, unit, {d.path for d in decisions if is_verified(d)},
+                             cfg.page_size, cfg.page_order, cfg.uncertain_share)
+        new = check_pages(new, path, set(self.pool), self.classes)
         with self.lock:
             self.models.append(model)
             self._show(new, decisions, run.suggestions, run.neighbours, run.name)
