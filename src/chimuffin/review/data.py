@@ -364,7 +364,10 @@ class ReviewData:
         path = Path(run.name) / default.PAGES_FILE
         _, decisions = self.read_label_file()
         new = run.pages
-        if self.rebuild is not None and run.page_inputs is not None:
+        if self.rebuild is not None:
+            if run.page_inputs is None:
+                raise UserError(f"{run.name}: no suggestions and embeddings kept to build its "
+                                "pages again (review.rebuild_on_swap)")
             cfg, (suggestions, unit) = self.rebuild, run.page_inputs
             new = pages_left(suggestions, unit, {d.path for d in decisions if is_verified(d)},
                              cfg.page_size, cfg.page_order, cfg.uncertain_share)
