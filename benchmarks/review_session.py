@@ -476,12 +476,35 @@ def compare_on_wall_clock(rounds_file: Path, wall_file: Path | None, schedule: l
                          + " ".join(f"{exceptions_at(cps, r['verified']):>22.0f}"
                                     for cps in arms.values()))
         if wall["wall_clock"].get("pages"):  # runs before the page log have none
-            lines += ["\nthe wall-clock arm's pages between checkpoints: whole (as their model "
+            pages = wall["wall_clock"]["pages"]
+            lines += ["\nthe wall-clock arm's pages by proposing model, and the round-based "
+                      "arms' wrong proposals over the same counts (interpolated)",
+                      f"{'model':<44} {'verified':>11} {'pages':>5} {'images':>6} {'wrong':>5} "
+                      + " ".join(f"{arm + ' wrong':>24}" for arm in arms),
+                      *(f"{m['model']:<44} {f'{lo}-{hi}':>11} {m['pages']:>5} {m['images']:>6} "
+                        f"{m['wrong']:>5} "
+                        + " ".join(f"{exceptions_at(cps, hi) - exceptions_at(cps, lo):>24.0f}"
+                                   for cps in arms.values())
+                        for m in pages_by_model(pages) for lo, hi in [(m["first"], m["last"])]),
+                      "\nthe wall-clock arm's pages between checkpoints: whole (as their model "
                       "built them) and cut (some images verified on an earlier model's pages)",
                       PAGE_SPLIT_HEADER,
-                      *page_split_lines(wall["wall_clock"]["pages"],
-                                        wall["wall_clock"]["checkpoints"])]
+                      *page_split_lines(pages, wall["wall_clock"]["checkpoints"])]
     return "\n".join(lines)
+
+
+def pages_by_model(pages: list[dict]) -> list[dict]:
+    """Per proposing model, in the order they proposed: its pages, images, wrong proposals,
+    and the verified count before its first page (first) and after its last (last)."""
+    out: dict[str, dict] = {}
+    for p in pages:
+        m = out.setdefault(p["model"], {"model": p["model"], "pages": 0, "images": 0,
+                                        "wrong": 0, "first": p["verified_before"]})
+        m["pages"] += 1
+        m["images"] += p["images"]
+        m["wrong"] += p["wrong"]
+        m["last"] = p["verified_before"] + p["images"]
+    return list(out.values())
 
 
 PAGE_SPLIT_HEADER = (f"{'wall-min':>8} {'verified':>8} "

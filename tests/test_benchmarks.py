@@ -510,13 +510,17 @@ def test_wall_clock_run_compared_at_the_same_number_of_verified_images(tmp_path)
     # with the page log: pages split at the checkpoints' counts into whole and cut ones
     saved = json.loads(wall.read_text())
     saved["wall_clock"]["pages"] = [
-        {"verified_before": 0, "images": 500, "built": 500, "wrong": 20},
-        {"verified_before": 500, "images": 100, "built": 300, "wrong": 10},
-        {"verified_before": 600, "images": 150, "built": 150, "wrong": 20}]
+        {"verified_before": 0, "images": 500, "built": 500, "wrong": 20, "model": "first"},
+        {"verified_before": 500, "images": 100, "built": 300, "wrong": 10, "model": "second"},
+        {"verified_before": 600, "images": 150, "built": 150, "wrong": 20, "model": "second"}]
     wall.write_text(json.dumps(saved))
     lines = rs.compare_on_wall_clock(rounds, wall, [0, 10]).splitlines()
     assert lines[-1].split() == ["12.5", "750", "2,", "650", "(40)", "1,", "100", "(10)"]
     assert rs.page_split(saved["wall_clock"]["pages"], 600, 500)["cut"] == [1, 100, 10]
+    # per proposing model, beside the round-based arm over the same counts (40 at 500, 65 at 750)
+    assert rs.pages_by_model(saved["wall_clock"]["pages"])[1] == {
+        "model": "second", "pages": 2, "images": 250, "wrong": 30, "first": 500, "last": 750}
+    assert "second 500-750 2 250 30 25" in " ".join(" ".join(lines).split())
     with pytest.raises(UserError, match="no wall-clock arm"):
         rs.compare_on_wall_clock(rounds, rounds, [0])
     rounds.write_text(json.dumps({"cpu": "cpu A", "checkpoints": [{"arm": "ceiling"}]}))

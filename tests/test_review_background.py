@@ -172,10 +172,13 @@ def test_swap_in_rebuilt_builds_the_models_pages_again_on_the_images_left(tmp_pa
     suggestions = pd.DataFrame({
         "path": pool[:5], "label": ["chihuahua", "muffin", "chihuahua", "muffin", "muffin"],
         "score": [0.99, 0.95, 0.97, 0.6, 0.9], "margin": 0.5, "agree": True,
-        "model_label": "muffin", "knn_label": "muffin"})
+        "model_label": "muffin", "model_conf": 0.9, "knn_label": "muffin", "knn_conf": 0.9,
+        "knn_sim": 0.8, "nearest_labeled": "", "dup_of": "", "dup_sim": 0.0,
+        "near_duplicate": False})
     unit = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     run_ = Run("review-x-3-labels", 3, "on demand", time.time(), finished=time.time(), ok=True,
-               pages=pd.read_parquet(tmp_path / "own.parquet"), page_inputs=(suggestions, unit))
+               pages=pd.read_parquet(tmp_path / "own.parquet"), suggestions=suggestions,
+               unit=unit)
     data.swap_in(run_)
     listed = data.state()["pages"]["list"]
     assert [[im["path"] for im in pg["images"]] for pg in listed] == [[pool[4], pool[3]]]

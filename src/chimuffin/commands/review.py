@@ -62,7 +62,7 @@ def run(args) -> int:
                               params.review.round_recipe, data.models[0]["labels"],
                               on_done=data.swap_in, keep_outputs=data.outputs is not None,
                               warm_recipe=params.review.warm_recipe,
-                              keep_page_inputs=data.rebuild is not None)
+                              keep_unit=data.rebuild is not None)
     server = bind(data, args.port, retrainer)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \

@@ -27,12 +27,18 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
-from chimuffin.curate.pages import pages_left, read_pages
+from chimuffin.curate.pages import read_pages
 from chimuffin.curate.simulated_review import EPS, ReviewCost, page_answers, person_decided
 from chimuffin.labels import locked
 from chimuffin.labels.rows import merge_decisions
 from chimuffin.paths import METRICS_FILE, PAGES_FILE
-from chimuffin.review.background import STOPPED, Retrainer, person_decisions, val_metrics
+from chimuffin.review.background import (
+    STOPPED,
+    Retrainer,
+    pages_at_swap,
+    person_decisions,
+    val_metrics,
+)
 
 
 @dataclass
@@ -109,15 +115,11 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
 
     def swap(run) -> None:  # a background model finished: its pages from the next page on
         with guard:
-            if fresh_votes is None and rebuild_on_swap is not None:
-                cfg, (suggestions, unit) = rebuild_on_swap, run.page_inputs
+            if fresh_votes is None:  # (next_page skips what is verified)
                 # the page the person is on is verified too by the time these are shown
                 done = (person_decided(locked.read(decisions, classes).decisions)
                         | state["on_screen"])
-                state["pages"] = pages_left(suggestions, unit, done, cfg.page_size,
-                                            cfg.page_order, cfg.uncertain_share)
-            elif fresh_votes is None:
-                state["pages"] = run.pages  # read_pages sorted it
+                state["pages"] = pages_at_swap(run, done, rebuild_on_swap)
             else:  # its snapshot's labels are older than the label file's
                 state["outputs"] = run.outputs
                 rebuild(locked.read(decisions, classes).decisions)
@@ -132,7 +134,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
     retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,
                           on_done=swap, keep_outputs=fresh_votes is not None,
                           warm_recipe=warm_recipe,
-                          keep_page_inputs=rebuild_on_swap is not None)
+                          keep_unit=rebuild_on_swap is not None)
     started = time.monotonic()
     try:
         while True:

@@ -138,8 +138,8 @@ class Run:
     val_accuracy: float | None = None
     val_n: int | None = None    # validation images behind val_accuracy
     outputs: ModelOutputs | None = field(default=None, repr=False)  # for fresh votes
-    # its suggestions and their unit embeddings, to build its pages again at a swap
-    page_inputs: tuple[pd.DataFrame, np.ndarray] | None = field(default=None, repr=False)
+    # unit embeddings row-aligned with `suggestions`, to build its pages again at a swap
+    unit: np.ndarray | None = field(default=None, repr=False)
     warm: bool = False          # started from the last background model's weights
 
     def public(self) -> dict:
@@ -163,10 +163,10 @@ class Retrainer:
                  every: int, recipe: str, labels_of_model: int,
                  on_done: Callable[[Run], None] | None = None, cpus: int | None = None,
                  keep_outputs: bool = False, warm_recipe: str = "",
-                 keep_page_inputs: bool = False):
+                 keep_unit: bool = False):
         self.root, self.params_file, self.decisions = root.resolve(), params_file, decisions
         self.keep_outputs = keep_outputs  # a finished run also reads its ModelOutputs
-        self.keep_page_inputs = keep_page_inputs  # ... and what its pages are built from
+        self.keep_unit = keep_unit  # ... and its embeddings, to build its pages again
         self.warm_recipe = warm_recipe
         # the last finished run's weights (a copy outside the workspace), when warm_recipe
         self.weights_dir: Path | None = None
@@ -263,8 +263,7 @@ class Retrainer:
             if run.ok:
                 self.labels_of_model = run.labels
             # handed over; not kept twice
-            run.pages = run.suggestions = run.neighbours = run.outputs = None
-            run.page_inputs = None
+            run.pages = run.suggestions = run.neighbours = run.outputs = run.unit = None
             self.runs.append(run)
             self.running, queued = None, self.queued
             self.queued = None
@@ -351,8 +350,8 @@ class Retrainer:
         run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
         if self.keep_outputs:
             run.outputs = read_model_outputs(copy, self.classes)
-        if self.keep_page_inputs:
-            run.page_inputs = read_copy_page_inputs(copy)
+        if self.keep_unit:
+            run.unit = read_copy_unit(copy, run.suggestions)
         if self.warm_recipe:
             self.keep_weights(copy / default.MODEL)
 
@@ -378,26 +377,38 @@ def read_copy_pages(copy: Path) -> pd.DataFrame:
 
 
 def read_copy_suggestions(copy: Path) -> pd.DataFrame:
-    """The copy's suggestions, with the columns the enlarged view's evidence needs."""
-    from chimuffin.curate.scoring import read_suggestions
+    """The copy's suggestions, with the columns the enlarged view's evidence needs and those
+    the page builder reads (to build its pages again at a swap)."""
+    from chimuffin.curate.scoring import SUGGESTION_COLUMNS, read_suggestions
     from chimuffin.review.verify import EVIDENCE_COLUMNS
 
-    return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE, EVIDENCE_COLUMNS)
+    return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE,
+                            list(dict.fromkeys([*EVIDENCE_COLUMNS, *SUGGESTION_COLUMNS, "margin"])))
 
 
-def read_copy_page_inputs(copy: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """The copy's suggestions with what the page builder reads, and their unit embeddings
-    (row-aligned), for curate/pages.py pages_left."""
-    from chimuffin.curate.scoring import SUGGESTION_COLUMNS, read_suggestions
+def read_copy_unit(copy: Path, suggestions: pd.DataFrame) -> np.ndarray:
+    """The copy's unit embeddings, row-aligned with its suggestions."""
     from chimuffin.data.manifest import align
     from chimuffin.infer.embeddings import read_embeddings, unit_rows
 
-    suggestions = read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE,
-                                   [*SUGGESTION_COLUMNS, "margin"])
     emb_file = copy / default.EMBED / default.EMBEDDINGS_FILE
     paths, emb = read_embeddings(emb_file)
-    unit = unit_rows(emb[align(suggestions, paths, str(emb_file), "the swap")])
-    return suggestions, unit
+    return unit_rows(emb[align(suggestions, paths, str(emb_file), "the swap")])
+
+
+def pages_at_swap(run: Run, done: set[str], rebuild=None) -> pd.DataFrame:
+    """A finished run's pages for the images not in `done`: with `rebuild` (the `suggest`
+    params; review.rebuild_on_swap) built again on them from its suggestions and embeddings,
+    else the pages it built on its snapshot (the caller leaves `done` out)."""
+    if rebuild is None:
+        return run.pages
+    if run.suggestions is None or run.unit is None:
+        raise UserError(f"{run.name}: no suggestions and embeddings kept to build its pages "
+                        "again (review.rebuild_on_swap)")
+    from chimuffin.curate.pages import pages_left
+
+    return pages_left(run.suggestions, run.unit, done, rebuild.page_size, rebuild.page_order,
+                      rebuild.uncertain_share)
 
 
 def read_copy_neighbours(copy: Path) -> pd.DataFrame:

@@ -25,7 +25,6 @@ import pandas as pd
 
 from chimuffin import paths as default
 from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
-from chimuffin.curate.pages import pages_left
 from chimuffin.curate.scoring import QUEUE_COLUMNS, read_queue
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.data.manifest import read_manifest
@@ -45,6 +44,7 @@ from chimuffin.labels.rows import (
     remove_decisions,
 )
 from chimuffin.review import history
+from chimuffin.review.background import pages_at_swap
 from chimuffin.review.verify import (
     check_pages,
     evidence_of,
@@ -363,15 +363,9 @@ class ReviewData:
             return
         path = Path(run.name) / default.PAGES_FILE
         _, decisions = self.read_label_file()
-        new = run.pages
-        if self.rebuild is not None:
-            if run.page_inputs is None:
-                raise UserError(f"{run.name}: no suggestions and embeddings kept to build its "
-                                "pages again (review.rebuild_on_swap)")
-            cfg, (suggestions, unit) = self.rebuild, run.page_inputs
-            new = pages_left(suggestions, unit, {d.path for d in decisions if is_verified(d)},
-                             cfg.page_size, cfg.page_order, cfg.uncertain_share)
-        new = check_pages(new, path, set(self.pool), self.classes)
+        done = {d.path for d in decisions if is_verified(d)}
+        new = check_pages(pages_at_swap(run, done, self.rebuild), path, set(self.pool),
+                          self.classes)
         with self.lock:
             self.models.append(model)
             self._show(new, decisions, run.suggestions, run.neighbours, run.name)
