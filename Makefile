@@ -25,12 +25,15 @@ browser:  ## Debian's Chromium for the review-page tests (Playwright drives it; 
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: install Debian's chromium for the UI tests (they skip without it)"; fi; }
 
-test:  ## lint + the whole suite (what CI runs)
+# pytest workers: one per core this process may use (a container's CPU quota included)
+WORKERS = $$($(BIN)/python -c 'from chimuffin.runtime import available_cores; print(available_cores())')
+
+test:  ## lint + the whole suite (what CI runs), one worker per core
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal
 
 test-fast:  ## unit tests only
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal -m "not slow"
 
 lint:
 	$(BIN)/ruff check .

@@ -352,7 +352,8 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
                 live=live, eval_dir=repo / "metrics/eval",
                 fresh_votes=params.suggest if params.review.fresh_votes else None,
                 stop=stop, sleep=stop.wait, warm_recipe=params.review.warm_recipe,
-                rebuild_on_swap=params.suggest if params.review.rebuild_on_swap else None)
+                rebuild_on_swap=params.suggest if params.review.rebuild_on_swap else None,
+                swap_gate=params.review.swap_gate)
         except BaseException as e:  # shown by the main thread
             done["error"] = e
 

@@ -3,6 +3,7 @@ tests/helpers/."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -16,6 +17,17 @@ from tests.helpers.repo import REAL_DATA, TINY, deep_update, default_params_dict
 # reset to the default in every child instead.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`: one worker per core), worker N keeps core N alone: the
+    processes it starts inherit that, so their torch threads (runtime.threads 0 = every core
+    this process may use) never fight another worker's for a core."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker.startswith("gw") and len(cores) > 1:
+        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
 
 
 @pytest.fixture

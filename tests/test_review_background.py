@@ -22,9 +22,11 @@ from chimuffin.config import parse_params
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions
 from chimuffin.review.background import (
+    PassedOver,
     Retrainer,
     Run,
     due,
+    gate_swap,
     round_params,
     threads_for_run,
     warm_start_due,
@@ -185,6 +187,50 @@ def test_swap_in_rebuilt_builds_the_models_pages_again_on_the_images_left(tmp_pa
     assert [pg["label"] for pg in listed] == ["muffin"] and listed[0]["model"] == 1
 
 
+def test_the_swap_gate_passes_over_a_model_that_validates_below_the_proposing_one():
+    with pytest.raises(PassedOver, match="validated 0.8500, below the proposing model's 0.8600"):
+        gate_swap(0.85, 0.86, gate=True)
+    gate_swap(0.86, 0.86, gate=True)  # as good: it swaps in (it saw more labels)
+    gate_swap(0.85, None, gate=True)  # nothing to compare with
+    gate_swap(None, 0.86, gate=True)
+    gate_swap(0.5, 0.86, gate=False)
+
+
+def test_the_page_with_the_swap_gate_keeps_the_better_model_proposing(tmp_path):
+    """The pipeline's model (its val accuracy from metrics/eval) proposes on when a background
+    model validates worse; one that validates as well swaps in."""
+    paths, data_dir, info = build_repo(tmp_path)
+    (paths.eval / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.9, "n": 10}}))
+    data = ReviewData(paths, CLASSES, data_dir, swap_gate=True)
+    assert data.models_state()["list"][0]["val_accuracy"] == 0.9
+    before = data.page_list
+    write_pages(tmp_path / "new.parquet", [("muffin", [(info["pool"][3], 0.9)])])
+    new = pd.read_parquet(tmp_path / "new.parquet")
+    with pytest.raises(PassedOver, match="below the proposing model's 0.9000"):
+        data.swap_in(Run("worse", 4, "x", 0.0, pages=new, val_accuracy=0.85))
+    assert data.page_list == before and data.models_state()["version"] == 0
+    data.swap_in(Run("as-good", 4, "x", 0.0, pages=new, val_accuracy=0.9))
+    state = data.models_state()
+    assert state["version"] == 1 and state["list"][-1]["name"] == "as-good"
+
+
+def test_a_passed_over_run_counts_as_finished_not_failed(tmp_path):
+    """on_done raising PassedOver: the run is finished (ok), says why its pages were not used,
+    and the next automatic retrain counts decisions from its snapshot."""
+    def passed_over(run):
+        raise PassedOver("validated 0.8, below the proposing model's 0.9")
+
+    r = Retrainer(tmp_path, tmp_path / "params.yaml", tmp_path / "d.csv", CLASSES, every=3,
+                  recipe="", labels_of_model=0, on_done=passed_over, cpus=1)
+    r._retrain = lambda run, copy, out: setattr(run, "labels", 5)  # a run that went well
+    r.request()
+    r.thread.join(30)
+    (done,) = r.status()["runs"]
+    assert done["ok"] is True and done["error"] == ""
+    assert done["passed_over"] == "validated 0.8, below the proposing model's 0.9"
+    assert r.labels_of_model == 5 and not r.note(7) and r.running is None
+
+
 def test_swap_in_refuses_pages_of_images_outside_the_pool(tmp_path):
     paths, data_dir, info = build_repo(tmp_path)
     data = ReviewData(paths, CLASSES, data_dir)
@@ -206,6 +252,7 @@ def tiny_round_repo(tmp_path: Path, every: int = 0) -> Path:
     params = deep_update(default_params_dict(), TINY)
     params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml",
                         "warm_recipe": "", "fresh_votes": False, "rebuild_on_swap": False,
+                        "swap_gate": False,
                         "background_set": ["evaluate.tta_flip=false"], "warm_after": 0}
     root = tmp_path / "repo"
     root.mkdir(parents=True)

@@ -96,12 +96,62 @@ def test_a_stop_from_another_thread_ends_the_sitting_before_the_page_is_written(
     assert decisions.read_bytes() == before
 
 
+@pytest.mark.parametrize("gate", [False, True], ids=["no-gate", "swap-gate"])
+def test_a_model_validating_worse_is_passed_over_with_the_swap_gate(tmp_path, monkeypatch,
+                                                                    gate):
+    """A background model finishes after the first page, validating 0.7 against the pipeline
+    model's 0.8: with the gate the pipeline's pages go on, without it the model's pages."""
+    import json
+
+    from chimuffin.curate import sitting
+    from chimuffin.review.background import PassedOver, Run
+
+    class OneRunRetrainer:  # finishes one run, at once, after the first page
+        def __init__(self, *args, on_done, **kwargs):
+            self.on_done, self.runs = on_done, []
+
+        def note(self, labels_now):
+            if self.runs:
+                return False
+            run_ = Run("review-worse", labels_now, "1 new decisions", 0.0, ok=True,
+                       pages=frame([("chihuahua", ["p3", "p2"])]), val_accuracy=0.7)
+            try:
+                self.on_done(run_)
+            except PassedOver as e:  # as Retrainer does
+                run_.passed_over = str(e)
+            self.runs.append(run_)
+            return True
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(sitting, "Retrainer", OneRunRetrainer)
+    suggest, decisions, truth = sitting_files(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval/metrics.json").write_text(json.dumps({"val": {"accuracy": 0.8, "n": 10}}))
+    reports = []
+    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
+                    math.inf, every=1, recipe="", cost=ReviewCost(), sleep=lambda _: None,
+                    report=reports.append, eval_dir=tmp_path / "eval", swap_gate=gate)
+    assert (s.models_finished, s.models_passed_over) == (1, 1 if gate else 0)
+    second = s.log[1]
+    if gate:
+        assert (second.model, second.wrong) == ("pipeline outputs", 1)  # p2 is a muffin
+        assert any("passed over: pipeline outputs proposes on" in m for m in reports), reports
+        assert "1 passed over" in summary(s)
+    else:
+        assert (second.model, second.wrong) == ("review-worse", 1)
+    on_disk = {d.path: d.label for d in read_decisions(decisions, CLASSES)}
+    assert on_disk == truth
+
+
 @pytest.mark.slow
 def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tmp_path):
     params = deep_update(default_params_dict(), TINY)
     params["suggest"]["page_size"] = 3
     params["review"] = {"retrain_every": 2, "round_recipe": "", "warm_recipe": "",
-                        "fresh_votes": True, "rebuild_on_swap": False, "background_set": [],
+                        "fresh_votes": True, "rebuild_on_swap": False, "swap_gate": False,
+                        "background_set": [],
                         "warm_after": 0}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})

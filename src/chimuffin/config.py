@@ -191,6 +191,10 @@ class Review:
     # (full pages, seeded from its best image left) instead of dropping the verified images
     # from the pages it built on its snapshot.
     rebuild_on_swap: bool = field()
+    # A finished background model swaps in only when it validates at least as well as the
+    # model proposing now (evaluate's val accuracy); else its pages are passed over, and the
+    # next warm retrain still starts from its weights.
+    swap_gate: bool = field()
     # Params a background retrain changes in its copy after the round recipe, each in DVC's
     # `-S` form (GROUP.KEY=VALUE): what the page never reads need not be made there (3LC
     # tables and run, flip TTA over every image). The experiment's params.yaml records them.

@@ -129,7 +129,8 @@ def run_background(args) -> int:
                         fresh_votes=params.suggest if params.review.fresh_votes else None,
                         warm_recipe=params.review.warm_recipe,
                         rebuild_on_swap=(params.suggest if params.review.rebuild_on_swap
-                                         else None))
+                                         else None),
+                        swap_gate=params.review.swap_gate)
     print(summary(s))
     return 0
 

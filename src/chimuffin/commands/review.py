@@ -54,7 +54,8 @@ def run(args) -> int:
                       params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir,
                       fresh_votes=params.suggest if params.review.fresh_votes else None,
                       rebuild_on_swap=(params.suggest if params.review.rebuild_on_swap
-                                       else None))
+                                       else None),
+                      swap_gate=params.review.swap_gate)
     retrainer = None
     if not args.no_retrain:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,

@@ -7,7 +7,8 @@ label file at once under its lock (source `oracle`). Background runs start every
 `review.retrain_every` new decisions (the round recipe, on a throwaway copy, as named DVC
 experiments); when one finishes, its pages replace the current ones for the images not
 verified yet, between two pages (with `review.rebuild_on_swap`, built again on those images and
-not on the page on screen: curate/pages.py pages_left). With fresh votes (`review.fresh_votes`),
+not on the page on screen: curate/pages.py pages_left; with `review.swap_gate`, only when it
+validates at least as well as the proposing model). With fresh votes (`review.fresh_votes`),
 the pages are also rebuilt after every page the person accepts, from the proposing model's
 outputs with every label given so far voting (curate/fresh_votes.py); the time that takes is
 counted apart (`rebuild_s`: the page turn a person would wait for). The person never waits for
@@ -34,7 +35,9 @@ from chimuffin.labels.rows import merge_decisions
 from chimuffin.paths import METRICS_FILE, PAGES_FILE
 from chimuffin.review.background import (
     STOPPED,
+    PassedOver,
     Retrainer,
+    gate_swap,
     pages_at_swap,
     person_decisions,
     val_metrics,
@@ -66,6 +69,7 @@ class Sitting:
     models_started: int = 0
     models_finished: int = 0
     models_failed: int = 0
+    models_passed_over: int = 0  # finished, validated below the proposing one (swap_gate)
     rebuilds: int = 0           # pages rebuilt with fresh votes
     rebuild_s: float = 0.0      # wall-clock seconds those rebuilds took
     reason: str = ""
@@ -88,7 +92,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 report: Callable[[str], None] = print, live: dict | None = None,
                 eval_dir: Path | None = None, fresh_votes=None,
                 stop: threading.Event | None = None, warm_recipe: str = "",
-                rebuild_on_swap=None) -> Sitting:
+                rebuild_on_swap=None, swap_gate: bool = False) -> Sitting:
     """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
     and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
     samples them (benchmarks/review_session.py). fresh_votes: the `suggest` params to rebuild
@@ -96,6 +100,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
     warm_recipe: review.warm_recipe (retrains after the first start from the last model).
     rebuild_on_swap: the `suggest` params to build a finished model's pages again with, on the
     images not verified yet (review.rebuild_on_swap), or None: its own pages.
+    swap_gate: a finished model that validates below the proposing one is passed over.
     `stop`: set by a watcher in another thread to end the sitting before its next page is
     written (pass `sleep=stop.wait` so that a page's wait ends at once too)."""
     state = {"pages": read_pages(suggest_dir / PAGES_FILE), "on_screen": set(),
@@ -114,7 +119,16 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                                     "val_n": n})
 
     def swap(run) -> None:  # a background model finished: its pages from the next page on
+        acc = "-" if run.val_accuracy is None else f"{run.val_accuracy:.4f}"
         with guard:
+            out.models_finished += 1
+            try:
+                gate_swap(run.val_accuracy, live["model"]["val_accuracy"], swap_gate)
+            except PassedOver:
+                out.models_passed_over += 1
+                report(f"loop: model {run.name} finished (val acc {acc}); passed over: "
+                       f"{live['model']['name']} proposes on")
+                raise
             if fresh_votes is None:  # (next_page skips what is verified)
                 # the page the person is on is verified too by the time these are shown
                 done = (person_decided(locked.read(decisions, classes).decisions)
@@ -123,10 +137,8 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             else:  # its snapshot's labels are older than the label file's
                 state["outputs"] = run.outputs
                 rebuild(locked.read(decisions, classes).decisions)
-            out.models_finished += 1
             live["model"] = {"name": run.name, "labels": run.labels,
                              "val_accuracy": run.val_accuracy, "val_n": run.val_n}
-        acc = "-" if run.val_accuracy is None else f"{run.val_accuracy:.4f}"
         report(f"loop: model {run.name} finished (val acc {acc}); its pages from the next "
                "page on")
 
@@ -193,5 +205,6 @@ def summary(s: Sitting) -> str:
             f"pages, {s.exceptions} exceptions, {s.seconds:.1f} s of reviewing, idle "
             f"{s.idle_s:.1f} s; background models: {s.models_started} started, "
             f"{s.models_finished} finished, {s.models_failed} failed"
+            + (f", {s.models_passed_over} passed over" if s.models_passed_over else "")
             + (f"; {s.rebuilds} page rebuilds with fresh votes, "
                f"{1000 * s.rebuild_s / s.rebuilds:.0f} ms each" if s.rebuilds else ""))

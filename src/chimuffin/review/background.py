@@ -22,6 +22,8 @@ A run never writes the workspace. It
    the copy and its log (the page shows the log's tail and where it is).
 
 One run at a time; a request while one runs is queued (one at most) and starts when it ends.
+With `review.swap_gate`, a finished model that validates below the proposing one is passed
+over (PassedOver): its pages are not used, the next run still starts from its weights.
 """
 
 from __future__ import annotations
@@ -101,6 +103,20 @@ def round_params(params_text: str, recipe_text: str | None, threads: int,
     return params
 
 
+class PassedOver(Exception):
+    """A finished run's pages are not used (review.swap_gate): not a failure."""
+
+
+def gate_swap(run_accuracy: float | None, proposing_accuracy: float | None,
+              gate: bool) -> None:
+    """review.swap_gate: raise PassedOver when a finished model validates below the model
+    proposing now (either unknown: it swaps in)."""
+    if gate and None not in (run_accuracy, proposing_accuracy) \
+            and run_accuracy < proposing_accuracy:
+        raise PassedOver(f"validated {run_accuracy:.4f}, below the proposing model's "
+                         f"{proposing_accuracy:.4f}: its pages were not used")
+
+
 def warm_start_due(labels: int, warm_after: int, last_weights: Path | None) -> Path | None:
     """The weights a run starts from: the last background model's once the snapshot holds
     warm_after person decisions (None: from scratch)."""
@@ -141,6 +157,7 @@ class Run:
     # unit embeddings row-aligned with `suggestions`, to build its pages again at a swap
     unit: np.ndarray | None = field(default=None, repr=False)
     warm: bool = False          # started from the last background model's weights
+    passed_over: str = ""       # why its pages were not used (review.swap_gate), when not
 
     def public(self) -> dict:
         return {"name": self.name, "labels": self.labels, "reason": self.reason,
@@ -148,6 +165,7 @@ class Run:
                 "started": round(self.started, 1),
                 "finished": None if self.finished is None else round(self.finished, 1),
                 "ok": self.ok, "error": self.error, "log": self.log, "log_tail": self.log_tail,
+                "passed_over": self.passed_over,
                 "val_accuracy": self.val_accuracy, "val_n": self.val_n}
 
 
@@ -157,7 +175,8 @@ class Stopped(Exception):
 
 class Retrainer:
     """Starts background runs and keeps what they gave. `on_done(run)` is called (from the
-    run's thread) when a run finished well, with its pages read."""
+    run's thread) when a run finished well, with its pages read; it raises PassedOver when it
+    did not use them (the run still counts as finished)."""
 
     def __init__(self, root: Path, params_file: Path, decisions: Path, classes: list[str],
                  every: int, recipe: str, labels_of_model: int,
@@ -256,6 +275,8 @@ class Retrainer:
         if run.ok and self.on_done is not None:
             try:
                 self.on_done(run)
+            except PassedOver as e:
+                run.passed_over = str(e)
             except Exception as e:  # its pages did not fit: shown, nothing swapped
                 run.ok, run.error = False, f"its pages were not used: {e}"
         with self.lock:

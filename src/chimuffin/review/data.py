@@ -44,7 +44,7 @@ from chimuffin.labels.rows import (
     remove_decisions,
 )
 from chimuffin.review import history
-from chimuffin.review.background import pages_at_swap
+from chimuffin.review.background import gate_swap, pages_at_swap, val_metrics
 from chimuffin.review.verify import (
     check_pages,
     evidence_of,
@@ -95,11 +95,13 @@ class ReviewData:
     """The pipeline outputs the page shows, and the label file it writes."""
 
     def __init__(self, paths: Paths, classes: list[str], data_dir: Path, clock=time.time,
-                 fresh_votes=None, rebuild_on_swap=None):
+                 fresh_votes=None, rebuild_on_swap=None, swap_gate: bool = False):
         """fresh_votes: the `suggest` params to rebuild the pages with after each accepted page
         (review.fresh_votes; curate/fresh_votes.py), or None: each model's own pages.
         rebuild_on_swap: the `suggest` params to build a background model's pages again with,
-        on the images not verified yet, when it swaps in (review.rebuild_on_swap), or None."""
+        on the images not verified yet, when it swaps in (review.rebuild_on_swap), or None.
+        swap_gate: a background model that validates below the proposing one is passed over
+        (review.swap_gate)."""
         self.paths, self.classes, self.clock = paths, classes, clock
         self.labels = allowed_labels(classes)
         self.data_dir = data_dir.resolve()
@@ -133,12 +135,14 @@ class ReviewData:
         self.models = [{"name": "pipeline outputs",
                         "labels": len(person_decided(decisions)),
                         "finished": pages_file.stat().st_mtime if pages_file.is_file() else None,
-                        "val_accuracy": None, "verified": 0, "wrong": 0}]
+                        "val_accuracy": val_metrics(self.paths.eval / default.METRICS_FILE)[0],
+                        "verified": 0, "wrong": 0}]
         self.page_model = {pg["page"]: 0 for pg in self.page_list}
         self.list_version = 0  # one more each time the pages list is replaced
         self.refreshing = threading.Lock()  # held while fresh votes rebuild the pages
         self.fresh = fresh_votes
         self.rebuild = rebuild_on_swap
+        self.swap_gate = swap_gate
         # the proposing model's outputs, for fresh votes (none without pages: nothing to
         # rebuild); outputs it cannot read turn fresh votes off, and the page says why
         self.outputs, self.fresh_error = None, None
@@ -355,7 +359,11 @@ class ReviewData:
         verified yet (renumbered after every page number this session used, so the page's
         per-page marks never land on another page). Pages of earlier models stay acceptable by
         number (the page keeps the one on screen until the person turns it). With fresh votes
-        its pages are rebuilt first: its snapshot's labels are older than the label file's."""
+        its pages are rebuilt first: its snapshot's labels are older than the label file's.
+        With the swap gate, a model that validates below the proposing one raises PassedOver."""
+        with self.lock:
+            proposing = self.models[-1]["val_accuracy"]
+        gate_swap(run.val_accuracy, proposing, self.swap_gate)
         model = {"name": run.name, "labels": run.labels, "finished": run.finished,
                  "val_accuracy": run.val_accuracy, "verified": 0, "wrong": 0}
         if self.fresh is not None and run.outputs is not None:

@@ -40,6 +40,7 @@ function renderRetrain(st) {
       : `model: ${modelText(st.models.current)}` + (st.every ? `; retrains every ${st.every}` +
         ` new decisions (${st.labels_of_model} at the last)` : "");
   }
+  if (last && last.passed_over) bg += ` · ${last.name} passed over (${last.passed_over})`;
   if (st.models.fresh_votes) bg += " · fresh votes: your latest answers vote on the next pages";
   else if (st.models.fresh_error) bg += ` · ${st.models.fresh_error}`;
   $("retrain").disabled = !st.enabled;
