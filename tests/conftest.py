@@ -19,7 +19,6 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-
 def pytest_configure(config):
     """Under pytest-xdist (`make test`: one worker per core), worker N keeps core N alone: the
     processes it starts inherit that, so their torch threads (runtime.threads 0 = every core

@@ -892,8 +892,6 @@ def test_a_failed_background_run_is_shown_and_changes_nothing(tmp_path, monkeypa
 def test_a_model_passed_over_by_the_swap_gate_is_named_and_changes_nothing(tmp_path):
     """review.swap_gate: a background model that validates below the proposing one finishes,
     the page names it as passed over and keeps its pages and place; nothing is written."""
-    import json
-
     paths, _, names = small_review(tmp_path)
     (paths.eval / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.9, "n": 10}}))
     data = ReviewData(paths, CLASSES, tmp_path / "dataset", swap_gate=True)

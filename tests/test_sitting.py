@@ -1,6 +1,7 @@
 """`chimuffin loop --background` (curate/sitting.py): the simulated person verifies pages at the
 cost model's pace, writing each page at once, while background retrains run behind it."""
 
+import json
 import math
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import pytest
 import yaml
 
 from chimuffin.config import parse_params
+from chimuffin.curate import sitting
 from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
 from chimuffin.curate.pages import read_pages
 from chimuffin.curate.simulated_review import ReviewCost, page_answers
 from chimuffin.curate.sitting import next_page, run_sitting, summary
 from chimuffin.labels.rows import Decision, format_decisions, read_decisions
+from chimuffin.review.background import PassedOver, Run
 from tests.helpers.repo import REPO, TINY, deep_update, default_params_dict, make_repo, run
 from tests.test_review import CLASSES, write_pages
 
@@ -101,11 +104,6 @@ def test_a_model_validating_worse_is_passed_over_with_the_swap_gate(tmp_path, mo
                                                                     gate):
     """A background model finishes after the first page, validating 0.7 against the pipeline
     model's 0.8: with the gate the pipeline's pages go on, without it the model's pages."""
-    import json
-
-    from chimuffin.curate import sitting
-    from chimuffin.review.background import PassedOver, Run
-
     class OneRunRetrainer:  # finishes one run, at once, after the first page
         def __init__(self, *args, on_done, **kwargs):
             self.on_done, self.runs = on_done, []
