@@ -29,6 +29,7 @@ from chimuffin.review.background import (
     gate_swap,
     round_params,
     threads_for_run,
+    val_metrics,
     warm_start_due,
 )
 from chimuffin.review.data import ReviewData
@@ -194,6 +195,20 @@ def test_the_swap_gate_passes_over_a_model_that_validates_below_the_proposing_on
     gate_swap(0.85, None, gate=True)  # nothing to compare with
     gate_swap(None, 0.86, gate=True)
     gate_swap(0.5, 0.86, gate=False)
+
+
+def test_val_metrics_tell_no_metrics_from_metrics_that_are_not_the_evaluate_stages(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    assert val_metrics(metrics) == (None, None)  # no evaluation yet
+    metrics.write_text(json.dumps({"train": {"accuracy": 0.9, "n": 10}}))
+    assert val_metrics(metrics) == (None, None)  # no validation set
+    metrics.write_text(json.dumps({"val": {"accuracy": 0.875, "n": 1000}}))
+    assert val_metrics(metrics) == (0.875, 1000)
+    for broken in ('{"val": {"accuracy": 0.9', '{"val": {"n": 1000}}', '["val"]'):
+        metrics.write_text(broken)
+        with pytest.raises(UserError, match=r"metrics\.json: not the evaluate stage's metrics"):
+            val_metrics(metrics)
+    assert metrics.read_text() == '["val"]'  # read, never changed
 
 
 def test_the_page_with_the_swap_gate_keeps_the_better_model_proposing(tmp_path):

@@ -440,14 +440,20 @@ def read_copy_neighbours(copy: Path) -> pd.DataFrame:
 
 
 def val_metrics(path: Path) -> tuple[float | None, int | None]:
-    """(validation accuracy, images) from the evaluate stage's metrics; (None, None) without."""
+    """(validation accuracy, images) from the evaluate stage's metrics; (None, None) when there
+    are none (no file yet, or no validation set). A file that is there but not such metrics is
+    an error: read as "no validation accuracy" it would, for one, let every model past the
+    swap gate unnoticed."""
     import json
 
-    try:
-        val = json.loads(path.read_text()).get("val")
-        return (None, None) if not val else (float(val["accuracy"]), int(val["n"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    if not path.is_file():
         return None, None
+    try:
+        val = json.loads(_read_text(path)).get("val")
+        return (None, None) if not val else (float(val["accuracy"]), int(val["n"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: not the evaluate stage's metrics (a 'val' object with "
+                        f"'accuracy' and 'n'): {type(e).__name__}: {e}") from e
 
 
 def _read_text(path: Path) -> str:
