@@ -494,6 +494,49 @@ def compare_on_wall_clock(rounds_file: Path, wall_file: Path | None, schedule: l
     return "\n".join(lines)
 
 
+def round_based_arm(saved: dict, source: Path) -> list[dict]:
+    """The confident-order round-based arm of a saved run: the loop a sitting is held against."""
+    cps = [c for c in saved["checkpoints"] if c["arm"] == "pages-confident"]
+    if not cps:
+        raise UserError(f"{source}: no pages-confident arm in its checkpoints")
+    return cps
+
+
+def pooled_comparison(pairs: list[tuple[Path, Path]], minutes: list[float]) -> str:
+    """Several sittings, each against the round-based loop of its seed: wrong proposals at the
+    sitting's number of verified images, at the checkpoints in `minutes` and at each sitting's
+    end (the whole pool), per pair and summed. One seed's round-based run may face several
+    sittings; it is then counted once for each."""
+    runs = []
+    for rounds_file, wall_file in pairs:
+        wall = json.loads(wall_file.read_text())
+        if not wall.get("wall_clock"):
+            raise UserError(f"{wall_file}: no wall-clock arm in it")
+        cps = round_based_arm(json.loads(rounds_file.read_text()), rounds_file)
+        sitting = wall["wall_clock"]["checkpoints"]
+        at = {f"{m:g}": c for m in minutes for c in sitting if c["minutes"] == m}
+        at["end"] = sitting[-1]
+        runs.append((wall_file.parent.name, wall["cpu"].split(",")[0],
+                     {k: (c["verified"], c["exceptions"], exceptions_at(cps, c["verified"]))
+                      for k, c in at.items()}))
+    lines = ["wrong proposals at the same number of verified images: each sitting (wall-clock "
+             "arm) against its seed's round-based loop (interpolated)"]
+    lines += [f"  {name} ({cpu}) against {r.parent.name}"
+              for (name, cpu, _), (r, _) in zip(runs, pairs, strict=True)]
+    lines.append(f"{'wall-min':>8}  {'per sitting: verified sitting/round-based':<56} "
+                 f"{'sum: sitting':>12} {'round-based':>11} {'difference':>16} {'no more':>8}")
+    for key in [f"{m:g}" for m in minutes] + ["end"]:
+        got = [at[key] for _, _, at in runs if key in at]
+        if len(got) < len(runs) or key == "0":
+            continue  # a checkpoint some sitting did not reach (it ended before)
+        mine, theirs = sum(e for _, e, _ in got), sum(r for _, _, r in got)
+        diff = f"{mine - theirs:+.0f} ({(mine - theirs) / theirs:+.1%})" if theirs else "-"
+        lines.append(f"{key:>8}  " + f"{'  '.join(f'{v}: {e}/{r:.0f}' for v, e, r in got):<56} "
+                     f"{mine:>12} {theirs:>11.0f} {diff:>16} "
+                     f"{sum(e <= round(r) for _, e, r in got):>3} of {len(got)}")
+    return "\n".join(lines)
+
+
 def pages_by_model(pages: list[dict]) -> list[dict]:
     """Per proposing model, in the order they proposed: its pages, images, wrong proposals,
     and the verified count before its first page (first) and after its last (last)."""
@@ -629,6 +672,11 @@ def main(argv=None) -> int:
                     help="run nothing: print a saved run's round-based arms on the wall clock "
                     "(at --wall-schedule), and with a wall-clock run's JSON its wrong proposals "
                     "beside theirs at the same number of verified images")
+    ap.add_argument("--pooled", nargs="+", type=Path, default=None,
+                    metavar="ROUNDS_JSON WALL_JSON",
+                    help="run nothing: pairs of a round-based run and a sitting of the same "
+                    "seed; their wrong proposals at the same number of verified images at the "
+                    "--wall-schedule checkpoints and at the end, per pair and summed")
     ap.add_argument("--keep-repos", action="store_true",
                     help="keep each arm's repository (default: removed at the end)")
     args = ap.parse_args(argv)
@@ -638,6 +686,13 @@ def main(argv=None) -> int:
         rounds_file, wall_file = (args.on_wall_clock + [None])[:2]
         print(compare_on_wall_clock(rounds_file, wall_file,
                                     sorted(args.wall_schedule or WALL_SCHEDULE)))
+        return 0
+
+    if args.pooled is not None:
+        if len(args.pooled) % 2:
+            ap.error("--pooled takes pairs: ROUNDS_JSON WALL_JSON [ROUNDS_JSON WALL_JSON ...]")
+        print(pooled_comparison(list(zip(args.pooled[::2], args.pooled[1::2], strict=True)),
+                                sorted(args.wall_schedule or WALL_SCHEDULE)))
         return 0
 
     base = read_yaml_file(REPO / "params.yaml", "params file")

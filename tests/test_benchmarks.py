@@ -528,6 +528,35 @@ def test_wall_clock_run_compared_at_the_same_number_of_verified_images(tmp_path)
         rs.compare_on_wall_clock(rounds, None, [0])
 
 
+def test_sittings_pooled_against_the_round_based_loop_of_their_seed(tmp_path):
+    rs = load("review_session")
+    rounds = tmp_path / "rounds.json"
+    rounds.write_text(json.dumps({"cpu": "cpu A", "checkpoints": _round_checkpoints()}))
+    walls = []
+    for name, (v10, e10), (v_end, e_end) in [("one", (750, 50), (1000, 80)),
+                                            ("two", (500, 45), (1000, 95))]:
+        (tmp_path / name).mkdir()
+        walls.append(tmp_path / name / "review_session.json")
+        walls[-1].write_text(json.dumps({"cpu": "cpu B, 2 cores", "wall_clock": {"checkpoints": [
+            {"minutes": 0.0, "verified": 0, "exceptions": 0},
+            {"minutes": 10.0, "verified": v10, "exceptions": e10},
+            {"minutes": 14.0, "verified": v_end, "exceptions": e_end}]}}))
+    text = rs.pooled_comparison([(rounds, walls[0]), (rounds, walls[1])], [0, 10, 20])
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[4:]}
+    assert set(rows) == {"10", "end"}  # 0 says nothing; no sitting reached 20 minutes
+    # at 10 minutes: 50 against 65 (750 verified), 45 against 40 (500): 95 against 105
+    assert rows["10"][1:5] == ["750:", "50/65", "500:", "45/40"]
+    assert rows["10"][5:] == ["95", "105", "-10", "(-9.5%)", "1", "of", "2"]
+    assert rows["end"][5:] == ["175", "180", "-5", "(-2.8%)", "1", "of", "2"]
+    assert "one (cpu B) against " in text
+    with pytest.raises(UserError, match="no wall-clock arm"):
+        rs.pooled_comparison([(rounds, rounds)], [10])
+    walls[0].write_text(json.dumps({"cpu": "cpu B", "checkpoints": [{"arm": "ceiling"}],
+                                    "wall_clock": None}))
+    with pytest.raises(UserError, match="no pages-confident arm"):
+        rs.pooled_comparison([(walls[0], walls[1])], [10])
+
+
 def test_flip_rows_score_the_same_weights_with_flip_tta():
     tta = load("time_to_accuracy")
     run = {"recipe": "b64", "wall_s": 60.0, "val_tta_flip": False, "final_k": 2,
