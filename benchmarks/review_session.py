@@ -524,7 +524,8 @@ def pooled_comparison(pairs: list[tuple[Path, Path]], minutes: list[float]) -> s
     lines += [f"  {name} ({cpu}) against {r.parent.name}"
               for (name, cpu, _), (r, _) in zip(runs, pairs, strict=True)]
     lines.append(f"{'wall-min':>8}  {'per sitting: verified sitting/round-based':<56} "
-                 f"{'sum: sitting':>12} {'round-based':>11} {'difference':>16} {'no more':>8}")
+                 f"{'sum: sitting':>12} {'round-based':>11} {'difference':>16} {'no more':>8} "
+                 f"{'per sitting: mean (sd)':>22}")
     for key in [f"{m:g}" for m in minutes] + ["end"]:
         got = [at[key] for _, _, at in runs if key in at]
         if len(got) < len(runs) or key == "0":
@@ -533,8 +534,15 @@ def pooled_comparison(pairs: list[tuple[Path, Path]], minutes: list[float]) -> s
         diff = f"{mine - theirs:+.0f} ({(mine - theirs) / theirs:+.1%})" if theirs else "-"
         lines.append(f"{key:>8}  " + f"{'  '.join(f'{v}: {e}/{r:.0f}' for v, e, r in got):<56} "
                      f"{mine:>12} {theirs:>11.0f} {diff:>16} "
-                     f"{sum(e <= round(r) for _, e, r in got):>3} of {len(got)}")
+                     f"{sum(e <= round(r) for _, e, r in got):>3} of {len(got)} "
+                     f"{spread([e - r for _, e, r in got]):>22}")
     return "\n".join(lines)
+
+
+def spread(differences: list[float]) -> str:
+    """Mean and sample standard deviation: how far one sitting's difference strays."""
+    sd = f"{np.std(differences, ddof=1):.1f}" if len(differences) > 1 else "-"
+    return f"{np.mean(differences):+.1f} ({sd})"
 
 
 def pages_by_model(pages: list[dict]) -> list[dict]:

@@ -546,8 +546,9 @@ def test_sittings_pooled_against_the_round_based_loop_of_their_seed(tmp_path):
     assert set(rows) == {"10", "end"}  # 0 says nothing; no sitting reached 20 minutes
     # at 10 minutes: 50 against 65 (750 verified), 45 against 40 (500): 95 against 105
     assert rows["10"][1:5] == ["750:", "50/65", "500:", "45/40"]
-    assert rows["10"][5:] == ["95", "105", "-10", "(-9.5%)", "1", "of", "2"]
-    assert rows["end"][5:] == ["175", "180", "-5", "(-2.8%)", "1", "of", "2"]
+    # per sitting -15 and +5: mean -5, sample sd 14.1
+    assert rows["10"][5:] == ["95", "105", "-10", "(-9.5%)", "1", "of", "2", "-5.0", "(14.1)"]
+    assert rows["end"][5:12] == ["175", "180", "-5", "(-2.8%)", "1", "of", "2"]
     assert "one (cpu B) against " in text
     with pytest.raises(UserError, match="no wall-clock arm"):
         rs.pooled_comparison([(rounds, rounds)], [10])
