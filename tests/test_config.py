@@ -131,7 +131,7 @@ def test_embed_batch_size_is_refused_saying_why_it_is_gone():
     """The evaluate stage's pass makes the embeddings now: an old params.yaml that still sets
     embed.batch_size is told so, not left with a key nothing reads."""
     old = mutated(["embed", "batch_size"], 128)
-    with pytest.raises(UserError, match=r"embed.batch_size is no longer a key \(the evaluate "
+    with pytest.raises(UserError, match=r"embed.batch_size was removed \(the evaluate "
                        r"stage's pass .* evaluate.batch_size\); delete it"):
         parse_params(old)
 

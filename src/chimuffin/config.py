@@ -274,15 +274,23 @@ def _check_range(key: str, value: Any, meta) -> None:
 # Keys that left their group: an old params.yaml, recipe or `dvc exp` names them where they were.
 MOVED = {"train.device": "runtime.device", "train.threads": "runtime.threads",
          "train.cpu_bf16": "runtime.cpu_bf16"}
-# Keys that are gone, and why: an old params.yaml names them.
-REMOVED = {"embed.batch_size": "the evaluate stage's pass over every image makes the "
-                               "embeddings too, in batches of evaluate.batch_size"}
+# Keys that are gone, and why: an old params.yaml, recipe or `dvc exp run -S` names them.
+# Results of what was measured and dropped: benchmarks/README.md, "Tried and dropped".
+REMOVED = {
+    "embed.batch_size": "the evaluate stage's pass over every image makes the embeddings too, "
+                        "in batches of evaluate.batch_size",
+    "train.refit": "measured no better: training on the validation images too changed nothing "
+                   "measurable",
+    "train.res_max": "measured no better: ending the resolution ramp below full size changed "
+                     "nothing measurable",
+    "train.upsample": "never measured better: every recipe kept 1.0",
+}
 
 
 def _check_moved(keys: list[str], prefix: str) -> None:
     gone = [f"{prefix}.{k}" for k in keys if f"{prefix}.{k}" in REMOVED]
     if gone:
-        raise UserError(f"params: {gone[0]} is no longer a key ({REMOVED[gone[0]]}); delete it")
+        raise UserError(f"params: {gone[0]} was removed ({REMOVED[gone[0]]}); delete it")
     moved = [f"{prefix}.{k}" for k in keys if f"{prefix}.{k}" in MOVED]
     if moved:
         raise UserError(f"params: {moved[0]} moved to {MOVED[moved[0]]} (the `runtime` group: "
