@@ -5,7 +5,7 @@ PLOTS_TEMPLATE := .dvc/offline_plots.html
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup browser test test-fast lint repro exp check-data bench bench-accuracy review dashboard
+.PHONY: setup browser test test-fast lint repro exp check-data bench bench-accuracy review dashboard screenshot
 
 setup: $(BIN)/chimuffin browser $(PLOTS_TEMPLATE)  ## fresh machine: venv + pinned deps + Chromium for UI tests + offline plots
 
@@ -65,6 +65,9 @@ bench-accuracy:  ## reference vs fast recipe on the real data: wall time and val
 
 review:  ## the offline review page on http://127.0.0.1:8765 (needs `make repro` first)
 	$(BIN)/chimuffin review
+
+screenshot:  ## docs/review-page.png: the review page in headless Chromium (after `make repro`)
+	$(BIN)/python docs/screenshot.py
 
 dashboard:  ## 3LC Object Service on 127.0.0.1:5015 for the hosted Dashboard (Ctrl-C stops it)
 	$(BIN)/chimuffin dashboard
