@@ -61,7 +61,7 @@ def measure(device: torch.device, n_train: int, n_infer: int, params, batch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(n_train, n_infer), 3, size, size), dtype=np.uint8)
     labels = rng.integers(0, len(params.base.classes), len(images))
-    model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample).to(device)
+    model = build_model(len(params.base.classes), t.head, t.dropout).to(device)
     model = model.to(memory_format=batches.CHANNELS_LAST)
     opt = engine.make_optimizer(model, t.lr, t.weight_decay, t.optimizer_impl)
     g = torch.Generator().manual_seed(0)

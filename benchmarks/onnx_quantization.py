@@ -1,4 +1,4 @@
-"""ONNX float32 vs int8 (dynamic and static) and PyTorch eager, side by side: speed, accuracy.
+"""ONNX float32 vs static int8 and PyTorch eager, side by side: speed, accuracy.
 
     python benchmarks/onnx_quantization.py                   # trains briefly on the real seeds
     python benchmarks/onnx_quantization.py --model models/best.pth --limit 500
@@ -67,7 +67,7 @@ def decode(root: Path, items: list[tuple[str, int]], size: int) -> tuple[np.ndar
 def train_briefly(images, labels, params, epochs: int, path: Path) -> None:
     t = params.train
     torch.manual_seed(params.base.seed)
-    model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)
+    model = build_model(len(params.base.classes), t.head, t.dropout)
     opt = make_optimizer(model, t.lr, t.weight_decay)
     g = torch.Generator().manual_seed(params.base.seed)
     rows = np.arange(len(images))
@@ -75,7 +75,7 @@ def train_briefly(images, labels, params, epochs: int, path: Path) -> None:
         s = train_one_epoch(model, images, rows, labels, t, opt, g, torch.device("cpu"))
         print(f"  train epoch {epoch}/{epochs}: loss {s.loss:.3f}, acc {s.acc:.3f}", flush=True)
     save_checkpoint(path, model, {"classes": list(params.base.classes), "head": list(t.head),
-                                  "dropout": t.dropout, "upsample": t.upsample,
+                                  "dropout": t.dropout,
                                   "image_size": params.base.image_size,
                                   "epoch": epochs, "val_accuracy": None})
 
@@ -117,11 +117,9 @@ def main() -> None:
     x, y = decode(root, eval_items, size)
 
     model, meta = load_checkpoint(ckpt)
-    files = {"onnx fp32": work / "model.onnx", "onnx int8 dyn": work / "model.dynamic.onnx",
-             "onnx int8 st": work / "model.static.onnx"}
+    files = {"onnx fp32": work / "model.onnx", "onnx int8 st": work / "model.static.onnx"}
     calibration = decode(root, train_items, size)[0]
     export_onnx(model, meta, files["onnx fp32"])
-    export_onnx(model, meta, files["onnx int8 dyn"], quantize="dynamic")
     export_onnx(model, meta, files["onnx int8 st"], quantize="static", calibration=calibration)
     sessions = {k: session(f, threads) for k, f in files.items()}
     model = model.to(memory_format=torch.channels_last)
@@ -151,12 +149,12 @@ def main() -> None:
     acc = {k: (probs[k].argmax(1) == y).mean() for k in runs}
     fp = probs["onnx fp32"].argmax(1)
     print("\nagree: same predicted class as torch fp32; max|dp|: largest probability difference")
-    for k in ("onnx int8 dyn", "onnx int8 st"):
-        changed = int((probs[k].argmax(1) != fp).sum())
-        print(f"{k} vs onnx fp32: speed {statistics.median(speed[k]) / base_speed:.2f}x, "
-              f"accuracy {100 * (acc[k] - acc['onnx fp32']):+.2f} points, predictions changed "
-              f"on {changed} of {len(y)} images, file size {sizes[k] / sizes['onnx fp32']:.2f}x")
-        print(f"  {read_metadata(files[k])['chimuffin.quantization']}")
+    k = "onnx int8 st"
+    changed = int((probs[k].argmax(1) != fp).sum())
+    print(f"{k} vs onnx fp32: speed {statistics.median(speed[k]) / base_speed:.2f}x, "
+          f"accuracy {100 * (acc[k] - acc['onnx fp32']):+.2f} points, predictions changed "
+          f"on {changed} of {len(y)} images, file size {sizes[k] / sizes['onnx fp32']:.2f}x")
+    print(f"  {read_metadata(files[k])['chimuffin.quantization']}")
     print(f"img/s per repeat: { {k: [round(v, 1) for v in s] for k, s in speed.items()} }")
 
 if __name__ == "__main__":

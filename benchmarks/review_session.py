@@ -62,7 +62,14 @@ import numpy as np
 import yaml
 
 from chimuffin import runtime
-from chimuffin.config import as_dict, parse_override, parse_params, read_yaml_file, set_override
+from chimuffin.config import (
+    as_dict,
+    parse_override,
+    parse_params,
+    read_recipe,
+    read_yaml_file,
+    set_override,
+)
 from chimuffin.curate.rounds import parse_trailers
 from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.data.sample import write_sample
@@ -135,14 +142,12 @@ def write_path_labels(path: Path, rows: dict, header: str = "path") -> None:
 # --- params -----------------------------------------------------------------------------------
 
 def recipe_train(name: str | None, base: dict) -> dict:
-    """The train group: params.yaml's, or a recipe file's (`train:` group) / recipes/NAME.yaml."""
+    """The train group: params.yaml's, or a recipe file's (recipes/NAME.yaml or a yaml path),
+    merged onto its base."""
     if not name:
         return base["train"]
     path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "recipes" / f"{name}.yaml"
-    group = read_yaml_file(path, "recipe") if path.is_file() else None
-    if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
-        raise UserError(f"--recipe {name}: {path} is missing or has no `train:` group")
-    return group["train"]
+    return read_recipe(path)
 
 
 def parse_set(item: str) -> tuple[list[str], object]:

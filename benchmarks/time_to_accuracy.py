@@ -7,13 +7,14 @@ prepare.val_fraction 0 so validation = reviewed pool images only). Nothing calle
 
 The data goes through the prepare and clean code (scan, decode into the uint8 cache, split with
 the validation list, apply the decisions, drop identical copies, keeping the validation copy);
-only images the protocol uses are decoded. Each recipe (a complete `train` group:
-recipes/<name>.yaml) is validated strictly like params.yaml and trained by engine.fit, on the
-cores runtime.available_cores() finds. Wall time counts training plus the per-epoch validation.
+only images the protocol uses are decoded. Each recipe (recipes/<name>.yaml or a yaml path,
+merged onto its base by config.read_recipe) is validated strictly like params.yaml and trained
+by engine.fit, on the cores runtime.available_cores() finds. Wall time counts training plus the
+per-epoch validation.
 
-    python benchmarks/time_to_accuracy.py                            # reference, then fast
-    python benchmarks/time_to_accuracy.py --recipes fast --budget-minutes 45
-    python benchmarks/time_to_accuracy.py --set fast:epochs=80 --set fast:lr=0.001
+    python benchmarks/time_to_accuracy.py                            # the reference recipe
+    python benchmarks/time_to_accuracy.py --recipes reference round --budget-minutes 45
+    python benchmarks/time_to_accuracy.py --recipes round --set round:epochs=80
     python benchmarks/time_to_accuracy.py --epochs 1 --max-train 64 --max-val 64   # smoke
 
 Growing the training set with pool labels accepted by the loop (benchmarks/loop_labels.sh):
@@ -23,17 +24,6 @@ DIR/decisions.csv the other oracle rows. This protocol's validation rows are wri
 they are unlabeled pool images, so they neither train nor vote for any suggestion. `--decisions
 FILE` adds that repository's decisions.csv to the training set; a decision on a validation image
 is dropped (and counted), and the oracle rows win over any other.
-
-A refit (train on train plus validation once the recipe and its epochs are fixed, keep the last
-weights) is measured by two runs that score the same 500 reviewed images: `--protocol pool-half`
-trains on the pool protocol's training set, `--protocol pool-refit` on that plus the other 500
-reviewed images. Both score final weights, and the refit's per-epoch validation only reports
-(give it `--set all:val_every=EPOCHS` to skip it):
-
-    python benchmarks/time_to_accuracy.py --protocol pool-half --recipes reference --epochs 30 \
-        --json half.json
-    python benchmarks/time_to_accuracy.py --protocol pool-refit --recipes reference --epochs 30 \
-        --paired-with half.json
 
 --budget-minutes is a hard cap: a recipe stops after the epoch during which its budget ran out
 (its schedule then did not finish: the table says so). Set a recipe's epochs to fit the budget.
@@ -73,7 +63,7 @@ import pandas as pd
 import yaml
 
 from chimuffin import atomic, runtime
-from chimuffin.config import parse_params, read_yaml_file
+from chimuffin.config import parse_params, read_recipe, read_yaml_file
 from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
@@ -133,25 +123,6 @@ def split_pool(pool_labels: Path, reviewed: Path, max_val: int | None, classes: 
     train = [(p, lbl) for p, lbl in label_rows(pool_labels, classes) if p not in held_out]
     decisions = [Decision(p, lbl, "oracle", "pool_labels.csv") for p, lbl in train]
     return decisions, val
-
-
-def split_pool_halves(pool_labels: Path, reviewed: Path, max_val: int | None, seed: int,
-                      classes: list[str], refit: bool) -> tuple[list[Decision], dict[str, str]]:
-    """The refit measurement: a seeded half of reviewed_labels.csv (the odd one out: its larger
-    half) is scored, never trained, in both modes; the pool rows outside reviewed_labels.csv
-    train, and with `refit` the other half trains too, as a final model trained on train plus
-    validation would. The two modes share their scored images, so their runs pair."""
-    rows = label_rows(reviewed, classes)
-    order = np.random.default_rng(seed).permutation(len(rows))
-    fit_half = [rows[i] for i in order[:len(rows) // 2]]
-    scored = dict(sorted(rows[i] for i in order[len(rows) // 2:])[:max_val])
-    held_out = {p for p, _ in rows}
-    train = [(p, lbl) for p, lbl in label_rows(pool_labels, classes) if p not in held_out]
-    decisions = [Decision(p, lbl, "oracle", "pool_labels.csv") for p, lbl in train]
-    if refit:
-        decisions += [Decision(p, lbl, "oracle", "reviewed_labels.csv (refit half)")
-                      for p, lbl in sorted(fit_half)]
-    return decisions, scored
 
 
 def export_split(out: Path, oracle: list[Decision], n_val: int, seed: int) -> None:
@@ -225,11 +196,8 @@ def parse_override(item: str, recipes: list[str]) -> tuple[str, str, object]:
 def recipe_params(base: dict, name: str, epochs: int | None,
                   overrides: list[tuple[str, str, object]]):
     """params.yaml with the recipe's train group (plus --epochs/--set), validated strictly."""
-    raw, path = copy.deepcopy(base), recipe_path(name)
-    group = read_yaml_file(path, "recipe") if path.is_file() else None
-    if not isinstance(group, dict) or not isinstance(group.get("train"), dict):
-        raise UserError(f"recipe {name}: {path} is missing or has no `train:` group")
-    raw["train"] = group["train"]
+    raw = copy.deepcopy(base)
+    raw["train"] = read_recipe(recipe_path(name))
     if epochs:
         raw["train"]["epochs"] = epochs
     for who, key, value in overrides:
@@ -258,7 +226,7 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     t = with_min_steps(t, len(train_rows))  # as the train stage does: epochs grown to min_steps
     runtime.setup(seed, params.runtime.threads)
     device = runtime.pick_device(params.runtime.device)
-    model = build_model(len(classes), t.head, t.dropout, t.upsample)
+    model = build_model(len(classes), t.head, t.dropout)
     start, history, best = time.perf_counter(), [], []
 
     def on_epoch(r, is_best):
@@ -435,17 +403,15 @@ def rule_lines(results: list[dict], margin: float, alpha: float) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipes", nargs="*", default=["reference", "fast"],
+    ap.add_argument("--recipes", nargs="*", default=["reference"],
                     help="recipe names (recipes/NAME.yaml) or yaml paths, run in this order "
                          "(none: only compare --paired-with files)")
     ap.add_argument("--data", type=Path, default=REAL_DATA, help=f"default {REAL_DATA}")
-    ap.add_argument("--protocol", choices=["reviewed", "pool", "pool-half", "pool-refit"],
+    ap.add_argument("--protocol", choices=["reviewed", "pool"],
                     default="reviewed",
                     help="reviewed: seeds + --train-reviewed reviewed rows train, the other "
                          "reviewed rows validate; pool: seeds + every pool_labels.csv row outside "
-                         "reviewed_labels.csv train, the 1,000 reviewed rows validate; "
-                         "pool-half: pool's training set, a seeded half of the reviewed rows "
-                         "scored; pool-refit: the same, with the other half trained too")
+                         "reviewed_labels.csv train, the 1,000 reviewed rows validate")
     ap.add_argument("--train-reviewed", type=int, default=500,
                     help="reviewed_labels.csv rows added to training (default 500; the rest "
                          "validate)")
@@ -454,7 +420,7 @@ def main(argv=None) -> int:
                     help="per-recipe wall-clock cap (stops after the epoch that crosses it)")
     ap.add_argument("--set", action="append", default=[], metavar="RECIPE:KEY=VALUE",
                     help="override a train key of one recipe (or all:KEY=VALUE), e.g. "
-                         "fast:augment.resize=144; repeatable")
+                         "round:augment.resize=144; repeatable")
     ap.add_argument("--max-train", type=int, default=None, help="subsample training (smoke)")
     ap.add_argument("--max-val", type=int, default=None, help="cap validation rows (smoke)")
     ap.add_argument("--image-size", type=int, default=None, help="default base.image_size")
@@ -500,10 +466,6 @@ def main(argv=None) -> int:
     if args.protocol == "pool":
         decisions, validation = split_pool(pool_labels, reviewed, args.max_val,
                                            first.base.classes)
-    elif args.protocol in ("pool-half", "pool-refit"):
-        decisions, validation = split_pool_halves(pool_labels, reviewed, args.max_val,
-                                                  first.base.seed, first.base.classes,
-                                                  refit=args.protocol == "pool-refit")
     else:
         decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
                                                first.base.seed, first.base.classes)

@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=128, help="cache / full size (128)")
     ap.add_argument("--configs", default="16:default,64:fused",
                     help="chimuffin variants, comma separated BATCH:ADAMW[:TRAIN_SIZE[:bf16]] "
-                         "with ADAMW default|foreach|fused; bf16 = runtime.cpu_bf16, for CPUs with "
+                         "with ADAMW default|fused; bf16 = runtime.cpu_bf16, for CPUs with "
                          "native bf16 (default 16:default,64:fused)")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="shorthand for --configs BATCH:fused")

@@ -3,7 +3,14 @@ import copy
 import pytest
 import yaml
 
-from chimuffin.config import load_params, parse_params
+from chimuffin.config import (
+    REMOVED,
+    load_params,
+    parse_override,
+    parse_params,
+    read_recipe,
+    set_override,
+)
 from chimuffin.errors import UserError
 from tests.helpers.repo import REPO, default_params_dict
 
@@ -136,9 +143,23 @@ def test_embed_batch_size_is_refused_saying_why_it_is_gone():
         parse_params(old)
 
 
+@pytest.mark.parametrize("key", sorted(REMOVED))
+def test_every_removed_key_is_refused_naming_it_and_why(tmp_path, key):
+    """A removed key in a user's params.yaml, or set by `dvc exp run -S KEY=...` (which writes it
+    into params.yaml), is refused with the file, the key and why it went."""
+    raw = default_params_dict()
+    set_override(raw, *parse_override(f"{key}=0", "-S"))
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as e:
+        load_params(f)
+    assert f"params.yaml: params: {key} was removed ({REMOVED[key]}); delete it" in str(e.value)
+    group, name = key.split(".")
+    assert name not in default_params_dict()[group]  # gone from params.yaml too
+
+
 def test_runtime_is_its_own_group_and_not_in_any_recipe():
     p = load_params(REPO / "params.yaml")
     assert (p.runtime.device, p.runtime.threads, p.runtime.cpu_bf16) == ("auto", 0, "auto")
     for recipe in sorted((REPO / "recipes").glob("*.yaml")):
-        train = yaml.safe_load(recipe.read_text())["train"]
-        assert not {"device", "threads", "cpu_bf16"} & set(train), recipe
+        assert not {"device", "threads", "cpu_bf16"} & set(read_recipe(recipe)), recipe

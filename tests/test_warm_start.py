@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from chimuffin import paths
-from chimuffin.config import parse_params
+from chimuffin.config import parse_params, read_recipe
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, save_checkpoint
 from chimuffin.review.background import Retrainer, experiment_name
@@ -30,14 +30,14 @@ def params_with(**train):
 def saved_model(path: Path, params, seed: int = 1):
     torch.manual_seed(seed)
     t = params.train
-    model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)
+    model = build_model(len(params.base.classes), t.head, t.dropout)
     save_checkpoint(path, model, checkpoint_meta(params, 3, 0.75))
     return model
 
 
 def test_no_file_means_from_scratch(tmp_path):
     params = params_with()
-    model = build_model(2, params.train.head, params.train.dropout, params.train.upsample)
+    model = build_model(2, params.train.head, params.train.dropout)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert warm_start(tmp_path / paths.WARM_START_FILE, model, params) is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -47,7 +47,7 @@ def test_weights_in_the_folder_are_loaded_and_said(tmp_path):
     params = params_with()
     earlier = saved_model(tmp_path / paths.WARM_START_FILE, params)
     torch.manual_seed(2)
-    model = build_model(2, params.train.head, params.train.dropout, params.train.upsample)
+    model = build_model(2, params.train.head, params.train.dropout)
     said = warm_start(tmp_path / paths.WARM_START_FILE, model, params)
     assert "warm start from" in said and "epoch 3" in said and "0.7500" in said
     want = earlier.state_dict()
@@ -57,7 +57,7 @@ def test_weights_in_the_folder_are_loaded_and_said(tmp_path):
 def test_weights_of_another_head_or_size_are_refused_by_name(tmp_path):
     saved_model(tmp_path / paths.WARM_START_FILE, params_with(head=[64]))
     params = params_with()
-    model = build_model(2, params.train.head, params.train.dropout, params.train.upsample)
+    model = build_model(2, params.train.head, params.train.dropout)
     with pytest.raises(UserError, match=r"weights do not fit|train.head \[64\]"):
         warm_start(tmp_path / paths.WARM_START_FILE, model, params)
     raw = default_params_dict()
@@ -76,8 +76,8 @@ def test_the_repository_trains_from_scratch():
 
 
 def test_warm_recipe_is_the_round_recipe_shortened():
-    rnd = yaml.safe_load((REPO / "recipes/round.yaml").read_text())["train"]
-    warm = yaml.safe_load((REPO / "recipes/round_warm.yaml").read_text())["train"]
+    rnd = read_recipe(REPO / "recipes/round.yaml")
+    warm = read_recipe(REPO / "recipes/round_warm.yaml")
     changed = {k for k in rnd if rnd[k] != warm[k]}
     assert changed == {"epochs", "min_steps", "lr", "res_min", "ema_decay", "val_every"}
     assert warm["min_steps"] == 0  # a warm start already has its steps behind it

@@ -84,24 +84,20 @@ class Train:
     batch_size: int = num(1, 4096)
     lr: float = num(0.0, 10.0, lo_open=True)
     weight_decay: float = num(0.0, 1.0)
-    scheduler: Literal["cosine_restarts", "cosine", "onecycle", "constant"] = field()
+    scheduler: Literal["cosine_restarts", "cosine", "onecycle"] = field()
     t0: int = num(1)
     t_mult: int = num(1)
-    warmup_epochs: float = num(0.0, 10_000.0)  # linear warm-up (cosine, cosine_restarts, constant)
-    optimizer_impl: Literal["default", "foreach", "fused"] = field()  # AdamW kernels
+    warmup_epochs: float = num(0.0, 10_000.0)  # linear warm-up (cosine, cosine_restarts)
+    optimizer_impl: Literal["default", "fused"] = field()  # AdamW kernels
     grad_clip: float = num(0.0)
     head: list[int] = field()
     dropout: float = num(0.0, 1.0, hi_open=True)
-    # Bilinear upsampling of the input inside the model (1 = none): more feature-map resolution
-    # for small images at upsample^2 the compute; part of the model, so every use applies it.
-    upsample: float = num(1.0, 4.0)
     label_smoothing: float = num(0.0, 1.0, hi_open=True)
     augment: Augment = field()
     # Resolution schedule: train at res_min (0 = off) until res_ramp_start, then ramp linearly
-    # to res_max (0 = base.image_size) at res_ramp_end (fractions of the epochs); the last epoch
-    # and validation are full size.
+    # to base.image_size at res_ramp_end (fractions of the epochs); the last epoch and
+    # validation are full size.
     res_min: int = num(0, 512)
-    res_max: int = num(0, 512)
     res_ramp_start: float = num(0.0, 1.0)
     res_ramp_end: float = num(0.0, 1.0)
     # Mixup / cutmix (alpha 0 = off): each batch is mixed with probability mix_prob.
@@ -116,10 +112,6 @@ class Train:
     # Validate every N epochs (and always after the last): validation costs a forward pass over
     # the validation images (two with val_tta_flip), worth skipping when only the last counts.
     val_every: int = num(1, 10_000)
-    # The final step once the recipe and its epochs are fixed: train on the training plus the
-    # validation images, keeping the last weights (nothing is left to choose). Validation is
-    # still computed but is then not held out.
-    refit: bool = field()
 
 
 @dataclass(frozen=True)
@@ -408,19 +400,12 @@ def _check_relations(p: Params) -> None:
 
 
 def _check_recipe(t: Train, image_size: int) -> None:
-    if t.refit and t.keep != "last":
-        raise UserError(f"params: train.refit: true trains on the validation images too, so "
-                        f"no epoch can be chosen on them: it needs train.keep: last, got "
-                        f"{t.keep!r}")
     if t.scheduler == "onecycle" and t.warmup_epochs > 0:
         raise UserError("params: train.warmup_epochs must be 0 with train.scheduler 'onecycle' "
                         "(one-cycle has its own warm-up, the first 15% of the steps)")
     if t.res_min and not 32 <= t.res_min <= image_size:
         raise UserError(f"params: train.res_min ({t.res_min}) must be 0 (off) or between 32 and "
                         f"base.image_size ({image_size})")
-    if t.res_max and not max(32, t.res_min) <= t.res_max <= image_size:
-        raise UserError(f"params: train.res_max ({t.res_max}) must be 0 (base.image_size) or "
-                        f"between train.res_min (or 32) and base.image_size ({image_size})")
     if t.res_ramp_start > t.res_ramp_end:
         raise UserError(f"params: train.res_ramp_start ({t.res_ramp_start}) must be <= "
                         f"train.res_ramp_end ({t.res_ramp_end})")
@@ -436,6 +421,53 @@ def parse_params(raw: Any) -> Params:
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """A YAML file's document, read strictly (load_yaml); `what` names the file in errors."""
     path = Path(path)
+def read_recipe(path: str | Path) -> dict:
+    """A recipe file's complete `train` group, checked as strictly as params.yaml's.
+
+    A recipe is either a complete `train` group (recipes/reference.yaml) or `base: NAME` (the
+    recipe NAME.yaml in the same folder) with a `train` group of only the keys it changes,
+    merged onto the base's group (a nested group such as augment key by key)."""
+    return recipe_group(read_yaml_file(path, "recipe"), Path(path))
+
+
+def recipe_group(doc: Any, path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The complete `train` group of a recipe document read from `path` (errors name it)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("train"), dict) \
+            or not set(map(str, doc)) <= {"base", "train"}:
+        got = sorted(map(str, doc)) if isinstance(doc, dict) else doc
+        raise UserError(f"{path}: a recipe holds one group, `train`, and optionally `base: NAME` "
+                        f"(the recipe NAME.yaml beside it that this one changes); got {got!r}")
+    group = doc["train"]
+    if "base" in doc:
+        group = merge_group(_base_group(path, doc["base"], seen), group)
+    try:
+        _build(Train, group, "train")
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from e
+    return group
+
+
+def _base_group(path: Path, name: Any, seen: tuple[Path, ...]) -> dict:
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name \
+            or name.endswith((".yaml", ".yml")):
+        raise UserError(f"{path}: base must name a recipe beside it without .yaml (e.g. "
+                        f"`base: reference` for recipes/reference.yaml), got {name!r}")
+    base = path.parent / f"{name}.yaml"
+    chain = (*seen, path.resolve())
+    if base.resolve() in chain:
+        raise UserError(f"{path}: base {name} leads back to {base}: recipes form a circle")
+    return recipe_group(read_yaml_file(base, f"the base recipe of {path}"), base, chain)
+
+
+def merge_group(base: dict, changes: dict) -> dict:
+    """`changes` over `base`, nested groups key by key (a new dict; neither is changed)."""
+    out = dict(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merge_group(base[key], value) if both else value
+    return out
+
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

@@ -1,5 +1,5 @@
 """ResNet-18 from scratch (no pretrained weights: nothing is ever downloaded) with the
-reference head, and an optional bilinear upsampling of its input."""
+reference head."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -19,32 +18,11 @@ from chimuffin.errors import UserError
 EMBED_DIM = 512  # ResNet-18's pooled features: the penultimate embedding
 
 
-class ResNet18(ResNet):
+def build_model(n_classes: int, head: list[int], dropout: float) -> nn.Module:
     """torchvision's ResNet-18 (the same layers, weights and initialisation as
-    `resnet18(weights=None)`) whose input is first upsampled by `upsample` (bilinear; 1 = as is).
-
-    Why: the stem divides the resolution by 4 at once and the network by 32 in all, so a 128 px
-    image ends as a 4x4 map; a larger input gives every layer more positions to look at, at the
-    cost of compute (x upsample^2). Inside the model, the upsampling is part of every use of it:
-    evaluation, embeddings, predict and the ONNX export."""
-
-    def __init__(self, upsample: float = 1.0):
-        super().__init__(BasicBlock, [2, 2, 2, 2])
-        self.upsample = float(upsample)
-
-    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.upsample == 1.0:
-            return x
-        return F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
-
-    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
-        return super()._forward_impl(self.scale_input(x))
-
-
-def build_model(n_classes: int, head: list[int], dropout: float,
-                upsample: float = 1.0) -> nn.Module:
-    """fc -> [Linear+BatchNorm1d+ReLU+Dropout] per hidden size -> Linear(n_classes)."""
-    model = ResNet18(upsample)
+    `resnet18(weights=None)`) with fc -> [Linear+BatchNorm1d+ReLU+Dropout] per hidden size ->
+    Linear(n_classes)."""
+    model = ResNet(BasicBlock, [2, 2, 2, 2])
     layers: list[nn.Module] = []
     width = EMBED_DIM
     for h in head:
@@ -59,7 +37,7 @@ def build_model(n_classes: int, head: list[int], dropout: float,
 def forward_with_embedding(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, 512-d penultimate embedding) in one pass."""
     m = model
-    x = m.maxpool(m.relu(m.bn1(m.conv1(m.scale_input(x)))))
+    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
     x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
     emb = torch.flatten(m.avgpool(x), 1)
     return m.fc(emb), emb
@@ -120,13 +98,14 @@ def _check_meta(path: Path, meta) -> None:
           and all(isinstance(c, str) for c in meta["classes"]) and len(meta["classes"]) >= 2
           and isinstance(meta.get("head"), list)
           and all(isinstance(h, int) and 0 < h <= 65536 for h in meta["head"])
-          and isinstance(meta.get("dropout"), int | float) and 0 <= meta["dropout"] < 1
-          and isinstance(meta.get("upsample", 1.0), int | float)
-          and 1 <= meta.get("upsample", 1.0) <= 4)
+          and isinstance(meta.get("dropout"), int | float) and 0 <= meta["dropout"] < 1)
     if not ok:
         raise UserError(f"{path}: checkpoint metadata is incomplete or invalid (needs classes, "
-                        "head, dropout and an upsample factor of 1-4, as written by chimuffin's "
-                        "train stage)")
+                        "head and dropout, as written by chimuffin's train stage)")
+    # train.upsample was removed: older checkpoints record 1.0 (no upsampling, loadable as is)
+    if meta.get("upsample", 1.0) != 1.0:
+        raise UserError(f"{path}: the model upsamples its input by {meta['upsample']!r} "
+                        "(train.upsample, which was removed); retrain it")
     # checked before anything is allocated at this size (60000 px would be a MemoryError)
     size = meta.get("image_size")
     if size is None:
@@ -178,9 +157,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu",
     if classes is not None and list(meta["classes"]) != list(classes):
         raise UserError(f"{path}: model was trained for classes {meta['classes']}, but "
                         f"base.classes is {list(classes)}")
-    # checkpoints written before train.upsample existed have no key: their models had none
-    model = build_model(len(meta["classes"]), list(meta["head"]), float(meta["dropout"]),
-                        float(meta.get("upsample", 1.0)))
+    model = build_model(len(meta["classes"]), list(meta["head"]), float(meta["dropout"]))
     _check_fits(path, model, ckpt["state_dict"], meta["head"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), meta

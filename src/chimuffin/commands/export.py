@@ -5,10 +5,10 @@ The ONNX input is `image`: uint8 RGB NCHW at the checkpoint's image_size (0-255)
 mean/std normalisation run inside the model. Its metadata_props (keys chimuffin.*) record the
 image size, mean/std, class names, channel order and how to decode and resize an image.
 
---quantize dynamic (the default of a bare --quantize) needs no data; --quantize static
-calibrates activation ranges on training images: by default up to 256 non-test images of the
-pipeline's cache (data/prepared/images.npy rows listed in data/clean/manifest.parquet), or the
-image files/folders given with --calibration. benchmarks/onnx_quantization.py measures both.
+--quantize static writes an int8 model whose activation ranges are calibrated on training
+images: by default up to 256 non-test images of the pipeline's cache (data/prepared/images.npy
+rows listed in data/clean/manifest.parquet), or the image files/folders given with
+--calibration. benchmarks/onnx_quantization.py measures it against float32.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 from chimuffin import paths
 
 CALIBRATION_IMAGES = 256
+QUANTIZE_MODES = ("static",)  # as infer/onnx_export.py's; not imported: it loads torch
 
 
 def register(sub) -> None:
@@ -26,10 +27,10 @@ def register(sub) -> None:
                    help="checkpoint written by the train stage (default %(default)s)")
     p.add_argument("--output", "-o", default=paths.ONNX,
                    help="ONNX file to write (default %(default)s)")
-    p.add_argument("--quantize", nargs="?", const="dynamic", choices=("dynamic", "static"),
-                   help="int8 quantisation with onnxruntime: dynamic (weights only, what a bare "
-                        "--quantize means; measured slower on CPU: benchmarks/README.md) or static "
-                        "(weights and activations, calibrated) (default: none, float32)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="int8 quantisation with onnxruntime: static (weights and activations, "
+                        "calibrated; 2x float32's speed on CPU: benchmarks/README.md) "
+                        "(default: none, float32)")
     p.add_argument("--calibration", nargs="+", metavar="PATH",
                    help="image files/folders to calibrate static quantisation on (default: "
                         f"up to {CALIBRATION_IMAGES} of the pipeline's non-test images)")

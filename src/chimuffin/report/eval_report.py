@@ -92,7 +92,7 @@ def recipe_section(diff: list[tuple[str, object, object]], reference_name: str) 
 
 
 def metrics_section(reports: dict[str, dict], classes: list[str],
-                    val_held_out: bool = True, kept: str = "best") -> list[str]:
+                    kept: str = "best") -> list[str]:
     rows = []
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]
@@ -107,9 +107,6 @@ def metrics_section(reports: dict[str, dict], classes: list[str],
               "validation")
     lines += ["", f"95% CI: Wilson score interval of the accuracy. {chosen}; test (when "
               "present) is only evaluated.", ""]
-    if not val_held_out:
-        lines += ["**Validation is NOT held out**: `train.refit` trained on the validation "
-                  "images (the final step), so their numbers are training numbers.", ""]
     for split, r in reports.items():
         lines += [f"Confusion matrix, {split} (rows: actual, columns: predicted):", ""]
         lines += _table(["actual \\ predicted", *classes],
@@ -135,8 +132,7 @@ def mistakes_section(mistakes: pd.DataFrame, png_name: str) -> list[str]:
 
 def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[str],
                  diff: list, reference_name: str, reports: dict[str, dict],
-                 mistakes: pd.DataFrame, png_name: str, val_held_out: bool = True,
-                 kept: str = "best") -> str:
+                 mistakes: pd.DataFrame, png_name: str, kept: str = "best") -> str:
     """`kept`: train.keep, which weights the model holds (the best validated epoch's or the
     last epoch's)."""
     epoch, val_acc = meta.get("epoch"), meta.get("val_accuracy")
@@ -147,6 +143,6 @@ def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[s
     lines = ["# Evaluation report", "", *head,
              *data_section(summary, classes, fingerprint),
              *recipe_section(diff, reference_name),
-             *metrics_section(reports, classes, val_held_out, kept),
+             *metrics_section(reports, classes, kept),
              *mistakes_section(mistakes, png_name)]
     return "\n".join(lines).rstrip() + "\n"

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chimuffin.config import Train, _build, as_dict, read_yaml_file
-from chimuffin.errors import UserError
+from chimuffin.config import Train, _build, as_dict, read_recipe
 from chimuffin.paths import REFERENCE_RECIPE
 
 
 def load_reference(path: str | Path = REFERENCE_RECIPE) -> Train:
-    """The reference `train` group, checked as strictly as params.yaml."""
-    raw = read_yaml_file(path, "the reference recipe")
-    if not isinstance(raw, dict) or set(raw) != {"train"}:
-        raise UserError(f"{path}: expected one top-level key `train`")
-    try:
-        return _build(Train, raw["train"], "train")
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from e
+    """The reference `train` group (any recipe file), checked as strictly as params.yaml."""
+    return _build(Train, read_recipe(path), "train")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

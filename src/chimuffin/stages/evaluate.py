@@ -30,8 +30,6 @@ def headline(report: dict) -> dict:
 # header-only files: dvc.yaml declares both splits' plots, and `dvc plots show` then draws an
 # empty chart instead of warning that it failed to load a file.
 PLOT_SPLITS = ("val", "test")
-# train.refit trained on the validation images: their numbers are training numbers
-NOT_HELD_OUT = " (NOT held out: train.refit trained on these images)"
 CURVE_COLUMNS = {"confusion": ["actual", "predicted"], "roc": ["fpr", "tpr"],
                  "pr": ["recall", "precision"]}
 
@@ -58,8 +56,7 @@ def write_report(tmp: Path, args, params, meta, pred, df, images, reports) -> No
     atomic.write_text(tmp / paths.REPORT_MD_FILE, build_report(
         meta=meta, summary=summary, fingerprint=fingerprint, classes=params.base.classes,
         diff=diff, reference_name=args.reference, reports=reports, mistakes=mistakes,
-        png_name=paths.MISTAKES_FILE, val_held_out=not params.train.refit,
-        kept=params.train.keep))
+        png_name=paths.MISTAKES_FILE, kept=params.train.keep))
 
 
 def main(args, params) -> None:
@@ -78,8 +75,7 @@ def main(args, params) -> None:
     with atomic.atomic_dir(out) as tmp:
         atomic.write_parquet(tmp / paths.PREDICTIONS_FILE, pred)
         atomic.write_json(tmp / paths.REPORT_JSON_FILE,
-                          {"best_epoch": meta.get("epoch"),
-                           "val_held_out": not params.train.refit, **reports})
+                          {"best_epoch": meta.get("epoch"), **reports})
         atomic.write_json(tmp / paths.METRICS_FILE, {s: headline(r) for s, r in reports.items()})
         for name, table in plot_tables(pred, classes, reports).items():
             table.to_csv(tmp / name, index=False, float_format="%.6g")
@@ -88,8 +84,7 @@ def main(args, params) -> None:
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]
         print(f"evaluate: {split}: accuracy {r['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), "
-              f"n={r['n']}, loss {r['loss']:.4f}, ROC AUC {r['roc_auc']:.4f}"
-              f"{NOT_HELD_OUT if split == 'val' and params.train.refit else ''}")
+              f"n={r['n']}, loss {r['loss']:.4f}, ROC AUC {r['roc_auc']:.4f}")
     print(f"evaluate: report in {out / 'report.md'}")
 
 

@@ -5,8 +5,6 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from chimuffin import atomic, paths, runtime, tlcio
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
@@ -27,7 +25,6 @@ from chimuffin.train.engine import (
 def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:
     t = params.train
     return {"classes": list(params.base.classes), "head": list(t.head), "dropout": t.dropout,
-            "upsample": t.upsample,
             "image_size": params.base.image_size, "epoch": epoch, "val_accuracy": val_acc,
             "preprocess": "RGB, resize to image_size, /255, ImageNet mean/std"}
 
@@ -86,12 +83,9 @@ def show_epoch(bar: Progress, r, epochs: int) -> None:
 
 
 def labeled_sets(df, images, params) -> tuple[LabeledSet, LabeledSet]:
-    """(training, validation) images; with train.refit the validation images train too."""
+    """(training, validation) images."""
     train, val = (LabeledSet(images, *rows_and_labels(labeled(df, split), params.base.classes))
                   for split in ("train", "val"))
-    if params.train.refit:
-        train = LabeledSet(images, np.concatenate([train.rows, val.rows]),
-                           np.concatenate([train.labels, val.labels]))
     if params.train.batch_size > len(train):
         raise UserError(f"params: train.batch_size ({params.train.batch_size}) is larger than "
                         f"the training set ({len(train)} labeled images)")
@@ -116,10 +110,8 @@ def warm_start(path: Path, model, params) -> str | None:
         return None
     loaded, meta = load_checkpoint(path, classes=list(params.base.classes))
     t = params.train
-    ours = {"train.head": list(t.head), "train.upsample": float(t.upsample),
-            "base.image_size": params.base.image_size}
-    theirs = {"train.head": list(meta["head"]), "train.upsample": float(meta.get("upsample", 1)),
-              "base.image_size": meta["image_size"]}
+    ours = {"train.head": list(t.head), "base.image_size": params.base.image_size}
+    theirs = {"train.head": list(meta["head"]), "base.image_size": meta["image_size"]}
     for key, want in ours.items():
         if theirs[key] != want:
             raise UserError(f"{path}: these warm-start weights were trained with {key} "
@@ -154,8 +146,7 @@ def done_line(params, device, n_train: int, best, kept: Kept) -> str:
     t = params.train
     precision = "bf16 autocast" if device.type == "cuda" or uses_cpu_bf16(
         params.runtime.cpu_bf16, runtime.has_native_bf16()) else "fp32"
-    refit = " (refit: validation images included, validation NOT held out)" if t.refit else ""
-    return (f"train: {n_train} images{refit}, {t.epochs} epochs on {device} ({precision}); "
+    return (f"train: {n_train} images, {t.epochs} epochs on {device} ({precision}); "
             f"best epoch {best.epoch}: val acc {best.val_acc:.4f}, val loss "
             f"{best.val_loss:.4f}; saved the {t.keep} weights (epoch {kept.epoch})")
 
@@ -170,7 +161,7 @@ def main(args, params) -> None:
     t = params.train
     device = choose_device(params)
     run3lc = start_3lc(args, df, params)
-    model = build_model(len(params.base.classes), t.head, t.dropout, t.upsample)
+    model = build_model(len(params.base.classes), t.head, t.dropout)
     warm = warm_start(Path(args.warm_start) / paths.WARM_START_FILE, model, params)
     if warm:
         print(warm, flush=True)

@@ -116,21 +116,19 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
                    impl: str = "default") -> torch.optim.Optimizer:
-    """AdamW; `impl` picks torch's kernels: default (per-parameter loop on CPU), foreach
-    (multi-tensor) or fused (one kernel; on CPU too since torch 2.4). Same math for all."""
-    kernels = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
+    """AdamW; `impl` picks torch's kernels: default (per-parameter loop on CPU) or fused (one
+    kernel; on CPU too since torch 2.4). Same math for both."""
+    kernels = {"default": {}, "fused": {"fused": True}}[impl]
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **kernels)
 
 
 def make_lr_schedule(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int
-                     ) -> Callable[[], None] | None:
-    """The callback to call after every optimizer step for cfg.scheduler (None: constant lr)."""
+                     ) -> Callable[[], None]:
+    """The callback to call after every optimizer step for cfg.scheduler."""
     if cfg.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
                                                    steps_per_epoch=max(1, steps_per_epoch),
                                                    pct_start=0.15).step
-    if cfg.scheduler == "constant" and cfg.warmup_epochs == 0:
-        return None
 
     def factor(step: int) -> float:
         return lr_factor(step, steps_per_epoch, cfg.scheduler, cfg.epochs, cfg.warmup_epochs,
@@ -203,7 +201,7 @@ def fit(model: nn.Module, train: LabeledSet, val: LabeledSet, *, recipe, seed: i
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start,
-                             cfg.res_ramp_end, cfg.res_max)
+                             cfg.res_ramp_end)
         stats = train_one_epoch(model, train.images, train.rows, train.labels, cfg, opt, g,
                                 device, cpu_bf16=cpu_bf16, step_lr=step_lr, ema=ema,
                                 out_size=None if size == full else size, progress=progress)

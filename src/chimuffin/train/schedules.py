@@ -39,8 +39,7 @@ def lr_factor(step: int, steps_per_epoch: int, schedule: str, epochs: int,
     - a linear warm-up over the first `warmup_epochs` (in steps: 1/W, 2/W, ... 1), then
     - `cosine`: one half-cosine from the peak down to ~0 at the last step;
     - `cosine_restarts`: torch's CosineAnnealingWarmRestarts stepped once per epoch (the
-      reference recipe), counted from the end of the warm-up;
-    - `constant`: the peak.
+      reference recipe), counted from the end of the warm-up.
     """
     spe = max(1, steps_per_epoch)
     warm = round(warmup_epochs * spe)
@@ -51,31 +50,26 @@ def lr_factor(step: int, steps_per_epoch: int, schedule: str, epochs: int,
         return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total) / total))
     if schedule == "cosine_restarts":
         return 0.5 * (1.0 + math.cos(math.pi * _restart_phase((step - warm) // spe, t0, t_mult)))
-    if schedule == "constant":
-        return 1.0
     raise ValueError(f"no per-step factor for schedule {schedule!r}")
 
 
 # --- resolution -------------------------------------------------------------------------------
 
 def resolution_at(epoch: int, epochs: int, full: int, res_min: int, ramp_start: float,
-                  ramp_end: float, res_max: int = 0, multiple: int = 16) -> int:
+                  ramp_end: float, multiple: int = 16) -> int:
     """Training image size for 0-based `epoch`: res_min until ramp_start (a fraction of the
-    epochs), a linear ramp to res_max (0 = `full`) at ramp_end, then res_max. Sizes are rounded
-    to `multiple` (kernels like round shapes); the last epoch always trains at full size, so
-    BatchNorm statistics match the validation size. res_max below full trains the other epochs
-    smaller than validation sees them (FixRes: random crops make objects look larger in
-    training). res_min 0 = start at res_max."""
-    top = res_max if 0 < res_max < full else full
-    low = min(res_min, top) if res_min > 0 else top
+    epochs), a linear ramp to `full` at ramp_end, then full. Sizes are rounded to `multiple`
+    (kernels like round shapes); the last epoch always trains at full size, so BatchNorm
+    statistics match the validation size. res_min 0 = full size throughout."""
+    low = min(res_min, full) if res_min > 0 else full
     if low >= full or epoch >= epochs - 1:
         return full
     f = epoch / epochs
     if f >= ramp_end:
-        size = float(top)
+        size = float(full)
     elif f < ramp_start:
         size = float(low)
     else:
-        size = low + (top - low) * (f - ramp_start) / (ramp_end - ramp_start)
+        size = low + (full - low) * (f - ramp_start) / (ramp_end - ramp_start)
     size = multiple * round(size / multiple)
-    return int(min(top, max(low, size)))
+    return int(min(full, max(low, size)))
