@@ -387,3 +387,18 @@ def test_train_stage_trains_the_grown_epochs_and_says_so(tmp_path):
     summary = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
     _, meta = load_checkpoint(tmp_path / "models/best.pth")
     assert meta["epoch"] == summary["kept/epoch"] == summary["best/epoch"] == 3
+
+
+def test_a_background_retrains_params_hold_the_complete_merged_group():
+    """A background retrain writes round_params into its copy's params.yaml: the recipe merged
+    onto its base, every key present, so `dvc exp show` shows every value."""
+    import yaml
+
+    from chimuffin.review.background import round_params
+
+    params = yaml.safe_dump(default_params_dict())
+    out = round_params(params, "base: round\ntrain: {epochs: 3}\n", 1, "params.yaml",
+                       str(REPO / "recipes" / "mine.yaml"))
+    assert out["train"] == {**recipe_group("round"), "epochs": 3}
+    assert set(out["train"]) == set(default_params_dict()["train"])
+    parse_params(out)

@@ -46,7 +46,7 @@ import yaml
 
 from chimuffin import atomic
 from chimuffin import paths as default
-from chimuffin.config import load_yaml, parse_override, parse_params, set_override
+from chimuffin.config import load_yaml, parse_override, parse_params, recipe_group, set_override
 from chimuffin.curate.fresh_votes import ModelOutputs, read_model_outputs
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.errors import UserError
@@ -84,10 +84,8 @@ def round_params(params_text: str, recipe_text: str | None, threads: int,
     recipe or override stops here, before any run)."""
     params = load_yaml(params_text, params_name)
     if recipe_text is not None:
-        recipe = load_yaml(recipe_text, recipe_name)
-        if not isinstance(recipe, dict) or set(recipe) != {"train"}:
-            raise UserError(f"{recipe_name}: a recipe holds one group, `train`")
-        params["train"] = recipe["train"]
+        # merged onto its base: the copy's params.yaml holds the complete group (dvc exp show)
+        params["train"] = recipe_group(load_yaml(recipe_text, recipe_name), Path(recipe_name))
     params["runtime"]["threads"] = threads
     try:
         parse_params(params)
