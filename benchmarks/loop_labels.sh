@@ -7,12 +7,12 @@
 #   params: the real data, tlc off, train = RECIPE with EPOCHS;
 #   dvc repro suggest (timed) -> chimuffin labels accept --min-score MIN_SCORE --require-agreement
 # then copies data/labels/decisions.csv to OUT, for time_to_accuracy.py --decisions OUT.
-# Usage: benchmarks/loop_labels.sh OUT [MIN_SCORE=0.9] [RECIPE=fast] [EPOCHS=30] [DEST]
+# Usage: benchmarks/loop_labels.sh OUT [MIN_SCORE=0.9] [RECIPE=reference] [EPOCHS=30] [DEST]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(realpath -m "$1")
 min_score=${2:-0.9}
-recipe=${3:-fast}
+recipe=${3:-reference}
 epochs=${4:-30}
 dest=${5:-$(mktemp -d)/chimuffin}
 data=${CHIMUFFIN_REAL_DATA:-$repo/../shared/data/chihuahua-muffin}
@@ -24,11 +24,12 @@ python benchmarks/time_to_accuracy.py --data "$data" --export-split data/labels
 python - "$data" "$recipe" "$epochs" <<'PY'
 import sys
 import yaml
+from chimuffin.config import read_recipe
 data, recipe, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 params = yaml.safe_load(open("params.yaml"))
 params["prepare"].update({"data_dir": data, "val_fraction": 0.0})
 params["tlc"]["enabled"] = False
-params["train"] = yaml.safe_load(open(f"recipes/{recipe}.yaml"))["train"]
+params["train"] = read_recipe(f"recipes/{recipe}.yaml")  # merged onto its base
 params["train"]["epochs"] = epochs
 yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
 PY
