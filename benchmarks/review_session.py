@@ -13,15 +13,15 @@ files as they are in the working tree; the data is read in place, never copied):
   single answer).
 
 Arms:
-- pages-confident, pages-uncertain, pages-mixed: rounds of `chimuffin loop --rounds 1 --reviewer
-  CSV --minutes M` with suggest.page_order confident / uncertain / mixed;
+- pages-confident: rounds of `chimuffin loop --rounds 1 --reviewer CSV --minutes M` (pages
+  are built from the most confident images first);
 - queue: rounds of `chimuffin loop --rounds 1 --oracle CSV --budget K`, K = M * 60 / 3 (up to
   the last checkpoint only: the whole pool one answer at a time would be hours), with
   suggest.queue_size raised so that the queue never runs dry;
 - ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`;
 - wall-clock (only when named in --arms): one sitting of `chimuffin loop --background`'s person
   (chimuffin.curate.sitting), in wall-clock time: after one `dvc repro` (the first model), the
-  person verifies pages (confident order) at the cost model's pace while background retrains
+  person verifies pages at the cost model's pace while background retrains
   (every --retrain-every decisions, the arm's train group as the round recipe) swap in new
   pages. At each --wall-schedule checkpoint (wall-clock minutes since the first page) it
   records images verified, exceptions, background models finished, the person's idle time
@@ -85,7 +85,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
-ARMS = ("pages-confident", "pages-uncertain", "pages-mixed", "queue", "ceiling")
+ARMS = ("pages-confident", "queue", "ceiling")
 WALL_ARM = "wall-clock"
 SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
 WALL_SCHEDULE = (0.0, 10.0, 20.0, 30.0, 40.0)  # wall-clock minutes since the first page
@@ -168,10 +168,7 @@ def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke:
     raw["prepare"].update(data_dir=str(data), val_fraction=0.0)
     raw["tlc"]["enabled"] = False
     raw["train"]["keep"] = "last"
-    if arm.startswith("pages-"):
-        raw["suggest"]["page_order"] = arm.removeprefix("pages-")
     if arm == WALL_ARM:  # background runs retrain with the arm's own train group
-        raw["suggest"]["page_order"] = "confident"
         raw["review"]["round_recipe"] = ""
     if arm == "queue":
         raw["suggest"]["queue_size"] = 1_000_000
@@ -318,8 +315,6 @@ class WallCheckpoint:
     lo: float | None
     hi: float | None
     n: int | None
-    rebuilds: int = 0           # pages rebuilt with fresh votes so far (review.fresh_votes)
-    rebuild_s: float = 0.0      # the wall-clock seconds they took
 
 
 def wall_row(minutes: float, live: dict) -> WallCheckpoint:
@@ -327,8 +322,7 @@ def wall_row(minutes: float, live: dict) -> WallCheckpoint:
     acc, n = m.get("val_accuracy"), m.get("val_n")
     lo, hi = wilson_interval(round(acc * n), n) if acc is not None and n else (None, None)
     return WallCheckpoint(minutes, s.verified, s.exceptions, s.pages, s.models_started,
-                          s.models_finished, s.idle_s, m["name"], acc, lo, hi, n, s.rebuilds,
-                          round(s.rebuild_s, 2))
+                          s.models_finished, s.idle_s, m["name"], acc, lo, hi, n)
 
 
 def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
@@ -355,10 +349,7 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
                 repo / "data/suggest", classes, truth, budget, params.review.retrain_every,
                 params.review.round_recipe, ReviewCost(), report=lambda m: print(m, flush=True),
                 live=live, eval_dir=repo / "metrics/eval",
-                fresh_votes=params.suggest if params.review.fresh_votes else None,
-                stop=stop, sleep=stop.wait, warm_recipe=params.review.warm_recipe,
-                rebuild_on_swap=params.suggest if params.review.rebuild_on_swap else None,
-                swap_gate=params.review.swap_gate)
+                stop=stop, sleep=stop.wait, warm_recipe=params.review.warm_recipe)
         except BaseException as e:  # shown by the main thread
             done["error"] = e
 

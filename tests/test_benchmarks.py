@@ -332,15 +332,12 @@ def test_review_session_params_keep_the_protocol_whatever_the_overrides(tmp_path
     sets = [rs.parse_set("train.epochs=3"), rs.parse_set("prepare.val_fraction=0.5"),
             rs.parse_set("train.augment.resize=144")]
     fast = rs.recipe_train("round", base)
-    p = rs.arm_params(base, fast, sets, tmp_path, "pages-uncertain", smoke=False)
+    p = rs.arm_params(base, fast, sets, tmp_path, "pages-confident", smoke=False)
     assert p["train"]["epochs"] == 3 and p["train"]["augment"]["resize"] == 144
     assert p["train"]["batch_size"] == fast["batch_size"]
     assert p["prepare"] == {"data_dir": str(tmp_path), "val_fraction": 0.0}  # protocol wins
     assert p["train"]["keep"] == "last" and p["tlc"]["enabled"] is False
-    assert p["suggest"]["page_order"] == "uncertain"
-    mixed = rs.arm_params(base, fast, [rs.parse_set("suggest.uncertain_share=0.15")], tmp_path,
-                          "pages-mixed", smoke=False)["suggest"]
-    assert (mixed["page_order"], mixed["uncertain_share"]) == ("mixed", 0.15)
+    assert p["suggest"] == base["suggest"]
     q = rs.arm_params(base, base["train"], [], tmp_path, "queue", smoke=False)
     assert q["suggest"]["queue_size"] == 1_000_000 and q["train"] == {**base["train"],
                                                                        "keep": "last"}
@@ -363,17 +360,16 @@ def test_review_session_names_missing_data(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_review_session_smoke(tmp_path, capsys):
-    """The whole protocol on the sample generator: pages (the mixed order, which runs the
-    suggest stage with both ends), queue and ceiling arms."""
+    """The whole protocol on the sample generator: pages, queue and ceiling arms."""
     rs = load("review_session")
     out = tmp_path / "out"
-    assert rs.main(["--smoke", "--arms", "pages-mixed", "queue", "ceiling", "--schedule",
+    assert rs.main(["--smoke", "--arms", "pages-confident", "queue", "ceiling", "--schedule",
                     "0", "0.2", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     result = json.loads((out / "review_session.json").read_text())
     assert (out / "review_session.png").stat().st_size > 0
     rows = result["checkpoints"]
     # pages: 0 min, 0.2 min, the whole pool; the queue stops at the last checkpoint (0.2 min)
-    assert [r["arm"] for r in rows] == ["pages-mixed"] * 3 + ["queue"] * 2 + ["ceiling"]
+    assert [r["arm"] for r in rows] == ["pages-confident"] * 3 + ["queue"] * 2 + ["ceiling"]
     pool = result["pool_images"]
     start, whole = rows[0], rows[2]
     assert start["minutes"] == 0 and start["verified"] == 0 and start["sources"] == {}

@@ -1,18 +1,10 @@
-"""Review pages: one proposed label per page, every pool image once, the three orders."""
+"""Review pages: one proposed label per page, every pool image once, the most confident first."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from chimuffin.curate.pages import (
-    PAGE_SCHEMA,
-    build_pages,
-    page_end,
-    pages_left,
-    priority_rank,
-    summarize_pages,
-)
-from chimuffin.curate.scoring import review_value
+from chimuffin.curate.pages import PAGE_SCHEMA, build_pages, confidence_rank, summarize_pages
 from chimuffin.infer.embeddings import unit_rows
 
 CLASSES = ["chihuahua", "muffin"]
@@ -20,7 +12,7 @@ CLASSES = ["chihuahua", "muffin"]
 
 def pool(n=130, seed=0):
     """Suggestions for n pool images in a few embedding clusters; scores, margins and
-    agreement vary independently so the two orders differ."""
+    agreement vary independently."""
     rng = np.random.default_rng(seed)
     label = np.where(rng.random(n) < 0.55, "chihuahua", "muffin")
     score = rng.uniform(0.5, 1.0, n).round(3)  # rounded: some ties, broken by path
@@ -34,11 +26,10 @@ def pool(n=130, seed=0):
     return s, emb.astype(np.float32)
 
 
-@pytest.mark.parametrize("order", ["confident", "uncertain", "mixed"])
 @pytest.mark.parametrize("page_size", [1, 7, 48, 1000])
-def test_pages_hold_one_label_respect_the_size_and_cover_the_pool_once(order, page_size):
+def test_pages_hold_one_label_respect_the_size_and_cover_the_pool_once(page_size):
     s, emb = pool()
-    pages = build_pages(s, emb, page_size, order, uncertain_share=0.3)
+    pages = build_pages(s, emb, page_size)
     assert list(pages.columns) == list(PAGE_SCHEMA)
     assert pages.dtypes.astype(str).to_dict() == PAGE_SCHEMA
     assert sorted(pages["path"]) == sorted(s["path"])  # every pool image exactly once
@@ -66,52 +57,24 @@ def seeds(pages):
     return pages[pages["position"] == 0].set_index("page")
 
 
-def test_confident_pages_start_from_the_highest_scores_and_uncertain_from_the_least_sure():
+def test_pages_start_from_the_highest_scores():
     s, emb = pool()
-    conf = build_pages(s, emb, 10, "confident")
-    unc = build_pages(s, emb, 10, "uncertain")
+    conf = build_pages(s, emb, 10)
     top = s.sort_values(["score", "path"], ascending=[False, True]).iloc[0]
     assert conf.loc[0, "path"] == top["path"]
-    # pages follow their seed's priority across both labels (which interleave)
+    # pages follow their seed's score across both labels (which interleave)
     assert seeds(conf)["score"].is_monotonic_decreasing
-    value = pd.Series(review_value(s), index=s["path"])
-    assert value[seeds(unc)["path"]].is_monotonic_decreasing
-    assert unc.loc[0, "path"] == s["path"][np.lexsort((s["path"], -review_value(s)))[0]]
     assert seeds(conf)["label"].nunique() == 2 and seeds(conf)["label"].iloc[:4].nunique() == 2
-    assert conf["path"].tolist() != unc["path"].tolist()
 
 
-def test_the_mixed_order_gives_every_1_over_share_th_page_to_the_uncertain_end():
-    ends = [page_end(i, "mixed", 0.2) for i in range(10)]
-    assert ends == ["confident"] * 4 + ["uncertain"] + ["confident"] * 4 + ["uncertain"]
-    assert [i for i in range(10) if page_end(i, "mixed", 0.3) == "uncertain"] == [3, 6, 9]
-    for order in ("confident", "uncertain"):
-        assert [page_end(i, order) for i in range(5)] == [order] * 5
-
-
-@pytest.mark.parametrize("share", [0.1, 0.25, 0.5])
-def test_mixed_pages_seed_from_their_end_with_the_best_image_not_yet_on_a_page(share):
+def test_each_page_seeds_from_the_best_image_not_yet_on_a_page():
     s, emb = pool(n=600, seed=5)
-    pages = build_pages(s, emb, 10, "mixed", uncertain_share=share)
-    ranks = {end: pd.Series(priority_rank(s, end), index=s["path"])
-             for end in ("confident", "uncertain")}
+    pages = build_pages(s, emb, 10)
+    rank = pd.Series(confidence_rank(s), index=s["path"])
     earlier: list[str] = []
-    ends = []
-    for page, rows in pages.groupby("page"):
-        ends.append(page_end(page, "mixed", share))
-        assert rows["path"].iloc[0] == ranks[ends[-1]].drop(earlier).idxmin()
+    for _, rows in pages.groupby("page"):
+        assert rows["path"].iloc[0] == rank.drop(earlier).idxmin()
         earlier += rows["path"].tolist()
-    assert ends.index("uncertain") == round(1 / share) - 1
-    assert ends.count("uncertain") == int(len(ends) * share + 1e-9)
-    # the confident end is not the uncertain one: the orders differ from the first page
-    assert pages["path"].tolist() != build_pages(s, emb, 10, "confident")["path"].tolist()
-
-
-@pytest.mark.parametrize("share", [None, 0.0, 1.0, 1.5])
-def test_mixed_pages_need_a_share_strictly_between_0_and_1(share):
-    s, emb = pool()
-    with pytest.raises(ValueError, match="mixed needs uncertain_share in \\(0, 1\\)"):
-        build_pages(s, emb, 10, "mixed", uncertain_share=share)
 
 
 def test_a_page_takes_the_images_most_similar_to_its_seed():
@@ -119,59 +82,33 @@ def test_a_page_takes_the_images_most_similar_to_its_seed():
                       "score": [0.99, 0.9, 0.8, 0.7, 0.6, 0.5], "margin": 0.5, "agree": True,
                       "model_label": "muffin", "knn_label": "muffin"})
     emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9], [1, 0.05], [0.05, 1]])
-    pages = build_pages(s, emb, 3, "confident")
+    pages = build_pages(s, emb, 3)
     assert pages.groupby("page")["path"].apply("".join).tolist() == ["aec", "bfd"]
     assert pages.loc[0, "page_score"] == pytest.approx((0.99 + 0.6 + 0.8) / 3)
 
 
-def test_pages_left_are_built_again_on_the_images_not_verified_yet():
-    s = pd.DataFrame({"path": list("abcdef"), "label": ["muffin"] * 6,
-                      "score": [0.99, 0.9, 0.8, 0.7, 0.6, 0.5], "margin": 0.5, "agree": True,
-                      "model_label": "muffin", "knn_label": "muffin"})
-    emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9], [1, 0.05], [0.05, 1]])
-    # built on the snapshot: "aec" then "bfd"; with a and e verified since, dropping them
-    # would leave page "c" of one image first; built again, the best image left (b) seeds a
-    # full page and c waits for the page after it
-    left = pages_left(s, unit_rows(emb), {"a", "e"}, 3, "confident")
-    assert left.groupby("page")["path"].apply("".join).tolist() == ["bfd", "c"]
-    assert pages_left(s, unit_rows(emb), set(s["path"]), 3, "confident").empty
-
-
 def test_pages_are_deterministic_whatever_the_row_order():
     s, emb = pool(seed=3)
-    a = build_pages(s, emb, 16, "uncertain")
+    a = build_pages(s, emb, 16)
     shuffle = np.random.default_rng(1).permutation(len(s))
-    b = build_pages(s.iloc[shuffle], emb[shuffle], 16, "uncertain")
+    b = build_pages(s.iloc[shuffle], emb[shuffle], 16)
     pd.testing.assert_frame_equal(a, b)
     # identical embeddings and scores: ties go to the path
     twins = pd.DataFrame({"path": ["b", "a", "c"], "label": "muffin", "score": 0.9,
                           "margin": 0.8, "agree": True, "model_label": "muffin",
                           "knn_label": "muffin"})
     same = np.ones((3, 4))
-    assert build_pages(twins, same, 2, "confident")["path"].tolist() == ["a", "b", "c"]
+    assert build_pages(twins, same, 2)["path"].tolist() == ["a", "b", "c"]
 
 
 def test_no_pool_gives_an_empty_table_with_the_schema_and_a_summary():
     s, emb = pool()
-    empty = build_pages(s.iloc[:0], emb[:0], 48, "confident")
+    empty = build_pages(s.iloc[:0], emb[:0], 48)
     assert empty.empty and empty.dtypes.astype(str).to_dict() == PAGE_SCHEMA
-    assert summarize_pages(empty, CLASSES, 48, "confident")["pages"] == 0
-    assert "uncertain_share" not in summarize_pages(empty, CLASSES, 48, "confident")
-    assert summarize_pages(empty, CLASSES, 48, "mixed", 0.2)["uncertain_share"] == 0.2
-    pages = build_pages(s, unit_rows(emb), 48, "confident")
-    summary = summarize_pages(pages, CLASSES, 48, "confident")
+    assert summarize_pages(empty, CLASSES, 48)["pages"] == 0
+    pages = build_pages(s, unit_rows(emb), 48)
+    summary = summarize_pages(pages, CLASSES, 48)
     assert summary["images_on_pages"] == len(s)
     assert sum(summary["pages_by_label"].values()) == summary["pages"] == pages["page"].nunique()
-    with pytest.raises(ValueError, match="unknown page order"):
-        build_pages(s, emb, 48, "random")
-
-
-def test_the_suggest_stage_says_which_order_it_used():
-    from types import SimpleNamespace
-
-    from chimuffin.stages.suggest import order_text
-
-    assert order_text(SimpleNamespace(page_order="confident", uncertain_share=0.2)) == \
-        "confident first"
-    assert order_text(SimpleNamespace(page_order="mixed", uncertain_share=0.25)) == \
-        "mixed order (0.25 of the pages from the uncertain end)"
+    with pytest.raises(ValueError, match="page_size must be >= 1"):
+        build_pages(s, emb, 0)

@@ -22,11 +22,9 @@ from chimuffin.config import parse_params
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions
 from chimuffin.review.background import (
-    PassedOver,
     Retrainer,
     Run,
     due,
-    gate_swap,
     round_params,
     threads_for_run,
     val_metrics,
@@ -88,6 +86,22 @@ def test_params_refuse_a_background_set_item_that_is_not_a_key_and_value():
     raw["review"]["background_set"] = ["tlc.enabled=false", "tlc.enabled"]
     with pytest.raises(UserError, match=r"review.background_set\[1\].*not GROUP.KEY=VALUE"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("group, key, value", [
+    ("review", "fresh_votes", False), ("review", "rebuild_on_swap", True),
+    ("review", "swap_gate", False), ("suggest", "page_order", "confident"),
+    ("suggest", "uncertain_share", 0.2)])
+def test_a_removed_review_or_page_key_is_named_as_removed(group, key, value):
+    raw = default_params_dict()
+    raw[group][key] = value
+    with pytest.raises(UserError, match=rf"params: {group}\.{key} was removed \(measured no "
+                       r"better: .*\); delete it"):
+        parse_params(raw)
+
+
+def test_background_retraining_is_on_in_the_shipped_params():
+    assert parse_params(default_params_dict()).review.retrain_every == 120
 
 
 def test_warm_starts_wait_for_warm_after_decisions(tmp_path):
@@ -155,47 +169,6 @@ def test_swap_in_keeps_old_pages_acceptable_and_tallies_each_model(tmp_path):
     assert data.models_state()["list"][0] == {**m[0], "verified": 3, "wrong": 1}
 
 
-def test_swap_in_rebuilt_builds_the_models_pages_again_on_the_images_left(tmp_path):
-    """With review.rebuild_on_swap, a model's pages are built again from its suggestions and
-    embeddings on the images not verified yet: full pages, where its own pages (built on its
-    snapshot) would have left a page of one image first."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    paths, data_dir, info = build_repo(tmp_path)
-    cfg = SimpleNamespace(page_size=2, page_order="confident", uncertain_share=None)
-    data = ReviewData(paths, CLASSES, data_dir, rebuild_on_swap=cfg)
-    pool = info["pool"]
-    data.verify({"page": 0, "exceptions": {}})  # pool 0-2, while the model trained
-    # its snapshot's pages: [pool 1, pool 3] then [pool 4]; pool 1 has been verified since
-    own = [("muffin", [(pool[1], 0.95), (pool[3], 0.6)]), ("muffin", [(pool[4], 0.9)])]
-    write_pages(tmp_path / "own.parquet", own)
-    suggestions = pd.DataFrame({
-        "path": pool[:5], "label": ["chihuahua", "muffin", "chihuahua", "muffin", "muffin"],
-        "score": [0.99, 0.95, 0.97, 0.6, 0.9], "margin": 0.5, "agree": True,
-        "model_label": "muffin", "model_conf": 0.9, "knn_label": "muffin", "knn_conf": 0.9,
-        "knn_sim": 0.8, "nearest_labeled": "", "dup_of": "", "dup_sim": 0.0,
-        "near_duplicate": False})
-    unit = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
-    run_ = Run("review-x-3-labels", 3, "on demand", time.time(), finished=time.time(), ok=True,
-               pages=pd.read_parquet(tmp_path / "own.parquet"), suggestions=suggestions,
-               unit=unit)
-    data.swap_in(run_)
-    listed = data.state()["pages"]["list"]
-    assert [[im["path"] for im in pg["images"]] for pg in listed] == [[pool[4], pool[3]]]
-    assert [pg["label"] for pg in listed] == ["muffin"] and listed[0]["model"] == 1
-
-
-def test_the_swap_gate_passes_over_a_model_that_validates_below_the_proposing_one():
-    with pytest.raises(PassedOver, match="validated 0.8500, below the proposing model's 0.8600"):
-        gate_swap(0.85, 0.86, gate=True)
-    gate_swap(0.86, 0.86, gate=True)  # as good: it swaps in (it saw more labels)
-    gate_swap(0.85, None, gate=True)  # nothing to compare with
-    gate_swap(None, 0.86, gate=True)
-    gate_swap(0.5, 0.86, gate=False)
-
-
 def test_val_metrics_tell_no_metrics_from_metrics_that_are_not_the_evaluate_stages(tmp_path):
     metrics = tmp_path / "metrics.json"
     assert val_metrics(metrics) == (None, None)  # no evaluation yet
@@ -208,41 +181,6 @@ def test_val_metrics_tell_no_metrics_from_metrics_that_are_not_the_evaluate_stag
         with pytest.raises(UserError, match=r"metrics\.json: not the evaluate stage's metrics"):
             val_metrics(metrics)
     assert metrics.read_text() == '["val"]'  # read, never changed
-
-
-def test_the_page_with_the_swap_gate_keeps_the_better_model_proposing(tmp_path):
-    """The pipeline's model (its val accuracy from metrics/eval) proposes on when a background
-    model validates worse; one that validates as well swaps in."""
-    paths, data_dir, info = build_repo(tmp_path)
-    (paths.eval / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.9, "n": 10}}))
-    data = ReviewData(paths, CLASSES, data_dir, swap_gate=True)
-    assert data.models_state()["list"][0]["val_accuracy"] == 0.9
-    before = data.page_list
-    write_pages(tmp_path / "new.parquet", [("muffin", [(info["pool"][3], 0.9)])])
-    new = pd.read_parquet(tmp_path / "new.parquet")
-    with pytest.raises(PassedOver, match="below the proposing model's 0.9000"):
-        data.swap_in(Run("worse", 4, "x", 0.0, pages=new, val_accuracy=0.85))
-    assert data.page_list == before and data.models_state()["version"] == 0
-    data.swap_in(Run("as-good", 4, "x", 0.0, pages=new, val_accuracy=0.9))
-    state = data.models_state()
-    assert state["version"] == 1 and state["list"][-1]["name"] == "as-good"
-
-
-def test_a_passed_over_run_counts_as_finished_not_failed(tmp_path):
-    """on_done raising PassedOver: the run is finished (ok), says why its pages were not used,
-    and the next automatic retrain counts decisions from its snapshot."""
-    def passed_over(run):
-        raise PassedOver("validated 0.8, below the proposing model's 0.9")
-
-    r = Retrainer(tmp_path, tmp_path / "params.yaml", tmp_path / "d.csv", CLASSES, every=3,
-                  recipe="", labels_of_model=0, on_done=passed_over, cpus=1)
-    r._retrain = lambda run, copy, out: setattr(run, "labels", 5)  # a run that went well
-    r.request()
-    r.thread.join(30)
-    (done,) = r.status()["runs"]
-    assert done["ok"] is True and done["error"] == ""
-    assert done["passed_over"] == "validated 0.8, below the proposing model's 0.9"
-    assert r.labels_of_model == 5 and not r.note(7) and r.running is None
 
 
 def test_swap_in_refuses_pages_of_images_outside_the_pool(tmp_path):
@@ -265,8 +203,7 @@ def tiny_round_repo(tmp_path: Path, every: int = 0) -> Path:
 
     params = deep_update(default_params_dict(), TINY)
     params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml",
-                        "warm_recipe": "", "fresh_votes": False, "rebuild_on_swap": False,
-                        "swap_gate": False,
+                        "warm_recipe": "",
                         "background_set": ["evaluate.tta_flip=false"], "warm_after": 0}
     root = tmp_path / "repo"
     root.mkdir(parents=True)

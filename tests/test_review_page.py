@@ -886,35 +886,3 @@ def test_a_failed_background_run_is_shown_and_changes_nothing(tmp_path, monkeypa
     assert data.models_state()["version"] == 0
     log = Path(retrainer.runs[0].log)
     assert log.is_file() and log.is_relative_to(tmp_path)
-
-
-@pytest.mark.slow
-def test_a_model_passed_over_by_the_swap_gate_is_named_and_changes_nothing(tmp_path):
-    """review.swap_gate: a background model that validates below the proposing one finishes,
-    the page names it as passed over and keeps its pages and place; nothing is written."""
-    paths, _, names = small_review(tmp_path)
-    (paths.eval / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.9, "n": 10}}))
-    data = ReviewData(paths, CLASSES, tmp_path / "dataset", swap_gate=True)
-    start = paths.decisions.read_bytes()
-    write_pages(tmp_path / "new.parquet", [("muffin", [(names["pool"][3], 0.9)])])
-
-    def worse_run(run_, copy, out):  # a run that went well and validated 0.8
-        run_.labels, run_.val_accuracy = 4, 0.8
-        run_.pages = pd.read_parquet(tmp_path / "new.parquet")
-
-    retrainer = Retrainer(paths.root, paths.root / "params.yaml", paths.decisions, CLASSES,
-                          every=0, recipe="", labels_of_model=0, on_done=data.swap_in)
-    retrainer._retrain = worse_run
-    with serving(data, retrainer=retrainer) as server, \
-            browser_at(f"http://127.0.0.1:{server.server_address[1]}/", 1280, 720) \
-            as (page, expect, _):
-        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
-        page.keyboard.press("o")  # a mark not yet accepted
-        page.keyboard.press("Shift+R")
-        expect(page.locator("#retrain-info")).to_contain_text(
-            "passed over (validated 0.8000, below the proposing model's 0.9000", timeout=30_000)
-        expect(page.locator("#retrain-failed")).to_be_hidden()
-        expect(page.locator("#page-head")).to_contain_text("proposed by pipeline outputs")
-        expect(page.locator("#page-grid .thumb.marked")).to_have_count(1)
-        assert paths.decisions.read_bytes() == start
-    assert data.models_state()["version"] == 0

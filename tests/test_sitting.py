@@ -9,14 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from chimuffin.config import parse_params
 from chimuffin.curate import sitting
-from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
-from chimuffin.curate.pages import read_pages
 from chimuffin.curate.simulated_review import ReviewCost, page_answers
 from chimuffin.curate.sitting import next_page, run_sitting, summary
 from chimuffin.labels.rows import Decision, format_decisions, read_decisions
-from chimuffin.review.background import PassedOver, Run
+from chimuffin.review.background import Run
 from tests.helpers.repo import REPO, TINY, deep_update, default_params_dict, make_repo, run
 from tests.test_review import CLASSES, write_pages
 
@@ -99,11 +96,9 @@ def test_a_stop_from_another_thread_ends_the_sitting_before_the_page_is_written(
     assert decisions.read_bytes() == before
 
 
-@pytest.mark.parametrize("gate", [False, True], ids=["no-gate", "swap-gate"])
-def test_a_model_validating_worse_is_passed_over_with_the_swap_gate(tmp_path, monkeypatch,
-                                                                    gate):
+def test_a_finished_model_proposes_from_the_next_page_on(tmp_path, monkeypatch):
     """A background model finishes after the first page, validating 0.7 against the pipeline
-    model's 0.8: with the gate the pipeline's pages go on, without it the model's pages."""
+    model's 0.8: its pages are the next ones all the same (it saw more labels)."""
     class OneRunRetrainer:  # finishes one run, at once, after the first page
         def __init__(self, *args, on_done, **kwargs):
             self.on_done, self.runs = on_done, []
@@ -113,10 +108,7 @@ def test_a_model_validating_worse_is_passed_over_with_the_swap_gate(tmp_path, mo
                 return False
             run_ = Run("review-worse", labels_now, "1 new decisions", 0.0, ok=True,
                        pages=frame([("chihuahua", ["p3", "p2"])]), val_accuracy=0.7)
-            try:
-                self.on_done(run_)
-            except PassedOver as e:  # as Retrainer does
-                run_.passed_over = str(e)
+            self.on_done(run_)
             self.runs.append(run_)
             return True
 
@@ -130,15 +122,11 @@ def test_a_model_validating_worse_is_passed_over_with_the_swap_gate(tmp_path, mo
     reports = []
     s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
                     math.inf, every=1, recipe="", cost=ReviewCost(), sleep=lambda _: None,
-                    report=reports.append, eval_dir=tmp_path / "eval", swap_gate=gate)
-    assert (s.models_finished, s.models_passed_over) == (1, 1 if gate else 0)
+                    report=reports.append, eval_dir=tmp_path / "eval")
+    assert s.models_finished == 1
     second = s.log[1]
-    if gate:
-        assert (second.model, second.wrong) == ("pipeline outputs", 1)  # p2 is a muffin
-        assert any("passed over: pipeline outputs proposes on" in m for m in reports), reports
-        assert "1 passed over" in summary(s)
-    else:
-        assert (second.model, second.wrong) == ("review-worse", 1)
+    assert (second.model, second.wrong) == ("review-worse", 1)  # p2 is a muffin
+    assert any("review-worse finished (val acc 0.7000)" in m for m in reports), reports
     on_disk = {d.path: d.label for d in read_decisions(decisions, CLASSES)}
     assert on_disk == truth
 
@@ -148,24 +136,17 @@ def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tm
     params = deep_update(default_params_dict(), TINY)
     params["suggest"]["page_size"] = 3
     params["review"] = {"retrain_every": 2, "round_recipe": "", "warm_recipe": "",
-                        "fresh_votes": True, "rebuild_on_swap": False, "swap_gate": False,
                         "background_set": [],
                         "warm_after": 0}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "repro"], root)
-    # fresh votes with no answer since the model are the suggest stage's own pages
-    cfg = parse_params(params).suggest
-    fresh = fresh_pages(read_model_outputs(root, CLASSES),
-                        read_decisions(root / "data/labels/decisions.csv", CLASSES), CLASSES, cfg)
-    pd.testing.assert_frame_equal(fresh.pages, read_pages(root / "data/suggest/pages.parquet"))
     p = run(["chimuffin", "loop", "--background", "--reviewer",
              "data/raw/sample/pool_labels.csv", "--minutes", "inf"], root,
             env={"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}, timeout=240)
     out = p.stdout
     assert "idle 0.0 s" in out and "a background retrain started" in out, out
-    assert "page rebuilds with fresh votes" in out, out
     truth = {r.split(",")[0]: r.split(",")[1] for r in
              (root / "data/raw/sample/pool_labels.csv").read_text().splitlines()[1:]}
     rows = read_decisions(root / "data/labels/decisions.csv", CLASSES)
@@ -195,14 +176,10 @@ def exp_run_niceness() -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rebuild", [False, True], ids=["own-pages", "rebuilt-on-swap"])
-def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, monkeypatch,
-                                                                    rebuild):
+def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, monkeypatch):
     """The person is slow on its second page (it waits there until the background model is
     done, as a long page would): the pages after it come from that model, whose run ran at
-    nice 10 and is a named experiment; the workspace holds only the person's decisions.
-    Rebuilt on swap, that model's pages hold only images left after the page on screen, so
-    none of them is cut."""
+    nice 10 and is a named experiment; the workspace holds only the person's decisions."""
     import os
     import tempfile
     import time
@@ -233,8 +210,7 @@ def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, mon
     s = run_sitting(root, root / "params.yaml", root / "data/labels/decisions.csv",
                     root / "data/suggest", CLASSES, truth, math.inf, every=1,
                     recipe="recipes/tiny_round.yaml", cost=ReviewCost(), sleep=person,
-                    report=events.append, live=live,
-                    rebuild_on_swap=parse_params(params).suggest if rebuild else None)
+                    report=events.append, live=live)
     assert s.models_started >= 1 and s.models_finished >= 1, events
     assert s.idle_s == 0 and s.reason == "every page is verified"
     assert niceness and set(niceness) == {own_nice + 10}
@@ -243,8 +219,6 @@ def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, mon
     assert after, events  # pages were verified after the swap, proposed by the new model
     proposer = after[0][2]
     assert proposer.startswith("review-") and proposer in exp_names(root), events
-    if rebuild:  # every page a background model proposed
-        assert all(p.images == p.built for p in s.log if p.model.startswith("review-")), s.log
     rows = read_decisions(root / "data/labels/decisions.csv", CLASSES)
     assert all(truth[d.path] == d.label for d in rows if d.source == "oracle")
     changed = [c for c in run(["git", "status", "--porcelain"], root).stdout.split("\n") if c]

@@ -146,11 +146,6 @@ class Suggest:
     cluster_similarity: float = num(-1.0, 1.0)  # embedding cosine to join a review cluster
     cluster_size: int = num(1, 10_000)
     page_size: int = num(1, 1000)             # images on one review page (one proposed label)
-    # Which pages come first: confident (highest scores: cover the pool fastest), uncertain
-    # (low margin, model/neighbour disagreement: more information per image), or mixed (every
-    # 1/uncertain_share-th page from the uncertain end, the others confident; the middle last).
-    page_order: Literal["confident", "uncertain", "mixed"] = field()
-    uncertain_share: float = num(0.0, 1.0, lo_open=True, hi_open=True)
 
 
 @dataclass(frozen=True)
@@ -175,18 +170,6 @@ class Review:
     # weights instead of from scratch (a recipe file; "" = every retrain from scratch). The
     # first retrain of a session starts from scratch with round_recipe.
     warm_recipe: str = field()
-    # After each page a person accepts, rebuild the pages of the images not verified yet from
-    # the proposing model's outputs with every label given so far voting (curate/fresh_votes.py):
-    # the neighbour half of each proposal is never older than the last page.
-    fresh_votes: bool = field()
-    # When a background model swaps in, build its pages again on the images not verified yet
-    # (full pages, seeded from its best image left) instead of dropping the verified images
-    # from the pages it built on its snapshot.
-    rebuild_on_swap: bool = field()
-    # A finished background model swaps in only when it validates at least as well as the
-    # model proposing now (evaluate's val accuracy); else its pages are passed over, and the
-    # next warm retrain still starts from its weights.
-    swap_gate: bool = field()
     # Params a background retrain changes in its copy after the round recipe, each in DVC's
     # `-S` form (GROUP.KEY=VALUE): what the page never reads need not be made there (3LC
     # tables and run, flip TTA over every image). The experiment's params.yaml records them.
@@ -276,6 +259,16 @@ REMOVED = {
     "train.res_max": "measured no better: ending the resolution ramp below full size changed "
                      "nothing measurable",
     "train.upsample": "never measured better: every recipe kept 1.0",
+    "suggest.page_order": "measured no better: the uncertain and mixed orders verified fewer "
+                          "images per minute at about the same accuracy; pages always start "
+                          "from the most confident images",
+    "suggest.uncertain_share": "measured no better: it set the mixed page order, which is gone",
+    "review.fresh_votes": "measured no better: rebuilding the pages after every page gave no "
+                          "fewer wrong proposals",
+    "review.rebuild_on_swap": "measured no better: pages built again at a swap met more wrong "
+                              "proposals over the pool",
+    "review.swap_gate": "measured no better: passing over a lower-validating model met more "
+                        "wrong proposals",
 }
 
 

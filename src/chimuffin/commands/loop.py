@@ -125,12 +125,7 @@ def run_background(args) -> int:
         s = run_sitting(root, root / args.params, root / args.decisions,
                         root / args.suggest_dir, classes, rv.truth(classes), rv.budget_s,
                         params.review.retrain_every, params.review.round_recipe, rv.cost,
-                        eval_dir=root / args.eval_dir,
-                        fresh_votes=params.suggest if params.review.fresh_votes else None,
-                        warm_recipe=params.review.warm_recipe,
-                        rebuild_on_swap=(params.suggest if params.review.rebuild_on_swap
-                                         else None),
-                        swap_gate=params.review.swap_gate)
+                        eval_dir=root / args.eval_dir, warm_recipe=params.review.warm_recipe)
     print(summary(s))
     return 0
 

@@ -51,19 +51,13 @@ def run(args) -> int:
     params = load_params(args.params)
     data_dir = Path(params.prepare.data_dir)
     data = ReviewData(Paths.under(root, args.params, args.decisions, args.state),
-                      params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir,
-                      fresh_votes=params.suggest if params.review.fresh_votes else None,
-                      rebuild_on_swap=(params.suggest if params.review.rebuild_on_swap
-                                       else None),
-                      swap_gate=params.review.swap_gate)
+                      params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir)
     retrainer = None
     if not args.no_retrain:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,
                               params.base.classes, params.review.retrain_every,
                               params.review.round_recipe, data.models[0]["labels"],
-                              on_done=data.swap_in, keep_outputs=data.outputs is not None,
-                              warm_recipe=params.review.warm_recipe,
-                              keep_unit=data.rebuild is not None)
+                              on_done=data.swap_in, warm_recipe=params.review.warm_recipe)
     server = bind(data, args.port, retrainer)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
@@ -78,8 +72,6 @@ def run(args) -> int:
         recipe += f", then warm starts with {warm}" if warm else ""
         print(f"review: background retraining {when}, recipe {recipe} (--no-retrain: off)",
               flush=True)
-    if data.fresh_error:
-        print(f"review: {data.fresh_error}", flush=True)
     if args.open:
         import webbrowser
 

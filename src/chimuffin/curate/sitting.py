@@ -6,15 +6,10 @@ each page costs: ReviewCost), answering from a file of true labels, and writes e
 label file at once under its lock (source `oracle`). Background runs start every
 `review.retrain_every` new decisions (the round recipe, on a throwaway copy, as named DVC
 experiments); when one finishes, its pages replace the current ones for the images not
-verified yet, between two pages (with `review.rebuild_on_swap`, built again on those images and
-not on the page on screen: curate/pages.py pages_left; with `review.swap_gate`, only when it
-validates at least as well as the proposing model). With fresh votes (`review.fresh_votes`),
-the pages are also rebuilt after every page the person accepts, from the proposing model's
-outputs with every label given so far voting (curate/fresh_votes.py); the time that takes is
-counted apart (`rebuild_s`: the page turn a person would wait for). The person never waits for
-a model: idle time is 0 by construction. The sitting ends when the budget cannot pay for the
-next page or every page is verified; a run still going then is stopped. Nothing is committed:
-the label file is left changed, as after a session on the review page.
+verified yet, between two pages. The person never waits for a model: idle time is 0 by
+construction. The sitting ends when the budget cannot pay for the next page or every page is
+verified; a run still going then is stopped. Nothing is committed: the label file is left
+changed, as after a session on the review page.
 """
 
 from __future__ import annotations
@@ -27,21 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
 from chimuffin.curate.pages import read_pages
 from chimuffin.curate.simulated_review import EPS, ReviewCost, page_answers, person_decided
 from chimuffin.labels import locked
 from chimuffin.labels.rows import merge_decisions
 from chimuffin.paths import METRICS_FILE, PAGES_FILE
-from chimuffin.review.background import (
-    STOPPED,
-    PassedOver,
-    Retrainer,
-    gate_swap,
-    pages_at_swap,
-    person_decisions,
-    val_metrics,
-)
+from chimuffin.review.background import STOPPED, Retrainer, person_decisions, val_metrics
 
 
 @dataclass
@@ -69,9 +55,6 @@ class Sitting:
     models_started: int = 0
     models_finished: int = 0
     models_failed: int = 0
-    models_passed_over: int = 0  # finished, validated below the proposing one (swap_gate)
-    rebuilds: int = 0           # pages rebuilt with fresh votes
-    rebuild_s: float = 0.0      # wall-clock seconds those rebuilds took
     reason: str = ""
     log: list[PageDone] = field(default_factory=list)  # every page, in order
 
@@ -90,29 +73,17 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
                 recipe: str, cost: ReviewCost,
                 sleep: Callable[[float], None] = time.sleep,
                 report: Callable[[str], None] = print, live: dict | None = None,
-                eval_dir: Path | None = None, fresh_votes=None,
-                stop: threading.Event | None = None, warm_recipe: str = "",
-                rebuild_on_swap=None, swap_gate: bool = False) -> Sitting:
+                eval_dir: Path | None = None,
+                stop: threading.Event | None = None, warm_recipe: str = "") -> Sitting:
     """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
     and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
-    samples them (benchmarks/review_session.py). fresh_votes: the `suggest` params to rebuild
-    pages with after each page (review.fresh_votes), or None: each model's own pages.
+    samples them (benchmarks/review_session.py).
     warm_recipe: review.warm_recipe (retrains after the first start from the last model).
-    rebuild_on_swap: the `suggest` params to build a finished model's pages again with, on the
-    images not verified yet (review.rebuild_on_swap), or None: its own pages.
-    swap_gate: a finished model that validates below the proposing one is passed over.
     `stop`: set by a watcher in another thread to end the sitting before its next page is
     written (pass `sleep=stop.wait` so that a page's wait ends at once too)."""
-    state = {"pages": read_pages(suggest_dir / PAGES_FILE), "on_screen": set(),
-             "outputs": None if fresh_votes is None else read_model_outputs(root, classes)}
+    state = {"pages": read_pages(suggest_dir / PAGES_FILE)}
     out = Sitting()
     guard = threading.Lock()
-
-    def rebuild(decided: list) -> None:  # under guard
-        t = time.monotonic()
-        state["pages"] = fresh_pages(state["outputs"], decided, classes, fresh_votes).pages
-        out.rebuilds += 1
-        out.rebuild_s += time.monotonic() - t
     live = {} if live is None else live
     acc, n = val_metrics(eval_dir / METRICS_FILE) if eval_dir else (None, None)
     live.update(sitting=out, model={"name": "pipeline outputs", "val_accuracy": acc,
@@ -122,21 +93,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
         acc = "-" if run.val_accuracy is None else f"{run.val_accuracy:.4f}"
         with guard:
             out.models_finished += 1
-            try:
-                gate_swap(run.val_accuracy, live["model"]["val_accuracy"], swap_gate)
-            except PassedOver:
-                out.models_passed_over += 1
-                report(f"loop: model {run.name} finished (val acc {acc}); passed over: "
-                       f"{live['model']['name']} proposes on")
-                raise
-            if fresh_votes is None:  # (next_page skips what is verified)
-                # the page the person is on is verified too by the time these are shown
-                done = (person_decided(locked.read(decisions, classes).decisions)
-                        | state["on_screen"])
-                state["pages"] = pages_at_swap(run, done, rebuild_on_swap)
-            else:  # its snapshot's labels are older than the label file's
-                state["outputs"] = run.outputs
-                rebuild(locked.read(decisions, classes).decisions)
+            state["pages"] = run.pages  # (next_page skips what is verified)
             live["model"] = {"name": run.name, "labels": run.labels,
                              "val_accuracy": run.val_accuracy, "val_n": run.val_n}
         report(f"loop: model {run.name} finished (val acc {acc}); its pages from the next "
@@ -144,9 +101,7 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
 
     start_labels = person_decisions(locked.read(decisions, classes).decisions)
     retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,
-                          on_done=swap, keep_outputs=fresh_votes is not None,
-                          warm_recipe=warm_recipe,
-                          keep_unit=rebuild_on_swap is not None)
+                          on_done=swap, warm_recipe=warm_recipe)
     started = time.monotonic()
     try:
         while True:
@@ -157,7 +112,6 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             with guard:  # a swap replaces the pages table (never changes it in place)
                 pages, proposer = state["pages"], live["model"]["name"]
                 found = next_page(pages, person_decided(snap.decisions))
-                state["on_screen"] = set() if found is None else set(found[1]["path"])
             if found is None:
                 out.reason = "every page is verified"
                 break
@@ -183,9 +137,6 @@ def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Pat
             out.pages += 1
             out.verified += len(new)
             out.exceptions += wrong
-            if fresh_votes is not None:
-                with guard:
-                    rebuild(written.new)
             if retrainer.note(person_decisions(written.new)):
                 out.models_started += 1
                 report(f"loop: {out.verified} verified; a background retrain started")
@@ -204,7 +155,4 @@ def summary(s: Sitting) -> str:
     return (f"loop: sitting done ({s.reason}): {s.verified} images verified on {s.pages} "
             f"pages, {s.exceptions} exceptions, {s.seconds:.1f} s of reviewing, idle "
             f"{s.idle_s:.1f} s; background models: {s.models_started} started, "
-            f"{s.models_finished} finished, {s.models_failed} failed"
-            + (f", {s.models_passed_over} passed over" if s.models_passed_over else "")
-            + (f"; {s.rebuilds} page rebuilds with fresh votes, "
-               f"{1000 * s.rebuild_s / s.rebuilds:.0f} ms each" if s.rebuilds else ""))
+            f"{s.models_finished} finished, {s.models_failed} failed")

@@ -17,13 +17,10 @@ A run never writes the workspace. It
    the `train` group, and NAME ends in `-warm`;
 4. pushes the experiment's ref (refs/exps/...) into the main repository, so `dvc exp show`
    there lists it; NAME holds the label count (`review-<UTC time>-<N>-labels`);
-5. reads the copy's review pages (the suggest stage's outputs; with fresh votes also its
-   predictions and embeddings, curate/fresh_votes.py) and removes the copy. A failed run keeps
-   the copy and its log (the page shows the log's tail and where it is).
+5. reads the copy's review pages (the suggest stage's outputs) and removes the copy. A failed
+   run keeps the copy and its log (the page shows the log's tail and where it is).
 
 One run at a time; a request while one runs is queued (one at most) and starts when it ends.
-With `review.swap_gate`, a finished model that validates below the proposing one is passed
-over (PassedOver): its pages are not used, the next run still starts from its weights.
 """
 
 from __future__ import annotations
@@ -40,14 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from chimuffin import atomic
 from chimuffin import paths as default
 from chimuffin.config import load_yaml, parse_override, parse_params, recipe_group, set_override
-from chimuffin.curate.fresh_votes import ModelOutputs, read_model_outputs
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
@@ -101,20 +96,6 @@ def round_params(params_text: str, recipe_text: str | None, threads: int,
     return params
 
 
-class PassedOver(Exception):
-    """A finished run's pages are not used (review.swap_gate): not a failure."""
-
-
-def gate_swap(run_accuracy: float | None, proposing_accuracy: float | None,
-              gate: bool) -> None:
-    """review.swap_gate: raise PassedOver when a finished model validates below the model
-    proposing now (either unknown: it swaps in)."""
-    if gate and None not in (run_accuracy, proposing_accuracy) \
-            and run_accuracy < proposing_accuracy:
-        raise PassedOver(f"validated {run_accuracy:.4f}, below the proposing model's "
-                         f"{proposing_accuracy:.4f}: its pages were not used")
-
-
 def warm_start_due(labels: int, warm_after: int, last_weights: Path | None) -> Path | None:
     """The weights a run starts from: the last background model's once the snapshot holds
     warm_after person decisions (None: from scratch)."""
@@ -151,11 +132,7 @@ class Run:
     neighbours: pd.DataFrame | None = field(default=None, repr=False)
     val_accuracy: float | None = None
     val_n: int | None = None    # validation images behind val_accuracy
-    outputs: ModelOutputs | None = field(default=None, repr=False)  # for fresh votes
-    # unit embeddings row-aligned with `suggestions`, to build its pages again at a swap
-    unit: np.ndarray | None = field(default=None, repr=False)
     warm: bool = False          # started from the last background model's weights
-    passed_over: str = ""       # why its pages were not used (review.swap_gate), when not
 
     def public(self) -> dict:
         return {"name": self.name, "labels": self.labels, "reason": self.reason,
@@ -163,7 +140,6 @@ class Run:
                 "started": round(self.started, 1),
                 "finished": None if self.finished is None else round(self.finished, 1),
                 "ok": self.ok, "error": self.error, "log": self.log, "log_tail": self.log_tail,
-                "passed_over": self.passed_over,
                 "val_accuracy": self.val_accuracy, "val_n": self.val_n}
 
 
@@ -173,17 +149,13 @@ class Stopped(Exception):
 
 class Retrainer:
     """Starts background runs and keeps what they gave. `on_done(run)` is called (from the
-    run's thread) when a run finished well, with its pages read; it raises PassedOver when it
-    did not use them (the run still counts as finished)."""
+    run's thread) when a run finished well, with its pages read."""
 
     def __init__(self, root: Path, params_file: Path, decisions: Path, classes: list[str],
                  every: int, recipe: str, labels_of_model: int,
                  on_done: Callable[[Run], None] | None = None, cpus: int | None = None,
-                 keep_outputs: bool = False, warm_recipe: str = "",
-                 keep_unit: bool = False):
+                 warm_recipe: str = ""):
         self.root, self.params_file, self.decisions = root.resolve(), params_file, decisions
-        self.keep_outputs = keep_outputs  # a finished run also reads its ModelOutputs
-        self.keep_unit = keep_unit  # ... and its embeddings, to build its pages again
         self.warm_recipe = warm_recipe
         # the last finished run's weights (a copy outside the workspace), when warm_recipe
         self.weights_dir: Path | None = None
@@ -273,8 +245,6 @@ class Retrainer:
         if run.ok and self.on_done is not None:
             try:
                 self.on_done(run)
-            except PassedOver as e:
-                run.passed_over = str(e)
             except Exception as e:  # its pages did not fit: shown, nothing swapped
                 run.ok, run.error = False, f"its pages were not used: {e}"
         with self.lock:
@@ -282,7 +252,7 @@ class Retrainer:
             if run.ok:
                 self.labels_of_model = run.labels
             # handed over; not kept twice
-            run.pages = run.suggestions = run.neighbours = run.outputs = run.unit = None
+            run.pages = run.suggestions = run.neighbours = None
             self.runs.append(run)
             self.running, queued = None, self.queued
             self.queued = None
@@ -367,10 +337,6 @@ class Retrainer:
         run.suggestions = read_copy_suggestions(copy)
         run.neighbours = read_copy_neighbours(copy)
         run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
-        if self.keep_outputs:
-            run.outputs = read_model_outputs(copy, self.classes)
-        if self.keep_unit:
-            run.unit = read_copy_unit(copy, run.suggestions)
         if self.warm_recipe:
             self.keep_weights(copy / default.MODEL)
 
@@ -396,38 +362,11 @@ def read_copy_pages(copy: Path) -> pd.DataFrame:
 
 
 def read_copy_suggestions(copy: Path) -> pd.DataFrame:
-    """The copy's suggestions, with the columns the enlarged view's evidence needs and those
-    the page builder reads (to build its pages again at a swap)."""
-    from chimuffin.curate.scoring import SUGGESTION_COLUMNS, read_suggestions
+    """The copy's suggestions, with the columns the enlarged view's evidence needs."""
+    from chimuffin.curate.scoring import read_suggestions
     from chimuffin.review.verify import EVIDENCE_COLUMNS
 
-    return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE,
-                            list(dict.fromkeys([*EVIDENCE_COLUMNS, *SUGGESTION_COLUMNS, "margin"])))
-
-
-def read_copy_unit(copy: Path, suggestions: pd.DataFrame) -> np.ndarray:
-    """The copy's unit embeddings, row-aligned with its suggestions."""
-    from chimuffin.data.manifest import align
-    from chimuffin.infer.embeddings import read_embeddings, unit_rows
-
-    emb_file = copy / default.EMBED / default.EMBEDDINGS_FILE
-    paths, emb = read_embeddings(emb_file)
-    return unit_rows(emb[align(suggestions, paths, str(emb_file), "the swap")])
-
-
-def pages_at_swap(run: Run, done: set[str], rebuild=None) -> pd.DataFrame:
-    """A finished run's pages for the images not in `done`: with `rebuild` (the `suggest`
-    params; review.rebuild_on_swap) built again on them from its suggestions and embeddings,
-    else the pages it built on its snapshot (the caller leaves `done` out)."""
-    if rebuild is None:
-        return run.pages
-    if run.suggestions is None or run.unit is None:
-        raise UserError(f"{run.name}: no suggestions and embeddings kept to build its pages "
-                        "again (review.rebuild_on_swap)")
-    from chimuffin.curate.pages import pages_left
-
-    return pages_left(run.suggestions, run.unit, done, rebuild.page_size, rebuild.page_order,
-                      rebuild.uncertain_share)
+    return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE, EVIDENCE_COLUMNS)
 
 
 def read_copy_neighbours(copy: Path) -> pd.DataFrame:
@@ -440,8 +379,7 @@ def read_copy_neighbours(copy: Path) -> pd.DataFrame:
 def val_metrics(path: Path) -> tuple[float | None, int | None]:
     """(validation accuracy, images) from the evaluate stage's metrics; (None, None) when there
     are none (no file yet, or no validation set). A file that is there but not such metrics is
-    an error: read as "no validation accuracy" it would, for one, let every model past the
-    swap gate unnoticed."""
+    an error (a failed run), not "no validation accuracy"."""
     import json
 
     if not path.is_file():

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from chimuffin import paths as default
-from chimuffin.curate.fresh_votes import fresh_pages, read_model_outputs
 from chimuffin.curate.scoring import QUEUE_COLUMNS, read_queue
 from chimuffin.curate.simulated_review import person_decided
 from chimuffin.data.manifest import read_manifest
@@ -44,7 +43,7 @@ from chimuffin.labels.rows import (
     remove_decisions,
 )
 from chimuffin.review import history
-from chimuffin.review.background import gate_swap, pages_at_swap, val_metrics
+from chimuffin.review.background import val_metrics
 from chimuffin.review.verify import (
     check_pages,
     evidence_of,
@@ -94,14 +93,7 @@ class Paths:
 class ReviewData:
     """The pipeline outputs the page shows, and the label file it writes."""
 
-    def __init__(self, paths: Paths, classes: list[str], data_dir: Path, clock=time.time,
-                 fresh_votes=None, rebuild_on_swap=None, swap_gate: bool = False):
-        """fresh_votes: the `suggest` params to rebuild the pages with after each accepted page
-        (review.fresh_votes; curate/fresh_votes.py), or None: each model's own pages.
-        rebuild_on_swap: the `suggest` params to build a background model's pages again with,
-        on the images not verified yet, when it swaps in (review.rebuild_on_swap), or None.
-        swap_gate: a background model that validates below the proposing one is passed over
-        (review.swap_gate)."""
+    def __init__(self, paths: Paths, classes: list[str], data_dir: Path, clock=time.time):
         self.paths, self.classes, self.clock = paths, classes, clock
         self.labels = allowed_labels(classes)
         self.data_dir = data_dir.resolve()
@@ -139,18 +131,6 @@ class ReviewData:
                         "verified": 0, "wrong": 0}]
         self.page_model = {pg["page"]: 0 for pg in self.page_list}
         self.list_version = 0  # one more each time the pages list is replaced
-        self.refreshing = threading.Lock()  # held while fresh votes rebuild the pages
-        self.fresh = fresh_votes
-        self.rebuild = rebuild_on_swap
-        self.swap_gate = swap_gate
-        # the proposing model's outputs, for fresh votes (none without pages: nothing to
-        # rebuild); outputs it cannot read turn fresh votes off, and the page says why
-        self.outputs, self.fresh_error = None, None
-        if fresh_votes is not None and self.pages is not None:
-            try:
-                self.outputs = read_model_outputs(paths.root, classes)
-            except UserError as e:
-                self.fresh_error = f"fresh votes off: {e}"
 
     def _points(self) -> pd.DataFrame:
         coords = read_pacmap(self.paths.embed / default.PACMAP_FILE)
@@ -341,8 +321,6 @@ class ReviewData:
                             confirmed=_confirm(body), pace_images=len(on_page))
         if reply["changed"]:
             self.count_proposals(page, len(on_page), wrong_proposals(pg["label"], exceptions))
-            if self.outputs is not None:
-                self.refresh()
         return reply
 
     # --- background models (review/background.py) ---
@@ -358,41 +336,15 @@ class ReviewData:
         """A background model finished: its pages replace the pages list for the images not
         verified yet (renumbered after every page number this session used, so the page's
         per-page marks never land on another page). Pages of earlier models stay acceptable by
-        number (the page keeps the one on screen until the person turns it). With fresh votes
-        its pages are rebuilt first: its snapshot's labels are older than the label file's.
-        With the swap gate, a model that validates below the proposing one raises PassedOver."""
-        with self.lock:
-            proposing = self.models[-1]["val_accuracy"]
-        gate_swap(run.val_accuracy, proposing, self.swap_gate)
+        number (the page keeps the one on screen until the person turns it)."""
         model = {"name": run.name, "labels": run.labels, "finished": run.finished,
                  "val_accuracy": run.val_accuracy, "verified": 0, "wrong": 0}
-        if self.fresh is not None and run.outputs is not None:
-            self.refresh(run.outputs, model)
-            return
-        path = Path(run.name) / default.PAGES_FILE
-        _, decisions = self.read_label_file()
-        done = {d.path for d in decisions if is_verified(d)}
-        new = check_pages(pages_at_swap(run, done, self.rebuild), path, set(self.pool),
+        new = check_pages(run.pages, Path(run.name) / default.PAGES_FILE, set(self.pool),
                           self.classes)
+        _, decisions = self.read_label_file()
         with self.lock:
             self.models.append(model)
             self._show(new, decisions, run.suggestions, run.neighbours, run.name)
-
-    def refresh(self, outputs=None, model: dict | None = None) -> None:
-        """Fresh votes: the proposing model's pages rebuilt from its outputs, every label in
-        the label file voting, for the images not verified yet. With `outputs` and `model`, a
-        background model's: it proposes from now on (if its pages could be built)."""
-        with self.refreshing:  # one at a time: the last to run read the newest label file
-            outputs = self.outputs if outputs is None else outputs
-            _, decisions = self.read_label_file()
-            fresh = fresh_pages(outputs, decisions, self.classes, self.fresh)
-            source = "fresh votes" if model is None else f"{model['name']} (fresh votes)"
-            new = check_pages(fresh.pages, Path(source), set(self.pool), self.classes)
-            with self.lock:
-                if model is not None:
-                    self.outputs = outputs
-                    self.models.append(model)
-                self._show(new, decisions, fresh.suggestions, fresh.neighbours, source)
 
     def _show(self, new: pd.DataFrame, decisions: list[Decision], suggestions, neighbours,
               source: str) -> None:
@@ -415,7 +367,6 @@ class ReviewData:
         """The models that proposed pages this session, and which proposes the list now."""
         with self.lock:
             return {"version": self.list_version, "current": len(self.models) - 1,
-                    "fresh_votes": self.outputs is not None, "fresh_error": self.fresh_error,
                     "list": [dict(m) for m in self.models]}
 
     def accept_cluster(self, body) -> dict:

@@ -30,11 +30,9 @@ def main(args, params) -> None:
 
     tables = build_tables(df, p_model, emb, signatures, classes, cfg)
     pool_emb = emb[align(tables["suggestions"], df["path"], "the clean manifest", "suggest")]
-    tables["pages"] = build_pages(tables["suggestions"], pool_emb, cfg.page_size, cfg.page_order,
-                                  cfg.uncertain_share)
+    tables["pages"] = build_pages(tables["suggestions"], pool_emb, cfg.page_size)
     summary = {**summarize(tables, classes, cfg),
-               **summarize_pages(tables["pages"], classes, cfg.page_size, cfg.page_order,
-                                 cfg.uncertain_share)}
+               **summarize_pages(tables["pages"], classes, cfg.page_size)}
     with atomic.atomic_dir(args.out) as tmp:
         for name, table in tables.items():
             atomic.write_parquet(tmp / TABLE_FILES[name], table)
@@ -44,13 +42,7 @@ def main(args, params) -> None:
           f"; {summary['label_issues_over_threshold']} of {summary['labeled']} labeled images "
           f"look mislabeled; {summary['near_duplicates']} near duplicates; review queue "
           f"{summary['review_queue']} images in {summary['review_clusters']} clusters; "
-          f"{summary['pages']} review pages of up to {cfg.page_size}, {order_text(cfg)}")
-
-
-def order_text(cfg) -> str:
-    if cfg.page_order == "mixed":
-        return f"mixed order ({cfg.uncertain_share:g} of the pages from the uncertain end)"
-    return f"{cfg.page_order} first"
+          f"{summary['pages']} review pages of up to {cfg.page_size}, the most confident first")
 
 
 if __name__ == "__main__":

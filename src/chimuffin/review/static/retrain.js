@@ -2,9 +2,7 @@
 // Background retraining (review/background.py): the page polls GET /api/retrain, shows which
 // model proposes the current page and how often each model's proposals were wrong, shows a
 // failed run with its log's tail, and swaps in a finished model's pages for the images not
-// verified yet. With fresh votes (params.yaml `review.fresh_votes`) the server also rebuilds
-// the pages after every accepted page, the latest answers voting; those lists swap in the same
-// way. The page on screen and every page with marks not yet accepted stay (the server still
+// verified yet. The page on screen and every page with marks not yet accepted stay (the server still
 // accepts them by number), before the new pages: the person keeps the place and the marks.
 // Shift+R (or the button) asks for a run now.
 
@@ -40,9 +38,6 @@ function renderRetrain(st) {
       : `model: ${modelText(st.models.current)}` + (st.every ? `; retrains every ${st.every}` +
         ` new decisions (${st.labels_of_model} at the last)` : "");
   }
-  if (last && last.passed_over) bg += ` · ${last.name} passed over (${last.passed_over})`;
-  if (st.models.fresh_votes) bg += " · fresh votes: your latest answers vote on the next pages";
-  else if (st.models.fresh_error) bg += ` · ${st.models.fresh_error}`;
   $("retrain").disabled = !st.enabled;
   $("retrain-info").textContent = `${bg} · proposals wrong so far: ${wrong}`;
   const box = $("retrain-failed");
@@ -92,7 +87,7 @@ async function swapIn(version) {
   V.pages = [...kept, ...fresher];
   for (const pg of fresher) for (const im of pg.images) V.pageOf.set(im.path, pg.page);
   applyFilter(now ? now.page : null);
-  if (!newModel) return;  // fresh votes after an accepted page: the models line says so
+  if (!newModel) return;
   status(`new proposals from ${modelText(fresh.models.current)}: ${fresher.length} page(s)` +
     (kept.length ? `; the page on screen and pages with marks stay (${kept.length})` : ""),
     false);
