@@ -33,12 +33,12 @@ import numpy as np
 
 from chimuffin import paths
 from chimuffin.curate.accept import accept
-from chimuffin.curate.rounds import commit_round
 from chimuffin.curate.scoring import read_label_issues, read_suggestions
 from chimuffin.data.manifest import read_manifest
 from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.labels import locked
 from chimuffin.labels.rows import Decision, read_path_labels
+from chimuffin.simulate.rounds import commit_round
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from chimuffin import runtime
-from chimuffin.review.background import NICE
+from chimuffin.retrain.retrainer import NICE
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

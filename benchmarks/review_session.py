@@ -9,7 +9,7 @@ files as they are in the working tree; the data is read in place, never copied):
 - data/labels/validation.csv = every row of reviewed_labels.csv: those images validate and are
   never shown to the simulated person (they are not pool images); decisions.csv starts empty;
 - the person answers from pool_labels.csv without the reviewed rows, at the cost model of
-  chimuffin.curate.simulated_review (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
+  chimuffin.simulate.reviewer (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
   single answer).
 
 Arms:
@@ -20,7 +20,7 @@ Arms:
   suggest.queue_size raised so that the queue never runs dry;
 - ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`;
 - wall-clock (only when named in --arms): one sitting of `chimuffin loop --background`'s person
-  (chimuffin.curate.sitting), in wall-clock time: after one `dvc repro` (the first model), the
+  (chimuffin.simulate.sitting), in wall-clock time: after one `dvc repro` (the first model), the
   person verifies pages at the cost model's pace while background retrains
   (every --retrain-every decisions, the arm's train group as the round recipe) swap in new
   pages. At each --wall-schedule checkpoint (wall-clock minutes since the first page) it
@@ -70,12 +70,12 @@ from chimuffin.config import (
     read_yaml_file,
     set_override,
 )
-from chimuffin.curate.rounds import parse_trailers
-from chimuffin.curate.simulated_review import ReviewCost
 from chimuffin.data.sample import write_sample
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions, read_decisions, read_path_labels
 from chimuffin.report.metrics import wilson_interval
+from chimuffin.simulate.reviewer import ReviewCost
+from chimuffin.simulate.rounds import parse_trailers
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -318,21 +318,21 @@ class WallCheckpoint:
 
 
 def wall_row(minutes: float, live: dict) -> WallCheckpoint:
-    s, m = live["sitting"], live["model"]
-    acc, n = m.get("val_accuracy"), m.get("val_n")
+    s, m = live["sitting"], live["proposals"].proposer()
+    acc, n = m.val_accuracy, m.val_n
     lo, hi = wilson_interval(round(acc * n), n) if acc is not None and n else (None, None)
     return WallCheckpoint(minutes, s.verified, s.exceptions, s.pages, s.models_started,
-                          s.models_finished, s.idle_s, m["name"], acc, lo, hi, n)
+                          s.models_finished, s.idle_s, m.name, acc, lo, hi, n)
 
 
 def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
                    whole_pool: bool) -> tuple[list[WallCheckpoint], list[dict]]:
     """One sitting in wall-clock time, sampled at the schedule's minutes since its first page;
-    also its page log (curate/sitting.py PageDone, one per accepted page)."""
+    also its page log (simulate/sitting.py PageDone, one per accepted page)."""
     import threading
 
     from chimuffin.config import load_params
-    from chimuffin.curate.sitting import run_sitting, summary
+    from chimuffin.simulate.sitting import SittingConfig, run_sitting, summary
 
     sh(["dvc", "repro"], repo)  # the first model: the person starts on its pages
     params = load_params(repo / "params.yaml")
@@ -344,12 +344,13 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
 
     def sit() -> None:
         try:
-            done["sitting"] = run_sitting(
-                repo, repo / "params.yaml", repo / "data/labels/decisions.csv",
-                repo / "data/suggest", classes, truth, budget, params.review.retrain_every,
-                params.review.round_recipe, ReviewCost(), report=lambda m: print(m, flush=True),
-                live=live, eval_dir=repo / "metrics/eval",
-                stop=stop, sleep=stop.wait, warm_recipe=params.review.warm_recipe)
+            cfg = SittingConfig(repo, repo / "params.yaml", repo / "data/labels/decisions.csv",
+                                repo / "data/suggest", classes, params.review.retrain_every,
+                                params.review.round_recipe, params.review.warm_recipe,
+                                repo / "metrics/eval", ReviewCost())
+            done["sitting"] = run_sitting(cfg, truth, budget, sleep=stop.wait,
+                                          report=lambda m: print(m, flush=True), live=live,
+                                          stop=stop)
         except BaseException as e:  # shown by the main thread
             done["error"] = e
 

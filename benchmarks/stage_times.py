@@ -13,7 +13,7 @@ labels from pool_labels.csv (a seeded sample outside the reviewed rows, source `
    --recipe / --set; every stage the change reruns is run alone, in pipeline order
    (`dvc repro --single-item STAGE`), and timed; `dvc status` after it says nothing is left.
 3. With --background: --step more labels again, and one background retrain as the review page
-   starts it (chimuffin.review.background.Retrainer: a throwaway clone, `dvc exp run` at nice 10,
+   starts it (chimuffin.retrain.retrainer.Retrainer: a throwaway clone, `dvc exp run` at nice 10,
    its ref pushed back, its pages read), timed end to end; the clone's own set-up is the
    difference between that and its stages (measured in 2 at about the same size).
 
@@ -115,7 +115,7 @@ def timed_stages(repo: Path) -> dict[str, float]:
 
 def background_retrain(repo: Path, classes: list[str]) -> tuple[float, str]:
     """One background retrain as the review page starts it: (wall seconds, its name)."""
-    from chimuffin.review.background import Retrainer
+    from chimuffin.retrain.retrainer import Retrainer
 
     retrainer = Retrainer(repo, repo / "params.yaml", repo / "data/labels/decisions.csv",
                           classes, every=0, recipe="", labels_of_model=0)

@@ -14,8 +14,6 @@ import yaml
 
 from chimuffin import atomic
 from chimuffin.cli import main
-from chimuffin.curate.git_and_signals import deferred_signals, sigterm_as_interrupt
-from chimuffin.curate.rounds import check_clean, commit_round, parse_trailers
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import (
     Decision,
@@ -24,6 +22,8 @@ from chimuffin.labels.rows import (
     read_decisions,
     read_path_labels,
 )
+from chimuffin.proc import deferred_signals, sigterm_as_interrupt
+from chimuffin.simulate.rounds import check_clean, commit_round, parse_trailers
 from tests.helpers.repo import REPO, init_repo, run
 
 CLASSES = ["chihuahua", "muffin"]

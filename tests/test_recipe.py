@@ -394,7 +394,7 @@ def test_a_background_retrains_params_hold_the_complete_merged_group():
     onto its base, every key present, so `dvc exp show` shows every value."""
     import yaml
 
-    from chimuffin.review.background import round_params
+    from chimuffin.retrain.params import round_params
 
     params = yaml.safe_dump(default_params_dict())
     out = round_params(params, "base: round\ntrain: {epochs: 3}\n", 1, "params.yaml",

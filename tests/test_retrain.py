@@ -1,4 +1,4 @@
-"""Background retraining behind the review page (review/background.py): when a run starts, the
+"""Background retraining (chimuffin.retrain) behind the review page: when a run starts, the
 round params, which pages a finished model swaps in, per-model tallies; end to end on a tiny
 repository (a named DVC experiment, the workspace and `dvc status` unchanged, also when the
 server is stopped or killed mid-run)."""
@@ -21,17 +21,12 @@ import yaml
 from chimuffin.config import parse_params
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions
-from chimuffin.review.background import (
-    Retrainer,
-    Run,
-    due,
-    round_params,
-    threads_for_run,
-    val_metrics,
-    warm_start_due,
-)
+from chimuffin.retrain.outputs import RunOutputs, val_metrics
+from chimuffin.retrain.params import due, round_params, threads_for_run, warm_start_due
+from chimuffin.retrain.retrainer import Retrainer, Run
+from chimuffin.retrain.swap import pages_from
 from chimuffin.review.data import ReviewData
-from chimuffin.review.verify import pages_to_swap_in, wrong_proposals
+from chimuffin.review.verify import wrong_proposals
 from tests.helpers.repo import BIN, REPO, TINY, deep_update, default_params_dict, run
 from tests.test_review import CLASSES, build_repo, write_pages
 
@@ -126,11 +121,12 @@ def pages_frame(pages: list[tuple[str, list[str]]]) -> pd.DataFrame:
                          for i, (lbl, paths) in enumerate(pages) for j, p in enumerate(paths)])
 
 
-def test_pages_to_swap_in_drop_verified_images_and_take_new_numbers():
+def test_pages_from_drop_verified_images_and_take_new_numbers():
     new = pages_frame([("muffin", ["a", "b"]), ("chihuahua", ["c"]), ("muffin", ["d", "e"])])
-    out = pages_to_swap_in(new, {"b", "c"}, first_page=7)
+    out = pages_from(new, {"b", "c"}, first_page=7)
     assert out[["page", "path"]].values.tolist() == [[7, "a"], [8, "d"], [8, "e"]]
     assert out["label"].tolist() == ["muffin"] * 3
+    assert out["built"].tolist() == [2, 2, 2]  # what its model put on each page
 
 
 def test_wrong_proposals_count_labels_other_than_the_page():
@@ -148,7 +144,7 @@ def test_swap_in_keeps_old_pages_acceptable_and_tallies_each_model(tmp_path):
     write_pages(tmp_path / "new.parquet", [("muffin", [(pool[0], 0.9), (pool[3], 0.8)]),
                                            ("chihuahua", [(pool[4], 0.7)])])
     run_ = Run("review-x-4-labels", 4, "on demand", time.time(), finished=time.time(), ok=True,
-               pages=pd.read_parquet(tmp_path / "new.parquet"))
+               outputs=RunOutputs(pd.read_parquet(tmp_path / "new.parquet")))
     data.swap_in(run_)
     state = data.state()
     listed = state["pages"]["list"]
@@ -189,7 +185,8 @@ def test_swap_in_refuses_pages_of_images_outside_the_pool(tmp_path):
     before = data.page_list
     write_pages(tmp_path / "bad.parquet", [("muffin", [(info["seed"], 0.9)])])
     with pytest.raises(UserError, match="not a pool image"):
-        data.swap_in(Run("r", 1, "x", 0.0, pages=pd.read_parquet(tmp_path / "bad.parquet")))
+        data.swap_in(Run("r", 1, "x", 0.0,
+                         outputs=RunOutputs(pd.read_parquet(tmp_path / "bad.parquet"))))
     assert data.page_list == before and data.models_state()["version"] == 0
 
 
@@ -250,7 +247,7 @@ def test_background_run_is_a_named_experiment_and_writes_nothing(tmp_path, monke
     done = []
     r = Retrainer(root, root / "params.yaml", root / "data/labels/decisions.csv", CLASSES,
                   every=0, recipe="recipes/tiny_round.yaml", labels_of_model=0,
-                  on_done=lambda run_: done.append(len(run_.pages)), cpus=2)
+                  on_done=lambda run_: done.append(len(run_.outputs.pages)), cpus=2)
     assert r.request()["message"] == "started"
     assert "queued" in r.request()["message"]  # one run at a time: the next waits
     r.thread.join(180)

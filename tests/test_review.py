@@ -305,7 +305,7 @@ def test_thumbnails_only_for_dataset_images(review):
     ok = names["group"][0]
     status, ctype, data = request(server, "GET", f"/thumb?path={ok}")
     assert status == 200 and ctype == "image/jpeg" and data[:2] == b"\xff\xd8"
-    assert data == (Path(server.RequestHandlerClass.data.data_dir) / ok).read_bytes()
+    assert data == (Path(server.RequestHandlerClass.data.images.data_dir) / ok).read_bytes()
     for bad, code in (("../../etc/passwd", 403), ("/etc/passwd", 403),
                       ("train128/undefined/escape.jpg", 403), ("train128/x/none.jpg", 404)):
         status, ctype, data = request(server, "GET", f"/thumb?path={bad}")
@@ -439,7 +439,7 @@ def test_a_crash_during_an_action_keeps_history_and_file_consistent(built, monke
     assert rd.undo({})["undone"]["page"] == 0
     assert paths.decisions.read_bytes() == first
     # and new actions after it undo as well
-    rd.clear({"paths": [names["pool"][5]]})
+    rd.writes.clear({"paths": [names["pool"][5]]})
     assert rd.undo({})["undone"]["kind"] == "clear"
     assert paths.decisions.read_bytes() == first
 
@@ -485,10 +485,10 @@ def test_a_validation_label_is_never_changed_here(tmp_path):
     rd = ReviewData(paths, CLASSES, data)
     for label in ("chihuahua", "remove"):
         with pytest.raises(RequestError, match=f"{v}.*is a validation image") as e:
-            rd.label({"paths": [names["pool"][1], v], "label": label, "confirm": True})
+            rd.writes.label({"paths": [names["pool"][1], v], "label": label, "confirm": True})
         assert e.value.status == 403
     assert paths.decisions.read_bytes() == before
-    assert rd.label({"paths": [v], "label": "muffin"})["changed"] == 1  # the same label
+    assert rd.writes.label({"paths": [v], "label": "muffin"})["changed"] == 1  # the same label
 
 
 def test_clear_removes_only_the_named_rows(review):

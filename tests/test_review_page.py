@@ -20,7 +20,8 @@ import yaml
 from chimuffin import atomic
 from chimuffin.data.sample import write_sample
 from chimuffin.labels.rows import Decision, format_decisions
-from chimuffin.review.background import Retrainer, Run
+from chimuffin.retrain.outputs import RunOutputs
+from chimuffin.retrain.retrainer import Retrainer, Run
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.verify import read_evidence
 from tests.helpers.repo import default_params_dict
@@ -782,14 +783,14 @@ def test_a_swapped_in_model_brings_its_evidence_and_neighbours(tmp_path):
                                "similarity": [0.9, 0.7, 0.8]})
     pages = pd.read_parquet(tmp_path / "new.parquet")
     data.swap_in(Run("with-neighbours", 4, "on demand", time.time(), finished=time.time(),
-                     ok=True, pages=pages, suggestions=suggestions, neighbours=neighbours))
+                     ok=True, outputs=RunOutputs(pages, suggestions, neighbours)))
     ev = data.state()["evidence"]
     assert ev["error"] is None
     assert ev["images"][p[3]]["neighbours"] == [[lab[0], 0.9], [lab[1], 0.7]]
     assert ev["images"][p[4]]["neighbours"] == [[lab[1], 0.8]]
     # a run whose outputs lack the neighbours: the rest of the evidence, and why not those
     data.swap_in(Run("without", 4, "on demand", time.time(), finished=time.time(), ok=True,
-                     pages=pages, suggestions=suggestions))
+                     outputs=RunOutputs(pages, suggestions)))
     ev = data.state()["evidence"]
     assert ev["error"] == "without: no neighbours.parquet"
     assert ev["images"][p[3]]["knn_sim"] == 0.8 and "neighbours" not in ev["images"][p[3]]
@@ -828,7 +829,7 @@ def test_a_page_swap_keeps_the_place_and_the_marks(tmp_path):
                                                               (p[2], 0.7)])])
         data.swap_in(Run("review-test-4-labels", 4, "on demand", time.time(),
                          finished=time.time(), ok=True,
-                         pages=pd.read_parquet(tmp_path / "new.parquet")))
+                         outputs=RunOutputs(pd.read_parquet(tmp_path / "new.parquet"))))
         expect(page.locator("#status")).to_contain_text("new proposals from review-test")
         # the place and the mark stay; nothing was written
         expect(page.locator("#page-head")).to_have_attribute("data-page", "0")

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from chimuffin.curate.simulated_review import ReviewCost, answer_queue, review_pages
 from chimuffin.labels.rows import Decision
+from chimuffin.simulate.reviewer import ReviewCost, answer_queue, review_pages
 
 
 def page_rows(page, label, paths, page_score=0.9):

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from chimuffin.curate import sitting
-from chimuffin.curate.simulated_review import ReviewCost, page_answers
-from chimuffin.curate.sitting import next_page, run_sitting, summary
 from chimuffin.labels.rows import Decision, format_decisions, read_decisions
-from chimuffin.review.background import Run
+from chimuffin.retrain.outputs import RunOutputs
+from chimuffin.retrain.retrainer import Run
+from chimuffin.simulate import sitting
+from chimuffin.simulate.reviewer import ReviewCost, page_answers
+from chimuffin.simulate.sitting import SittingConfig, next_page, run_sitting, summary
 from tests.helpers.repo import REPO, TINY, deep_update, default_params_dict, make_repo, run
 from tests.test_review import CLASSES, write_pages
 
@@ -50,11 +51,15 @@ def sitting_files(tmp_path):
     return suggest, decisions, truth
 
 
+def config(root, decisions, suggest, every=0, eval_dir=None) -> SittingConfig:
+    return SittingConfig(root, root / "params.yaml", decisions, suggest, CLASSES, every=every,
+                         recipe="", eval_dir=eval_dir)
+
+
 def test_the_person_goes_at_the_cost_models_pace_and_never_waits(tmp_path):
     suggest, decisions, truth = sitting_files(tmp_path)
     slept = []
-    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
-                    math.inf, every=0, recipe="", cost=ReviewCost(), sleep=slept.append,
+    s = run_sitting(config(tmp_path, decisions, suggest), truth, math.inf, sleep=slept.append,
                     report=lambda _: None)
     cost = ReviewCost()
     # page 0: only p0 left (p1 verified by hand); page 1: p2 is an exception
@@ -73,8 +78,7 @@ def test_the_person_goes_at_the_cost_models_pace_and_never_waits(tmp_path):
 
 def test_the_budget_stops_before_a_page_it_cannot_pay_for(tmp_path):
     suggest, decisions, truth = sitting_files(tmp_path)
-    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
-                    2.0, every=0, recipe="", cost=ReviewCost(), sleep=lambda _: None,
+    s = run_sitting(config(tmp_path, decisions, suggest), truth, 2.0, sleep=lambda _: None,
                     report=lambda _: None)
     assert (s.pages, s.verified) == (1, 1) and "needs 3.8 s; 0.6 s" in s.reason
 
@@ -89,9 +93,8 @@ def test_a_stop_from_another_thread_ends_the_sitting_before_the_page_is_written(
     def sleep_then_stop(seconds):  # Ctrl-C arrives while the person looks at the first page
         stop.set()
 
-    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
-                    math.inf, every=0, recipe="", cost=ReviewCost(), sleep=sleep_then_stop,
-                    report=lambda _: None, stop=stop)
+    s = run_sitting(config(tmp_path, decisions, suggest), truth, math.inf,
+                    sleep=sleep_then_stop, report=lambda _: None, stop=stop)
     assert (s.pages, s.verified, s.reason) == (0, 0, "stopped")
     assert decisions.read_bytes() == before
 
@@ -107,7 +110,8 @@ def test_a_finished_model_proposes_from_the_next_page_on(tmp_path, monkeypatch):
             if self.runs:
                 return False
             run_ = Run("review-worse", labels_now, "1 new decisions", 0.0, ok=True,
-                       pages=frame([("chihuahua", ["p3", "p2"])]), val_accuracy=0.7)
+                       outputs=RunOutputs(frame([("chihuahua", ["p3", "p2"])]),
+                                          val_accuracy=0.7))
             self.on_done(run_)
             self.runs.append(run_)
             return True
@@ -120,9 +124,8 @@ def test_a_finished_model_proposes_from_the_next_page_on(tmp_path, monkeypatch):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval/metrics.json").write_text(json.dumps({"val": {"accuracy": 0.8, "n": 10}}))
     reports = []
-    s = run_sitting(tmp_path, tmp_path / "params.yaml", decisions, suggest, CLASSES, truth,
-                    math.inf, every=1, recipe="", cost=ReviewCost(), sleep=lambda _: None,
-                    report=reports.append, eval_dir=tmp_path / "eval")
+    cfg = config(tmp_path, decisions, suggest, every=1, eval_dir=tmp_path / "eval")
+    s = run_sitting(cfg, truth, math.inf, sleep=lambda _: None, report=reports.append)
     assert s.models_finished == 1
     second = s.log[1]
     assert (second.model, second.wrong) == ("review-worse", 1)  # p2 is a muffin
@@ -184,7 +187,7 @@ def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, mon
     import tempfile
     import time
 
-    from tests.test_review_background import exp_names, tiny_round_repo
+    from tests.test_retrain import exp_names, tiny_round_repo
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     root = tiny_round_repo(tmp_path)
@@ -200,17 +203,17 @@ def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, mon
 
     def person(seconds: float) -> None:
         s = live["sitting"]
-        events.append(("page", s.pages, live["model"]["name"]))
+        events.append(("page", s.pages, live["proposals"].proposer().name))
         if s.pages == 1:  # the second page: stay on it until the first model is done
             deadline = time.monotonic() + 240
             while s.models_finished == 0 and time.monotonic() < deadline:
                 niceness.extend(exp_run_niceness())
                 time.sleep(0.2)
 
-    s = run_sitting(root, root / "params.yaml", root / "data/labels/decisions.csv",
-                    root / "data/suggest", CLASSES, truth, math.inf, every=1,
-                    recipe="recipes/tiny_round.yaml", cost=ReviewCost(), sleep=person,
-                    report=events.append, live=live)
+    cfg = SittingConfig(root, root / "params.yaml", root / "data/labels/decisions.csv",
+                        root / "data/suggest", CLASSES, every=1,
+                        recipe="recipes/tiny_round.yaml")
+    s = run_sitting(cfg, truth, math.inf, sleep=person, report=events.append, live=live)
     assert s.models_started >= 1 and s.models_finished >= 1, events
     assert s.idle_s == 0 and s.reason == "every page is verified"
     assert niceness and set(niceness) == {own_nice + 10}

@@ -14,11 +14,12 @@ from chimuffin import paths
 from chimuffin.config import parse_params, read_recipe
 from chimuffin.errors import UserError
 from chimuffin.model import build_model, save_checkpoint
-from chimuffin.review.background import Retrainer, experiment_name
+from chimuffin.retrain.params import experiment_name
+from chimuffin.retrain.retrainer import Retrainer
 from chimuffin.stages.train import checkpoint_meta, warm_start
 from tests.helpers.repo import REPO, default_params_dict, run
+from tests.test_retrain import fingerprint, retrain_leftovers, tiny_round_repo
 from tests.test_review import CLASSES
-from tests.test_review_background import fingerprint, retrain_leftovers, tiny_round_repo
 
 
 def params_with(**train):

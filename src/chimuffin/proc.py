@@ -1,16 +1,21 @@
-"""Git and signals for the automated loop: git run in its own session (a terminal's Ctrl-C
-cannot kill it halfway through a commit), the repository root, a block that holds Ctrl-C/SIGTERM
-until it ends, SIGTERM handled as Ctrl-C, and a child command that is let stop cleanly."""
+"""Child processes and signals: the one place chimuffin starts another program (git, dvc,
+nice), a block that holds Ctrl-C/SIGTERM until it ends, and SIGTERM handled as Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from chimuffin.errors import UserError
+
+# after a Ctrl-C: let the child end on its own, then SIGINT (dvc releases its locks on it),
+# then SIGKILL
+STOP_STEPS = ((None, 5.0), (signal.SIGINT, 60.0), (signal.SIGKILL, None))
 
 
 @contextlib.contextmanager
@@ -44,10 +49,58 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    # its own session: a Ctrl-C in the terminal must not kill git halfway through a commit
-    p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                       start_new_session=True)
+@dataclass(frozen=True)
+class Done:
+    returncode: int
+    stdout: str  # "" unless captured
+    stderr: str  # "" unless captured without a log
+
+
+def run(cmd: list[str], cwd: Path, *, capture: bool = True, log: TextIO | None = None,
+        nice: int = 0, own_session: bool = True, env: dict | None = None,
+        started: Callable[[subprocess.Popen], None] | None = None) -> Done:
+    """Run `cmd` in `cwd` to its end.
+
+    capture: its stdout is returned (and its stderr too, without a log); else both go to
+    `log`, or without one to this terminal. log: an open file that gets the command line,
+    stderr and stdout (as it comes, when not captured). nice: a lower CPU priority.
+    own_session: a Ctrl-C in the terminal reaches only this process (git must not die halfway
+    through a commit; a background run is stopped by its owner). started: told the child
+    once it runs (to signal it from another thread). On Ctrl-C the child is let stop cleanly
+    (STOP_STEPS) before the KeyboardInterrupt goes on."""
+    if log is not None:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+    pipe = subprocess.PIPE
+    child = subprocess.Popen((["nice", "-n", str(nice)] if nice else []) + cmd, cwd=cwd,
+                             stdout=pipe if capture else log,
+                             stderr=log if log is not None else pipe if capture else None,
+                             text=True, env=env, start_new_session=own_session)
+    if started is not None:
+        started(child)
+    try:
+        stdout, stderr = child.communicate()
+    except KeyboardInterrupt:
+        stop_gently(child)
+        raise
+    if log is not None and stdout:
+        log.write(stdout)
+        log.flush()
+    return Done(child.returncode, stdout or "", stderr or "")
+
+
+def stop_gently(child: subprocess.Popen) -> None:
+    for sig, wait_s in STOP_STEPS:
+        if child.poll() is not None:
+            return
+        if sig is not None:
+            child.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.communicate(timeout=wait_s)
+
+
+def git(args: list[str], cwd: Path, check: bool = True) -> Done:
+    p = run(["git", *args], cwd)
     if check and p.returncode != 0:
         raise UserError(f"`git {' '.join(args)}` failed: {p.stderr.strip() or p.stdout.strip()}")
     return p
@@ -60,19 +113,6 @@ def repo_root(start: Path) -> Path:
     return Path(p.stdout.strip())
 
 
-def run_child(cmd: list[str], cwd: Path) -> int:
-    """Run a command in the foreground; on Ctrl-C/SIGTERM let it stop cleanly first (dvc
-    releases its locks on SIGINT, not on SIGKILL)."""
-    child = subprocess.Popen(cmd, cwd=cwd)
-    try:
-        return child.wait()
-    except KeyboardInterrupt:
-        # a terminal Ctrl-C reached the child too; a SIGTERM sent to us alone did not
-        for step, wait_s in ((None, 5), (signal.SIGINT, 60), (signal.SIGKILL, None)):
-            if child.poll() is not None:
-                break
-            if step is not None:
-                child.send_signal(step)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=wait_s)
-        raise
+def foreground(cmd: list[str], cwd: Path) -> int:
+    """Run a command on this terminal (a Ctrl-C there reaches it too); its exit status."""
+    return run(cmd, cwd, capture=False, own_session=False).returncode

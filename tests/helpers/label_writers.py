@@ -69,8 +69,8 @@ def pull(root: Path, prefix: str, n: int, pause: float) -> None:
 
 
 def loop(root: Path, prefix: str, n: int, pause: float) -> None:
-    from chimuffin.curate.rounds import commit_round
     from chimuffin.labels.rows import Decision, merge_decisions
+    from chimuffin.simulate.rounds import commit_round
 
     for k in range(n):
         time.sleep(pause)

@@ -1,5 +1,5 @@
 """`chimuffin loop --rounds R`: rounds of `dvc repro`, a simulated person's review and/or
-accepted suggestions, and one git commit each (the rounds live in chimuffin.curate.rounds)."""
+accepted suggestions, and one git commit each (the rounds live in chimuffin.simulate.rounds)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 from chimuffin import paths
 from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
-from chimuffin.curate.git_and_signals import repo_root, run_child, sigterm_as_interrupt
-from chimuffin.curate.rounds import AutoAccept, LoopConfig, Reviewer, run_loop
-from chimuffin.curate.simulated_review import ReviewCost
-from chimuffin.curate.sitting import run_sitting, summary
 from chimuffin.errors import UserError
+from chimuffin.proc import foreground, repo_root, sigterm_as_interrupt
+from chimuffin.simulate.reviewer import ReviewCost
+from chimuffin.simulate.rounds import AutoAccept, LoopConfig, Reviewer, run_loop
+from chimuffin.simulate.sitting import SittingConfig, run_sitting, summary
 
 DESCRIPTION = """\
 Each round: `dvc repro`; then a simulated person adds labels (source oracle) from a file of
@@ -118,14 +118,15 @@ def run_background(args) -> int:
     root = repo_root(Path.cwd())
     rv = reviewer(args, classes)
     with sigterm_as_interrupt():
-        if run_child(["dvc", "repro"], root) != 0:
+        if foreground(["dvc", "repro"], root) != 0:
             raise UserError("`dvc repro` failed; the sitting needs the pipeline's pages")
         if params.review.retrain_every == 0:
             print("loop: review.retrain_every is 0: no background retrains in this sitting")
-        s = run_sitting(root, root / args.params, root / args.decisions,
-                        root / args.suggest_dir, classes, rv.truth(classes), rv.budget_s,
-                        params.review.retrain_every, params.review.round_recipe, rv.cost,
-                        eval_dir=root / args.eval_dir, warm_recipe=params.review.warm_recipe)
+        cfg = SittingConfig(root, root / args.params, root / args.decisions,
+                            root / args.suggest_dir, classes, params.review.retrain_every,
+                            params.review.round_recipe, params.review.warm_recipe,
+                            root / args.eval_dir, rv.cost)
+        s = run_sitting(cfg, rv.truth(classes), rv.budget_s)
     print(summary(s))
     return 0
 

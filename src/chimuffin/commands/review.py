@@ -10,9 +10,9 @@ from pathlib import Path
 
 from chimuffin import paths
 from chimuffin.config import load_params
-from chimuffin.curate.git_and_signals import sigterm_as_interrupt
 from chimuffin.errors import UserError
-from chimuffin.review.background import Retrainer
+from chimuffin.proc import sigterm_as_interrupt
+from chimuffin.retrain.retrainer import Retrainer
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.history import STATE_FILE
 from chimuffin.review.server import HOST, make_server
@@ -56,7 +56,7 @@ def run(args) -> int:
     if not args.no_retrain:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,
                               params.base.classes, params.review.retrain_every,
-                              params.review.round_recipe, data.models[0]["labels"],
+                              params.review.round_recipe, data.proposals.models[0].labels,
                               on_done=data.swap_in, warm_recipe=params.review.warm_recipe)
     server = bind(data, args.port, retrainer)
     url = f"http://{HOST}:{server.server_address[1]}/"

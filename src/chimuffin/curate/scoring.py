@@ -317,6 +317,9 @@ def summarize(tables: dict[str, pd.DataFrame], classes: list[str], cfg) -> dict:
 
 SUGGESTION_COLUMNS = ["path", "label", "score", "agree", "model_label", "model_conf",
                       "knn_label", "knn_conf"]
+# what stands behind a proposal (the review page's enlarged view shows it)
+EVIDENCE_COLUMNS = ["path", "model_label", "model_conf", "knn_label", "knn_conf", "knn_sim",
+                    "nearest_labeled", "dup_of", "dup_sim", "near_duplicate"]
 QUEUE_COLUMNS = ["rank", "path", "kind", "cluster", "proposed", "reason"]
 LABEL_ISSUE_COLUMNS = ["path", "split", "label", "issue_score", "suggested_label"]
 NEIGHBOUR_COLUMNS = ["path", "rank", "neighbour", "similarity"]

@@ -39,6 +39,12 @@ class Decision:
     row: int = field(default=0, compare=False, repr=False)
 
 
+def person_decided(decisions) -> set[str]:
+    """The images a person decided (PERSON_SOURCES): verified, never shown or asked again.
+    What background retraining counts, and what the review page and the sitting skip."""
+    return {d.path for d in decisions if d.source in PERSON_SOURCES}
+
+
 def allowed_labels(classes: list[str]) -> list[str]:
     return [*classes, UNDEFINED, REMOVE]
 

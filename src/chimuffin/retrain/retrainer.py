@@ -1,30 +1,28 @@
-"""Background retraining for the review page: a DVC experiment on a copy of the workspace.
+"""Background retraining: a DVC experiment on a throwaway copy of the workspace.
 
 A run never writes the workspace. It
 1. snapshots the label file (read under its inter-process lock, so never half a write);
-2. makes a throwaway copy of the repository in a temporary folder: `git clone --shared` (the
-   objects are borrowed, not copied) at HEAD, with the workspace's tracked changes (`git stash
-   create`, which touches neither the files nor the stash list) read into it, the snapshot
-   written as its label file, and the main repository's DVC cache as its cache;
+2. makes the copy (retrain/copy.py) in a temporary folder, with the snapshot as its label file;
 3. in the copy, sets the round recipe (params.yaml `review.round_recipe`) as its `train` group
    and `runtime.threads` to every core, then review.background_set's params (DVC's `-S`
    form: what the page never reads, such as 3LC, need not be made), checks the result as
    strictly as any params file, and runs `dvc exp run -n NAME` at a lower CPU priority (`nice
    -n 10`: the page goes first). With a warm recipe (`review.warm_recipe`), a background model
    already finished and at least review.warm_after person decisions, the run starts from that
-   model's weights instead: they are put in the copy's
-   models/warm_start/ and `dvc add`ed (the train stage's dep records them), the warm recipe is
-   the `train` group, and NAME ends in `-warm`;
+   model's weights instead: they are put in the copy's models/warm_start/ and `dvc add`ed (the
+   train stage's dep records them), the warm recipe is the `train` group, and NAME ends in
+   `-warm`;
 4. pushes the experiment's ref (refs/exps/...) into the main repository, so `dvc exp show`
    there lists it; NAME holds the label count (`review-<UTC time>-<N>-labels`);
-5. reads the copy's review pages (the suggest stage's outputs) and removes the copy. A failed
-   run keeps the copy and its log (the page shows the log's tail and where it is).
+5. reads the copy's outputs (retrain/outputs.py) and removes the copy. A failed run keeps the
+   copy and its log (the page shows the log's tail and where it is).
 
 One run at a time; a request while one runs is queued (one at most) and starts when it ends.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -36,75 +34,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-import pandas as pd
-import yaml
-
-from chimuffin import atomic
+from chimuffin import atomic, proc
 from chimuffin import paths as default
-from chimuffin.config import load_yaml, parse_override, parse_params, recipe_group, set_override
-from chimuffin.curate.simulated_review import person_decided
+from chimuffin.config import load_yaml, parse_params
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
-from chimuffin.labels.rows import Decision
+from chimuffin.labels.rows import person_decided
+from chimuffin.retrain import copy as workspace_copy
+from chimuffin.retrain.outputs import RunOutputs
+from chimuffin.retrain.params import (
+    due,
+    experiment_name,
+    round_params,
+    threads_for_run,
+    warm_start_due,
+)
 
 NICE = 10
 LOG_TAIL_LINES = 30
 STOP_GRACE_S = 30.0  # dvc releases its locks on SIGINT; SIGKILL after this
 STOPPED = "stopped with the server"  # a run's error when stop() ended it: not a failure
-
-
-def person_decisions(decisions: list[Decision]) -> int:
-    """The labels a person gave (what `retrain_every` counts)."""
-    return len(person_decided(decisions))
-
-
-def due(labels_now: int, labels_of_model: int, every: int, busy: bool) -> bool:
-    """Start a retrain on its own: every > 0, nothing running or queued, and at least `every`
-    person decisions more than the model the page shows was trained on."""
-    return every > 0 and not busy and labels_now - labels_of_model >= every
-
-
-def threads_for_run(cpus: int | None) -> int:
-    """Every core: at nice 10 the page's requests still go first. Measured on 2 cores
-    (benchmarks/page_latency.py): two threads trained 1.5-1.8x faster than one, and the real
-    pool's /api/state took 112 ms (p50) beside them against 105 idle."""
-    return max(1, cpus or 1)
-
-
-def round_params(params_text: str, recipe_text: str | None, threads: int,
-                 params_name: str, recipe_name: str, overrides: list[str] = ()) -> dict:
-    """The copy's params: the workspace's, with the recipe's `train` group (None: keep it),
-    runtime.threads, then `overrides` (review.background_set); checked strictly (a bad
-    recipe or override stops here, before any run)."""
-    params = load_yaml(params_text, params_name)
-    if recipe_text is not None:
-        # merged onto its base: the copy's params.yaml holds the complete group (dvc exp show)
-        params["train"] = recipe_group(load_yaml(recipe_text, recipe_name), Path(recipe_name))
-    params["runtime"]["threads"] = threads
-    try:
-        parse_params(params)
-    except UserError as e:
-        raise UserError(f"{recipe_name}: {e}") from e
-    where = f"{params_name}: review.background_set"
-    for item in overrides:
-        set_override(params, *parse_override(item, where))
-    try:
-        parse_params(params)
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from e
-    return params
-
-
-def warm_start_due(labels: int, warm_after: int, last_weights: Path | None) -> Path | None:
-    """The weights a run starts from: the last background model's once the snapshot holds
-    warm_after person decisions (None: from scratch)."""
-    return last_weights if labels >= warm_after else None
-
-
-def experiment_name(labels: int, when: float, warm: bool = False) -> str:
-    return (f"review-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(when))}-{labels}-labels"
-            + ("-warm" if warm else ""))
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -127,11 +78,9 @@ class Run:
     error: str = ""
     log: str = ""               # the log file (kept only when the run failed)
     log_tail: str = ""
-    pages: pd.DataFrame | None = field(default=None, repr=False)
-    suggestions: pd.DataFrame | None = field(default=None, repr=False)
-    neighbours: pd.DataFrame | None = field(default=None, repr=False)
-    val_accuracy: float | None = None
-    val_n: int | None = None    # validation images behind val_accuracy
+    outputs: RunOutputs | None = field(default=None, repr=False)  # once it finished well
+    val_accuracy: float | None = None  # kept from its outputs (they are handed over)
+    val_n: int | None = None
     warm: bool = False          # started from the last background model's weights
 
     def public(self) -> dict:
@@ -147,9 +96,18 @@ class Stopped(Exception):
     """The server is stopping: the run is abandoned."""
 
 
+def child_env() -> dict:
+    """This interpreter's tools (dvc) first; the stages import the copy's src/ (src/stage.py),
+    not PYTHONPATH's."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+           f"{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 class Retrainer:
     """Starts background runs and keeps what they gave. `on_done(run)` is called (from the
-    run's thread) when a run finished well, with its pages read."""
+    run's thread) when a run finished well, with its outputs read."""
 
     def __init__(self, root: Path, params_file: Path, decisions: Path, classes: list[str],
                  every: int, recipe: str, labels_of_model: int,
@@ -229,7 +187,7 @@ class Retrainer:
         log = tmp / "retrain.log"
         try:
             with open(log, "w") as out:
-                self._retrain(run, tmp / "repo", out)
+                self._retrain(run, tmp / "repo", functools.partial(self._sh, out=out))
             run.ok = True
         except Stopped:
             run.ok, run.error = False, STOPPED
@@ -251,48 +209,35 @@ class Retrainer:
             self.child = None
             if run.ok:
                 self.labels_of_model = run.labels
-            # handed over; not kept twice
-            run.pages = run.suggestions = run.neighbours = None
+            run.outputs = None  # handed over; not kept twice
             self.runs.append(run)
             self.running, queued = None, self.queued
             self.queued = None
             if queued is not None and not self.stopping:
                 self._start(queued)
 
-    def _retrain(self, run: Run, copy: Path, out) -> None:
-        def sh(cmd: list[str], cwd: Path, nice: bool = False, check: bool = True) -> str:
-            if self.stopping:
-                raise Stopped
-            out.write(f"$ {' '.join(cmd)}\n")
-            out.flush()
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-                   f"{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-            env.pop("PYTHONPATH", None)  # the stages import the copy's src/ (src/stage.py)
-            p = subprocess.Popen((["nice", "-n", str(NICE)] if nice else []) + cmd, cwd=cwd,
-                                 stdout=subprocess.PIPE, stderr=out, text=True, env=env,
-                                 start_new_session=True)  # a terminal Ctrl-C is ours to pass
-            with self.lock:
-                self.child = p
-            stdout, _ = p.communicate()
-            with self.lock:
-                self.child = None
-            out.write(stdout)
-            out.flush()
-            if self.stopping:
-                raise Stopped
-            if p.returncode != 0 and check:
-                raise UserError(f"`{' '.join(cmd[:3])}` failed (exit {p.returncode}); see the "
-                                "log")
-            return stdout.strip()
-
-        top = Path(sh(["git", "rev-parse", "--show-toplevel"], self.root)).resolve()
-        if top != self.root:  # the copy is of the repository: it must be this folder's own
-            raise UserError(f"{self.root}: not the top folder of a git repository (that is "
-                            f"{top}); run `chimuffin review` there")
+    def _retrain(self, run: Run, copy: Path, sh: workspace_copy.Sh) -> None:
+        workspace_copy.check_top_folder(self.root, sh)
         with locked.holding_lock(self.decisions):
             snapshot = locked.read(self.decisions, self.classes)
-        run.labels = person_decisions(snapshot.decisions)
-        params_text = _read_text(self.params_file)  # the workspace's, as the run starts
+        run.labels = len(person_decided(snapshot.decisions))
+        params, start_from = self._run_params(run)
+        workspace_copy.clone_workspace(self.root, copy, sh)
+        workspace_copy.write_inputs(
+            copy, self.decisions.resolve().relative_to(self.root), snapshot.data,
+            self.params_file.resolve().relative_to(self.root), params, sh)
+        if start_from is not None:
+            workspace_copy.add_warm_start(copy, start_from, sh)
+        workspace_copy.run_experiment(copy, run.name, sh)
+        run.outputs = RunOutputs.of_repository(copy)
+        run.val_accuracy, run.val_n = run.outputs.val_accuracy, run.outputs.val_n
+        if self.warm_recipe:
+            self.keep_weights(copy / default.MODEL)
+
+    def _run_params(self, run: Run) -> tuple[dict, Path | None]:
+        """The copy's params (the workspace's as the run starts, with the round or warm
+        recipe) and the weights it starts from; names the run."""
+        params_text = _read_text(self.params_file)
         review = parse_params(load_yaml(params_text, str(self.params_file))).review
         start_from = warm_start_due(run.labels, review.warm_after, self.last_weights())
         run.warm = start_from is not None
@@ -300,45 +245,29 @@ class Retrainer:
         recipe = self.warm_recipe if run.warm else self.recipe
         recipe_file = self.root / recipe if recipe else None
         recipe_text = None if recipe_file is None else _read_text(recipe_file)
-        params = round_params(params_text, recipe_text, self.threads, str(self.params_file),
-                              str(recipe_file or self.params_file), review.background_set)
-        head = sh(["git", "rev-parse", "HEAD"], self.root)
-        changes = sh(["git", "stash", "create"], self.root)  # "" when nothing is changed
-        cache = sh(["dvc", "cache", "dir"], self.root)
-        sh(["git", "clone", "-q", "--shared", "--no-checkout", str(self.root), str(copy)],
-           self.root)
-        sh(["git", "checkout", "-q", "--detach", head], copy)
-        if changes:
-            sh(["git", "read-tree", "-u", "--reset", changes], copy)
-        sh(["dvc", "cache", "dir", "--local", cache], copy)
-        label_file = copy / self.decisions.resolve().relative_to(self.root)
-        if snapshot.data is None:
-            label_file.unlink(missing_ok=True)
-        else:
-            label_file.parent.mkdir(parents=True, exist_ok=True)
-            label_file.write_bytes(snapshot.data)
-        (copy / self.params_file.resolve().relative_to(self.root)).write_text(
-            yaml.safe_dump(params, sort_keys=False))
-        # the data DVC tracks (`dvc add`ed datasets, the outputs), from the shared cache; what
-        # the cache lacks the run makes (or names in its log)
-        sh(["dvc", "checkout", "-q"], copy, nice=True, check=False)
-        if start_from is not None:  # tracked, so the experiment records where it started
-            weights = copy / default.WARM_START / default.WARM_START_FILE
-            shutil.copyfile(start_from, weights)
-            sh(["dvc", "add", "-q", str(weights.relative_to(copy))], copy, nice=True)
-            sh(["git", "add", default.WARM_START], copy)  # its .dvc file, whatever autostage
-        sh(["dvc", "exp", "run", "-n", run.name], copy, nice=True)
-        refs = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], copy).split()
-        ref = next((r for r in refs if r.endswith(f"/{run.name}")), None)
-        if ref is None:
-            raise UserError(f"dvc exp run left no ref for {run.name}")
-        sh(["git", "push", "-q", "origin", f"{ref}:{ref}"], copy)
-        run.pages = read_copy_pages(copy)
-        run.suggestions = read_copy_suggestions(copy)
-        run.neighbours = read_copy_neighbours(copy)
-        run.val_accuracy, run.val_n = val_metrics(copy / default.EVAL / default.METRICS_FILE)
-        if self.warm_recipe:
-            self.keep_weights(copy / default.MODEL)
+        return round_params(params_text, recipe_text, self.threads, str(self.params_file),
+                            str(recipe_file or self.params_file),
+                            review.background_set), start_from
+
+    def _sh(self, cmd: list[str], cwd: Path, out: TextIO, nice: bool = False,
+            check: bool = True, capture: bool = True) -> str:
+        """One command of a run, logged; its stdout (when captured). The child is kept so
+        that stop() can signal it."""
+        if self.stopping:
+            raise Stopped
+        done = proc.run(cmd, cwd, capture=capture, log=out, nice=NICE if nice else 0,
+                        env=child_env(), started=self._track)
+        self._track(None)
+        if self.stopping:
+            raise Stopped
+        if done.returncode != 0 and check:
+            raise UserError(f"`{' '.join(cmd[:3])}` failed (exit {done.returncode}); see the "
+                            "log")
+        return done.stdout.strip()
+
+    def _track(self, child: subprocess.Popen | None) -> None:
+        with self.lock:
+            self.child = child
 
     def last_weights(self) -> Path | None:
         """The last finished run's weights, when warm starts are on and one finished."""
@@ -355,43 +284,6 @@ class Retrainer:
             shutil.copyfile(model, tmp)
 
 
-def read_copy_pages(copy: Path) -> pd.DataFrame:
-    from chimuffin.curate.pages import read_pages
-
-    return read_pages(copy / default.SUGGEST / default.PAGES_FILE)
-
-
-def read_copy_suggestions(copy: Path) -> pd.DataFrame:
-    """The copy's suggestions, with the columns the enlarged view's evidence needs."""
-    from chimuffin.curate.scoring import read_suggestions
-    from chimuffin.review.verify import EVIDENCE_COLUMNS
-
-    return read_suggestions(copy / default.SUGGEST / default.SUGGESTIONS_FILE, EVIDENCE_COLUMNS)
-
-
-def read_copy_neighbours(copy: Path) -> pd.DataFrame:
-    """The copy's voting neighbours (the enlarged view lists them)."""
-    from chimuffin.curate.scoring import read_neighbours
-
-    return read_neighbours(copy / default.SUGGEST / default.NEIGHBOURS_FILE)
-
-
-def val_metrics(path: Path) -> tuple[float | None, int | None]:
-    """(validation accuracy, images) from the evaluate stage's metrics; (None, None) when there
-    are none (no file yet, or no validation set). A file that is there but not such metrics is
-    an error (a failed run), not "no validation accuracy"."""
-    import json
-
-    if not path.is_file():
-        return None, None
-    try:
-        val = json.loads(_read_text(path)).get("val")
-        return (None, None) if not val else (float(val["accuracy"]), int(val["n"]))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path}: not the evaluate stage's metrics (a 'val' object with "
-                        f"'accuracy' and 'n'): {type(e).__name__}: {e}") from e
-
-
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -404,4 +296,3 @@ def _signal_group(child: subprocess.Popen, sig: int) -> None:
         os.killpg(child.pid, sig)
     except ProcessLookupError:
         pass
-

@@ -1,7 +1,8 @@
 """A local web page to verify and label images: the offline Dashboard (HTTP side).
 
 Serves on 127.0.0.1 only. Every script and style comes from this package or the installed
-`plotly` package (no CDN, no internet). The label actions themselves live in review/data.py.
+`plotly` package (no CDN, no internet). The label actions themselves live in review/data.py
+and review/writes.py.
 
 Safety, for a server any page in the person's browser could try to reach:
 - the Host header must name 127.0.0.1 or localhost (DNS rebinding);
@@ -22,6 +23,7 @@ import io
 import json
 import math
 import mimetypes
+import operator
 import sys
 import time
 import traceback
@@ -49,8 +51,8 @@ STATIC = {  # name -> content type; served from review/static
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 ACTIONS = {  # POST path -> ReviewData method
-    "/api/label": "label", "/api/verify": "verify", "/api/accept-cluster": "accept_cluster",
-    "/api/clear": "clear", "/api/undo": "undo",
+    "/api/label": "writes.label", "/api/verify": "verify",
+    "/api/accept-cluster": "accept_cluster", "/api/clear": "writes.clear", "/api/undo": "undo",
 }
 
 
@@ -87,7 +89,7 @@ class DeadlineReader(io.RawIOBase):
 
 class Handler(BaseHTTPRequestHandler):
     data: ReviewData  # set on the subclass that make_server creates
-    retrainer = None  # a review.background.Retrainer, or None: no background retraining
+    retrainer = None  # a chimuffin.retrain Retrainer, or None: no background retraining
     timeout = TIMEOUT_S  # socket timeout for writes; reads get deadlines (DeadlineReader)
 
     def setup(self) -> None:
@@ -221,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(HTTPStatus.CONFLICT, "background retraining is off here")
             return self.send_json(HTTPStatus.OK, {**self.retrainer.request("on demand"),
                                                   **self.retrain_status()})
-        reply = getattr(self.data, action)(body)
+        reply = operator.attrgetter(action)(self.data)(body)
         self.send_json(HTTPStatus.OK, reply)
         if self.retrainer is not None and reply.get("changed"):
             by_source = reply["counts"]["by_source"]
@@ -254,7 +256,7 @@ class Handler(BaseHTTPRequestHandler):
 def make_server(data: ReviewData, port: int = 0, timeout: float = TIMEOUT_S,
                 retrainer=None) -> ThreadingHTTPServer:
     """Bound to 127.0.0.1 (never another interface); port 0 picks a free one. `retrainer`:
-    background retraining (review/background.py), None for none."""
+    background retraining (chimuffin.retrain), None for none."""
     handler = type("BoundHandler", (Handler,), {"data": data, "timeout": timeout,
                                                  "retrainer": retrainer})
     server = ThreadingHTTPServer((HOST, port), handler)

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from chimuffin.curate import pages
-from chimuffin.curate.scoring import read_neighbours, read_suggestions
+from chimuffin.curate.scoring import EVIDENCE_COLUMNS, read_neighbours, read_suggestions
 from chimuffin.errors import UserError
-from chimuffin.labels.rows import PERSON_SOURCES, Decision
+from chimuffin.labels.rows import Decision, person_decided
 from chimuffin.review.history import images_per_minute
 
 
@@ -44,16 +44,6 @@ def check_pages(df: pd.DataFrame, path: Path, pool: set[str], classes: list[str]
     return df
 
 
-def pages_to_swap_in(new: pd.DataFrame, verified: set[str], first_page: int) -> pd.DataFrame:
-    """A background model's pages for the images not verified yet: verified images dropped
-    (and pages they emptied), the rest in the new model's order, renumbered from `first_page`
-    so no page number of the session is reused (the page keeps marks per page number)."""
-    left = new[~new["path"].isin(verified)].copy()
-    order = {p: first_page + i for i, p in enumerate(dict.fromkeys(left["page"]))}
-    left["page"] = left["page"].map(order).astype("int64")
-    return left.sort_values(["page", "position"], kind="stable").reset_index(drop=True)
-
-
 def wrong_proposals(page_label: str, exceptions: dict[str, str]) -> int:
     """Images of an accepted page the person gave another label than the page proposed."""
     return sum(1 for lbl in exceptions.values() if lbl != page_label)
@@ -72,11 +62,10 @@ def page_list(df: pd.DataFrame) -> list[dict]:
     return list(out.values())
 
 
-EVIDENCE = {  # column -> how the page gets it
+EVIDENCE = {  # column -> how the page gets it (EVIDENCE_COLUMNS but the path)
     "model_label": str, "model_conf": float, "knn_label": str, "knn_conf": float,
     "knn_sim": float, "nearest_labeled": str, "dup_of": str, "dup_sim": float,
     "near_duplicate": bool}
-EVIDENCE_COLUMNS = ["path", *EVIDENCE]  # what suggestions.parquet must hold for the evidence
 
 
 def read_evidence(path: Path, neighbours_path: Path,
@@ -128,21 +117,17 @@ def _value(x, kind):
     return bool(x)
 
 
-def is_verified(d: Decision | None) -> bool:
-    return d is not None and d.source in PERSON_SOURCES
-
-
 def progress(pool: list[str], decisions: dict[str, Decision], pages: pd.DataFrame | None,
              labels: list[str], classes: list[str], pace: dict) -> dict:
     """How far the person is: pool images verified (by the label they got), images left on
     the pages (by proposed class), pages left, pace and the minutes left at that pace."""
-    verified = Counter(decisions[p].label for p in pool if is_verified(decisions.get(p)))
+    done = person_decided(decisions.values())
+    verified = Counter(decisions[p].label for p in pool if p in done)
     if pages is None:
         left, pages_total, pages_left, on_pages = [], 0, 0, set()
     else:
         # a boolean array: an empty list would select columns once no page is left
-        todo = pages[np.array([not is_verified(decisions.get(p)) for p in pages["path"]],
-                              dtype=bool)]
+        todo = pages[~pages["path"].isin(done).to_numpy(dtype=bool)]
         left, pages_total = list(todo["label"]), int(pages["page"].nunique())
         pages_left, on_pages = int(todo["page"].nunique()), set(pages["path"])
     left_by_class = Counter(left)
@@ -155,8 +140,7 @@ def progress(pool: list[str], decisions: dict[str, Decision], pages: pd.DataFram
         "left_by_class": {c: left_by_class[c] for c in classes},
         "pages": pages_total, "pages_left": pages_left,
         # unverified pool images on no page (decided by a tool since suggest ran, or new)
-        "off_pages": sum(1 for p in pool if p not in on_pages
-                         and not is_verified(decisions.get(p))),
+        "off_pages": sum(1 for p in pool if p not in on_pages and p not in done),
         "per_minute": None if rate is None else round(rate, 1),
         "minutes_left": None if rate is None else round(len(left) / rate, 1),
     }

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from chimuffin.labels.rows import PERSON_SOURCES, Decision
+from chimuffin.labels.rows import Decision, person_decided
 
 EPS = 1e-9  # float slack when comparing sums of seconds with the budget
 
@@ -64,10 +64,6 @@ class ReviewResult:
     @property
     def minutes(self) -> float:
         return self.seconds / 60.0
-
-
-def person_decided(decisions: list[Decision]) -> set[str]:
-    return {d.path for d in decisions if d.source in PERSON_SOURCES}
 
 
 def page_answers(todo: pd.DataFrame, truth: dict[str, str], note: str, exception_note: str,

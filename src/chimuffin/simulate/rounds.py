@@ -1,7 +1,7 @@
 """The automated data-centric loop: reproduce, review (a simulated person), accept, commit.
 
 One round = `dvc repro`; then the label file gains
-- a simulated person's review (chimuffin.curate.simulated_review) of this repro's review pages for a
+- a simulated person's review (chimuffin.simulate.reviewer) of this repro's review pages for a
   budget of simulated minutes (`--reviewer`), or its answers to the top review requests
   (`--oracle`), source `oracle`; and/or
 - the suggestions above a score (`--min-score`), source `auto`;
@@ -29,15 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from chimuffin.curate.accept import accept, as_decisions
-from chimuffin.curate.git_and_signals import (
-    deferred_signals,
-    git,
-    run_child,
-    sigterm_as_interrupt,
-)
 from chimuffin.curate.pages import read_pages
 from chimuffin.curate.scoring import read_queue, read_suggestions
-from chimuffin.curate.simulated_review import ReviewCost, ReviewResult, answer_queue, review_pages
 from chimuffin.data.manifest import read_json_output
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
@@ -50,7 +43,9 @@ from chimuffin.labels.rows import (
     read_path_labels,
 )
 from chimuffin.paths import METRICS_FILE, PAGES_FILE, QUEUE_FILE, SUGGESTIONS_FILE, SUMMARY_FILE
+from chimuffin.proc import deferred_signals, foreground, git, sigterm_as_interrupt
 from chimuffin.progress import plural
+from chimuffin.simulate.reviewer import ReviewCost, ReviewResult, answer_queue, review_pages
 
 # --- what a round does ------------------------------------------------------------------------
 
@@ -274,7 +269,7 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
     """dvc repro, review + accept, commit. progress["committed"] = r once committed;
     progress["review_s"] holds the cumulative simulated review seconds."""
     print(f"loop: round {r}/{cfg.rounds}: dvc repro", flush=True)
-    rc = run_child(["dvc", "repro"], root)
+    rc = foreground(["dvc", "repro"], root)
     if rc != 0:
         raise UserError(f"round {r}: `dvc repro` failed (exit {rc}); the label file is "
                         "unchanged since the last round's commit")

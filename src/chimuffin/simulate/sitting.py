@@ -1,15 +1,15 @@
 """`chimuffin loop --background`: one sitting of a simulated person, in wall-clock time, while
-the model retrains behind it (the review page's background runs, review/background.py).
+the model retrains behind it (chimuffin.retrain, as behind the review page).
 
 The person verifies review pages in page order at the cost model's pace (it sleeps for what
 each page costs: ReviewCost), answering from a file of true labels, and writes each page to the
 label file at once under its lock (source `oracle`). Background runs start every
 `review.retrain_every` new decisions (the round recipe, on a throwaway copy, as named DVC
 experiments); when one finishes, its pages replace the current ones for the images not
-verified yet, between two pages. The person never waits for a model: idle time is 0 by
-construction. The sitting ends when the budget cannot pay for the next page or every page is
-verified; a run still going then is stopped. Nothing is committed: the label file is left
-changed, as after a session on the review page.
+verified yet, between two pages (retrain/swap.py, as on the page). The person never waits for
+a model: idle time is 0 by construction. The sitting ends when the budget cannot pay for the
+next page or every page is verified; a run still going then is stopped. Nothing is committed:
+the label file is left changed, as after a session on the review page.
 """
 
 from __future__ import annotations
@@ -22,12 +22,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from chimuffin.curate.pages import read_pages
-from chimuffin.curate.simulated_review import EPS, ReviewCost, page_answers, person_decided
+from chimuffin import paths as default
 from chimuffin.labels import locked
-from chimuffin.labels.rows import merge_decisions
-from chimuffin.paths import METRICS_FILE, PAGES_FILE
-from chimuffin.review.background import STOPPED, Retrainer, person_decisions, val_metrics
+from chimuffin.labels.rows import merge_decisions, person_decided
+from chimuffin.retrain.outputs import RunOutputs
+from chimuffin.retrain.retrainer import STOPPED, Retrainer, Run
+from chimuffin.retrain.swap import Model, Proposals
+from chimuffin.simulate.reviewer import EPS, ReviewCost, page_answers
+
+
+@dataclass(frozen=True)
+class SittingConfig:
+    """Where a sitting reads and writes, and how it retrains (params.yaml `review`)."""
+    root: Path                  # the repository (background runs copy it)
+    params_file: Path
+    decisions: Path             # the label file the person writes
+    suggest_dir: Path           # the first model's pages
+    classes: list[str]
+    every: int                  # review.retrain_every
+    recipe: str                 # review.round_recipe
+    warm_recipe: str = ""       # review.warm_recipe
+    eval_dir: Path | None = None  # the first model's metrics (None: root's metrics/eval)
+    cost: ReviewCost = ReviewCost()
 
 
 @dataclass
@@ -68,87 +84,99 @@ def next_page(pages: pd.DataFrame, done: set[str]) -> tuple[int, pd.DataFrame] |
     return int(first), todo[todo["page"] == first]
 
 
-def run_sitting(root: Path, params_file: Path, decisions: Path, suggest_dir: Path,
-                classes: list[str], truth: dict[str, str], budget_s: float, every: int,
-                recipe: str, cost: ReviewCost,
+def run_sitting(cfg: SittingConfig, truth: dict[str, str], budget_s: float,
                 sleep: Callable[[float], None] = time.sleep,
                 report: Callable[[str], None] = print, live: dict | None = None,
-                eval_dir: Path | None = None,
-                stop: threading.Event | None = None, warm_recipe: str = "") -> Sitting:
+                stop: threading.Event | None = None) -> Sitting:
     """The sitting; `live` (when given) holds, while it runs, "sitting" (the Sitting so far)
-    and "model" (the proposing model: name, labels, val_accuracy, val_n), for a watcher that
-    samples them (benchmarks/review_session.py).
-    warm_recipe: review.warm_recipe (retrains after the first start from the last model).
-    `stop`: set by a watcher in another thread to end the sitting before its next page is
-    written (pass `sleep=stop.wait` so that a page's wait ends at once too)."""
-    state = {"pages": read_pages(suggest_dir / PAGES_FILE)}
-    out = Sitting()
-    guard = threading.Lock()
-    live = {} if live is None else live
-    acc, n = val_metrics(eval_dir / METRICS_FILE) if eval_dir else (None, None)
-    live.update(sitting=out, model={"name": "pipeline outputs", "val_accuracy": acc,
-                                    "val_n": n})
+    and "proposals" (retrain/swap.py: the model proposing now is its proposer()), for a
+    watcher that samples them (benchmarks/review_session.py). `stop`: set by a watcher in
+    another thread to end the sitting before its next page is written (pass
+    `sleep=stop.wait` so that a page's wait ends at once too)."""
+    return SittingRun(cfg, truth, budget_s, sleep, report, stop).run({} if live is None
+                                                                    else live)
 
-    def swap(run) -> None:  # a background model finished: its pages from the next page on
-        acc = "-" if run.val_accuracy is None else f"{run.val_accuracy:.4f}"
-        with guard:
-            out.models_finished += 1
-            state["pages"] = run.pages  # (next_page skips what is verified)
-            live["model"] = {"name": run.name, "labels": run.labels,
-                             "val_accuracy": run.val_accuracy, "val_n": run.val_n}
-        report(f"loop: model {run.name} finished (val acc {acc}); its pages from the next "
-               "page on")
 
-    start_labels = person_decisions(locked.read(decisions, classes).decisions)
-    retrainer = Retrainer(root, params_file, decisions, classes, every, recipe, start_labels,
-                          on_done=swap, warm_recipe=warm_recipe)
-    started = time.monotonic()
-    try:
-        while True:
-            if stop is not None and stop.is_set():
-                out.reason = "stopped"
-                break
-            snap = locked.read(decisions, classes)
-            with guard:  # a swap replaces the pages table (never changes it in place)
-                pages, proposer = state["pages"], live["model"]["name"]
-                found = next_page(pages, person_decided(snap.decisions))
-            if found is None:
-                out.reason = "every page is verified"
-                break
-            page, rows = found
-            built = int((pages["page"] == page).sum())  # what its model put on it
-            label = rows["label"].iloc[0]
-            new, wrong, unknown = page_answers(rows, truth, f"sitting page {page} ({label})",
-                                               f"sitting page {page} exception")
-            seconds = cost.page(len(rows), wrong + unknown)
-            if out.seconds + seconds > budget_s + EPS:
-                out.reason = (f"the next page ({len(rows)} images) needs {seconds:.1f} s; "
-                              f"{budget_s - out.seconds:.1f} s of the budget were left")
-                break
-            sleep(seconds)  # the person looks, marks, accepts: the model never holds it up
-            if stop is not None and stop.is_set():  # mid-page: the page is not written
-                out.reason = "stopped"
-                break
-            out.seconds += seconds
-            written = locked.update(decisions, classes,
-                                    lambda old, new=new: merge_decisions(old, new)[0])
-            out.log.append(PageDone(round(time.monotonic() - started, 1), out.verified,
-                                    len(new), built, wrong, proposer))
-            out.pages += 1
-            out.verified += len(new)
-            out.exceptions += wrong
-            if retrainer.note(person_decisions(written.new)):
-                out.models_started += 1
-                report(f"loop: {out.verified} verified; a background retrain started")
-    finally:
-        retrainer.stop()
-    out.models_failed = sum(1 for r in retrainer.runs if r.ok is False
-                            and r.error != STOPPED)
-    failed = [r for r in retrainer.runs if r.ok is False and r.log]
-    for r in failed:
-        report(f"loop: background run {r.name} failed: {r.error} (log: {r.log})")
-    out.wall_s = time.monotonic() - started
-    return out
+class SittingRun:
+    """One sitting while it runs: the person's loop over pages, and the swaps that the
+    background runs' thread makes between two of them."""
+
+    def __init__(self, cfg: SittingConfig, truth: dict[str, str], budget_s: float,
+                 sleep: Callable[[float], None], report: Callable[[str], None],
+                 stop: threading.Event | None):
+        self.cfg, self.truth, self.budget_s = cfg, truth, budget_s
+        self.sleep, self.report, self.stop = sleep, report, stop or threading.Event()
+        self.out = Sitting()
+        first = RunOutputs.read(cfg.suggest_dir, cfg.eval_dir or cfg.root / default.EVAL,
+                                evidence=False)
+        labels = len(person_decided(self.decisions()))
+        self.proposals = Proposals(first.pages, Model("pipeline outputs", labels, None,
+                                                      first.val_accuracy, first.val_n))
+        self.retrainer = Retrainer(cfg.root, cfg.params_file, cfg.decisions, cfg.classes,
+                                   cfg.every, cfg.recipe, labels, on_done=self.swap_in,
+                                   warm_recipe=cfg.warm_recipe)
+
+    def decisions(self) -> list:
+        return locked.read(self.cfg.decisions, self.cfg.classes).decisions
+
+    def run(self, live: dict) -> Sitting:
+        live.update(sitting=self.out, proposals=self.proposals)
+        started = time.monotonic()
+        try:
+            while not self.out.reason:
+                self.out.reason = self.one_page(started)
+        finally:
+            self.retrainer.stop()
+        runs = self.retrainer.runs
+        self.out.models_failed = sum(1 for r in runs if r.ok is False and r.error != STOPPED)
+        for r in runs:
+            if r.ok is False and r.log:
+                self.report(f"loop: background run {r.name} failed: {r.error} (log: {r.log})")
+        self.out.wall_s = time.monotonic() - started
+        return self.out
+
+    def one_page(self, started: float) -> str:
+        """The next page looked at, answered and written; why the sitting ends, or ""."""
+        if self.stop.is_set():
+            return "stopped"
+        with self.proposals.lock:  # a swap replaces the pages table (never changes it)
+            pages, proposer = self.proposals.pages, self.proposals.models[-1].name
+        found = next_page(pages, person_decided(self.decisions()))
+        if found is None:
+            return "every page is verified"
+        page, rows = found
+        label = rows["label"].iloc[0]
+        new, wrong, unknown = page_answers(rows, self.truth, f"sitting page {page} ({label})",
+                                           f"sitting page {page} exception")
+        seconds = self.cfg.cost.page(len(rows), wrong + unknown)
+        if self.out.seconds + seconds > self.budget_s + EPS:
+            return (f"the next page ({len(rows)} images) needs {seconds:.1f} s; "
+                    f"{self.budget_s - self.out.seconds:.1f} s of the budget were left")
+        self.sleep(seconds)  # the person looks, marks, accepts: the model never holds it up
+        if self.stop.is_set():  # mid-page: the page is not written
+            return "stopped"
+        self.out.seconds += seconds
+        written = locked.update(self.cfg.decisions, self.cfg.classes,
+                                lambda old: merge_decisions(old, new)[0])
+        self.out.log.append(PageDone(round(time.monotonic() - started, 1), self.out.verified,
+                                     len(new), int(rows["built"].iloc[0]), wrong, proposer))
+        self.out.pages += 1
+        self.out.verified += len(new)
+        self.out.exceptions += wrong
+        if self.retrainer.note(len(person_decided(written.new))):
+            self.out.models_started += 1
+            self.report(f"loop: {self.out.verified} verified; a background retrain started")
+        return ""
+
+    def swap_in(self, run: Run) -> None:
+        """A background model finished (its run's thread): its pages from the next page on."""
+        o = run.outputs
+        self.proposals.swap(o.pages, Model(run.name, run.labels, run.finished, o.val_accuracy,
+                                           o.val_n), person_decided(self.decisions()))
+        self.out.models_finished += 1
+        acc = "-" if o.val_accuracy is None else f"{o.val_accuracy:.4f}"
+        self.report(f"loop: model {run.name} finished (val acc {acc}); its pages from the next "
+                    "page on")
 
 
 def summary(s: Sitting) -> str:

@@ -1,5 +1,5 @@
 "use strict";
-// Background retraining (review/background.py): the page polls GET /api/retrain, shows which
+// Background retraining (chimuffin.retrain): the page polls GET /api/retrain, shows which
 // model proposes the current page and how often each model's proposals were wrong, shows a
 // failed run with its log's tail, and swaps in a finished model's pages for the images not
 // verified yet. The page on screen and every page with marks not yet accepted stay (the server still
