@@ -414,6 +414,13 @@ def parse_params(raw: Any) -> Params:
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """A YAML file's document, read strictly (load_yaml); `what` names the file in errors."""
     path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {what} ({e.strerror})") from e
+    return load_yaml(text, str(path))
+
+
 def read_recipe(path: str | Path) -> dict:
     """A recipe file's complete `train` group, checked as strictly as params.yaml's.
 
@@ -459,13 +466,6 @@ def merge_group(base: dict, changes: dict) -> dict:
         both = isinstance(value, dict) and isinstance(base.get(key), dict)
         out[key] = merge_group(base[key], value) if both else value
     return out
-
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read {what} ({e.strerror})") from e
-    return load_yaml(text, str(path))
 
 
 def load_params(path: str | Path = PARAMS) -> Params:
