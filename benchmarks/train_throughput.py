@@ -144,7 +144,7 @@ class ChimuffinPath:
                      f"{precision})")
         self.cache, self.labels = cache, np.asarray(labels)
         # the reference's grad clip 1.0 and no label smoothing, at this path's batch/precision
-        self.cfg = replace(cfg, batch_size=self.batch, grad_clip=1.0, label_smoothing=0.0)
+        self.cfg = replace(cfg, batch_size=self.batch, label_smoothing=0.0)
         self.model = build_model(n_classes, head, dropout).to(memory_format=CHANNELS_LAST)
         self.opt = make_optimizer(self.model, 5e-4, 5e-4, impl)
         self.g = torch.Generator().manual_seed(0)

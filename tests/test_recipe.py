@@ -259,7 +259,7 @@ def test_optimizer_kernels_give_the_same_step(impl):
     ({"scheduler": "onecycle", "warmup_epochs": 2}, "warmup_epochs must be 0"),
     ({"res_min": 16}, "res_min (16) must be 0 (off) or between 32"),
     ({"res_min": 256}, "res_min (256) must be 0 (off) or between 32"),
-    ({"res_ramp_start": 0.8, "res_ramp_end": 0.5}, "res_ramp_start (0.8) must be <="),
+    ({"res_ramp_start": 0.8}, "res_ramp_start (0.8) must be <= 0.75"),
     ({"ema_decay": 1.0}, "train.ema_decay must be < 1.0"),
     ({"mix_prob": 1.5}, "train.mix_prob must be <= 1.0"),
     ({"optimizer_impl": "apex"}, "train.optimizer_impl must be one of"),
@@ -285,7 +285,7 @@ def test_fit_with_every_option_on_returns_the_ema_weights():
     t = p.train.__class__(**{**p.train.__dict__, "epochs": 2, "batch_size": 4,
                              "scheduler": "cosine", "warmup_epochs": 0.5,
                              "optimizer_impl": "fused", "res_min": 32, "res_ramp_start": 0.5,
-                             "res_ramp_end": 0.5, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
+                             "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
                              "mix_prob": 0.5, "ema_decay": 0.9, "val_tta_flip": True,
                              "augment": p.train.augment.__class__(
                                  **{**p.train.augment.__dict__, "resize": 52})})

@@ -74,6 +74,12 @@ class Augment:
     erase_p: float = num(0.0, 1.0)
 
 
+# Parts of the reference recipe that every recipe kept, fixed rather than offered as keys.
+T_MULT = 2            # cosine restarts: each cycle twice as long as the one before
+GRAD_CLIP = 1.0       # gradient-norm clipping
+RES_RAMP_END = 0.75   # the resolution ramp reaches full size at this fraction of the epochs
+
+
 @dataclass(frozen=True)
 class Train:
     epochs: int = num(1, 10_000)
@@ -86,20 +92,17 @@ class Train:
     weight_decay: float = num(0.0, 1.0)
     scheduler: Literal["cosine_restarts", "cosine", "onecycle"] = field()
     t0: int = num(1)
-    t_mult: int = num(1)
     warmup_epochs: float = num(0.0, 10_000.0)  # linear warm-up (cosine, cosine_restarts)
     optimizer_impl: Literal["default", "fused"] = field()  # AdamW kernels
-    grad_clip: float = num(0.0)
     head: list[int] = field()
     dropout: float = num(0.0, 1.0, hi_open=True)
     label_smoothing: float = num(0.0, 1.0, hi_open=True)
     augment: Augment = field()
     # Resolution schedule: train at res_min (0 = off) until res_ramp_start, then ramp linearly
-    # to base.image_size at res_ramp_end (fractions of the epochs); the last epoch and
+    # to base.image_size at 75% of the epochs (schedules.RES_RAMP_END); the last epoch and
     # validation are full size.
     res_min: int = num(0, 512)
     res_ramp_start: float = num(0.0, 1.0)
-    res_ramp_end: float = num(0.0, 1.0)
     # Mixup / cutmix (alpha 0 = off): each batch is mixed with probability mix_prob.
     mixup_alpha: float = num(0.0, 10.0)
     cutmix_alpha: float = num(0.0, 10.0)
@@ -259,6 +262,10 @@ REMOVED = {
     "train.res_max": "measured no better: ending the resolution ramp below full size changed "
                      "nothing measurable",
     "train.upsample": "never measured better: every recipe kept 1.0",
+    "train.t_mult": "every recipe kept 2 (the reference's restart cycles double); now fixed",
+    "train.grad_clip": "every recipe kept 1.0 (the reference's); now fixed",
+    "train.res_ramp_end": "every recipe kept 0.75; the ramp now always reaches full size at "
+                          "75% of the epochs",
     "suggest.page_order": "measured no better: the uncertain and mixed orders verified fewer "
                           "images per minute at about the same accuracy; pages always start "
                           "from the most confident images",
@@ -399,9 +406,9 @@ def _check_recipe(t: Train, image_size: int) -> None:
     if t.res_min and not 32 <= t.res_min <= image_size:
         raise UserError(f"params: train.res_min ({t.res_min}) must be 0 (off) or between 32 and "
                         f"base.image_size ({image_size})")
-    if t.res_ramp_start > t.res_ramp_end:
+    if t.res_ramp_start > RES_RAMP_END:
         raise UserError(f"params: train.res_ramp_start ({t.res_ramp_start}) must be <= "
-                        f"train.res_ramp_end ({t.res_ramp_end})")
+                        f"{RES_RAMP_END} (where the ramp reaches full size)")
 
 
 def parse_params(raw: Any) -> Params:

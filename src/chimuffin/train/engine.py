@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimuffin import runtime
+from chimuffin.config import GRAD_CLIP
 from chimuffin.infer.batches import CHANNELS_LAST, batches, load_batch, per_sample_loss, predict
 from chimuffin.train.augment import augment_batch
 from chimuffin.train.regularize import Mix, WeightEMA, mix_batch
@@ -99,8 +100,7 @@ def train_one_epoch(model: nn.Module, images: np.ndarray, rows: np.ndarray, labe
             loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
         if step_lr:
             step_lr()
@@ -132,7 +132,7 @@ def make_lr_schedule(opt: torch.optim.Optimizer, cfg, steps_per_epoch: int
 
     def factor(step: int) -> float:
         return lr_factor(step, steps_per_epoch, cfg.scheduler, cfg.epochs, cfg.warmup_epochs,
-                         cfg.t0, cfg.t_mult)
+                         cfg.t0)
 
     # Stepped per batch; cosine_restarts still changes only at epoch boundaries, like the
     # reference's CosineAnnealingWarmRestarts stepped once per epoch.
@@ -200,8 +200,7 @@ def fit(model: nn.Module, train: LabeledSet, val: LabeledSet, *, recipe, seed: i
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start,
-                             cfg.res_ramp_end)
+        size = resolution_at(epoch - 1, cfg.epochs, full, cfg.res_min, cfg.res_ramp_start)
         stats = train_one_epoch(model, train.images, train.rows, train.labels, cfg, opt, g,
                                 device, cpu_bf16=cpu_bf16, step_lr=step_lr, ema=ema,
                                 out_size=None if size == full else size, progress=progress)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from chimuffin.config import RES_RAMP_END, T_MULT
+
 # --- learning rate ----------------------------------------------------------------------------
 
 def restart_ends(t0: int, t_mult: int, limit: int) -> list[int]:
@@ -33,7 +35,7 @@ def _restart_phase(epoch: int, t0: int, t_mult: int) -> float:
 
 
 def lr_factor(step: int, steps_per_epoch: int, schedule: str, epochs: int,
-              warmup_epochs: float = 0.0, t0: int = 10, t_mult: int = 2) -> float:
+              warmup_epochs: float = 0.0, t0: int = 10, t_mult: int = T_MULT) -> float:
     """Multiplier of the peak learning rate for optimizer step `step` (0-based).
 
     - a linear warm-up over the first `warmup_epochs` (in steps: 1/W, 2/W, ... 1), then
@@ -56,7 +58,7 @@ def lr_factor(step: int, steps_per_epoch: int, schedule: str, epochs: int,
 # --- resolution -------------------------------------------------------------------------------
 
 def resolution_at(epoch: int, epochs: int, full: int, res_min: int, ramp_start: float,
-                  ramp_end: float, multiple: int = 16) -> int:
+                  ramp_end: float = RES_RAMP_END, multiple: int = 16) -> int:
     """Training image size for 0-based `epoch`: res_min until ramp_start (a fraction of the
     epochs), a linear ramp to `full` at ramp_end, then full. Sizes are rounded to `multiple`
     (kernels like round shapes); the last epoch always trains at full size, so BatchNorm
