@@ -1,0 +1,215 @@
+"""The review page's heatmaps (GET /api/heatmap?path=P[&path=Q...]): the proposing model's
+Grad-CAM overlay of each image, for the class it predicts.
+
+One worker thread computes them, taking every request that waits as one batch (the page asks for
+the image in focus first, then the rest of its page in one call); the request threads only wait,
+so the page's other requests go on meanwhile. Answers are cached per model: the key is the model
+file's path, size and modification time, so a retrained models/best.pth is noticed, and a
+background model that swaps in (`follow`) starts an empty cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import queue
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from chimuffin.errors import UserError
+from chimuffin.review.data import RequestError
+
+MAX_PATHS = 64  # one request: a page holds 48 images
+CACHE_SIZE = 2000  # answers kept (about 20-40 KB each at 128 px)
+WAIT_S = 120.0
+
+
+class PageHeatmaps:
+    def __init__(self, model_file: Path, image_file: Callable[[str], Path], classes: list[str],
+                 name: str = "pipeline model"):
+        """image_file: the page's check of a requested path (ReviewData.image_file)."""
+        self.image_file, self.classes = image_file, classes
+        self.lock = threading.Lock()
+        self.model_file: Path | None = Path(model_file)
+        self.name, self.why_none = name, ""
+        self.loaded: tuple | None = None  # (key, model, meta)
+        self.cache: OrderedDict = OrderedDict()  # (model key, path) -> answer
+        self.pending: dict = {}  # (model key, path) -> Future, while computed
+        self.jobs: queue.Queue = queue.Queue()
+        self.copies = Path(tempfile.mkdtemp(prefix="chimuffin-heatmap-models-"))
+        self.swaps = 0
+        threading.Thread(target=self._work, daemon=True, name="heatmaps").start()
+
+    # --- the proposing model ---
+
+    def follow(self, weights: Path | None, name: str) -> None:
+        """A background model swapped in: its weights (copied: the next run replaces the file)
+        give the heatmaps from now on; None: they were not kept, and the page says so."""
+        copy = None
+        if weights is not None:
+            self.swaps += 1
+            copy = self.copies / f"{self.swaps}.pth"
+            shutil.copyfile(weights, copy)
+        with self.lock:
+            self.model_file, self.name = copy, name
+            self.why_none = "" if copy else (
+                f"{name} proposes now, and its weights are not kept (review.warm_recipe is "
+                "off): no heatmaps for it")
+            self.cache.clear()
+            self.loaded = None
+
+    def after_swap(self, swap_in: Callable, weights: Callable[[], Path | None]) -> Callable:
+        """ReviewData.swap_in, then follow the model it swapped in (a model passed over raises
+        in swap_in, and the heatmaps stay with the proposing one)."""
+        def swapped(run) -> None:
+            swap_in(run)
+            self.follow(weights(), run.name)
+        return swapped
+
+    def close(self) -> None:
+        shutil.rmtree(self.copies, ignore_errors=True)
+
+    def _model_key(self) -> tuple:
+        with self.lock:
+            path, name, why = self.model_file, self.name, self.why_none
+        if path is None:
+            raise UserError(why)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise UserError(f"{path}: model file not found (run `dvc repro train`); no "
+                            "heatmaps") from None
+        return (str(path), st.st_size, st.st_mtime_ns, name)
+
+    # --- requests (the server's threads) ---
+
+    def answer(self, query: str) -> dict:
+        """{"model": name, "heatmaps": {path: {"png": data URL, "label", "score"}}}."""
+        paths = parse_qs(query).get("path", [])
+        if not 0 < len(paths) <= MAX_PATHS:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"expected 1 to {MAX_PATHS} ?path=")
+        files = {p: self.image_file(p) for p in paths}  # refuses paths outside the dataset
+        key = self._model_key()
+        futures = {p: self._future(key, p, f) for p, f in files.items()}
+        out = {}
+        for p, fut in futures.items():
+            try:
+                out[p] = fut.result(WAIT_S)
+            except UserError as e:  # this image or the model: said per image
+                out[p] = {"error": str(e)}
+        return {"model": key[3], "heatmaps": out}
+
+    def _future(self, key: tuple, path: str, file: Path) -> Future:
+        with self.lock:
+            done = self.cache.get((key, path))
+            if done is not None:
+                fut: Future = Future()
+                fut.set_result(done)
+                return fut
+            fut = self.pending.get((key, path))
+            if fut is None:
+                fut = self.pending[(key, path)] = Future()
+                self.jobs.put((key, path, file, fut))
+            return fut
+
+    # --- the worker ---
+
+    def _warm(self) -> None:
+        """Import Captum and load the model before the first request (seconds, once): the
+        first overlay then comes as fast as the others. A failure here is reported by the
+        request that meets it."""
+        try:
+            import captum.attr  # noqa: F401
+
+            self._load(self._model_key())
+        except Exception:  # noqa: BLE001 (the request that needs the model says why)
+            self.loaded = None
+
+    def _work(self) -> None:
+        self._warm()
+        while True:
+            batch = [self.jobs.get()]
+            while len(batch) < MAX_PATHS:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            for key in dict.fromkeys(job[0] for job in batch):
+                self._compute(key, [job for job in batch if job[0] == key])
+
+    def _compute(self, key: tuple, jobs: list) -> None:
+        try:
+            answers = self._answers(key, [(path, file) for _, path, file, _ in jobs])
+        except Exception as e:  # the model could not be read, a bug: each request says why
+            error = e if isinstance(e, UserError) else UserError(f"heatmap failed: "
+                                                                 f"{type(e).__name__}: {e}")
+            answers = [error] * len(jobs)
+        with self.lock:
+            for (_, path, _, fut), ans in zip(jobs, answers, strict=True):
+                self.pending.pop((key, path), None)
+                if isinstance(ans, Exception):
+                    fut.set_exception(ans)
+                    continue
+                if self.model_file is not None and key[0] == str(self.model_file):
+                    # (not a model swapped out meanwhile)
+                    self.cache[(key, path)] = ans
+                    while len(self.cache) > CACHE_SIZE:
+                        self.cache.popitem(last=False)
+                fut.set_result(ans)
+
+    def _load(self, key: tuple):
+        from chimuffin.model import load_checkpoint
+
+        if self.loaded is None or self.loaded[0] != key:
+            model, meta = load_checkpoint(key[0], "cpu", self.classes)
+            self.loaded = (key, model, meta)
+        return self.loaded[1], self.loaded[2]
+
+    def _answers(self, key: tuple, items: list[tuple[str, Path]]) -> list:
+        """Per item: an answer, or the UserError that says why there is none."""
+        import torch
+
+        from chimuffin.data.images import ImageDecodeError, decode_image
+        from chimuffin.infer.batches import softmax
+        from chimuffin.infer.heatmaps import heatmaps, overlay, png_bytes
+        from chimuffin.infer.preprocess import preprocess
+
+        model, meta = self._load(key)
+        size = int(meta["image_size"])
+        out: list = [None] * len(items)
+        pixels, where = [], []
+        for i, (path, file) in enumerate(items):
+            try:
+                pixels.append(decode_image(file, size).pixels)
+                where.append(i)
+            except (ImageDecodeError, OSError) as e:
+                out[i] = UserError(f"{path}: {e}")
+        if not pixels:
+            return out
+        hwc = np.stack(pixels)
+        chw = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))
+        with torch.no_grad():
+            probs = softmax(model(preprocess(torch.from_numpy(chw))).numpy().astype(np.float64))
+        target = probs.argmax(1)
+        maps, _ = heatmaps(model, chw, target)
+        for j, i in enumerate(where):
+            png = png_bytes(overlay(hwc[j], maps[j]))
+            out[i] = {"png": "data:image/png;base64," + base64.b64encode(png).decode(),
+                      "label": self.classes[target[j]],
+                      "score": round(float(probs[j, target[j]]), 4)}
+        return out
+
+
+def answer(heatmaps: PageHeatmaps | None, query: str) -> dict:
+    """The server's GET /api/heatmap."""
+    if heatmaps is None:
+        raise RequestError(HTTPStatus.CONFLICT, "heatmaps are off on this server")
+    return heatmaps.answer(query)
