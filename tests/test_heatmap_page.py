@@ -101,6 +101,43 @@ def test_heatmaps_are_batched_cached_and_follow_a_swapped_in_model(small, tiny_c
         assert status == 409 and "heatmaps are off" in body["error"]
 
 
+def test_the_image_in_focus_goes_before_the_pages_prefetch(small):
+    data, heatmaps, names = small
+    pool = names["pool"]
+    batches, compute = [], heatmaps._answers
+    release = threading.Event()
+
+    def blocking(key, items):
+        batches.append([p for p, _ in items])
+        release.wait(30)
+        return compute(key, items)
+    heatmaps._answers = blocking
+
+    def ask(*paths, prefetch=False):
+        q = query(*paths).removeprefix("/api/heatmap?") + ("&prefetch=1" if prefetch else "")
+        t = threading.Thread(target=heatmaps.answer, args=(q,))
+        t.start()
+        return t
+
+    def queued(n):
+        deadline = time.monotonic() + 30
+        while heatmaps.jobs.qsize() != n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert heatmaps.jobs.qsize() == n
+
+    asked = [ask(pool[0])]
+    while not batches:  # the worker holds pool 0
+        time.sleep(0.01)
+    asked.append(ask(*pool[1:5], prefetch=True))
+    queued(4)
+    asked.append(ask(pool[3]))  # in focus now, and already waiting as a prefetch
+    queued(5)
+    release.set()
+    for t in asked:
+        t.join(30)
+    assert batches == [[pool[0]], [pool[3]], [pool[1], pool[2], pool[4]]]
+
+
 def test_a_model_passed_over_keeps_the_heatmaps_of_the_proposing_one(small):
     _, heatmaps, _ = small
 
@@ -156,6 +193,9 @@ def test_shift_h_shows_and_hides_the_overlay_and_writes_nothing(tmp_path, tiny_c
                 browser_at(f"http://127.0.0.1:{server.server_address[1]}/", 1280, 720) as (
                     page, expect, _):
             assert page.locator("img.heatmap").count() == 0
+            deadline = time.monotonic() + 60  # the server's warm-up (Captum, the model) done,
+            while heatmaps.loaded is None and time.monotonic() < deadline:  # as seconds
+                time.sleep(0.05)  # after a start: the timing below is then the overlay's own
             t0 = time.perf_counter()
             page.keyboard.press("Shift+H")
             page.wait_for_selector(overlay, timeout=30_000)

@@ -1,11 +1,12 @@
 """The review page's heatmaps (GET /api/heatmap?path=P[&path=Q...]): the proposing model's
 Grad-CAM overlay of each image, for the class it predicts.
 
-One worker thread computes them, taking every request that waits as one batch (the page asks for
-the image in focus first, then the rest of its page in one call); the request threads only wait,
-so the page's other requests go on meanwhile. Answers are cached per model: the key is the model
-file's path, size and modification time, so a retrained models/best.pth is noticed, and a
-background model that swaps in (`follow`) starts an empty cache.
+One worker thread computes them, taking what waits as one batch; the request threads only wait,
+so the page's other requests go on meanwhile. The page asks for the image in focus first, then
+for the rest of its page (`&prefetch=1`): those come after any image in focus, in small batches,
+so the next image in focus never waits behind a whole page. Answers are cached per model: the
+key is the model file's path, size and modification time, so a retrained models/best.pth is
+noticed, and a background model that swaps in (`follow`) starts an empty cache.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from chimuffin.errors import UserError
 from chimuffin.review.data import RequestError
 
 MAX_PATHS = 64  # one request: a page holds 48 images
+PREFETCH_BATCH = 8  # the most a request for the image in focus can wait behind
+STOP, FOCUS, PREFETCH = -1, 0, 1  # priorities: lower first
 CACHE_SIZE = 2000  # answers kept (about 20-40 KB each at 128 px)
 WAIT_S = 120.0
 
@@ -43,10 +46,12 @@ class PageHeatmaps:
         self.loaded: tuple | None = None  # (key, model, meta)
         self.cache: OrderedDict = OrderedDict()  # (model key, path) -> answer
         self.pending: dict = {}  # (model key, path) -> Future, while computed
-        self.jobs: queue.Queue = queue.Queue()
+        self.jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self.asked = 0  # a tie-breaker: first asked, first computed
         self.copies = Path(tempfile.mkdtemp(prefix="chimuffin-heatmap-models-"))
         self.swaps = 0
-        threading.Thread(target=self._work, daemon=True, name="heatmaps").start()
+        self.worker = threading.Thread(target=self._work, daemon=True, name="heatmaps")
+        self.worker.start()
 
     # --- the proposing model ---
 
@@ -74,7 +79,11 @@ class PageHeatmaps:
             self.follow(weights(), run.name)
         return swapped
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 30.0) -> None:
+        """Stop the worker after its batch (torch must not be mid-computation when the
+        interpreter exits: that aborts the process) and remove the model copies."""
+        self.jobs.put((STOP, 0, None, None, None, None))
+        self.worker.join(wait_s)
         shutil.rmtree(self.copies, ignore_errors=True)
 
     def _model_key(self) -> tuple:
@@ -93,12 +102,13 @@ class PageHeatmaps:
 
     def answer(self, query: str) -> dict:
         """{"model": name, "heatmaps": {path: {"png": data URL, "label", "score"}}}."""
-        paths = parse_qs(query).get("path", [])
+        fields = parse_qs(query)
+        paths, priority = fields.get("path", []), PREFETCH if "prefetch" in fields else FOCUS
         if not 0 < len(paths) <= MAX_PATHS:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"expected 1 to {MAX_PATHS} ?path=")
         files = {p: self.image_file(p) for p in paths}  # refuses paths outside the dataset
         key = self._model_key()
-        futures = {p: self._future(key, p, f) for p, f in files.items()}
+        futures = {p: self._future(key, p, f, priority) for p, f in files.items()}
         out = {}
         for p, fut in futures.items():
             try:
@@ -107,17 +117,19 @@ class PageHeatmaps:
                 out[p] = {"error": str(e)}
         return {"model": key[3], "heatmaps": out}
 
-    def _future(self, key: tuple, path: str, file: Path) -> Future:
+    def _future(self, key: tuple, path: str, file: Path, priority: int) -> Future:
         with self.lock:
             done = self.cache.get((key, path))
             if done is not None:
                 fut: Future = Future()
                 fut.set_result(done)
                 return fut
-            fut = self.pending.get((key, path))
-            if fut is None:
-                fut = self.pending[(key, path)] = Future()
-                self.jobs.put((key, path, file, fut))
+            fut, queued_at = self.pending.get((key, path), (None, None))
+            if fut is None or priority < queued_at:  # (asked again, sooner: a second entry;
+                fut = fut or Future()                 # the worker skips the one done first)
+                self.pending[(key, path)] = (fut, priority)
+                self.asked += 1
+                self.jobs.put((priority, self.asked, key, path, file, fut))
             return fut
 
     # --- the worker ---
@@ -133,15 +145,35 @@ class PageHeatmaps:
         except Exception:  # noqa: BLE001 (the request that needs the model says why)
             self.loaded = None
 
+    def _next_batch(self) -> list | None:
+        """What waits at the best priority, up to its batch size, minus answered duplicates."""
+        first = self.jobs.get()
+        if first[0] == STOP:
+            return None
+        batch, most = [first], MAX_PATHS if first[0] == FOCUS else PREFETCH_BATCH
+        while len(batch) < most:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job[0] != first[0]:
+                self.jobs.put(job)
+                break
+            batch.append(job)
+        jobs, seen = [], set()
+        for job in batch:
+            fut = job[-1]
+            if not fut.done() and id(fut) not in seen:
+                seen.add(id(fut))
+                jobs.append(job[2:])
+        return jobs
+
     def _work(self) -> None:
         self._warm()
         while True:
-            batch = [self.jobs.get()]
-            while len(batch) < MAX_PATHS:
-                try:
-                    batch.append(self.jobs.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._next_batch()
+            if batch is None:
+                return
             for key in dict.fromkeys(job[0] for job in batch):
                 self._compute(key, [job for job in batch if job[0] == key])
 

@@ -18,14 +18,15 @@ function toggleHeatmap() {
   renderHeatmap();
 }
 
-function heatmapUrl(paths) {
-  return "/api/heatmap?" + paths.map((p) => "path=" + encodeURIComponent(p)).join("&");
+function heatmapUrl(paths, prefetch) {
+  return "/api/heatmap?" + paths.map((p) => "path=" + encodeURIComponent(p)).join("&") +
+    (prefetch ? "&prefetch=1" : "");
 }
 
-async function fetchHeatmaps(paths) {
+async function fetchHeatmaps(paths, prefetch) {
   let res;
   try {
-    res = await fetch(heatmapUrl(paths));
+    res = await fetch(heatmapUrl(paths, prefetch));
   } catch (e) {
     throw new Error(UNREACHABLE);
   }
@@ -91,15 +92,16 @@ async function showHeatmap(over, path) {
   }
 }
 
-// The rest of the page in one request, once per page shown: its answers wait in the server's
-// cache, so moving the cursor then shows each overlay at once.
+// The rest of the page in one request, once per page shown, after the image in focus (the
+// server computes these last, in small batches): its answers wait in the server's cache, so
+// moving the cursor then shows each overlay at once.
 function askForPage() {
   const thumbs = [...document.querySelectorAll("#page-grid .thumb")];
   const paths = thumbs.map((t) => t.dataset.path).filter(Boolean);
   const key = paths.join("\n");
   if (!paths.length || S.view !== "verify" || HM.pageAsked === key) return;
   HM.pageAsked = key;
-  fetchHeatmaps(paths.slice(0, 64)).catch(() => {});  // a failure shows on the image in focus
+  fetchHeatmaps(paths.slice(0, 64), true).catch(() => {});  // a failure shows on the image in focus
 }
 
 function heatmapInit() {
