@@ -193,9 +193,9 @@ def test_shift_h_shows_and_hides_the_overlay_and_writes_nothing(tmp_path, tiny_c
                 browser_at(f"http://127.0.0.1:{server.server_address[1]}/", 1280, 720) as (
                     page, expect, _):
             assert page.locator("img.heatmap").count() == 0
-            deadline = time.monotonic() + 60  # the server's warm-up (Captum, the model) done,
-            while heatmaps.loaded is None and time.monotonic() < deadline:  # as seconds
-                time.sleep(0.05)  # after a start: the timing below is then the overlay's own
+            # the server's warm-up (Captum, the model, one pass) over, as seconds after a
+            # start: the timing below is then the overlay's own
+            assert heatmaps.warmed.wait(60) and heatmaps.loaded is not None
             t0 = time.perf_counter()
             page.keyboard.press("Shift+H")
             page.wait_for_selector(overlay, timeout=30_000)

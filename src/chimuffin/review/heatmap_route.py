@@ -48,6 +48,7 @@ class PageHeatmaps:
         self.pending: dict = {}  # (model key, path) -> Future, while computed
         self.jobs: queue.PriorityQueue = queue.PriorityQueue()
         self.asked = 0  # a tie-breaker: first asked, first computed
+        self.warmed = threading.Event()  # set once the warm-up is over (done or failed)
         self.copies = Path(tempfile.mkdtemp(prefix="chimuffin-heatmap-models-"))
         self.swaps = 0
         self.worker = threading.Thread(target=self._work, daemon=True, name="heatmaps")
@@ -135,15 +136,18 @@ class PageHeatmaps:
     # --- the worker ---
 
     def _warm(self) -> None:
-        """Import Captum and load the model before the first request (seconds, once): the
-        first overlay then comes as fast as the others. A failure here is reported by the
+        """Import Captum, load the model and run one pass before the first request (seconds,
+        once): the first overlay then comes as fast as the others. A failure here is reported by the
         request that meets it."""
         try:
-            import captum.attr  # noqa: F401
+            from chimuffin.infer.heatmaps import heatmaps
 
-            self._load(self._model_key())
+            model, meta = self._load(self._model_key())
+            size = int(meta["image_size"])  # one pass primes the kernels' first-call setup
+            heatmaps(model, np.zeros((1, 3, size, size), np.uint8))
         except Exception:  # noqa: BLE001 (the request that needs the model says why)
             self.loaded = None
+        self.warmed.set()
 
     def _next_batch(self) -> list | None:
         """What waits at the best priority, up to its batch size, minus answered duplicates."""
