@@ -125,7 +125,9 @@ def test_pipeline_writes_report_and_dvc_plots_show_renders(tiny_repo, tmp_path):
         m = metrics[split]
         assert (f"| {split} | {m['n']} | {m['accuracy']:.4f} | {m['accuracy_ci95_low']:.3f} - "
                 f"{m['accuracy_ci95_high']:.3f} |") in text
-    assert "(mistakes.png)" in text and (repo / "metrics/eval/mistakes.png").is_file()
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):  # every figure it shows exists
+        assert (repo / "metrics/eval" / name).is_file(), name
+    assert "(mistakes.png)" in text and "(mistakes_heatmaps.png)" in text
 
     shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
     kinds = {name: [p["type"] for p in plots] for name, plots in shown["data"].items()}
@@ -135,15 +137,16 @@ def test_pipeline_writes_report_and_dvc_plots_show_renders(tiny_repo, tmp_path):
     assert kinds == {"Loss per epoch (train, validation)": ["vega"],
                      "Accuracy per epoch (train, validation)": ["vega"],
                      "Learning rate per epoch": ["vega"], **{c: ["vega"] for c in curves},
-                     "metrics/embedding.png": ["image"], "metrics/eval/mistakes.png": ["image"]}
+                     "metrics/embedding.png": ["image"], "metrics/eval/mistakes.png": ["image"],
+                     "metrics/eval/mistakes_heatmaps.png": ["image"]}
     for name, plots in shown["data"].items():
         if plots[0]["type"] == "vega":
             assert plots[0]["content"]["data"]["values"], f"{name}: no data points"
     html = tmp_path / "plots"
     run(["dvc", "plots", "show", "-o", str(html)], repo)
     page = (html / "index.html").read_text()
-    assert page.count("<img") == 2 and (html / "static").is_dir()
-    assert len(list((html / "static").glob("*.png"))) == 2
+    assert page.count("<img") == 3 and (html / "static").is_dir()
+    assert len(list((html / "static").glob("*.png"))) == 3
 
 
 def test_an_old_recipe_with_runtime_keys_says_where_they_moved(tmp_path):

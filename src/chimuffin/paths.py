@@ -36,6 +36,7 @@ METRICS_FILE = "metrics.json"  # EVAL: the headline metrics (`dvc metrics`)
 PREDICTIONS_FILE = "predictions.parquet"  # EVAL: one row per image
 REPORT_MD_FILE = "report.md"  # EVAL: the human-readable report
 MISTAKES_FILE = "mistakes.png"  # EVAL: the confident mistakes' thumbnails
+MISTAKE_HEATMAPS_FILE = "mistakes_heatmaps.png"  # EVAL: the same mistakes with their heatmaps
 EMBEDDINGS_FILE = "embeddings.parquet"  # EMBED: 512-d embeddings, one row per image
 PACMAP_FILE = "pacmap.parquet"  # EMBED: 2-D and 3-D PaCMAP coordinates
 EMBEDDINGS = f"{EMBED}/{EMBEDDINGS_FILE}"  # written by evaluate (its pass makes them)

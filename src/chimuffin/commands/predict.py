@@ -28,6 +28,9 @@ def register(sub) -> None:
                    help="write the results to FILE, atomically (default: stdout)")
     p.add_argument("--tta-flip", action="store_true",
                    help="average the logits of the image and its mirror image (default: off)")
+    p.add_argument("--heatmaps", metavar="DIR",
+                   help="also write one PNG per image into DIR: the image, its class-activation "
+                   "heatmap overlay (Grad-CAM, for the class shown), the class and its score")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per forward pass (default %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -63,6 +66,10 @@ def run(args) -> int:
         raise UserError(f"--threads must be >= 0, got {args.threads}")
     if args.output:
         atomic.check_target(args.output)
+    if args.heatmaps:
+        from chimuffin.infer.heatmap_files import check_heatmap_dir
+
+        check_heatmap_dir(args.heatmaps)
     found = collect_inputs(args.paths)
     if not found.items and not found.missing:  # only folders, and no image in any of them
         raise UserError(no_images_message(args.paths, found.skipped))
@@ -74,6 +81,11 @@ def run(args) -> int:
               disable=None if len(found.items) > 1 else True) as bar:
         df = classify(model, meta, found.items, args.batch_size, device, args.tta_flip,
                       progress=bar.update)
+    if args.heatmaps:  # before the results: a folder that fails leaves nothing written
+        from chimuffin.infer.heatmap_files import write_heatmaps
+
+        n_maps = write_heatmaps(model, meta, found.items, df, args.heatmaps, args.batch_size,
+                                device)
     df = pd.concat([missing_rows(found.missing, classes), df], ignore_index=True)
 
     text = render(df, args.format, classes)
@@ -89,5 +101,6 @@ def run(args) -> int:
     summary = f"chimuffin predict: classified {n_ok} image(s), {len(failed)} failed"
     if found.skipped:
         summary += f", {found.skipped} non-image file(s) in folders skipped"
+    summary += f"; {n_maps} heatmaps in {args.heatmaps}" if args.heatmaps else ""
     print(summary + (f"; results in {args.output}" if args.output else ""), file=sys.stderr)
     return 0 if n_ok else 1

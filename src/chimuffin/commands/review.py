@@ -14,6 +14,7 @@ from chimuffin.errors import UserError
 from chimuffin.proc import sigterm_as_interrupt
 from chimuffin.retrain.retrainer import Retrainer
 from chimuffin.review.data import Paths, ReviewData
+from chimuffin.review.heatmap_route import PageHeatmaps
 from chimuffin.review.history import STATE_FILE
 from chimuffin.review.server import HOST, make_server
 
@@ -35,9 +36,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def bind(data: ReviewData, port: int, retrainer=None):
+def bind(data: ReviewData, port: int, retrainer=None, heatmaps=None):
     try:
-        return make_server(data, port, retrainer=retrainer)
+        return make_server(data, port, retrainer=retrainer, heatmaps=heatmaps)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} on {HOST} is in use (another `chimuffin review`?); "
@@ -52,13 +53,16 @@ def run(args) -> int:
     data_dir = Path(params.prepare.data_dir)
     data = ReviewData(Paths.under(root, args.params, args.decisions, args.state),
                       params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir)
+    heatmaps = PageHeatmaps(root / paths.MODEL, data.image_file, params.base.classes)
     retrainer = None
     if not args.no_retrain:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,
                               params.base.classes, params.review.retrain_every,
                               params.review.round_recipe, data.proposals.models[0].labels,
-                              on_done=data.swap_in, warm_recipe=params.review.warm_recipe)
-    server = bind(data, args.port, retrainer)
+                              on_done=heatmaps.after_swap(data.swap_in,
+                                                          lambda: retrainer.last_weights()),
+                              warm_recipe=params.review.warm_recipe)
+    server = bind(data, args.port, retrainer, heatmaps)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
         else f"no pages ({data.pages_error})"
@@ -85,4 +89,5 @@ def run(args) -> int:
         server.server_close()
         if retrainer is not None:
             retrainer.stop()  # the run's copy is removed; the workspace was never written
+        heatmaps.close()
     return 0

@@ -115,12 +115,18 @@ def metrics_section(reports: dict[str, dict], classes: list[str],
     return lines
 
 
-def mistakes_section(mistakes: pd.DataFrame, png_name: str) -> list[str]:
+def mistakes_section(mistakes: pd.DataFrame, png_name: str,
+                     heatmaps_name: str | None = None) -> list[str]:
     lines = ["## Most confident mistakes", "",
              "Labeled training and validation images the model gets wrong, most confident "
              "first (test images are left out on purpose). A confident mistake on a training "
              "image is often a wrong or doubtful label: review it.", "",
              f"![most confident mistakes]({png_name})", ""]
+    if heatmaps_name:
+        lines += ["The same images, each beside its class-activation heatmap (Grad-CAM) for "
+                  "the class the model predicted: red where the evidence for that class lies, "
+                  "blue where there is none.", "",
+                  f"![heatmaps of the most confident mistakes]({heatmaps_name})", ""]
     if mistakes.empty:
         return [*lines, "None.", ""]
     rows = [[i, f"`{r['path']}`", r["split"], r["label"], r["label_source"], r["prediction"],
@@ -132,7 +138,8 @@ def mistakes_section(mistakes: pd.DataFrame, png_name: str) -> list[str]:
 
 def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[str],
                  diff: list, reference_name: str, reports: dict[str, dict],
-                 mistakes: pd.DataFrame, png_name: str, kept: str = "best") -> str:
+                 mistakes: pd.DataFrame, png_name: str, kept: str = "best",
+                 heatmaps_name: str | None = None) -> str:
     """`kept`: train.keep, which weights the model holds (the best validated epoch's or the
     last epoch's)."""
     epoch, val_acc = meta.get("epoch"), meta.get("val_accuracy")
@@ -144,5 +151,5 @@ def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[s
              *data_section(summary, classes, fingerprint),
              *recipe_section(diff, reference_name),
              *metrics_section(reports, classes, kept),
-             *mistakes_section(mistakes, png_name)]
+             *mistakes_section(mistakes, png_name, heatmaps_name)]
     return "\n".join(lines).rstrip() + "\n"

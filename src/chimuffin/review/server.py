@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import PERSON_SOURCES
 from chimuffin.review.data import RequestError, ReviewData
+from chimuffin.review.heatmap_route import answer as heatmap_answer
 
 HOST = "127.0.0.1"
 MAX_BODY = 2_000_000
@@ -45,6 +46,7 @@ STATIC = {  # name -> content type; served from review/static
     "app.js": "text/javascript; charset=utf-8",
     "verify.js": "text/javascript; charset=utf-8",
     "retrain.js": "text/javascript; charset=utf-8",
+    "heatmap.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 # The page may talk to this server only: nothing else loads, even if a script tried.
@@ -90,6 +92,7 @@ class DeadlineReader(io.RawIOBase):
 class Handler(BaseHTTPRequestHandler):
     data: ReviewData  # set on the subclass that make_server creates
     retrainer = None  # a chimuffin.retrain Retrainer, or None: no background retraining
+    heatmaps = None  # a review.heatmap_route.PageHeatmaps, or None: no heatmaps
     timeout = TIMEOUT_S  # socket timeout for writes; reads get deadlines (DeadlineReader)
 
     def setup(self) -> None:
@@ -167,6 +170,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(HTTPStatus.OK, self.data.state())
         if url.path == "/api/retrain":
             return self.send_json(HTTPStatus.OK, self.retrain_status())
+        if url.path == "/api/heatmap":  # the proposing model's Grad-CAM overlays
+            return self.send_json(HTTPStatus.OK, heatmap_answer(self.heatmaps, url.query))
         if url.path == "/thumb":  # the original image file (the page scales it)
             values = parse_qs(url.query).get("path", [])
             if len(values) != 1:
@@ -254,11 +259,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(data: ReviewData, port: int = 0, timeout: float = TIMEOUT_S,
-                retrainer=None) -> ThreadingHTTPServer:
+                retrainer=None, heatmaps=None) -> ThreadingHTTPServer:
     """Bound to 127.0.0.1 (never another interface); port 0 picks a free one. `retrainer`:
-    background retraining (chimuffin.retrain), None for none."""
+    background retraining (chimuffin.retrain), None for none; `heatmaps`: the page's
+    heatmaps (review/heatmap_route.py), None for none."""
     handler = type("BoundHandler", (Handler,), {"data": data, "timeout": timeout,
-                                                 "retrainer": retrainer})
+                                                 "retrainer": retrainer, "heatmaps": heatmaps})
     server = ThreadingHTTPServer((HOST, port), handler)
     server.daemon_threads = True
     return server

@@ -13,6 +13,7 @@ from chimuffin.infer.manifest_predictions import curve_tables, predict_manifest,
 from chimuffin.model import load_checkpoint
 from chimuffin.progress import Progress
 from chimuffin.report.eval_report import build_report, confident_mistakes, mistakes_png
+from chimuffin.report.mistake_heatmaps import mistake_heatmaps, mistakes_heatmaps_png
 from chimuffin.report.recipe_diff import load_reference, recipe_diff
 from chimuffin.stages import common
 
@@ -44,19 +45,24 @@ def plot_tables(pred, classes: list[str], reports: dict) -> dict[str, pd.DataFra
     return out
 
 
-def write_report(tmp: Path, args, params, meta, pred, df, images, reports) -> None:
-    """report.md + mistakes.png: what a person reads after `dvc repro`."""
+def write_report(tmp: Path, args, params, meta, pred, df, images, reports, model,
+                 device) -> None:
+    """report.md + mistakes.png + mistakes_heatmaps.png: what a person reads after `dvc repro`."""
     clean = Path(args.clean)
     summary = read_json_output(clean / paths.SUMMARY_FILE, "clean stage's summary",
                                "dvc repro clean")
     fingerprint = hashlib.sha1((clean / paths.MANIFEST_FILE).read_bytes()).hexdigest()[:12]
     mistakes = confident_mistakes(pred, params.base.classes)
     mistakes_png(mistakes, df["idx"].to_numpy(), images, tmp / paths.MISTAKES_FILE)
+    pixels, maps = mistake_heatmaps(model, mistakes, df["idx"].to_numpy(), images,
+                                    params.base.classes, device)
+    mistakes_heatmaps_png(mistakes, pixels, maps, tmp / paths.MISTAKE_HEATMAPS_FILE)
     diff = recipe_diff(params.train, load_reference(args.reference))
     atomic.write_text(tmp / paths.REPORT_MD_FILE, build_report(
         meta=meta, summary=summary, fingerprint=fingerprint, classes=params.base.classes,
         diff=diff, reference_name=args.reference, reports=reports, mistakes=mistakes,
-        png_name=paths.MISTAKES_FILE, kept=params.train.keep))
+        png_name=paths.MISTAKES_FILE, heatmaps_name=paths.MISTAKE_HEATMAPS_FILE,
+        kept=params.train.keep))
 
 
 def main(args, params) -> None:
@@ -79,7 +85,7 @@ def main(args, params) -> None:
         atomic.write_json(tmp / paths.METRICS_FILE, {s: headline(r) for s, r in reports.items()})
         for name, table in plot_tables(pred, classes, reports).items():
             table.to_csv(tmp / name, index=False, float_format="%.6g")
-        write_report(tmp, args, params, meta, pred, df, images, reports)
+        write_report(tmp, args, params, meta, pred, df, images, reports, model, device)
     atomic.write_parquet(args.embeddings, embeddings_frame(df["path"], emb))
     for split, r in reports.items():
         lo, hi = r["accuracy_ci95"]

@@ -525,6 +525,8 @@ function viewKeys() {
     { keys: ["?"], shown: "?", does: "every key (this map) on/off", run: () => setHelp(null) },
     { keys: ["R"], shown: "Shift+R", once: true, does: "retrain in the background now (new " +
       "proposals replace the pages not verified yet when it finishes)", run: requestRetrain },
+    { keys: ["H"], shown: "Shift+H", does: "heatmap on/off: where the proposing model sees " +
+      "its class, over the image in focus", run: toggleHeatmap },
   ];
 }
 
