@@ -140,7 +140,7 @@ def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tm
     params["suggest"]["page_size"] = 3
     params["review"] = {"retrain_every": 2, "round_recipe": "", "warm_recipe": "",
                         "background_set": [],
-                        "warm_after": 0}
+                        "warm_after": 0, "validation_size": 0}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)

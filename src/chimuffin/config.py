@@ -180,6 +180,9 @@ class Review:
     # Warm starts begin once the person has given this many decisions; before, every retrain
     # starts from scratch (a few dozen steps from a model trained on few labels scored worse).
     warm_after: int = num(0, 1_000_000)
+    # The validation view's sample: this many pool images drawn at random (base.seed), at most
+    # a quarter of the pool, answered into validation.csv (0 = no validation view).
+    validation_size: int = num(0, 100_000)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from chimuffin import paths
 from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
+from chimuffin.labels.validation import validation_file
 from chimuffin.proc import foreground, repo_root, sigterm_as_interrupt
 from chimuffin.simulate.reviewer import ReviewCost
 from chimuffin.simulate.rounds import AutoAccept, LoopConfig, Reviewer, run_loop
 from chimuffin.simulate.sitting import SittingConfig, run_sitting, summary
+from chimuffin.simulate.validation import ValidationStep
 
 DESCRIPTION = """\
 Each round: `dvc repro`; then a simulated person adds labels (source oracle) from a file of
@@ -41,6 +43,11 @@ def register(sub) -> None:
     who.add_argument("--minutes", type=float, default=None, metavar="M",
                      help="simulated minutes of page review per round, with --reviewer; "
                      "inf = until every page is verified (default: %(default)s)")
+    who.add_argument("--validation", type=int, default=0, metavar="N",
+                     help="with --background: first the --reviewer answers the validation "
+                     "view's random sample of the pool (base.seed) until validation.csv holds "
+                     "N pool images (at most a quarter of the pool), at the pages' cost "
+                     "model; 0 = none (default: %(default)s)")
     who.add_argument("--oracle", metavar="CSV", default=None,
                      help="path,label (or relative_path,label) file of true labels; the person "
                      "answers review requests one at a time (default: %(default)s)")
@@ -62,6 +69,11 @@ def register(sub) -> None:
 
 
 def check_args(args) -> None:
+    if args.validation < 0:
+        raise UserError(f"--validation must be >= 0, got {args.validation}")
+    if args.validation and not args.background:
+        raise UserError("--validation N needs --background (the sitting builds the validation "
+                        "set before its first page)")
     if args.background:
         if args.rounds is not None or args.oracle or args.min_score is not None:
             raise UserError("--background is one sitting of the --reviewer: no --rounds, "
@@ -112,6 +124,15 @@ def reviewer(args, classes: list[str]) -> Reviewer | None:
     return rv
 
 
+def validation_step(args, params, root: Path) -> ValidationStep:
+    """The sample the person answers first (the validation view's, sized --validation)."""
+    decisions = root / args.decisions
+    return ValidationStep(args.validation, params.base.seed, params.suggest.page_size,
+                          root / paths.PREPARED / paths.MANIFEST_FILE,
+                          root / args.eval_dir / paths.PREDICTIONS_FILE,
+                          validation_file(decisions), decisions)
+
+
 def run_background(args) -> int:
     params = load_params(args.params)
     classes = params.base.classes
@@ -125,7 +146,8 @@ def run_background(args) -> int:
         cfg = SittingConfig(root, root / args.params, root / args.decisions,
                             root / args.suggest_dir, classes, params.review.retrain_every,
                             params.review.round_recipe, params.review.warm_recipe,
-                            root / args.eval_dir, rv.cost)
+                            root / args.eval_dir, rv.cost,
+                            validation_step(args, params, root) if args.validation else None)
         s = run_sitting(cfg, rv.truth(classes), rv.budget_s)
     print(summary(s))
     return 0

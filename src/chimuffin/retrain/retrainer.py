@@ -42,6 +42,7 @@ from chimuffin.config import load_yaml, parse_params
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
 from chimuffin.labels.rows import person_decided
+from chimuffin.labels.validation import validation_file
 from chimuffin.retrain import copy as workspace_copy
 from chimuffin.retrain.outputs import RunOutputs
 from chimuffin.retrain.params import (
@@ -218,14 +219,18 @@ class Retrainer:
 
     def _retrain(self, run: Run, copy: Path, sh: workspace_copy.Sh) -> None:
         workspace_copy.check_top_folder(self.root, sh)
-        with locked.holding_lock(self.decisions):
+        val_file = validation_file(self.decisions)
+        with locked.holding_lock(self.decisions):  # validation.csv's writers hold it too
             snapshot = locked.read(self.decisions, self.classes)
+            validation = val_file.read_bytes() if val_file.is_file() else None
         run.labels = len(person_decided(snapshot.decisions))
         params, start_from = self._run_params(run)
         workspace_copy.clone_workspace(self.root, copy, sh)
         workspace_copy.write_inputs(
             copy, self.decisions.resolve().relative_to(self.root), snapshot.data,
             self.params_file.resolve().relative_to(self.root), params, sh)
+        if validation is not None:  # as the page left it: answers not committed yet too
+            (copy / val_file.resolve().relative_to(self.root)).write_bytes(validation)
         if start_from is not None:
             workspace_copy.add_warm_start(copy, start_from, sh)
         workspace_copy.run_experiment(copy, run.name, sh)

@@ -25,10 +25,13 @@ import pandas as pd
 from chimuffin import paths as default
 from chimuffin.labels import locked
 from chimuffin.labels.rows import merge_decisions, person_decided
+from chimuffin.labels.validation import read_validation, validation_file
 from chimuffin.retrain.outputs import RunOutputs
 from chimuffin.retrain.retrainer import STOPPED, Retrainer, Run
 from chimuffin.retrain.swap import Model, Proposals
 from chimuffin.simulate.reviewer import EPS, ReviewCost, page_answers
+from chimuffin.simulate.validation import ValidationDone, ValidationStep, build_validation_set
+from chimuffin.simulate.validation import summary as validation_summary
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class SittingConfig:
     warm_recipe: str = ""       # review.warm_recipe
     eval_dir: Path | None = None  # the first model's metrics (None: root's metrics/eval)
     cost: ReviewCost = ReviewCost()
+    # the validation set the person builds before the first page (None: none)
+    validation: ValidationStep | None = None
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Sitting:
     models_failed: int = 0
     reason: str = ""
     log: list[PageDone] = field(default_factory=list)  # every page, in order
+    validation: ValidationDone | None = None  # the validation set built first, if asked
 
 
 def next_page(pages: pd.DataFrame, done: set[str]) -> tuple[int, pd.DataFrame] | None:
@@ -123,6 +129,11 @@ class SittingRun:
         live.update(sitting=self.out, proposals=self.proposals)
         started = time.monotonic()
         try:
+            if self.cfg.validation is not None:
+                self.out.validation = build_validation_set(
+                    self.cfg.validation, self.cfg.classes, self.truth, self.cfg.cost,
+                    self.sleep, self.stop)
+                self.report(f"loop: {validation_summary(self.out.validation)}")
             while not self.out.reason:
                 self.out.reason = self.one_page(started)
         finally:
@@ -141,7 +152,8 @@ class SittingRun:
             return "stopped"
         with self.proposals.lock:  # a swap replaces the pages table (never changes it)
             pages, proposer = self.proposals.pages, self.proposals.models[-1].name
-        found = next_page(pages, person_decided(self.decisions()))
+        validated = read_validation(validation_file(self.cfg.decisions), self.cfg.classes)
+        found = next_page(pages, person_decided(self.decisions()) | set(validated))
         if found is None:
             return "every page is verified"
         page, rows = found
