@@ -27,6 +27,9 @@ SOURCES = ("human", "3lc", "auto", "rule", "oracle")
 PERSON_SOURCES = ("human", "3lc", "oracle")
 UNDEFINED, REMOVE = "undefined", "remove"
 TEST_DIR = "test128"  # the dataset's test folder (as data/scan.py finds it)
+VAL_DIR = "val128"  # the dataset's own validation folder (as data/scan.py finds it)
+# in a decision's note: a deliberate correction of one val128/ image (the review page's wording)
+VALIDATION_CORRECTION = "validation correction"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,12 @@ TEST_REFUSED = ("is a test image: the test split is only ever evaluated, never l
 VALIDATION_REFUSED = ("is a validation image (labeled in data/labels/validation.csv); a "
                       "decision may not change or remove its label: edit validation.csv, or "
                       "delete this row")
+
+
+VAL_FOLDER_REFUSED = (f"is a validation image (the dataset's own {VAL_DIR}/ folder); a decision "
+                      "may change its label only as a deliberate correction of that one image "
+                      f"(its note says '{VALIDATION_CORRECTION}', as the review page writes "
+                      "it): delete this row, or correct the image on the review page")
 
 
 def check_decisions_writable(decisions: list[Decision], name: str,
@@ -268,6 +277,9 @@ def apply_decisions(manifest: pd.DataFrame, decisions: list[Decision],
         if (df.iat[i, df.columns.get_loc("label_source")] == "validation"
                 and d.label != df.iat[i, df.columns.get_loc("label")]):
             raise UserError(f"{name}: row {d.row}: {d.path} {VALIDATION_REFUSED}")
+        if (PurePosixPath(d.path).parts[0] == VAL_DIR and VALIDATION_CORRECTION not in d.note
+                and d.label != df.iat[i, df.columns.get_loc("label")]):
+            raise UserError(f"{name}: row {d.row}: {d.path} {VAL_FOLDER_REFUSED}")
         df.iat[i, df.columns.get_loc("label")] = d.label
         df.iat[i, df.columns.get_loc("label_source")] = d.source
     return df[df["label"] != REMOVE].reset_index(drop=True)
