@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One improvement iteration on the embedded sample, as docs/iteration.md tells it,
+# One improvement iteration on the embedded sample, as docs/real-data.md tells it,
 # in a fresh clone of this repository's HEAD (nothing here is touched):
 #   dvc repro (timed) -> commit -> the first review page checked against the true labels ->
 #   the review queue's top 40 pool requests answered by the

@@ -30,7 +30,8 @@ def register(sub) -> None:
                    help="average the logits of the image and its mirror image (default: off)")
     p.add_argument("--heatmaps", metavar="DIR",
                    help="also write one PNG per image into DIR: the image, its class-activation "
-                   "heatmap overlay (Grad-CAM, for the class shown), the class and its score")
+                   "heatmap overlay (Grad-CAM, for the class shown), the class and its score "
+                   "(default: no heatmaps)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per forward pass (default %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
