@@ -159,7 +159,7 @@ def test_no_mistakes_still_writes_the_figure_and_says_none(tmp_path):
     none = pd.DataFrame(columns=["path", "split", "label", "label_source", "prediction",
                                  "confidence"])
     out = tmp_path / "h.png"
-    mistakes_heatmaps_png(none, np.zeros((0, 3, 8, 8), np.uint8), np.zeros((0, 8, 8)), out)
+    mistakes_heatmaps_png(none, np.zeros((0, 3, 8, 8), np.uint8), [], out)
     with Image.open(out) as im:
         assert im.format == "PNG"
     lines = mistakes_section(none, "m.png", "h.png")
@@ -178,9 +178,10 @@ def test_the_heatmap_figure_is_byte_stable(tmp_path):
                              "label_source": "folder", "prediction": "chihuahua",
                              "confidence": [0.9, 0.8]})
     pixels = rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
-    maps = rng.random((2, 16, 16)).astype(np.float32)
-    mistakes_heatmaps_png(mistakes, pixels, maps, tmp_path / "a.png")
-    mistakes_heatmaps_png(mistakes, pixels, maps, tmp_path / "b.png")
+    overlays = [overlay(p.transpose(1, 2, 0), m)
+                for p, m in zip(pixels, rng.random((2, 16, 16)).astype(np.float32), strict=True)]
+    mistakes_heatmaps_png(mistakes, pixels, overlays, tmp_path / "a.png")
+    mistakes_heatmaps_png(mistakes, pixels, overlays, tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 

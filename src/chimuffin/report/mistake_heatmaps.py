@@ -1,6 +1,7 @@
 """The report's most confident mistakes with their heatmaps: each image beside its Grad-CAM
-overlay for the class the model predicted (what drove the wrong answer). A pure function of
-the model and the images, so the figure is byte-identical across `dvc repro -f`."""
+overlay for the class the model predicted (what drove the wrong answer; the evaluate stage
+computes the overlays). A pure function of the images and overlays, so the figure is
+byte-identical across `dvc repro -f`."""
 
 from __future__ import annotations
 
@@ -10,26 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chimuffin.infer.heatmaps import heatmaps, overlay
-
 PAIRS_PER_ROW = 4
 
 
-def mistake_heatmaps(model, mistakes: pd.DataFrame, idx: np.ndarray, images: np.ndarray,
-                     classes: list[str], device) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images (N,3,S,S), heatmaps (N,S,S)) of the mistakes' rows, each explaining the
-    predicted class the report states."""
-    pixels = np.stack([np.asarray(images[idx[pos]]) for pos in mistakes.index]) \
-        if len(mistakes) else np.zeros((0, *images.shape[1:]), np.uint8)
-    targets = np.array([classes.index(p) for p in mistakes["prediction"]], dtype=np.int64)
-    maps, _ = heatmaps(model, pixels, targets, device=device)
-    return pixels, maps
-
-
-def mistakes_heatmaps_png(mistakes: pd.DataFrame, pixels: np.ndarray, maps: np.ndarray,
+def mistakes_heatmaps_png(mistakes: pd.DataFrame, pixels: np.ndarray, overlays: list[np.ndarray],
                           out_path: Path, per_row: int = PAIRS_PER_ROW) -> None:
-    """Pairs (image | overlay), captioned `#i split: label -> prediction score`; with no
-    mistakes, a figure that says so."""
+    """Pairs (image (3,S,S) | its overlay (S,S,3)), captioned `#i split: label -> prediction
+    score`; with no mistakes, a figure that says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,10 +30,9 @@ def mistakes_heatmaps_png(mistakes: pd.DataFrame, pixels: np.ndarray, maps: np.n
     for ax in axes.flat:
         ax.axis("off")
     for i, (_, r) in enumerate(mistakes.iterrows()):
-        image = pixels[i].transpose(1, 2, 0)
         left, right = axes.flat[2 * i], axes.flat[2 * i + 1]
-        left.imshow(image)
-        right.imshow(overlay(image, maps[i]))
+        left.imshow(pixels[i].transpose(1, 2, 0))
+        right.imshow(overlays[i])
         left.set_title(f"#{i + 1} {r['split']}: {r['label']}", fontsize=8)
         right.set_title(f"-> {r['prediction']} {r['confidence']:.2f}", fontsize=8)
     if n == 0:

@@ -4,16 +4,18 @@ embeddings for every image (one pass makes both: the embed stage maps them)."""
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from chimuffin import atomic, paths, runtime
 from chimuffin.data.manifest import open_cache, read_json_output, read_manifest
 from chimuffin.infer.embeddings import embeddings_frame
+from chimuffin.infer.heatmaps import heatmaps, overlay
 from chimuffin.infer.manifest_predictions import curve_tables, predict_manifest, split_metrics
 from chimuffin.model import load_checkpoint
 from chimuffin.progress import Progress
 from chimuffin.report.eval_report import build_report, confident_mistakes, mistakes_png
-from chimuffin.report.mistake_heatmaps import mistake_heatmaps, mistakes_heatmaps_png
+from chimuffin.report.mistake_heatmaps import mistakes_heatmaps_png
 from chimuffin.report.recipe_diff import load_reference, recipe_diff
 from chimuffin.stages import common
 
@@ -45,6 +47,17 @@ def plot_tables(pred, classes: list[str], reports: dict) -> dict[str, pd.DataFra
     return out
 
 
+def mistake_heatmaps(model, mistakes: pd.DataFrame, idx: np.ndarray, images: np.ndarray,
+                     classes: list[str], device) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(uint8 images (N,3,S,S), their Grad-CAM overlays (S,S,3)) of the mistakes' rows, each
+    explaining the predicted class the report states."""
+    pixels = np.stack([np.asarray(images[idx[pos]]) for pos in mistakes.index]) \
+        if len(mistakes) else np.zeros((0, *images.shape[1:]), np.uint8)
+    targets = np.array([classes.index(p) for p in mistakes["prediction"]], dtype=np.int64)
+    maps, _ = heatmaps(model, pixels, targets, device=device)
+    return pixels, [overlay(p.transpose(1, 2, 0), m) for p, m in zip(pixels, maps, strict=True)]
+
+
 def write_report(tmp: Path, args, params, meta, pred, df, images, reports, model,
                  device) -> None:
     """report.md + mistakes.png + mistakes_heatmaps.png: what a person reads after `dvc repro`."""
@@ -54,9 +67,9 @@ def write_report(tmp: Path, args, params, meta, pred, df, images, reports, model
     fingerprint = hashlib.sha1((clean / paths.MANIFEST_FILE).read_bytes()).hexdigest()[:12]
     mistakes = confident_mistakes(pred, params.base.classes)
     mistakes_png(mistakes, df["idx"].to_numpy(), images, tmp / paths.MISTAKES_FILE)
-    pixels, maps = mistake_heatmaps(model, mistakes, df["idx"].to_numpy(), images,
-                                    params.base.classes, device)
-    mistakes_heatmaps_png(mistakes, pixels, maps, tmp / paths.MISTAKE_HEATMAPS_FILE)
+    pixels, overlays = mistake_heatmaps(model, mistakes, df["idx"].to_numpy(), images,
+                                        params.base.classes, device)
+    mistakes_heatmaps_png(mistakes, pixels, overlays, tmp / paths.MISTAKE_HEATMAPS_FILE)
     diff = recipe_diff(params.train, load_reference(args.reference))
     atomic.write_text(tmp / paths.REPORT_MD_FILE, build_report(
         meta=meta, summary=summary, fingerprint=fingerprint, classes=params.base.classes,
