@@ -115,6 +115,11 @@ class Train:
     # Validate every N epochs (and always after the last): validation costs a forward pass over
     # the validation images (two with val_tta_flip), worth skipping when only the last counts.
     val_every: int = num(1, 10_000)
+    # Shrink-and-perturb of warm-start weights (models/warm_start/; nothing without them): each
+    # parameter becomes warm_shrink * itself + warm_perturb * a fresh initialisation's (the
+    # seeded one the stage builds); BatchNorm statistics are kept. 1 and 0 keep the weights.
+    warm_shrink: float = num(0.0, 1.0, lo_open=True)
+    warm_perturb: float = num(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,10 @@ class Review:
     # Warm starts begin once the person has given this many decisions; before, every retrain
     # starts from scratch (a few dozen steps from a model trained on few labels scored worse).
     warm_after: int = num(0, 1_000_000)
+    # The `train` group of the final step (`chimuffin final`, the page's "final model", the end
+    # of `chimuffin loop --background`): it trains from the last background model on every
+    # label (a recipe file, relative to the repository).
+    final_recipe: str = field()
     # The validation view's sample: this many pool images drawn at random (base.seed), at most
     # a quarter of the pool, answered into validation.csv (0 = no validation view).
     validation_size: int = num(0, 100_000)

@@ -136,6 +136,18 @@ def mistakes_section(mistakes: pd.DataFrame, png_name: str,
     return [*lines, ""]
 
 
+def start_lines(meta: dict) -> list[str]:
+    """What the model's training started from, as the train stage recorded it (a checkpoint
+    from before it did says nothing)."""
+    if "warm_start" not in meta:
+        return []
+    start = meta["warm_start"]
+    if start is None:
+        return ["Trained from scratch (random weights seeded by base.seed).", ""]
+    return [f"Started from {start['file']} (md5 {start['md5']}): warm-started, not from "
+            "scratch.", ""]
+
+
 def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[str],
                  diff: list, reference_name: str, reports: dict[str, dict],
                  mistakes: pd.DataFrame, png_name: str, kept: str = "best",
@@ -147,7 +159,7 @@ def build_report(*, meta: dict, summary: dict, fingerprint: str, classes: list[s
     head = [f"Model: {model}"
             + (f" (validation accuracy {val_acc:.4f})" if isinstance(val_acc, float) else "")
             + f", image size {meta.get('image_size')}, classes {', '.join(classes)}.", ""]
-    lines = ["# Evaluation report", "", *head,
+    lines = ["# Evaluation report", "", *head, *start_lines(meta),
              *data_section(summary, classes, fingerprint),
              *recipe_section(diff, reference_name),
              *metrics_section(reports, classes, kept),

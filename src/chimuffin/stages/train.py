@@ -1,6 +1,7 @@
 """Stage `train`: ResNet-18 from scratch on the labeled training images; save the weights that
 train.keep names (the best validation epoch or the last)."""
 
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,11 +23,14 @@ from chimuffin.train.engine import (
 )
 
 
-def checkpoint_meta(params, epoch: int, val_acc: float) -> dict:
+def checkpoint_meta(params, epoch: int, val_acc: float, started_from: dict | None = None) -> dict:
+    """The model's metadata; `started_from`: the warm-start weights' file and md5 (None: from
+    scratch), which the evaluate stage's report names."""
     t = params.train
     return {"classes": list(params.base.classes), "head": list(t.head), "dropout": t.dropout,
             "image_size": params.base.image_size, "epoch": epoch, "val_accuracy": val_acc,
-            "preprocess": "RGB, resize to image_size, /255, ImageNet mean/std"}
+            "preprocess": "RGB, resize to image_size, /255, ImageNet mean/std",
+            "warm_start": started_from}
 
 
 # DVCLive names: metrics.json keeps the last value logged, so these read `last_epoch.val_acc`
@@ -117,9 +121,33 @@ def warm_start(path: Path, model, params) -> str | None:
             raise UserError(f"{path}: these warm-start weights were trained with {key} "
                             f"{theirs[key]}, the params say {want}; remove the file to train "
                             "from scratch")
+    fresh = {k: p.detach().clone() for k, p in model.named_parameters()}
     model.load_state_dict(loaded.state_dict())
-    return (f"train: warm start from {path} (epoch {meta['epoch']} of an earlier model, "
+    said = (f"train: warm start from {path} (epoch {meta['epoch']} of an earlier model, "
             f"val acc {meta['val_accuracy']:.4f}), not from scratch")
+    if (t.warm_shrink, t.warm_perturb) == (1.0, 0.0):
+        return said
+    shrink_perturb(model, fresh, t.warm_shrink, t.warm_perturb)
+    return f"{said}; shrink {t.warm_shrink:g}, perturb {t.warm_perturb:g}"
+
+
+def shrink_perturb(model, fresh: dict, shrink: float, perturb: float) -> None:
+    """Shrink-and-perturb (Ash and Adams, "On Warm-Starting Neural Network Training", NeurIPS
+    2020): every parameter becomes shrink * itself + perturb * a fresh initialisation's (their
+    own code's noise source: it keeps each layer's initial scale); BatchNorm's running
+    statistics, which are buffers, stay."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.mul_(shrink).add_(fresh[name], alpha=perturb)
+
+
+def started_from(path: Path) -> dict | None:
+    """The warm-start file and its md5 (what its .dvc file records), or None: from scratch."""
+    if not path.is_file():
+        return None
+    return {"file": path.as_posix(), "md5": hashlib.md5(path.read_bytes()).hexdigest()}
 
 
 def start_3lc(args, df, params):
@@ -162,7 +190,8 @@ def main(args, params) -> None:
     device = choose_device(params)
     run3lc = start_3lc(args, df, params)
     model = build_model(len(params.base.classes), t.head, t.dropout)
-    warm = warm_start(Path(args.warm_start) / paths.WARM_START_FILE, model, params)
+    start_file = Path(args.warm_start) / paths.WARM_START_FILE
+    warm = warm_start(start_file, model, params)
     if warm:
         print(warm, flush=True)
     kept, bar = Kept(t.keep, t.epochs), Progress("train", t.epochs * len(train), every_s=None)
@@ -190,7 +219,8 @@ def main(args, params) -> None:
                              "kept/epoch": kept.epoch, "kept/val_acc": kept.val_acc,
                              "warm_start": int(warm is not None)})
         model.load_state_dict(kept.state)
-        save_checkpoint(args.model, model, checkpoint_meta(params, kept.epoch, kept.val_acc))
+        save_checkpoint(args.model, model, checkpoint_meta(params, kept.epoch, kept.val_acc,
+                                                           started_from(start_file)))
     print(done_line(params, device, len(train), best, kept))
     if run3lc:
         summary = run3lc.finish(model, kept.epoch, images, device)  # model: the saved weights
