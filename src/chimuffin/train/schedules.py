@@ -13,18 +13,6 @@ from chimuffin.config import RES_RAMP_END, T_MULT
 
 # --- learning rate ----------------------------------------------------------------------------
 
-def restart_ends(t0: int, t_mult: int, limit: int) -> list[int]:
-    """Epoch counts <= limit at which cosine warm restarts (T_0=t0, T_mult=t_mult) reach their
-    minimum. Training for one of these ends at a low learning rate; any other count stops in
-    the middle of a cycle (the reference: t0=10, t_mult=2, 100 epochs ends at 71% of the peak)."""
-    ends, end, cycle = [], 0, t0
-    while end + cycle <= limit:
-        end += cycle
-        ends.append(end)
-        cycle *= t_mult
-    return ends
-
-
 def _restart_phase(epoch: int, t0: int, t_mult: int) -> float:
     """Position (0..1) inside the current cosine cycle after `epoch` whole epochs."""
     t_cur, t_i = epoch, t0
