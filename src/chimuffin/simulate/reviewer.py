@@ -58,10 +58,6 @@ class ReviewResult:
     reason: str = ""
 
     @property
-    def unused_s(self) -> float:
-        return max(0.0, self.budget_s - self.seconds)
-
-    @property
     def minutes(self) -> float:
         return self.seconds / 60.0
 
