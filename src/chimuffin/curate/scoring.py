@@ -184,20 +184,14 @@ def neighbour_table(paths: np.ndarray, pool: np.ndarray, ref: np.ndarray, nbr: n
 
 
 def pool_suggestions(df, p_model, knn, dups, classes, cfg) -> pd.DataFrame:
-    """Every undecided pool image: the model, its labeled neighbours (pool_knn), one proposal,
-    and its nearest duplicate."""
-    return pool_proposals(df, p_model, knn, classes, cfg.model_weight).assign(
-        **dup_columns(dups, knn[0]))
-
-
-def pool_proposals(df, p_model, knn, classes, model_weight: float) -> pd.DataFrame:
     """Every undecided pool image: the model's probabilities and its labeled neighbours' vote
-    (pool_knn), combined into one proposal (`label`, `score`, `margin`)."""
+    (pool_knn), combined into one proposal (`label`, `score`, `margin`), and its nearest
+    duplicate."""
     cls = np.array(classes, dtype=object)
     pool, ref, nbr, sim = knn
     paths = df["path"].to_numpy()
     p_knn = knn_vote(sim, label_index(df["label"], classes)[ref][nbr], len(classes))
-    p = combine(p_model[pool], p_knn, model_weight)
+    p = combine(p_model[pool], p_knn, cfg.model_weight)
     model_y, knn_y = p_model[pool].argmax(1), p_knn.argmax(1)
     return pd.DataFrame({
         "path": paths[pool], "split": df["split"].to_numpy()[pool],
@@ -206,7 +200,7 @@ def pool_proposals(df, p_model, knn, classes, model_weight: float) -> pd.DataFra
         "knn_sim": sim.mean(1) if sim.shape[1] else np.zeros(len(pool)),
         "nearest_labeled": paths[ref][nbr[:, 0]] if nbr.shape[1] else "",
         "agree": model_y == knn_y, "label": cls[p.argmax(1)], "score": p.max(1),
-        "margin": margin(p)})
+        "margin": margin(p), **dup_columns(dups, pool)})
 
 
 def label_issues(df, p_model, unit, dups, classes, cfg) -> pd.DataFrame:
