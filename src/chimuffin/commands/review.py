@@ -17,6 +17,7 @@ from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.heatmap_route import PageHeatmaps
 from chimuffin.review.history import STATE_FILE
 from chimuffin.review.server import HOST, make_server
+from chimuffin.review.validation import Validation
 
 
 def register(sub) -> None:
@@ -36,9 +37,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def bind(data: ReviewData, port: int, retrainer=None, heatmaps=None):
+def bind(data: ReviewData, port: int, retrainer=None, heatmaps=None, validation=None):
     try:
-        return make_server(data, port, retrainer=retrainer, heatmaps=heatmaps)
+        return make_server(data, port, retrainer=retrainer, heatmaps=heatmaps,
+                           validation=validation)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} on {HOST} is in use (another `chimuffin review`?); "
@@ -62,7 +64,9 @@ def run(args) -> int:
                               on_done=heatmaps.after_swap(data.swap_in,
                                                           lambda: retrainer.last_weights()),
                               warm_recipe=params.review.warm_recipe)
-    server = bind(data, args.port, retrainer, heatmaps)
+    validation = Validation(root, root / args.decisions, params.base.classes, params.base.seed,
+                            params.review.validation_size, params.suggest.page_size)
+    server = bind(data, args.port, retrainer, heatmaps, validation)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
         else f"no pages ({data.pages_error})"

@@ -22,10 +22,12 @@ from chimuffin.errors import UserError
 from chimuffin.infer.embeddings import read_pacmap
 from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.labels.rows import PERSON_SOURCES, Decision, person_decided
+from chimuffin.labels.validation import read_validation, validation_file
 from chimuffin.retrain.outputs import val_metrics
 from chimuffin.retrain.retrainer import Run
 from chimuffin.retrain.swap import Model, Proposals
 from chimuffin.review import history
+from chimuffin.review.validation import without_validated
 from chimuffin.review.verify import (
     check_pages,
     evidence_of,
@@ -165,12 +167,17 @@ class ReviewData:
             "decisions": {d.path: [d.label, d.source] for d in decisions
                           if d.path in self.base_label},
             "pages": {"list": [{**pg, "model": self.proposals.model_of(pg["page"])}
-                               for pg in self.page_list], "error": self.pages_error},
+                               for pg in without_validated(self.page_list, self.validated())],
+                      "error": self.pages_error},
             "models": self.models_state(),
             # the evidence behind each page image's proposal (the enlarged view shows it)
             "evidence": {"images": self.evidence[0], "error": self.evidence[1]},
             **self.writes.summary(decisions, state),
         }
+
+    def validated(self) -> set[str]:
+        """The images validation.csv (beside the label file) holds now."""
+        return set(read_validation(validation_file(self.paths.decisions), self.classes))
 
     def image_file(self, path) -> Path:
         return (self.images.data_dir / self.writes.check_path(path)).resolve()
@@ -192,7 +199,8 @@ class ReviewData:
                                f"{self.paths.suggest / default.PAGES_FILE}"
                                + (f" ({self.pages_error})" if self.pages_error else ""))
         pg = self.page_index[page]
-        on_page = [im["path"] for im in pg["images"]]
+        validated = self.validated()  # answered on the validation view: never a decision
+        on_page = [im["path"] for im in pg["images"] if im["path"] not in validated]
         exceptions = body["exceptions"]
         if not isinstance(exceptions, dict):
             raise RequestError(HTTPStatus.BAD_REQUEST, "exceptions must be an object "

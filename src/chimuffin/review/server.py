@@ -47,6 +47,8 @@ STATIC = {  # name -> content type; served from review/static
     "verify.js": "text/javascript; charset=utf-8",
     "retrain.js": "text/javascript; charset=utf-8",
     "heatmap.js": "text/javascript; charset=utf-8",
+    "validation.js": "text/javascript; charset=utf-8",
+    "validation.css": "text/css; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 # The page may talk to this server only: nothing else loads, even if a script tried.
@@ -93,6 +95,7 @@ class Handler(BaseHTTPRequestHandler):
     data: ReviewData  # set on the subclass that make_server creates
     retrainer = None  # a chimuffin.retrain Retrainer, or None: no background retraining
     heatmaps = None  # a review.heatmap_route.PageHeatmaps, or None: no heatmaps
+    validation = None  # a review.validation.Validation, or None: no validation view
     timeout = TIMEOUT_S  # socket timeout for writes; reads get deadlines (DeadlineReader)
 
     def setup(self) -> None:
@@ -170,6 +173,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(HTTPStatus.OK, self.data.state())
         if url.path == "/api/retrain":
             return self.send_json(HTTPStatus.OK, self.retrain_status())
+        if url.path == "/api/validation":  # the validation view (review/validation.py)
+            return self.send_json(HTTPStatus.OK, {"enabled": False} if self.validation is None
+                                  else self.validation.state(self.data.models_state()["list"]))
         if url.path == "/api/heatmap":  # the proposing model's Grad-CAM overlays
             return self.send_json(HTTPStatus.OK, heatmap_answer(self.heatmaps, url.query))
         if url.path == "/thumb":  # the original image file (the page scales it)
@@ -199,7 +205,7 @@ class Handler(BaseHTTPRequestHandler):
     def post(self) -> None:
         path = urlsplit(self.path).path
         action = ACTIONS.get(path)
-        if action is None and path != "/api/retrain":
+        if action is None and path not in ("/api/retrain", "/api/validate"):
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such action {self.path!r}")
         self.check_origin()
         # JSON only: a cross-site HTML form cannot send it without the browser asking first
@@ -221,6 +227,10 @@ class Handler(BaseHTTPRequestHandler):
                                "deeply") from None
         except (ValueError, UnicodeDecodeError) as e:  # incl. a number too long to read
             raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {e}") from None
+        if path == "/api/validate":  # answers to validation.csv, never the label file
+            if self.validation is None:
+                raise RequestError(HTTPStatus.CONFLICT, "the validation view is off here")
+            return self.send_json(HTTPStatus.OK, self.validation.answer(body))
         if action is None:  # /api/retrain: {} asks for a background run now
             if body != {}:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "expected a JSON object {}")
@@ -259,12 +269,14 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(data: ReviewData, port: int = 0, timeout: float = TIMEOUT_S,
-                retrainer=None, heatmaps=None) -> ThreadingHTTPServer:
+                retrainer=None, heatmaps=None, validation=None) -> ThreadingHTTPServer:
     """Bound to 127.0.0.1 (never another interface); port 0 picks a free one. `retrainer`:
     background retraining (chimuffin.retrain), None for none; `heatmaps`: the page's
-    heatmaps (review/heatmap_route.py), None for none."""
+    heatmaps (review/heatmap_route.py), None for none; `validation`: the validation view
+    (review/validation.py), None for none."""
     handler = type("BoundHandler", (Handler,), {"data": data, "timeout": timeout,
-                                                 "retrainer": retrainer, "heatmaps": heatmaps})
+                                                 "retrainer": retrainer, "heatmaps": heatmaps,
+                                                 "validation": validation})
     server = ThreadingHTTPServer((HOST, port), handler)
     server.daemon_threads = True
     return server

@@ -521,6 +521,8 @@ function viewKeys() {
   return [
     { keys: ["v"], shown: "v", does: "the verify view", run: () => showView("verify") },
     { keys: ["g"], shown: "g", does: "the plot and queue view", run: () => showView("plot") },
+    { keys: ["w"], shown: "w", does: "the validation view (validation.js)",
+      run: () => showView("validation") },
     { keys: ["q"], shown: "q", does: "the review queue (in the plot view)", run: showQueue },
     { keys: ["?"], shown: "?", does: "every key (this map) on/off", run: () => setHelp(null) },
     { keys: ["R"], shown: "Shift+R", once: true, does: "retrain in the background now (new " +
@@ -572,13 +574,15 @@ function plotButtons() {
 
 function showView(name) {
   S.view = name;
-  for (const v of ["verify", "plot"]) $(`${v}-view`).hidden = v !== name;
+  for (const v of ["verify", "plot", "validation"]) $(`${v}-view`).hidden = v !== name;
   for (const b of document.querySelectorAll("#views button")) {
     b.classList.toggle("active", b.dataset.view === name);
   }
   if (name === "plot") {
     if (S.plotDrawn) Plotly.Plots.resize("plot"); else loadPlotly().then(draw, plotFailed);
     history.replaceState(null, "", "#plot");
+  } else if (name === "validation") {
+    validationShown();
   } else {
     verifyShown();
   }
@@ -605,7 +609,8 @@ function onKey(ev) {
     if (ev.key === "Escape") { ev.preventDefault(); setHelp(false); }
     return;
   }
-  const keys = [...viewKeys(), ...(S.view === "verify" ? verifyKeys() : plotKeys())];
+  const keys = [...viewKeys(), ...(S.view === "verify" ? verifyKeys()
+    : S.view === "validation" ? validationKeys() : plotKeys())];
   const k = keys.find((x) => x.keys.includes(ev.key));
   if (!k) return;
   ev.preventDefault();
@@ -644,7 +649,10 @@ async function main() {
   const wanted = location.hash.slice(1).split("?")[0];
   verifyInit();
   retrainInit();
-  showView(wanted === "plot" || (wanted !== "verify" && S.data.pages.error) ? "plot" : "verify");
+  // no validation beyond the seeds' own: the page asks for it first (validation.js)
+  const askFirst = await validationInit();
+  showView(askFirst || wanted === "validation" ? "validation" : wanted === "plot" ||
+           (wanted !== "verify" && S.data.pages.error) ? "plot" : "verify");
   document.body.dataset.ready = "1";
 }
 
