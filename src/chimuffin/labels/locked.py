@@ -29,10 +29,10 @@ from chimuffin.errors import UserError
 from chimuffin.labels.rows import (
     Decision,
     check_decisions_writable,
+    decode_text,
     format_decisions,
     parse_decisions,
-    parse_path_labels,
-    read_text_file,
+    read_validation,
 )
 
 LOCK_TIMEOUT_S = 60.0  # a writer holds the lock for one read + write (the loop: + a git commit)
@@ -82,11 +82,7 @@ class Written:
 
 
 def decode(path: Path, data: bytes, classes: list[str]) -> list[Decision]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
-    return parse_decisions(text, classes, name=str(path))
+    return parse_decisions(decode_text(data, path), classes, name=str(path))
 
 
 def read(path: str | Path, classes: list[str]) -> Snapshot:
@@ -134,8 +130,7 @@ def update(path: str | Path, classes: list[str],
 def validation_beside(path: Path, classes: list[str]) -> dict[str, str]:
     """The validation labels in validation.csv beside the label file (data/labels/), if any:
     no writer may change or remove them (the clean stage would refuse the file later)."""
-    f = path.parent / Path(paths.VALIDATION).name
-    return parse_path_labels(read_text_file(f), classes, str(f)) if f.is_file() else {}
+    return read_validation(path.parent / Path(paths.VALIDATION).name, classes)
 
 
 def _update_once(path: Path, classes: list[str], change, before_write) -> Written:

@@ -207,13 +207,25 @@ def read_text_file(path: str | Path) -> str:
     """A hand-edited text file as str: UTF-8 (a BOM is kept for the parser to drop)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return decode_text(path.read_bytes(), path)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def decode_text(data: bytes, path: str | Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+
+
+def read_validation(path: str | Path, classes: list[str]) -> PathLabels:
+    """{path: label} of the validation file (data/labels/validation.csv); no file is no rows
+    (a new repository)."""
+    path = Path(path)
+    if not path.exists():
+        return PathLabels()
+    return parse_path_labels(read_text_file(path), classes, str(path))
 
 
 def read_decisions(path: str | Path, classes: list[str]) -> list[Decision]:

@@ -17,15 +17,7 @@ from pathlib import Path
 from chimuffin import atomic, paths
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
-from chimuffin.labels.rows import PathLabels, parse_path_labels, read_text_file
-
-
-def read_validation(path: str | Path, classes: list[str]) -> PathLabels:
-    """{path: label} of the validation file; no file is no rows (a new repository)."""
-    path = Path(path)
-    if not path.is_file():
-        return PathLabels()
-    return parse_path_labels(read_text_file(path), classes, str(path))
+from chimuffin.labels.rows import read_validation
 
 
 def format_validation(rows: dict[str, str]) -> str:

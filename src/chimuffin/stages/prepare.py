@@ -5,15 +5,14 @@ from pathlib import Path
 
 from chimuffin import atomic, paths
 from chimuffin.data.prepare import prepare_dataset
-from chimuffin.labels.rows import parse_path_labels, read_text_file
+from chimuffin.labels.rows import read_validation
 from chimuffin.stages import common
 
 
 def main(args, params) -> None:
     b, p = params.base, params.prepare
     val_file = Path(args.validation)
-    validation = (parse_path_labels(read_text_file(val_file), b.classes, str(val_file))
-                  if val_file.exists() else {})
+    validation = read_validation(val_file, b.classes)
     with atomic.atomic_dir(args.out) as tmp:
         report = prepare_dataset(Path(p.data_dir), b.classes, b.image_size, p.val_fraction,
                                  b.seed, validation, str(val_file), tmp)
