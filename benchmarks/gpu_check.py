@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from chimuffin import runtime
-from chimuffin.config import load_params
+from chimuffin.config import EVAL_BATCH_SIZE, load_params
 from chimuffin.infer import batches
 from chimuffin.infer.preprocess import preprocess
 from chimuffin.model import build_model
@@ -91,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=params.train.batch_size,
                     help="training batch (default: params.yaml train.batch_size)")
-    ap.add_argument("--eval-batch-size", type=int, default=params.evaluate.batch_size)
+    ap.add_argument("--eval-batch-size", type=int, default=EVAL_BATCH_SIZE)
     ap.add_argument("--image-size", type=int, default=params.base.image_size)
     ap.add_argument("--cpu-images", type=int, default=96, help="training images timed on CPU "
                     "(inference times 4x as many)")

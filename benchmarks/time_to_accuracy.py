@@ -63,7 +63,7 @@ import pandas as pd
 import yaml
 
 from chimuffin import atomic, runtime
-from chimuffin.config import parse_params, read_recipe, read_yaml_file
+from chimuffin.config import EVAL_BATCH_SIZE, parse_params, read_recipe, read_yaml_file
 from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
 from chimuffin.data.views import labeled, rows_and_labels
@@ -216,7 +216,10 @@ class BudgetSpent(Exception):
     """Raised after the epoch during which a recipe's --budget-minutes ran out: it stops fit."""
 
 
-def train_recipe(name: str, params, df, images, max_train: int | None, budget_s: float | None):
+def train_recipe(name: str, params, df, images, max_train: int | None, budget_s: float | None,
+                 start=None):
+    """`start(model, params)`, when given, sets the weights training starts from (e.g. a
+    warm start: benchmarks/finish_budget.py); else a fresh seeded initialisation."""
     t, classes, seed = params.train, params.base.classes, params.base.seed
     train_rows, train_y = rows_and_labels(labeled(df, "train"), classes)
     val_rows, val_y = rows_and_labels(labeled(df, "val"), classes)
@@ -227,6 +230,8 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     runtime.setup(seed, params.runtime.threads)
     device = runtime.pick_device(params.runtime.device)
     model = build_model(len(classes), t.head, t.dropout)
+    if start is not None:
+        start(model, params)
     start, history, best = time.perf_counter(), [], []
 
     def on_epoch(r, is_best):
@@ -242,14 +247,14 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
     with contextlib.suppress(BudgetSpent):
         fit(model, LabeledSet(images, train_rows, train_y), LabeledSet(images, val_rows, val_y),
             recipe=t, seed=seed, device=device, cpu_bf16=params.runtime.cpu_bf16,
-            eval_batch_size=params.evaluate.batch_size, on_epoch=on_epoch)
+            eval_batch_size=EVAL_BATCH_SIZE, on_epoch=on_epoch)
     wall = time.perf_counter() - start
     last, n = history[-1], len(val_rows)
     # stopped before the first validated epoch: the last epoch is the only candidate
     best = best[0] if best else last
     # per-image correctness of the final weights, for the paired test (outside the wall time)
     def final_correct(tta_flip: bool) -> np.ndarray:
-        logits, _ = predict(last.model, images, val_rows, params.evaluate.batch_size, device,
+        logits, _ = predict(last.model, images, val_rows, EVAL_BATCH_SIZE, device,
                             tta_flip=tta_flip)
         return logits.argmax(1) == val_y
 

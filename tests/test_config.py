@@ -139,7 +139,7 @@ def test_embed_batch_size_is_refused_saying_why_it_is_gone():
     embed.batch_size is told so, not left with a key nothing reads."""
     old = mutated(["embed", "batch_size"], 128)
     with pytest.raises(UserError, match=r"embed.batch_size was removed \(the evaluate "
-                       r"stage's pass .* evaluate.batch_size\); delete it"):
+                       r"stage's pass over every image makes the embeddings too\); delete it"):
         parse_params(old)
 
 

@@ -23,11 +23,9 @@ REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
 # Small enough that a whole pipeline runs in seconds on 2 CPU cores.
 TINY = {
     "base": {"image_size": 64},
-    "sample": {"labeled_per_class": 6, "pool": 10, "test_per_class": 4, "val_per_class": 0,
-               "bad_files": True},
+    "sample": {"labeled_per_class": 6, "pool": 10, "test_per_class": 4, "val_per_class": 0},
     "prepare": {"val_fraction": 0.34},
     "train": {"epochs": 1, "batch_size": 4},
-    "evaluate": {"batch_size": 32},
     "embed": {"n_neighbors": 5},
     "tlc": {"enabled": False},  # tests/test_tlc_pipeline.py runs the 3LC-enabled pipeline
 }

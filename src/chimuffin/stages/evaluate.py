@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from chimuffin import atomic, paths, runtime
+from chimuffin.config import EVAL_BATCH_SIZE
 from chimuffin.data.manifest import open_cache, read_json_output, read_manifest
 from chimuffin.infer.embeddings import embeddings_frame
 from chimuffin.infer.heatmaps import heatmaps, overlay
@@ -86,7 +87,7 @@ def main(args, params) -> None:
     images = open_cache(Path(args.prepared) / paths.IMAGES_FILE)
     model, meta = load_checkpoint(args.model, device=str(device), classes=classes)
     with Progress("evaluate", len(df)) as bar:
-        pred, emb = predict_manifest(model, images, df, classes, params.evaluate.batch_size,
+        pred, emb = predict_manifest(model, images, df, classes, EVAL_BATCH_SIZE,
                                      device, params.evaluate.tta_flip, with_embeddings=True,
                                      progress=bar.update)
     reports = {s: r for s in PLOT_SPLITS if (r := split_metrics(pred, s, classes))}

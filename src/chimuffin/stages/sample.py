@@ -9,7 +9,7 @@ def main(args, params) -> None:
     s = params.sample
     with atomic.atomic_dir(args.out) as tmp:
         counts = write_sample(tmp, s.labeled_per_class, s.pool, s.test_per_class,
-                              params.base.seed, s.bad_files, tuple(params.base.classes),
+                              params.base.seed, True, tuple(params.base.classes),
                               s.val_per_class)
     print(f"sample: wrote {counts} to {args.out}")
 

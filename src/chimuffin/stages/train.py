@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from chimuffin import atomic, paths, runtime, tlcio
+from chimuffin.config import EVAL_BATCH_SIZE
 from chimuffin.data.manifest import open_cache, read_manifest
 from chimuffin.data.views import labeled, rows_and_labels
 from chimuffin.errors import UserError
@@ -211,7 +212,7 @@ def main(args, params) -> None:
             show_epoch(bar, r, t.epochs)
 
         best = fit(model, train, val, recipe=t, seed=params.base.seed, device=device,
-                   cpu_bf16=params.runtime.cpu_bf16, eval_batch_size=params.evaluate.batch_size,
+                   cpu_bf16=params.runtime.cpu_bf16, eval_batch_size=EVAL_BATCH_SIZE,
                    on_epoch=on_epoch, progress=bar.update)
         bar.close()
         live.summary.update({"best/epoch": best.epoch, "best/val_acc": best.val_acc,
