@@ -54,8 +54,7 @@ class ReviewResult:
     passed_over: int          # images the truth file lacks
     skipped: int              # images already decided by a person
     by_class: dict = field(default_factory=dict)  # labels given, per class
-    stopped: str = "exhausted"  # "budget" or "exhausted"
-    reason: str = ""
+    reason: str = ""          # why the session stopped: the budget, or nothing left to do
 
     @property
     def minutes(self) -> float:
@@ -89,7 +88,7 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
     pages = pages.sort_values(["page", "position"], kind="stable")
     new: list[Decision] = []
     used, shown_pages, exceptions, passed, skipped = 0.0, 0, 0, 0, 0
-    stopped, reason = "exhausted", ""
+    reason = ""  # set when the budget stops the session
     for page, rows in pages.groupby("page", sort=False):
         label = rows["label"].iloc[0]
         todo = rows[~rows["path"].isin(done)]
@@ -100,7 +99,6 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
         answers, wrong, unknown = page_answers(todo, truth, note, f"page {page} exception")
         seconds = cost.page(len(todo), wrong + unknown)
         if used + seconds > budget_seconds + EPS:
-            stopped = "budget"
             reason = (f"the next page (page {page}, {len(todo)} images) needs {seconds:.1f} s and "
                       f"{budget_seconds - used:.1f} s of the {budget_seconds:.0f} s budget were "
                       "left")
@@ -110,7 +108,7 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
         exceptions += wrong
         passed += unknown
         new += answers
-    if stopped == "exhausted":
+    if not reason:
         n = pages["page"].nunique()
         if not n:
             reason = "there are no review pages (no undecided pool images)"
@@ -122,7 +120,7 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
                 f" ({budget_seconds - used:.1f} s of the {budget_seconds:.0f} s budget left)")
     result = ReviewResult("pages", budget_seconds, round(used, 6), shown_pages, len(new),
                           exceptions, passed, skipped, dict(Counter(d.label for d in new)),
-                          stopped, reason)
+                          reason)
     return new, result
 
 
@@ -137,10 +135,8 @@ def answer_queue(queue: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
         math.floor(budget_seconds / cost.single_s + EPS)
     answers: list[Decision] = []
     exceptions, passed, skipped = 0, 0, 0
-    stopped = "exhausted"
     for row in queue.sort_values("rank", kind="stable").itertuples():
         if len(answers) >= max_answers:
-            stopped = "budget"
             break
         if row.path in done:
             skipped += 1
@@ -153,14 +149,11 @@ def answer_queue(queue: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
                                 f"review request {row.rank} ({row.kind})"))
     seconds = len(answers) * cost.single_s
     if len(answers) >= max_answers and not math.isinf(budget_seconds):
-        stopped = "budget"
-    if stopped == "budget":
         reason = (f"the budget paid for {max_answers} answers ({cost.single_s:g} s each)")
     else:
         reason = (f"the review queue held {len(queue)} requests (suggest.queue_size); "
                   f"{skipped} already answered, {passed} not in the truth file; "
                   "raise suggest.queue_size to ask more")
     result = ReviewResult("queue", budget_seconds, seconds, 0, len(answers), int(exceptions),
-                          passed, skipped, dict(Counter(a.label for a in answers)), stopped,
-                          reason)
+                          passed, skipped, dict(Counter(a.label for a in answers)), reason)
     return answers, result
