@@ -31,6 +31,16 @@ Arms:
   verified on it, images its model put on it, wrong proposals, the proposing model), and
   --on-wall-clock splits those pages at the checkpoints into whole ones and ones cut short
   (some of their images were verified on an earlier model's pages).
+  With --validation N the sitting's person first builds its own validation set, as the review
+  page asks a person to: N pool images of the validation view's seeded random sample, on
+  pages with the first model's proposals, answered from the truth file at the pages' cost
+  model and written to validation.csv. For that run validation.csv starts empty, the seeds'
+  validation split stays (prepare.val_fraction of params.yaml: a user's starting point), and
+  reviewed_labels.csv's images are held out of everything (`remove` decisions, source rule:
+  never trained, on no page, never sampled). After the sitting one `dvc repro` trains the
+  final model (params.yaml's train group, whatever --recipe the retrains used); it is scored
+  on the sitting's validation set and on the held-out reviewed images (`chimuffin predict`),
+  each with its 95% interval: the two should agree.
 Each round's M takes the arm to the next checkpoint of --schedule (cumulative simulated
 minutes; pages are all or nothing, so an arm may stop a little short); the last round reviews
 the whole pool. Before each round, and after the last, `dvc repro` trains and evaluates: each
@@ -41,6 +51,7 @@ The arms share one DVC cache, so identical stages (the 0-minute model) run once.
     python benchmarks/review_session.py --arms pages-confident queue --schedule 0 5 10
     python benchmarks/review_session.py --smoke          # the embedded sample, tiny, ~2 min
     python benchmarks/review_session.py --recipe round --arms wall-clock --retrain-every 240
+    python benchmarks/review_session.py --arms wall-clock --validation 500
 
 Writes OUT/review_session.json and OUT/review_session.png; prints a table and the CPU.
 """
@@ -155,9 +166,11 @@ def parse_set(item: str) -> tuple[list[str], object]:
     return parse_override(item, "--set")
 
 
-def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke: bool) -> dict:
+def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke: bool,
+               validation: int = 0) -> dict:
     """params.yaml for one arm: recipe, --set overrides, then the protocol's own keys (which
-    win). Validated strictly, like `dvc repro` would."""
+    win). Validated strictly, like `dvc repro` would. `validation` (the wall-clock arm's
+    --validation): the seeds' validation split stays, the sample's size is review's."""
     raw = yaml.safe_load(yaml.safe_dump(base))
     raw["train"] = yaml.safe_load(yaml.safe_dump(train))
     for group, values in (SMOKE_PARAMS.items() if smoke else ()):
@@ -170,6 +183,9 @@ def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke:
     raw["train"]["keep"] = "last"
     if arm == WALL_ARM:  # background runs retrain with the arm's own train group
         raw["review"]["round_recipe"] = ""
+    if arm == WALL_ARM and validation:
+        raw["prepare"]["val_fraction"] = base["prepare"]["val_fraction"]
+        raw["review"]["validation_size"] = validation
     if arm == "queue":
         raw["suggest"]["queue_size"] = 1_000_000
     return as_dict(parse_params(raw))
@@ -200,13 +216,14 @@ def tracked_files() -> list[str]:
             and (REPO / f).is_file()]
 
 
-def make_repo(dest: Path, params: dict, validation: dict, cache: Path) -> Path:
+def make_repo(dest: Path, params: dict, validation: dict, cache: Path,
+              decisions: list[Decision] = ()) -> Path:
     for f in tracked_files():
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dest / f)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_path_labels(dest / "data/labels/validation.csv", validation)
-    (dest / "data/labels/decisions.csv").write_text(format_decisions([]))
+    (dest / "data/labels/decisions.csv").write_text(format_decisions(list(decisions)))
     return init_repo(dest, "review_session", "bench@example.com", "review_session: start",
                      dvc_cache=cache)
 
@@ -326,9 +343,11 @@ def wall_row(minutes: float, live: dict) -> WallCheckpoint:
 
 
 def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
-                   whole_pool: bool) -> tuple[list[WallCheckpoint], list[dict]]:
-    """One sitting in wall-clock time, sampled at the schedule's minutes since its first page;
-    also its page log (simulate/sitting.py PageDone, one per accepted page)."""
+                   whole_pool: bool, validation: int = 0
+                   ) -> tuple[list[WallCheckpoint], list[dict], dict | None]:
+    """One sitting in wall-clock time, sampled at the schedule's minutes since its first page
+    (with `validation`: the validation set built first counts in them); also its page log
+    (simulate/sitting.py PageDone, one per accepted page) and its validation set's numbers."""
     import threading
 
     from chimuffin.config import load_params
@@ -347,7 +366,8 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
             cfg = SittingConfig(repo, repo / "params.yaml", repo / "data/labels/decisions.csv",
                                 repo / "data/suggest", classes, params.review.retrain_every,
                                 params.review.round_recipe, params.review.warm_recipe,
-                                repo / "metrics/eval", ReviewCost())
+                                repo / "metrics/eval", ReviewCost(),
+                                validation_step(repo, params) if validation else None)
             done["sitting"] = run_sitting(cfg, truth, budget, sleep=stop.wait,
                                           report=lambda m: print(m, flush=True), live=live,
                                           stop=stop)
@@ -379,7 +399,71 @@ def run_wall_clock(repo: Path, truth_csv: Path, classes: list[str], schedule: li
     rows.append(wall_row((time.monotonic() - start) / 60, live))
     print(wall_line(rows[-1]) + "  (the sitting's end)", flush=True)
     print(summary(done["sitting"]), flush=True)
-    return rows, [asdict(p) for p in done["sitting"].log]
+    built = done["sitting"].validation
+    return rows, [asdict(p) for p in done["sitting"].log], \
+        None if built is None else {**asdict(built), "minutes": built.minutes}
+
+
+def validation_step(repo: Path, params):
+    """The sample the sitting's person answers first: the validation view's."""
+    from chimuffin.simulate.validation import ValidationStep
+
+    return ValidationStep(params.review.validation_size, params.base.seed,
+                          params.suggest.page_size, repo / "data/prepared/manifest.parquet",
+                          repo / "metrics/eval/predictions.parquet",
+                          repo / "data/labels/validation.csv", repo / "data/labels/decisions.csv")
+
+
+def held_out(reviewed: dict) -> list[Decision]:
+    """--validation: the reviewed images out of every split (never trained, on no page, never
+    sampled): the yardstick the sitting's own validation set is held against."""
+    return [Decision(p, "remove", "rule", "held out: reviewed_labels.csv")
+            for p in sorted(reviewed)]
+
+
+def scored(what: str, right: int, n: int) -> dict:
+    lo, hi = wilson_interval(right, n)
+    return {"what": what, "accuracy": right / n if n else math.nan, "correct": right, "n": n,
+            "lo": lo, "hi": hi}
+
+
+def final_model_check(repo: Path, data: Data, classes: list[str], work: Path,
+                      train: dict) -> list[dict]:
+    """After the sitting: one `dvc repro` with `train` as the train group (params.yaml's:
+    the final model, whatever recipe the background retrains used), scored on the sitting's
+    validation set (the evaluate stage's predictions) and on the held-out reviewed images
+    (`chimuffin predict`, flip TTA as evaluate.tta_flip says)."""
+    import pandas as pd
+
+    from chimuffin.config import load_params
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "train": train},
+                                                     sort_keys=False))
+    sh(["dvc", "repro"], repo)
+    pred = pd.read_parquet(repo / "metrics/eval/predictions.parquet")
+    own = read_path_labels(repo / "data/labels/validation.csv", classes)
+    mine = pred[pred["path"].isin(own)]
+    files = {str(data.root / p): p for p in sorted(data.reviewed)}
+    out = work / "held_out_predictions.csv"
+    tta = ["--tta-flip"] if load_params(repo / "params.yaml").evaluate.tta_flip else []
+    sh([sys.executable, "-m", "chimuffin.cli", "predict", "--model",
+        str(repo / "models/best.pth"), "--format", "csv", "--output", str(out), *tta, *files],
+       repo)
+    got = pd.read_csv(out, keep_default_na=False)
+    right = sum(data.reviewed[files[p]] == lbl for p, lbl in zip(got["path"], got["label"],
+                                                                   strict=True))
+    return [scored("the sitting's own validation set (validation.csv)",
+                   int((mine["prediction"] == mine["path"].map(own)).sum()), len(mine)),
+            scored("held out: reviewed_labels.csv", int(right), len(got))]
+
+
+def final_lines(built: dict, final: list[dict]) -> list[str]:
+    return [f"validation set built first: {built['answered']} images on {built['pages']} pages "
+            f"({built['exceptions']} proposals corrected) in {built['minutes']:.2f} simulated "
+            "min", "the final model (one `dvc repro` after the sitting):",
+            *(f"  {r['what']}: {r['accuracy']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}] "
+              f"({r['correct']} of {r['n']})" for r in final)]
 
 
 WALL_HEADER = (f"{'wall-min':>8} {'pages':>6} {'verified':>8} {'exc':>5} {'models':>6} "
@@ -650,6 +734,11 @@ def main(argv=None) -> int:
                     help="wall-clock arm: checkpoints in wall-clock minutes since the first "
                     f"page (default: {' '.join(f'{m:g}' for m in WALL_SCHEDULE)}; --smoke: "
                     "0 0.25 0.5)")
+    ap.add_argument("--validation", type=int, default=0, metavar="N",
+                    help="wall-clock arm only: the person first builds a validation set of N "
+                    "pool images (the validation view's sample), reviewed_labels.csv held out; "
+                    "after the sitting the final model is scored on both (default: "
+                    "%(default)s: validate on reviewed_labels.csv as the other arms do)")
     ap.add_argument("--retrain-every", type=int, default=240, metavar="N",
                     help="wall-clock arm: a background retrain every N new decisions "
                     "(default: %(default)s; --smoke: the page size)")
@@ -717,7 +806,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     truth_csv = work / "pool_truth.csv"
     write_path_labels(truth_csv, data.pool_truth)
-    params = {arm: arm_params(base, train, sets, data.root, arm, args.smoke)
+    if args.validation and args.arms != [WALL_ARM]:
+        raise UserError("--validation N runs with --arms wall-clock only (the other arms "
+                        "validate on reviewed_labels.csv)")
+    params = {arm: arm_params(base, train, sets, data.root, arm, args.smoke, args.validation)
               for arm in args.arms}
     wall_schedule = sorted(args.wall_schedule if args.wall_schedule is not None
                            else [0.0, 0.25, 0.5] if args.smoke else WALL_SCHEDULE)
@@ -736,13 +828,20 @@ def main(argv=None) -> int:
     rows: list[Checkpoint] = []
     wall: list[WallCheckpoint] = []
     page_log: list[dict] = []
+    built, final = None, []
     cache = work / "dvc-cache"
     for arm in args.arms:
-        repo = make_repo(work / f"repo-{arm}", params[arm], data.reviewed, cache)
+        repo = make_repo(work / f"repo-{arm}", params[arm], {} if args.validation
+                         else data.reviewed, cache,
+                         held_out(data.reviewed) if args.validation else ())
         if arm == WALL_ARM:
             print(WALL_HEADER, flush=True)
-            wall, page_log = run_wall_clock(repo, truth_csv, classes, wall_schedule,
-                                            args.whole_pool)
+            wall, page_log, built = run_wall_clock(repo, truth_csv, classes, wall_schedule,
+                                                   args.whole_pool, args.validation)
+            if built is not None:
+                final = final_model_check(repo, data, classes, work, arm_params(
+                    base, base["train"], sets, data.root, arm, args.smoke)["train"])
+                print("\n".join(final_lines(built, final)), flush=True)
             print(HEADER, flush=True)
         elif arm == "ceiling":
             rows.append(run_ceiling(repo, data, classes))
@@ -769,7 +868,8 @@ def main(argv=None) -> int:
                                else r.minutes} for r in rows],
               "wall_clock": {"schedule": wall_schedule, "checkpoints": [asdict(r) for r in wall],
                              "pages": page_log}
-              if wall else None}
+              if wall else None,
+              "validation": {"built": built, "final": final} if built else None}
     (out / "review_session.json").write_text(json.dumps(result, indent=1) + "\n")
     if rows:  # (the wall-clock arm has its table only)
         plot(rows, out / "review_session.png")

@@ -106,3 +106,15 @@ def test_answers_go_to_validation_csv_all_or_none_never_over_a_decision(tmp_path
     assert read_validation(val, CLASSES) == {"b.jpg": "chihuahua", "c.jpg": "muffin"}
     assert decisions.read_bytes() == before
     assert format_validation({}) == "path,label\n"
+
+
+def test_validation_size_is_a_checked_param():
+    from chimuffin.config import parse_params
+    from tests.helpers.repo import default_params_dict
+
+    params = default_params_dict()
+    assert parse_params(params).review.validation_size == 500
+    for bad in (-1, 100_001, "500", 2.5):
+        params["review"]["validation_size"] = bad
+        with pytest.raises(UserError, match="review.validation_size"):
+            parse_params(params)
