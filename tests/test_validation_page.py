@@ -70,6 +70,8 @@ def test_validation_pages_write_validation_csv_and_nothing_else(validation_revie
         expect(bp.locator("#status")).to_contain_text(f"{len(shown)} validation image(s) saved")
         expect(bp.locator("#validation-counts")).to_contain_text(
             f"{len(shown)} in {val_file}")
+        expect(bp.locator("#views [data-view='validation']")).to_have_text(
+            f"Validation (w): {len(shown)} images")
         # the answered images are on no review page any more
         bp.keyboard.press("v")
         expect(bp.locator("#verify-view")).to_be_visible()

@@ -152,6 +152,9 @@ function renderValidationInfo() {
     `sample: ${w.answered} of ${w.target} answered, ${w.left} left (review.validation_size ` +
     `${w.size}, at most a quarter of the ${w.pool}-image pool).`;
   $("validation-models").replaceChildren(...w.models.map((m) => el("li", { textContent: ci(m) })));
+  // the count, in every view: the nav button says how many images validate the models
+  document.querySelector("#views [data-view='validation']").textContent =
+    `Validation (w): ${c.total} images`;
 }
 
 function renderValidationPage() {
