@@ -202,7 +202,7 @@ def tiny_round_repo(tmp_path: Path, every: int = 0) -> Path:
     params["review"] = {"retrain_every": every, "round_recipe": "recipes/tiny_round.yaml",
                         "warm_recipe": "",
                         "background_set": ["evaluate.tta_flip=false"], "warm_after": 0,
-                        "validation_size": 0}
+                        "validation_size": 0, "final_recipe": "recipes/finish.yaml"}
     root = tmp_path / "repo"
     root.mkdir(parents=True)
     (root / "recipes").mkdir()

@@ -140,13 +140,14 @@ def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tm
     params["suggest"]["page_size"] = 3
     params["review"] = {"retrain_every": 2, "round_recipe": "", "warm_recipe": "",
                         "background_set": [],
-                        "warm_after": 0, "validation_size": 0}
+                        "warm_after": 0, "validation_size": 0,
+                        "final_recipe": "recipes/finish.yaml"}
     root = make_repo(tmp_path / "repo", params)
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "repro"], root)
     p = run(["chimuffin", "loop", "--background", "--reviewer",
-             "data/raw/sample/pool_labels.csv", "--minutes", "inf"], root,
+             "data/raw/sample/pool_labels.csv", "--minutes", "inf", "--no-final"], root,
             env={"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}, timeout=240)
     out = p.stdout
     assert "idle 0.0 s" in out and "a background retrain started" in out, out

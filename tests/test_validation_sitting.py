@@ -110,7 +110,8 @@ def test_loop_background_builds_the_validation_set_then_verifies_the_pool(tmp_pa
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "repro"], root)
     p = run(["chimuffin", "loop", "--background", "--reviewer",
-             "data/raw/sample/pool_labels.csv", "--minutes", "inf", "--validation", "4"], root,
+             "data/raw/sample/pool_labels.csv", "--minutes", "inf", "--validation", "4",
+             "--no-final"], root,
             env={"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}, timeout=240)
     assert "validation set: 4 images answered" in p.stdout, p.stdout
     validation = read_validation(root / "data/labels/validation.csv", CLASSES)

@@ -10,8 +10,8 @@ from importlib import metadata
 from chimuffin.errors import UserError
 
 # Each module registers its subcommand; keep this list sorted.
-COMMANDS = ["check_data", "dashboard", "export", "labels", "loop", "plots_template", "predict",
-            "pull_3lc", "review"]
+COMMANDS = ["check_data", "dashboard", "export", "final", "labels", "loop", "plots_template",
+            "predict", "pull_3lc", "review"]
 
 
 def version() -> str:

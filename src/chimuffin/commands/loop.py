@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from chimuffin import paths
+from chimuffin.commands.final import where as final_where
 from chimuffin.commands.labels import add_accept_options, check_accept_options
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
 from chimuffin.labels.validation import validation_file
 from chimuffin.proc import foreground, repo_root, sigterm_as_interrupt
+from chimuffin.retrain.final import run_and_report
 from chimuffin.simulate.reviewer import ReviewCost
 from chimuffin.simulate.rounds import AutoAccept, LoopConfig, Reviewer, run_loop
 from chimuffin.simulate.sitting import SittingConfig, run_sitting, summary
@@ -35,7 +37,11 @@ def register(sub) -> None:
                    help="one sitting instead of rounds: after one `dvc repro`, the --reviewer "
                    "verifies pages for --minutes WALL-CLOCK minutes at the cost model's pace "
                    "while background retrains (params.yaml `review`: retrain_every, "
-                   "round_recipe) swap in new pages; writes the label file, commits nothing")
+                   "round_recipe) swap in new pages; writes the label file, commits nothing; "
+                   "then the final step (`chimuffin final`)")
+    p.add_argument("--no-final", action="store_true",
+                   help="with --background: end with the sitting, no final step "
+                   "(default: %(default)s)")
     who = p.add_argument_group("simulated person (choose one)")
     who.add_argument("--reviewer", metavar="CSV", default=None,
                      help="path,label (or relative_path,label) file of true labels; the person "
@@ -137,6 +143,9 @@ def run_background(args) -> int:
     params = load_params(args.params)
     classes = params.base.classes
     root = repo_root(Path.cwd())
+    if not args.no_final and params.review.retrain_every == 0:
+        raise UserError("review.retrain_every is 0: the sitting trains no background model for "
+                        "the final step to start from; pass --no-final")
     rv = reviewer(args, classes)
     with sigterm_as_interrupt():
         if foreground(["dvc", "repro"], root) != 0:
@@ -149,7 +158,9 @@ def run_background(args) -> int:
                             root / args.eval_dir, rv.cost,
                             validation_step(args, params, root) if args.validation else None)
         s = run_sitting(cfg, rv.truth(classes), rv.budget_s)
-    print(summary(s))
+        print(summary(s), flush=True)
+        if not args.no_final:  # the person is done: the last background model, finished
+            run_and_report(final_where(root, args.params, args.decisions, None))
     return 0
 
 

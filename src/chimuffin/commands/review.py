@@ -9,9 +9,11 @@ import errno
 from pathlib import Path
 
 from chimuffin import paths
+from chimuffin.commands.final import where as final_where
 from chimuffin.config import load_params
 from chimuffin.errors import UserError
 from chimuffin.proc import sigterm_as_interrupt
+from chimuffin.retrain.final import Finisher
 from chimuffin.retrain.retrainer import Retrainer
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.heatmap_route import PageHeatmaps
@@ -37,16 +39,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def bind(data: ReviewData, port: int, retrainer=None, heatmaps=None, validation=None):
+def bind(data: ReviewData, port: int, retrainer=None, heatmaps=None, validation=None,
+         finisher=None):
     try:
         return make_server(data, port, retrainer=retrainer, heatmaps=heatmaps,
-                           validation=validation)
+                           validation=validation, finisher=finisher)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} on {HOST} is in use (another `chimuffin review`?); "
                             "pick another with --port N, or --port 0 for a free one") from None
         raise UserError(f"cannot listen on {HOST}:{port} ({e.strerror or e}); pick another "
                         "with --port N, or --port 0 for a free one") from None
+
+
+def stop_retraining(retrainer: Retrainer):
+    """What the final model does first: background retraining stops for the rest of the
+    session (the final run takes the cores)."""
+    return lambda: retrainer.stop(why="the final model is training")
 
 
 def run(args) -> int:
@@ -66,7 +75,9 @@ def run(args) -> int:
                               warm_recipe=params.review.warm_recipe)
     validation = Validation(root, root / args.decisions, params.base.classes, params.base.seed,
                             params.review.validation_size, params.suggest.page_size)
-    server = bind(data, args.port, retrainer, heatmaps, validation)
+    finisher = Finisher(final_where(root, args.params, args.decisions, None),
+                        before=None if retrainer is None else stop_retraining(retrainer))
+    server = bind(data, args.port, retrainer, heatmaps, validation, finisher)
     url = f"http://{HOST}:{server.server_address[1]}/"
     pages = f"{len(data.page_list)} pages to verify" if data.pages_error is None \
         else f"no pages ({data.pages_error})"
@@ -91,6 +102,7 @@ def run(args) -> int:
         pass
     finally:
         server.server_close()
+        finisher.stop()  # its copy is removed; the workspace was never written
         if retrainer is not None:
             retrainer.stop()  # the run's copy is removed; the workspace was never written
         heatmaps.close()

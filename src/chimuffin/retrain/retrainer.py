@@ -128,13 +128,15 @@ class Retrainer:
         self.child: subprocess.Popen | None = None
         self.thread: threading.Thread | None = None
         self.stopping = False
+        self.stopped_why = ""  # why it stopped (stop())
 
     # --- asking for a run ---
 
     def request(self, reason: str = "on demand") -> dict:
         with self.lock:
             if self.stopping:
-                return {"ok": False, "message": "the server is stopping"}
+                return {"ok": False, "message": f"background retraining stopped: "
+                        f"{self.stopped_why}"}
             if self.running is not None:
                 self.queued = reason
                 return {"ok": True, "message": f"queued: starts when {self.running.name} ends"}
@@ -162,13 +164,15 @@ class Retrainer:
             return {"every": self.every, "recipe": self.recipe or "params.yaml train group",
                     "labels_of_model": self.labels_of_model,
                     "running": None if self.running is None else self.running.public(),
-                    "queued": self.queued, "runs": [r.public() for r in self.runs]}
+                    "queued": self.queued, "runs": [r.public() for r in self.runs],
+                    "stopped": self.stopped_why if self.stopping else None}
 
-    def stop(self, wait_s: float = STOP_GRACE_S + 10) -> None:
+    def stop(self, wait_s: float = STOP_GRACE_S + 10,
+             why: str = "the server is stopping") -> None:
         """Stop a run (the server is stopping): the child gets SIGINT, then SIGKILL; the copy
         is removed."""
         with self.lock:
-            self.stopping, self.queued = True, None
+            self.stopping, self.queued, self.stopped_why = True, None, why
             child = self.child
         if child is not None:
             _signal_group(child, signal.SIGINT)

@@ -50,6 +50,7 @@ STATIC = {  # name -> content type; served from review/static
     "validation.js": "text/javascript; charset=utf-8",
     "validation.css": "text/css; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "final.js": "text/javascript; charset=utf-8",
 }
 # The page may talk to this server only: nothing else loads, even if a script tried.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
@@ -97,6 +98,7 @@ class Handler(BaseHTTPRequestHandler):
     heatmaps = None  # a review.heatmap_route.PageHeatmaps, or None: no heatmaps
     validation = None  # a review.validation.Validation, or None: no validation view
     timeout = TIMEOUT_S  # socket timeout for writes; reads get deadlines (DeadlineReader)
+    finisher = None  # a chimuffin.retrain.final.Finisher, or None: no final model here
 
     def setup(self) -> None:
         super().setup()
@@ -185,6 +187,8 @@ class Handler(BaseHTTPRequestHandler):
             f = self.data.image_file(values[0])
             ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
             return self.send(HTTPStatus.OK, f.read_bytes(), ctype, cache=True)
+        if url.path == "/api/final":  # the final model: its progress, result or failure
+            return self.send_json(HTTPStatus.OK, self.final_status())
         raise RequestError(HTTPStatus.NOT_FOUND, f"no such page {url.path!r}")
 
     def static(self, name: str) -> None:
@@ -202,10 +206,25 @@ class Handler(BaseHTTPRequestHandler):
             {"enabled": True, **self.retrainer.status()}
         return {**runs, "models": self.data.models_state()}
 
+    def final_status(self) -> dict:
+        return {"enabled": False, "why": "off here"} if self.finisher is None else \
+            self.finisher.status()
+
+    def start_final(self, body) -> dict:
+        """{} starts the final model (retrain/final.py); one run at a time."""
+        if body != {}:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "expected a JSON object {}")
+        if self.finisher is None:
+            raise RequestError(HTTPStatus.CONFLICT, "the final model is off here")
+        answer = self.finisher.request()
+        if not answer["ok"]:
+            raise RequestError(HTTPStatus.CONFLICT, answer["message"])
+        return {**answer, **self.finisher.status()}
+
     def post(self) -> None:
         path = urlsplit(self.path).path
         action = ACTIONS.get(path)
-        if action is None and path not in ("/api/retrain", "/api/validate"):
+        if action is None and path not in ("/api/retrain", "/api/validate", "/api/final"):
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such action {self.path!r}")
         self.check_origin()
         # JSON only: a cross-site HTML form cannot send it without the browser asking first
@@ -231,6 +250,8 @@ class Handler(BaseHTTPRequestHandler):
             if self.validation is None:
                 raise RequestError(HTTPStatus.CONFLICT, "the validation view is off here")
             return self.send_json(HTTPStatus.OK, self.validation.answer(body))
+        if path == "/api/final":
+            return self.send_json(HTTPStatus.OK, self.start_final(body))
         if action is None:  # /api/retrain: {} asks for a background run now
             if body != {}:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "expected a JSON object {}")
@@ -269,14 +290,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(data: ReviewData, port: int = 0, timeout: float = TIMEOUT_S,
-                retrainer=None, heatmaps=None, validation=None) -> ThreadingHTTPServer:
+                retrainer=None, heatmaps=None, validation=None,
+                finisher=None) -> ThreadingHTTPServer:
     """Bound to 127.0.0.1 (never another interface); port 0 picks a free one. `retrainer`:
     background retraining (chimuffin.retrain), None for none; `heatmaps`: the page's
     heatmaps (review/heatmap_route.py), None for none; `validation`: the validation view
-    (review/validation.py), None for none."""
+    (review/validation.py), None for none; `finisher`: the final model (retrain/final.py),
+    None for none."""
     handler = type("BoundHandler", (Handler,), {"data": data, "timeout": timeout,
                                                  "retrainer": retrainer, "heatmaps": heatmaps,
-                                                 "validation": validation})
+                                                 "validation": validation,
+                                                 "finisher": finisher})
     server = ThreadingHTTPServer((HOST, port), handler)
     server.daemon_threads = True
     return server

@@ -527,6 +527,9 @@ function viewKeys() {
     { keys: ["?"], shown: "?", does: "every key (this map) on/off", run: () => setHelp(null) },
     { keys: ["R"], shown: "Shift+R", once: true, does: "retrain in the background now (new " +
       "proposals replace the pages not verified yet when it finishes)", run: requestRetrain },
+    { keys: ["F"], shown: "Shift+F", once: true, does: "the final model: the last background " +
+      "model trained on every label, as a DVC experiment (the workspace is not changed)",
+      run: requestFinal },
     { keys: ["H"], shown: "Shift+H", does: "heatmap on/off: where the proposing model sees " +
       "its class, over the image in focus", run: toggleHeatmap },
   ];
@@ -649,6 +652,7 @@ async function main() {
   const wanted = location.hash.slice(1).split("?")[0];
   verifyInit();
   retrainInit();
+  finalInit();
   // no validation beyond the seeds' own: the page asks for it first (validation.js)
   const askFirst = await validationInit();
   showView(askFirst || wanted === "validation" ? "validation" : wanted === "plot" ||

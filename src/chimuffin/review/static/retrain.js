@@ -38,7 +38,8 @@ function renderRetrain(st) {
       : `model: ${modelText(st.models.current)}` + (st.every ? `; retrains every ${st.every}` +
         ` new decisions (${st.labels_of_model} at the last)` : "");
   }
-  $("retrain").disabled = !st.enabled;
+  if (st.stopped) bg = `background retraining stopped: ${st.stopped}`;
+  $("retrain").disabled = !st.enabled || Boolean(st.stopped);
   $("retrain-info").textContent = `${bg} · proposals wrong so far: ${wrong}`;
   const box = $("retrain-failed");
   if (last && last.ok === false) {
