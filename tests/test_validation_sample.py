@@ -118,3 +118,21 @@ def test_validation_size_is_a_checked_param():
         params["review"]["validation_size"] = bad
         with pytest.raises(UserError, match="review.validation_size"):
             parse_params(params)
+
+
+def test_the_page_counts_what_validates_and_review_pages_lose_answered_images():
+    from chimuffin.review.validation import validation_counts, without_validated
+
+    manifest = pd.DataFrame({
+        "path": ["train128/muffin/s.jpg", "val128/muffin/v.jpg", "val128/chihuahua/w.jpg",
+                 "train128/undefined/a.jpg", "train128/muffin/t.jpg"],
+        "split": ["val", "val", "val", "val", "train"],
+        "label": ["muffin", "muffin", "chihuahua", "chihuahua", "muffin"],
+        "label_source": ["folder", "folder", "folder", "validation", "folder"]})
+    # validation.csv holds 3 rows now (one of them already in the prepared manifest)
+    assert validation_counts(manifest, 3) == {"seeds": 1, "val128": 2, "file": 3, "total": 6}
+    pages = [{"page": 0, "label": "muffin", "images": [{"path": "a"}, {"path": "b"}]},
+             {"page": 1, "label": "chihuahua", "images": [{"path": "c"}]}]
+    assert without_validated(pages, {"b", "c"}) == [
+        {"page": 0, "label": "muffin", "images": [{"path": "a"}]}]
+    assert without_validated(pages, set()) is pages
