@@ -344,9 +344,14 @@ def test_changing_a_seed_image_needs_confirmation(review):
     # the same label as its folder changes nothing a person gave: no question
     assert post_label(server, {"paths": [seed], "label": folder})[0] == 200
     before = paths.decisions.read_bytes()
-    status, got = post_label(server, {"paths": [seed, names["group"][0]], "label": other})
-    assert status == 409 and got["overwrites"] == 1 and got["paths"] == [seed]
+    other_seed = next(p for p in names["labeled"] if p != seed and folder in p)
+    status, got = post_label(server, {"paths": [other_seed, names["group"][0]], "label": other})
+    assert status == 409 and got["overwrites"] == 1 and got["paths"] == [other_seed]
     assert paths.decisions.read_bytes() == before
+    # a person answered the seed (the row above): a bulk action leaves it, and says so
+    status, got = post_label(server, {"paths": [seed, names["group"][0]], "label": other})
+    assert status == 200 and got["skipped"] == {"answered": [seed]}
+    assert on_disk(paths)[seed][:2] == (folder, "human")
     assert post_label(server, {"paths": [seed], "label": other, "confirm": True})[0] == 200
     assert on_disk(paths)[seed][:2] == (other, "human")
 

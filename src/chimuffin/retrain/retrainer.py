@@ -78,6 +78,7 @@ class Run:
     ok: bool | None = None      # None while it runs
     error: str = ""
     log: str = ""               # the log file (kept only when the run failed)
+    log_file: str = ""          # its log while it runs (where the page reads its step)
     log_tail: str = ""
     outputs: RunOutputs | None = field(default=None, repr=False)  # once it finished well
     val_accuracy: float | None = None  # kept from its outputs (they are handed over)
@@ -90,7 +91,8 @@ class Run:
                 "started": round(self.started, 1),
                 "finished": None if self.finished is None else round(self.finished, 1),
                 "ok": self.ok, "error": self.error, "log": self.log, "log_tail": self.log_tail,
-                "val_accuracy": self.val_accuracy, "val_n": self.val_n}
+                "val_accuracy": self.val_accuracy, "val_n": self.val_n,
+                "log_file": self.log_file if self.ok is None else ""}
 
 
 class Stopped(Exception):
@@ -190,6 +192,7 @@ class Retrainer:
     def _run(self, run: Run) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="chimuffin-retrain-"))
         log = tmp / "retrain.log"
+        run.log_file = str(log)
         try:
             with open(log, "w") as out:
                 self._retrain(run, tmp / "repo", functools.partial(self._sh, out=out))

@@ -5,6 +5,7 @@ review/writes.py."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -23,10 +24,11 @@ from chimuffin.infer.embeddings import read_pacmap
 from chimuffin.infer.prediction_table import read_predictions
 from chimuffin.labels.rows import PERSON_SOURCES, Decision, person_decided
 from chimuffin.labels.validation import read_validation, validation_file
+from chimuffin.report.metrics import wilson_interval
 from chimuffin.retrain.outputs import val_metrics
 from chimuffin.retrain.retrainer import Run
 from chimuffin.retrain.swap import Model, Proposals
-from chimuffin.review import history
+from chimuffin.review import history, kept_model
 from chimuffin.review.validation import without_validated
 from chimuffin.review.verify import (
     check_pages,
@@ -35,7 +37,6 @@ from chimuffin.review.verify import (
     pages_to_verify,
     progress,
     read_evidence,
-    wrong_proposals,
 )
 from chimuffin.review.writes import (
     NOTE,
@@ -48,6 +49,7 @@ from chimuffin.review.writes import (
 )
 
 XYZ = ("x3", "y3", "z3")  # pacmap.parquet's 3-D coordinates (the plot's 3-D view)
+PAGE_NOTE = re.compile(re.escape(NOTE) + r": page (\d+)")  # a row a page's acceptance wrote
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,19 @@ class ReviewData:
         self.pages, self.pages_error = self._pages()
         self.page_list = [] if self.pages is None else page_list(self.pages)
         self.page_index = {pg["page"]: pg for pg in self.page_list}
+        self.page_paths: dict[int, set[str]] = {}  # each page's images (the tally reads them)
         self.evidence = read_evidence(self.paths.suggest / default.SUGGESTIONS_FILE,
                                       self.paths.suggest / default.NEIGHBOURS_FILE,
                                       set() if self.pages is None else set(self.pages["path"]))
         pages_file = self.paths.suggest / default.PAGES_FILE
-        _, decisions = self.writes.read()
+        made = pages_file.stat().st_mtime if pages_file.is_file() else None
         acc, n = val_metrics(self.paths.eval / default.METRICS_FILE)
         self.proposals = Proposals(self.pages, Model(
-            "pipeline outputs", len(person_decided(decisions)),
-            pages_file.stat().st_mtime if pages_file.is_file() else None, acc, n))
+            "pipeline outputs", kept_model.trained_on(paths.root), made, acc, n))
+        # the background model the page proposed from before a restart, if it is newer
+        kept = kept_model.kept_run(paths.root / kept_model.KEPT, made)
+        if kept is not None and self.pages is not None:
+            self.swap_in(kept)
 
     def _points(self) -> pd.DataFrame:
         coords = read_pacmap(self.paths.embed / default.PACMAP_FILE)
@@ -153,6 +159,8 @@ class ReviewData:
         return {
             "classes": self.classes, "labels": self.labels,
             "person_sources": list(PERSON_SOURCES),
+            # validation images (validation.csv, val128/): a bulk action leaves them alone
+            "validation": sorted(self.images.validation | self.images.val_folder),
             "points": {"path": p["path"].tolist(), "split": p["split"].tolist(),
                        "x": _floats(p["x"]), "y": _floats(p["y"]),
                        **{c: _floats(p[c]) for c in XYZ if c in p.columns},
@@ -183,8 +191,38 @@ class ReviewData:
         return (self.images.data_dir / self.writes.check_path(path)).resolve()
 
     def models_state(self) -> dict:
-        """The models that proposed pages this session, and which proposes the list now."""
-        return self.proposals.public()
+        """The models that proposed pages this session, which proposes the list now, each
+        one's validation accuracy with its 95% interval, and its tally: the images verified
+        on its pages and how many of its proposals the person corrected, each image once, as
+        the label file says now (a page accepted again, or undone, counts as it stands)."""
+        state = self.proposals.public()
+        _, decisions = self.writes.read()
+        tally = self.tally(decisions)
+        for i, m in enumerate(state["list"]):
+            m["verified"], m["wrong"] = tally.get(i, (0, 0))
+            acc, n = m["val_accuracy"], m["val_n"]
+            m["val_ci"] = None if acc is None or not n else \
+                list(wilson_interval(round(acc * n), n))
+        return state
+
+    def tally(self, decisions: list[Decision]) -> dict[int, tuple[int, int]]:
+        """model index -> (verified, wrong): each row a page's acceptance wrote (its note
+        names the page, the image is on it) counts for the model that proposed that page."""
+        out: dict[int, list[int]] = {}
+        for d in decisions:
+            m = PAGE_NOTE.fullmatch(d.note)
+            pg = self.page_index.get(int(m.group(1))) if m else None
+            if pg is None or d.path not in self.paths_on(pg["page"]):
+                continue
+            counts = out.setdefault(self.proposals.model_of(pg["page"]), [0, 0])
+            counts[0] += 1
+            counts[1] += d.label != pg["label"]
+        return {i: (v, w) for i, (v, w) in out.items()}
+
+    def paths_on(self, page: int) -> set[str]:
+        if page not in self.page_paths:
+            self.page_paths[page] = {im["path"] for im in self.page_index[page]["images"]}
+        return self.page_paths[page]
 
     # --- page actions (POST bodies) ---
 
@@ -216,13 +254,12 @@ class ReviewData:
         reply = self.writes.write(new, {"kind": "verify", "what": what, "page": page,
                                         "exceptions": exceptions},
                                   confirmed=confirm(body), pace_images=len(on_page))
-        if reply["changed"]:
-            self.proposals.tally(page, len(on_page), wrong_proposals(pg["label"], exceptions))
         return reply
 
     def accept_cluster(self, body) -> dict:
         """{"cluster": N, "confirm"?: bool}: each image of review-queue cluster N gets its
-        own proposed label."""
+        own proposed label, but for images a person answered and validation images: a bulk
+        action leaves them as they are (the answer's `skipped` lists them)."""
         body = fields(body, {"cluster"}, {"confirm"}, '{"cluster": 0, "confirm": false}')
         cluster = body["cluster"]
         rows = self.queue[self.queue["cluster"] == cluster] if is_int(cluster) else []
@@ -231,19 +268,16 @@ class ReviewData:
         note = f"{NOTE}: queue cluster {cluster}"
         new = [Decision(p, self.writes.check_label(lbl), "human", note)
                for p, lbl in zip(rows["path"], rows["proposed"], strict=True)]
-        return self.writes.write(new, {"kind": "cluster", "cluster": cluster,
-                                       "what": f"queue cluster {cluster}: {len(new)} image(s) "
-                                       "accepted"}, confirmed=confirm(body))
+        skipped: dict[str, list[str]] = {}
+        reply = self.writes.write(self.writes.bulk(new, skipped),
+                                  {"kind": "cluster", "cluster": cluster,
+                                   "what": f"queue cluster {cluster}: {len(new)} image(s) "
+                                   "accepted"}, confirmed=confirm(body))
+        return {**reply, "skipped": skipped}
 
     def undo(self, body) -> dict:
-        """The last action taken back; a page's acceptance leaves its model's tally too."""
-        reply = self.writes.undo(body)
-        undone = reply["undone"]
-        if undone.get("kind") == "verify" and undone.get("page") in self.page_index:
-            pg = self.page_index[undone["page"]]
-            self.proposals.tally(undone["page"], -len(pg["images"]),
-                                 -wrong_proposals(pg["label"], undone.get("exceptions") or {}))
-        return reply
+        """The last action taken back (each model's tally is read from the label file)."""
+        return self.writes.undo(body)
 
     # --- background models (chimuffin.retrain) ---
 
@@ -258,6 +292,7 @@ class ReviewData:
         pages = self.proposals.swap(new, Model(run.name, run.labels, run.finished,
                                                out.val_accuracy, out.val_n),
                                     person_decided(decisions))
+        kept_model.keep(self.paths.root / kept_model.KEPT, run)
         listed = page_list(pages)
         with self.lock:
             self.pages, self.pages_error, self.page_list = pages, None, listed

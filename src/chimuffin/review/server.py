@@ -37,6 +37,7 @@ from chimuffin.errors import UserError
 from chimuffin.labels.rows import PERSON_SOURCES
 from chimuffin.review.data import RequestError, ReviewData
 from chimuffin.review.heatmap_route import answer as heatmap_answer
+from chimuffin.review.run_step import running_step
 
 HOST = "127.0.0.1"
 MAX_BODY = 2_000_000
@@ -204,6 +205,9 @@ class Handler(BaseHTTPRequestHandler):
         """What the page polls: background runs (if on) and the models that proposed pages."""
         runs = {"enabled": False} if self.retrainer is None else \
             {"enabled": True, **self.retrainer.status()}
+        running = runs.get("running")
+        if running and running.get("log_file"):  # where it is: stage, epoch, time left
+            running["step"] = running_step(running["log_file"])
         return {**runs, "models": self.data.models_state()}
 
     def final_status(self) -> dict:

@@ -24,7 +24,10 @@ import pandas as pd
 
 from chimuffin.labels import locked
 from chimuffin.labels.rows import (
+    PERSON_SOURCES,
     UNDEFINED,
+    VAL_DIR,
+    VALIDATION_CORRECTION,
     VALIDATION_REFUSED,
     Decision,
     allowed_labels,
@@ -57,13 +60,20 @@ class Images:
     split: dict[str, str]       # every prepared image, test ones too
     base_label: dict[str, str]  # outside the test split
     validation: set[str]        # labeled in validation.csv: the clean stage refuses changes
+    # the dataset's own validation folder (val128/): changed only by a deliberate correction
+    val_folder: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, prepared: pd.DataFrame, data_dir: Path) -> Images:
         rows = list(zip(prepared["path"], prepared["label"], prepared["split"], strict=True))
         return cls(data_dir.resolve(), {p: s for p, _, s in rows},
                    {p: lbl for p, lbl, s in rows if s != "test"},
-                   set(prepared.loc[prepared["label_source"] == "validation", "path"]))
+                   set(prepared.loc[prepared["label_source"] == "validation", "path"]),
+                   frozenset(p for p, _, s in rows if s == "val" and p.startswith(VAL_DIR + "/")))
+
+    def is_validation(self, path: str) -> bool:
+        """In validation.csv or in the dataset's val128/ folder."""
+        return path in self.validation or path in self.val_folder
 
     @property
     def pool(self) -> list[str]:
@@ -145,6 +155,28 @@ class LabelWrites:
         for d in new:
             if d.path in self.images.validation and d.label != self.images.base_label[d.path]:
                 raise RequestError(HTTPStatus.FORBIDDEN, f"path {d.path!r}: {VALIDATION_REFUSED}")
+            if (d.path in self.images.val_folder and d.label != self.images.base_label[d.path]
+                    and VALIDATION_CORRECTION not in d.note):
+                raise RequestError(HTTPStatus.FORBIDDEN, f"path {d.path!r}: a validation image "
+                                   f"({VAL_DIR}/) changes only by a correction of that image")
+
+    def bulk(self, new: list[Decision], skipped: dict[str, list[str]]) -> Callable:
+        """change(old): `new` merged into `old` less what a bulk action never changes: an
+        image a person answered (in `old`, under the lock) and a validation image. `skipped`
+        gets them, by why: {"answered": [...], "validation": [...]}."""
+        def change(old: list[Decision]) -> list[Decision]:
+            answered = {d.path for d in old if d.source in PERSON_SOURCES}
+            skipped.clear()
+            keep = []
+            for d in new:
+                why = "answered" if d.path in answered else \
+                    "validation" if self.images.is_validation(d.path) else None
+                if why is None:
+                    keep.append(d)
+                else:
+                    skipped.setdefault(why, []).append(d.path)
+            return merge_decisions(old, keep, protect_sources=())[0]
+        return change
 
     def overwrites(self, old: list[Decision], new: list[Decision]) -> list[str]:
         """Images somebody already labeled (folder, validation or a decision) whose label the
@@ -160,15 +192,42 @@ class LabelWrites:
     # --- actions (POST bodies, validated whole before anything is written) ---
 
     def label(self, body) -> dict:
-        """{"paths": [...], "label": L, "confirm"?: bool}: every path gets L."""
-        body = fields(body, {"paths", "label"}, {"confirm"},
-                      '{"paths": [...], "label": "...", "confirm": false}')
+        """{"paths": [...], "label": L, "confirm"?: bool, "correction"?: bool}: every path
+        gets L. Several images are a bulk action: images a person answered and val128/
+        images are left out (the answer's `skipped`); a validation.csv image is refused. One
+        image is answered as asked; a val128/ image only as a correction ("correction": true),
+        which its row's note says."""
+        body = fields(body, {"paths", "label"}, {"confirm", "correction"},
+                      '{"paths": [...], "label": "...", "confirm": false, "correction": false}')
         label = self.check_label(body["label"])
         paths = self.check_editable(body["paths"])
-        new = [Decision(p, label, "human", NOTE) for p in paths]
-        reply = self.write(new, {"kind": "label", "what": f"{len(paths)} image(s) -> {label}"},
-                           confirmed=confirm(body))
-        return {**reply, "label": label, "paths": paths}
+        info = {"kind": "label", "what": f"{len(paths)} image(s) -> {label}"}
+        skipped: dict[str, list[str]] = {}
+        if len(paths) == 1:
+            new = [self.one_label(paths[0], label, flag(body, "correction"))]
+            if VALIDATION_CORRECTION in new[0].note:
+                info["what"] = f"validation correction: {paths[0]} -> {label}"
+        else:
+            self.check_validation([Decision(p, label, "human") for p in paths
+                                   if p in self.images.validation])
+            new = self.bulk([Decision(p, label, "human", NOTE) for p in paths], skipped)
+        reply = self.write(new, info, confirmed=confirm(body))
+        return {**reply, "label": label, "paths": paths, "skipped": skipped}
+
+    def one_label(self, path: str, label: str, correction: bool) -> Decision:
+        """One image's answer; a val128/ image's new label only with `correction`."""
+        base = self.images.base_label[path]
+        if correction and path not in self.images.val_folder:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"path {path!r}: not in the dataset's "
+                               f"{VAL_DIR}/ folder; a correction is for those only")
+        if path in self.images.val_folder and label != base and not correction:
+            raise RequestError(
+                HTTPStatus.CONFLICT, f"{path} is a validation image (the dataset's {VAL_DIR}/ "
+                f"folder says {base}): every model is scored on it. Correcting it to {label} "
+                "changes the validation set; send it again with \"correction\": true if "
+                "that is meant", needs_correction=True, path=path, was=base)
+        note = f"{NOTE}: {VALIDATION_CORRECTION} ({VAL_DIR}/ said {base})" if correction else NOTE
+        return Decision(path, label, "human", note)
 
     def clear(self, body) -> dict:
         """{"paths": [...]}: remove these images' decisions (they fall back to their folder
@@ -243,7 +302,15 @@ class LabelWrites:
                 out["state"] = saved
         done = changes(written.before.decisions, written.new)
         return {"ok": True, "changed": len(done), "changes": done,
+                "labels_changed": self.labels_changed(written.before.decisions, written.new),
                 **self.summary(written.new, out["state"])}
+
+    def labels_changed(self, old: list[Decision], new: list[Decision]) -> int:
+        """Images whose label changed (a row whose note alone changed is not one)."""
+        base = self.images.base_label
+        was, now = {d.path: d.label for d in old}, {d.path: d.label for d in new}
+        return sum(was.get(p, base.get(p, UNDEFINED)) != now.get(p, base.get(p, UNDEFINED))
+                   for p in set(was) | set(now))
 
     def record_undo(self, saved: dict, before: locked.Snapshot, new: list[Decision],
                     after: bytes, info: dict, pace_images: int) -> dict:
@@ -279,9 +346,13 @@ def fields(body, required: set[str], optional: set[str], shape: str) -> dict:
 
 
 def confirm(body: dict) -> bool:
-    value = body.get("confirm", False)
+    return flag(body, "confirm")
+
+
+def flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
     if not isinstance(value, bool):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "confirm must be true or false")
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be true or false")
     return value
 
 
