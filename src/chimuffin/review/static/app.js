@@ -17,6 +17,7 @@ const S = {
   decisions: new Map(),  // path -> [label, source]: the label file, kept current from answers
   index: new Map(),      // path -> point index
   selection: [], excluded: new Set(), colorBy: "label", dims: 2, plotDrawn: false,
+  validation: new Set(),  // validation images (validation.csv, val128/): bulk actions skip them
   mouse: null,  // the last mouse event on the plot
 };
 const $ = (id) => document.getElementById(id);
@@ -55,6 +56,34 @@ function currentLabel(path) {
   return d ? d[0] : baseLabel(path);
 }
 
+// a validation image (validation.csv or the dataset's val128/ folder)
+function isValidation(path) {
+  return S.validation.has(path);
+}
+
+// where an image's label now comes from: its decision's source, or its folder
+function sourceOf(path) {
+  const d = S.decisions.get(path);
+  if (d) return d[1];
+  if (isValidation(path)) return "validation";
+  return baseLabel(path) === "undefined" ? "" : "folder";
+}
+
+// what a bulk action (a selection of several, a queue cluster) never changes: an answer a
+// person gave, a validation image
+function bulkSkips(path) {
+  return isVerified(path) ? "answered" : isValidation(path) ? "validation" : null;
+}
+
+function skippedText(skipped) {
+  const n = Object.values(skipped || {}).reduce((t, v) => t + v.length, 0);
+  if (!n) return "";
+  const why = [];
+  if (skipped.answered) why.push(`${skipped.answered.length} a person's answer(s)`);
+  if (skipped.validation) why.push(`${skipped.validation.length} validation image(s)`);
+  return `, ${n} skipped (${why.join(", ")}: a bulk action never changes them)`;
+}
+
 // somebody already labeled it: a folder or validation label, or a decision
 function isLabeled(path) {
   return S.decisions.has(path) || baseLabel(path) !== "undefined";
@@ -81,6 +110,14 @@ async function write(url, body) {
   S.busy = true;
   try {
     let r = await post(url, body);
+    if (!r.ok && r.body.needs_correction) {
+      if (!window.confirm(`${r.body.error}\n\nCorrect this validation image?`)) {
+        status("nothing changed", false);
+        return null;
+      }
+      body = { ...body, correction: true, confirm: true };  // the question was the confirmation
+      r = await post(url, body);
+    }
     if (!r.ok && r.body.needs_confirm) {
       const ok = window.confirm(`${r.body.overwrites} image(s) already have a label (a folder ` +
         "or validation label, or an earlier decision) that this would change. Change them?");
@@ -96,6 +133,7 @@ async function write(url, body) {
 }
 
 function applyAnswer(a) {
+  verifyBeforeChange(a.changes);  // the marks kept for those pages, read with the old file
   for (const [path, d] of Object.entries(a.changes)) {
     if (d) S.decisions.set(path, d); else S.decisions.delete(path);
     const i = S.index.get(path);
@@ -167,6 +205,7 @@ function listed(obj) {
 }
 
 function renderProgress(p) {
+  S.progress = p;  // (the verify view says when every pool image is verified)
   let t = `verified ${p.verified} of ${p.pool} pool images`;
   if (p.verified) t += ` (${listed(p.verified_by_label)})`;
   if (p.pages) {
@@ -384,6 +423,9 @@ function chosen() {
 
 // What the person should know before a write: labeled images it changes, a big selection.
 function overwriteQuestion(paths, labelOf) {
+  if (paths.length > 1) paths = paths.filter((x) => !bulkSkips(x));  // left as they are
+  // one validation image: the server says what correcting it means, and asks
+  else if (paths.length === 1 && isValidation(paths[0])) paths = [];
   const changed = paths.filter((x) => isLabeled(x) && currentLabel(x) !== labelOf(x));
   const folder = changed.filter((x) => !S.decisions.has(x)).length;
   const parts = [];
@@ -396,21 +438,35 @@ function overwriteQuestion(paths, labelOf) {
 }
 
 async function applyLabel(label) {
-  const paths = chosen();
-  if (!paths.length) { status("select images first", true); return; }
+  const all = chosen();
+  if (!all.length) { status("select images first", true); return; }
+  // several images: the validation ones stay out (the server refuses validation.csv's)
+  const paths = all.length > 1 ? all.filter((x) => !isValidation(x)) : all;
+  const left = all.filter((x) => !paths.includes(x));
   const q = overwriteQuestion(paths, () => label);
   if (q.question && !window.confirm(`Label ${paths.length} image(s) ${label}? ${q.question}.`)) {
     status("nothing changed", false);
     return;
   }
-  const a = await write("/api/label", { paths, label, confirm: q.changed > 0 });
+  const a = paths.length ? await write("/api/label", { paths, label, confirm: q.changed > 0 })
+    : { paths: [], labels_changed: 0, skipped: {} };
   if (!a) return;
-  status(`saved: ${a.paths.length} image(s) -> ${label} (${a.changed} changed)`, false);
-  if (S.plotDrawn) {
-    Plotly.restyle("plot", { selectedpoints: [null] });
-    Plotly.relayout("plot", { selections: [] });
+  const skipped = { ...a.skipped };
+  if (left.length) skipped.validation = [...(skipped.validation || []), ...left];
+  if (paths.length === 1 && isValidation(paths[0]) && a.labels_changed) {
+    status(`corrected the validation image ${paths[0]}: now ${label} (the decision's note ` +
+           "says it is a validation correction; undo takes it back)", false);
+  } else {
+    status(`saved: ${a.paths.length} image(s) -> ${label} (${a.labels_changed} label(s) ` +
+           `changed${skippedText(skipped)})`, false);
   }
+  clearPlotSelection();
   setSelection([], false, null);
+}
+
+// no point stays dimmed and no lasso outline stays drawn (one call: plotly redraws once)
+function clearPlotSelection() {
+  if (S.plotDrawn) Plotly.update("plot", { selectedpoints: [null] }, { selections: [] });
 }
 
 async function clearSelection() {
@@ -453,8 +509,10 @@ function renderQueue() {
                    `${whyListed(rows)} · proposes ${listed(proposed)}` }), select, accept);
     const grid = el("div", { className: "grid" });
     for (const r of rows) {
-      const t = thumb(r.path, `proposed ${r.proposed}`, null);
+      // a click selects this one image: the label keys then answer it alone
+      const t = thumb(r.path, `proposed ${r.proposed}`, () => setSelection([r.path], true, div));
       t.title = `${r.path}\n#${r.rank}: ${why(r)}; proposed ${r.proposed}`;
+      t.querySelector(".caption").append(el("span", { className: "now" }));
       t.style.borderColor = colorOf(r.proposed);
       grid.append(t);
     }
@@ -485,8 +543,8 @@ async function acceptCluster(id, rows) {
   if (q.question && !window.confirm(`Accept the proposals for ${rows.length} image(s)? ` +
                                     `${q.question}.`)) return;
   const a = await write("/api/accept-cluster", { cluster: id, confirm: q.changed > 0 });
-  if (a) status(`saved: queue cluster ${id}, ${rows.length} image(s) as proposed ` +
-                `(${a.changed} changed)`, false);
+  if (a) status(`saved: queue cluster ${id}, ${rows.length} image(s) as proposed: ` +
+                `${a.labels_changed} label(s) changed${skippedText(a.skipped)}`, false);
 }
 
 // A cluster is done when a person answered every image in it (read from the label file).
@@ -497,6 +555,9 @@ function markDone() {
     for (const t of div.querySelectorAll(".grid .thumb")) {
       const d = S.decisions.get(t.dataset.path);
       t.classList.toggle("verified", isVerified(t.dataset.path));
+      const src = sourceOf(t.dataset.path);
+      t.querySelector(".now").textContent = ` · now ${currentLabel(t.dataset.path)}` +
+        (src ? ` (${src})` : "");
       t.querySelector(".caption").dataset.decided = d ? `now ${d[0]}` : "";
     }
   }
@@ -630,6 +691,7 @@ async function main() {
   }
   S.data = await res.json();
   S.data.points.path.forEach((x, i) => S.index.set(x, i));
+  S.validation = new Set(S.data.validation || []);
   for (const [path, d] of Object.entries(S.data.decisions)) S.decisions.set(path, d);
   $("color-by").addEventListener("change", (ev) => {
     S.colorBy = ev.target.value;

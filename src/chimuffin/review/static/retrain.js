@@ -6,7 +6,7 @@
 // accepts them by number), before the new pages: the person keeps the place and the marks.
 // Shift+R (or the button) asks for a run now.
 
-const R = { version: 0, current: 0, models: [], failedShown: null, timer: null };
+const R = { version: 0, current: 0, models: [], failedShown: null, timer: null, down: false };
 const POLL_MS = 2000;
 
 function ago(t) {
@@ -15,10 +15,23 @@ function ago(t) {
   return min < 1 ? "under a minute ago" : `${Math.round(min)} min ago`;
 }
 
+// a model: the person's labels in its training set (unknown: no training manifest read),
+// when it finished, its validation accuracy with the 95% (Wilson) interval
 function modelText(i) {
   const m = R.models[i];
   if (!m) return "";
-  return `${m.name} (${m.labels} labels${m.finished ? ", " + ago(m.finished) : ""})`;
+  const labels = m.labels === null ? "labels unknown" : `${m.labels} labels`;
+  const val = m.val_accuracy === null ? ", no validation accuracy"
+    : `, validation ${m.val_accuracy.toFixed(3)}` + (m.val_ci ? ` (95% CI ` +
+      `${m.val_ci[0].toFixed(3)}-${m.val_ci[1].toFixed(3)}, n ${m.val_n})` : "");
+  return `${m.name} (${labels}${m.finished ? ", " + ago(m.finished) : ""}${val})`;
+}
+
+// a running run: its stage, epoch and the time left its train stage printed
+function runText(run) {
+  const s = run.step;
+  return `retraining on ${run.labels || "…"} labels since ${ago(run.started)}` +
+    (s ? ` · ${s.text}${s.left ? `, about ${s.left} left` : ""}` : "");
 }
 
 // what the page head says about the page on screen
@@ -33,14 +46,14 @@ function renderRetrain(st) {
   const wrong = R.models.map((m) => `${m.name}: ${m.wrong} wrong of ${m.verified}`).join("; ");
   let bg = "background retraining off";
   if (st.enabled) {
-    bg = run ? `retraining on ${run.labels || "…"} labels since ${ago(run.started)}` +
-      (st.queued ? " (another queued)" : "")
+    bg = run ? runText(run) + (st.queued ? " (another queued)" : "")
       : `model: ${modelText(st.models.current)}` + (st.every ? `; retrains every ${st.every}` +
         ` new decisions (${st.labels_of_model} at the last)` : "");
   }
   if (st.stopped) bg = `background retraining stopped: ${st.stopped}`;
   $("retrain").disabled = !st.enabled || Boolean(st.stopped);
-  $("retrain-info").textContent = `${bg} · proposals wrong so far: ${wrong}`;
+  const models = R.models.map((_, i) => modelText(i)).join("; ");
+  $("retrain-info").textContent = `${bg} · models: ${models} · proposals wrong so far: ${wrong}`;
   const box = $("retrain-failed");
   if (last && last.ok === false) {
     box.hidden = false;
@@ -58,8 +71,17 @@ async function pollRetrain() {
     const res = await fetch("/api/retrain");
     if (!res.ok) return;
     st = await res.json();
-  } catch {
-    return;  // the server is down: the page's writes say so
+  } catch {  // the server is gone: said at once, not at the next action
+    if (!R.down) {
+      R.down = true;
+      $("retrain-info").textContent = "server stopped";
+      status(`server stopped: ${UNREACHABLE}`, true);
+    }
+    return;
+  }
+  if (R.down) {
+    R.down = false;
+    status("the review server answers again", false);
   }
   renderRetrain(st);
   if (st.models.version > R.version) await swapIn(st.models.version);

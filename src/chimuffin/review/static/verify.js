@@ -16,7 +16,10 @@ const V = {
   flipped: new Map(),  // page number -> paths the last flip marked (f again takes them back)
   shownPage: null,  // the page on screen, and which of its images have been fully in view:
   seen: new Set(),  // (paths) Enter accepts only a page whose every image was on screen
+  mustSee: new Set(),  // pages whose marks the label file changed: seen again from the top
   sorted: false,  // images of a page: doubtful first, then by score (s)
+  before: new Map(),  // path -> [label, verified] before the answer being applied
+  unseenPage: null,  // the page whose "not accepted yet" message is showing (it follows)
 };
 
 function verifyKeys() {
@@ -262,6 +265,8 @@ async function acceptPage() {
   const a = await write("/api/verify", { page: pg.page, exceptions });
   if (!a) return;
   const k = Object.keys(exceptions).length;
+  $("notice").hidden = true;
+  V.unseenPage = null;
   status(a.changed ? `page ${pg.page} verified: ${pg.images.length} image(s), ${k} exception(s)`
                    : `page ${pg.page}: already verified like this, nothing changed`, false);
   gotoNextUnverified();
@@ -372,14 +377,19 @@ function renderEvidence(path) {
     if (ev.nearest_labeled) row.push(figure(ev.nearest_labeled, "nearest labeled"));
   } else {
     lines.push(el("p", { textContent: nbs.length ? `the ${nbs.length} labeled neighbours ` +
-      "that voted, nearest first (label now, similarity):" : "no labeled image voted" }));
+      "that voted, nearest first (label now, similarity: embedding cosine):"
+      : "no labeled image voted" }));
     row.push(el("ol", { className: "neighbours" }, ...nbs.map(([p, sim]) =>
       el("li", { title: p }, thumb(p),
          el("span", { textContent: currentLabel(p) }), el("small", { textContent: pct(sim) })))));
   }
   if (ev.dup_of) {
-    row.push(figure(ev.dup_of, (ev.near_duplicate ? "NEAR-DUPLICATE" : "most similar") +
-                    `, similarity ${pct(ev.dup_sim)}`));
+    const f = figure(ev.dup_of, (ev.near_duplicate ? "NEAR-DUPLICATE" : "most similar") +
+                     `, similarity ${pct(ev.dup_sim)}`);
+    // not the neighbours' kind: the two images' tiny pixel signatures compared
+    f.append(el("small", { className: "kind", textContent:
+                           `pixel-signature cosine ${pct(ev.dup_sim)}` }));
+    row.push(f);
   }
   box.replaceChildren(...lines, el("div", { className: "figures" }, ...row));
 }
@@ -437,6 +447,7 @@ function noteSeen() {
     const t = items[i].getBoundingClientRect();
     if (t.top >= r.top - 1 && t.bottom <= r.bottom + 1) V.seen.add(items[i].dataset.path);
   }
+  followUnseen();
 }
 
 // Before an accept: if some images of the page were never on screen, scroll the first of
@@ -452,16 +463,50 @@ function showUnseen(pg) {
   status(`not accepted yet: ${unseen.length} image(s) of this page were not on screen; ` +
          "they are shown now" + (left ? ` (${left} still below)` : "") +
          ". Look, then Enter accepts.", false);
+  $("status").className = "notice";
+  V.unseenPage = pg.page;
   return true;
+}
+
+// The "not accepted yet" message follows the scroll: how many are still below, or that
+// every image has been on screen now.
+function followUnseen() {
+  const pg = current();
+  if (!pg || V.unseenPage !== pg.page || !$("status").textContent.startsWith("not accepted")) {
+    return;
+  }
+  const left = pg.images.filter((im) => !V.seen.has(im.path)).length;
+  status(left ? `not accepted yet: ${left} image(s) of this page still below; scroll, or ` +
+                "Enter shows them."
+              : "not accepted yet: every image of this page has been on screen now; Enter " +
+                "accepts.", false);
+  $("status").className = "notice";
+}
+
+// Every pool image verified: said, with what to do next.
+function renderPoolDone() {
+  const p = S.progress, box = $("pool-done");
+  const done = !!p && p.pool > 0 && p.verified >= p.pool;
+  box.hidden = !done;
+  if (done) {
+    box.textContent = `The pool is done: every pool image is verified (${p.verified} images). ` +
+      "Next: `dvc repro` trains the model on them (the pipeline reads " +
+      "data/labels/decisions.csv); then keep them with `git add data/labels/decisions.csv " +
+      "dvc.lock && git commit -m \"labels\"`. Shift+R retrains in the background to look " +
+      "for mistakes meanwhile.";
+  }
+  return done;
 }
 
 function renderPage() {
   const grid = $("page-grid"), head = $("page-head"), pg = current();
   if (S.view === "verify") remember();
+  const done = renderPoolDone();
   if (!pg) {
     grid.replaceChildren();
     head.textContent = V.pages.length ? "no page matches the filter"
-      : S.data.pages.error ? "" : "no pages: the suggest stage left no pool image to verify";
+      : S.data.pages.error || done ? ""
+        : "no pages: the suggest stage left no pool image to verify";
     setZoom(false);
     return;
   }
@@ -474,9 +519,11 @@ function renderPage() {
     (pageVerified(pg) ? " · ✓ verified" : "") + proposedBy(pg));
   head.dataset.page = pg.page;
   grid.replaceChildren(...pg.images.map((im, i) => pageThumb(pg, im, i, marks)));
-  if (V.shownPage !== pg.page) {  // a new page starts at its top, header in view
+  if (V.shownPage !== pg.page || V.mustSee.has(pg.page)) {  // from its top, header in view
     V.shownPage = pg.page;
+    V.mustSee.delete(pg.page);
     V.seen = new Set();
+    V.unseenPage = null;
     $("page-scroll").scrollTop = 0;
   }
   renderCursor();
@@ -541,14 +588,57 @@ function verifyShown() {
   renderPage();  // (also puts the page and filters in the address: a reload comes back here)
 }
 
-// The label file changed (an answer or an undo): the touched pages' marks start again from
-// what the file now says (for a page just accepted that is exactly what was marked).
-function verifyRefresh(answer) {
-  for (const path of Object.keys(answer.changes)) {
-    const page = V.pageOf.get(path);
-    if (page === undefined) continue;
-    V.marks.delete(page);
-    forgetMarks(page);
+// Before an answer's changes are applied: the marks of the pages they touch, read (from the
+// browser's store too) while the label file is still as the marks were made against.
+function verifyBeforeChange(changes) {
+  for (const path of Object.keys(changes)) {
+    const pg = pageNamed(V.pageOf.get(path));
+    if (!pg) continue;
+    marksOf(pg);
+    V.before.set(path, [currentLabel(path), isVerified(path)]);
   }
+}
+
+function pageNamed(page) {
+  return page === undefined ? null : V.pages.find((pg) => pg.page === page) || null;
+}
+
+// The label file changed (an answer or an undo). A mark stays unless the file changed its
+// image's label: then the file's label is the image's mark (a person's answer that is not
+// the page's class) or none, and a mark that said otherwise is listed in a banner; its page
+// must be seen again before Enter accepts it.
+function verifyRefresh(answer) {
+  const dropped = [], touched = new Set();
+  // an undone acceptance gives its page back its marks (verifyUndone): nothing dropped there
+  const undone = answer.undone && answer.undone.kind === "verify" ? answer.undone.page : null;
+  for (const path of Object.keys(answer.changes)) {
+    const pg = pageNamed(V.pageOf.get(path)), was = V.before.get(path);
+    if (!pg || !was) continue;
+    touched.add(pg);
+    const now = currentLabel(path), verified = isVerified(path);
+    if (was[0] === now && was[1] === verified) continue;  // only its note changed
+    const marks = marksOf(pg), m = marks.get(path);
+    if (verified && now !== pg.label) marks.set(path, now); else marks.delete(path);
+    if (m !== undefined && m !== now && pg.page !== undone) {
+      dropped.push({ page: pg.page, path, mark: m, now });
+    }
+  }
+  V.before.clear();
+  for (const pg of touched) keepMarks(pg);
+  if (dropped.length) marksDropped(dropped);
   if (S.view === "verify") renderPage();
+}
+
+function marksDropped(dropped) {
+  const pages = [...new Set(dropped.map((d) => d.page))];
+  if (pages.includes(V.shownPage)) V.seen = new Set();  // to be seen again
+  for (const page of pages) V.mustSee.add(page);
+  const box = $("notice");
+  box.replaceChildren(
+    el("b", { textContent: `${dropped.length} mark(s) not kept: ` }),
+    "the label file changed these images after they were marked; " +
+    `page(s) ${pages.join(", ")} must be seen again before Enter accepts them.`,
+    el("ul", {}, ...dropped.map((d) => el("li", {
+      textContent: `${d.path}: marked ${d.mark}, now ${d.now} (page ${d.page})` }))));
+  box.hidden = false;
 }
