@@ -118,3 +118,24 @@ def test_validate_refuses_images_outside_the_sample_and_labels_that_are_not_clas
     assert got == 200 and answer["changed"] > 0 and todo[0] not in answer["changes"]
     assert todo[0] not in {d.path for d in read_decisions(paths.decisions, CLASSES)}
     assert read_validation(validation_file(paths.decisions), CLASSES) == {todo[0]: "muffin"}
+
+
+def test_the_validation_pages_follow_the_model_swapped_in(validation_review):
+    from types import SimpleNamespace
+
+    server, paths, names = validation_review
+    view = server.RequestHandlerClass.validation
+    _, before = api(server, "GET", "/api/validation")
+    proposed = {im["path"]: pg["label"] for pg in before["pages"] for im in pg["images"]}
+    first = next(iter(proposed))
+    other = next(c for c in CLASSES if c != proposed[first])
+    suggestions = pd.DataFrame({"path": [first], "model_label": [other], "model_conf": [0.99]})
+    swapped = []
+    view.after_swap(swapped.append)(SimpleNamespace(
+        name="review-1-labels", outputs=SimpleNamespace(suggestions=suggestions)))
+    assert [r.name for r in swapped] == ["review-1-labels"]  # the page's swap ran first
+    _, after = api(server, "GET", "/api/validation")
+    now = {im["path"]: (pg["label"], im["score"]) for pg in after["pages"] for im in pg["images"]}
+    assert after["proposer"] == "review-1-labels" and now[first] == (other, 0.99)
+    assert set(now) == set(proposed)  # the same sample: only its proposals changed
+    assert all(now[p][0] == lbl for p, lbl in proposed.items() if p != first)

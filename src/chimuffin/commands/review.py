@@ -65,16 +65,16 @@ def run(args) -> int:
     data = ReviewData(Paths.under(root, args.params, args.decisions, args.state),
                       params.base.classes, data_dir if data_dir.is_absolute() else root / data_dir)
     heatmaps = PageHeatmaps(root / paths.MODEL, data.image_file, params.base.classes)
+    validation = Validation(root, root / args.decisions, params.base.classes, params.base.seed,
+                            params.review.validation_size, params.suggest.page_size)
     retrainer = None
     if not args.no_retrain:
         retrainer = Retrainer(root, root / args.params, root / args.decisions,
                               params.base.classes, params.review.retrain_every,
                               params.review.round_recipe, data.proposals.models[0].labels,
-                              on_done=heatmaps.after_swap(data.swap_in,
-                                                          lambda: retrainer.last_weights()),
+                              on_done=validation.after_swap(heatmaps.after_swap(
+                                  data.swap_in, lambda: retrainer.last_weights())),
                               warm_recipe=params.review.warm_recipe)
-    validation = Validation(root, root / args.decisions, params.base.classes, params.base.seed,
-                            params.review.validation_size, params.suggest.page_size)
     finisher = Finisher(final_where(root, args.params, args.decisions, None),
                         before=None if retrainer is None else stop_retraining(retrainer))
     server = bind(data, args.port, retrainer, heatmaps, validation, finisher)

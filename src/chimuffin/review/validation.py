@@ -62,6 +62,7 @@ class Validation:
         self.order = seeded_order(folder_pool(self.manifest), seed)
         self.target = target_size(size, len(self.order))
         self.proposals = read_predictions(root / default.PREDICTIONS)
+        self.proposer = "pipeline outputs"  # the model whose proposals the pages show
 
     def answered(self) -> dict[str, str]:
         return read_validation(self.file, self.classes)
@@ -83,11 +84,32 @@ class Validation:
         """What the validation view and the top bar show."""
         todo, in_sample = self.todo()
         counts = validation_counts(self.manifest, len(self.answered()))
-        return {"enabled": True, "counts": counts, "target": self.target, "size": self.size,
+        return {"enabled": True, "counts": counts, "target": self.target,
+                "proposer": self.proposer, "size": self.size,
                 "pool": len(self.order), "answered": in_sample, "left": len(todo),
                 "ask_first": counts["val128"] + counts["file"] == 0 and self.target > 0,
                 "pages": self.pages(todo), "models": [with_interval(m) for m in models],
                 "file": str(self.file)}
+
+    def follow(self, run) -> None:
+        """A background model finished: its proposals (the model columns of its suggestions,
+        for the pool images it scored) replace the ones before for those images."""
+        s = run.outputs.suggestions
+        if s is None:
+            return
+        new = s[["path", "model_label", "model_conf"]].rename(
+            columns={"model_label": "prediction", "model_conf": "confidence"})
+        rest = self.proposals.loc[~self.proposals["path"].isin(new["path"]),
+                                  ["path", "prediction", "confidence"]]
+        self.proposals = pd.concat([new, rest], ignore_index=True)  # (one assignment)
+        self.proposer = run.name
+
+    def after_swap(self, swap_in):
+        """`swap_in` (the page's), then this view follows the model it swapped in."""
+        def swapped(run) -> None:
+            swap_in(run)
+            self.follow(run)
+        return swapped
 
     def answer(self, body) -> dict:
         """{"labels": {path: class}}: answers for images of the sample still to answer, added

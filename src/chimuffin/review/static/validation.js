@@ -167,7 +167,7 @@ function renderValidationPage() {
     return;
   }
   const marks = valMarks(pg);
-  head.replaceChildren(`Validation page: the model proposes `,
+  head.replaceChildren(`Validation page: ${W.info.proposer} proposes `,
     el("b", { textContent: pg.label, style: `color:${colorOf(pg.label)}` }),
     ` · ${pg.images.length} images · ${marks.size} corrected · ${W.info.pages.length} ` +
     "page(s) left");
