@@ -35,6 +35,9 @@ def register(sub) -> None:
 
 
 def where(root: Path, params_file: str, decisions: str, recipe: str | None) -> Where:
+    """The final step's files in the repository at `root` (the recipe: review.final_recipe
+    unless given)."""
+    root = root.resolve()
     params = load_params(root / params_file)
     return Where(root, root / params_file, root / decisions, list(params.base.classes),
                  root / (recipe or params.review.final_recipe))

@@ -14,7 +14,7 @@ function pct(x) {
 
 function finalLine(run) {
   if (run.ok === null) {
-    return `final model: ${run.step}` + (run.start ? ` · from ${run.start}` : "") +
+    return `final model: ${run.step.text}` + (run.start ? ` · from ${run.start}` : "") +
       (run.labels ? ` · ${run.labels} labels` : "");
   }
   if (run.ok) {
