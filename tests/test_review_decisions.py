@@ -27,7 +27,7 @@ from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.kept_model import KEPT
 from chimuffin.review.server import make_server
 from tests.test_review import CLASSES, on_disk, serving, write_pages
-from tests.test_review_page import PAGE, browser_at, build_long_pages
+from tests.test_review_page import PAGE, browser_at, build_long_pages, fully_visible
 
 VAL128 = ["val128/chihuahua/img_00001.jpg", "val128/muffin/img_00001.jpg"]
 
@@ -580,6 +580,63 @@ def test_a_verified_pool_is_said_with_the_next_steps(decisions_built):
         expect(head).to_contain_text("git commit")
 
 
+# --- one page, one screen ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_48_image_page_fits_1440x900_with_the_keys_folded_and_smaller_thumbnails(
+        decision_review):
+    url, paths, names = decision_review
+    thumbs = "#page-grid .thumb"
+    with browser_at(url, 1440, 900) as (page, expect, _):
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "0")
+        assert len(fully_visible(page, thumbs)) < PAGE  # 128 px and the key panel: it scrolls
+        page.keyboard.press("Shift+K")
+        expect(page.locator("#verify-keys")).to_be_hidden()
+        page.select_option("#thumb-size", "96")
+        page.keyboard.press("Escape")  # the keys back to the page
+        assert sorted(fully_visible(page, thumbs)) == sorted(names["pool"][:PAGE])
+        assert accept_by_enter(page, paths) == 1  # seen whole: one Enter accepts it
+        expect(page.locator("#page-head")).to_have_attribute("data-page", "1")
+        # kept over a reload; the panel folds back
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        expect(page.locator("#thumb-size")).to_have_value("96")
+        expect(page.locator("#verify-keys")).to_be_hidden()
+        page.click("#fold-keys")
+        expect(page.locator("#verify-keys")).to_be_visible()
+    rows = on_disk(paths)
+    assert {x: rows[x][0] for x in names["pool"][:PAGE]} == \
+        dict.fromkeys(names["pool"][:PAGE], "chihuahua")
+
+
+@pytest.mark.slow
+def test_find_by_file_name_and_show_pages_by_verified(decision_review):
+    url, paths, names = decision_review
+    p, head = names["pool"], "#page-head"
+    with browser_at(url, 1280, 720) as (page, expect, _):
+        expect(page.locator(head)).to_have_attribute("data-page", "0")
+        page.select_option("#filter-verified", "done")  # nothing verified yet
+        expect(page.locator(head)).to_have_text("no page matches the filter")
+        name = p[60].rsplit("/", 1)[1][:8]
+        page.fill("#find", name)
+        page.press("#find", "Enter")
+        page.keyboard.press("Escape")
+        expect(page.locator(head)).to_have_attribute("data-page", "1")  # filters reset
+        expect(page.locator("#page-grid .thumb.cursor")).to_have_attribute("data-path", p[60])
+        expect(page.locator("#status")).to_contain_text(f"found {p[60]} on page 1")
+        page.select_option("#filter-verified", "open")
+        page.keyboard.press("Escape")
+        page.keyboard.press("n")
+        page.keyboard.press("n")
+        expect(page.locator(head)).to_have_attribute("data-page", "2")
+        page.keyboard.press("Enter")  # page 2 verified: the "not verified" filter hides it
+        expect(page.locator("#status")).to_have_text(re.compile("^page 2 verified"))
+        page.select_option("#filter-verified", "done")
+        expect(page.locator(head)).to_have_attribute("data-page", "2")
+        expect(page.locator(head)).to_contain_text("1 of 1 pages shown")
+    assert {x: on_disk(paths)[x][0] for x in p[96:99]} == dict.fromkeys(p[96:99], "chihuahua")
+
+
 # --- the scripted session: 500 actions of every kind against a known truth -------------------
 
 class Script:
@@ -869,6 +926,8 @@ def test_a_scripted_session_writes_exactly_what_the_person_decided(decisions_bui
             else:
                 s.rng.choices(kinds, weights)[0](page, s)
             s.check(f"action {i} ({s.actions[-1] if s.actions else ''})")
+        page.evaluate("() => clearInterval(R.timer)")  # no poll left to race the restarts
+        page.wait_for_timeout(300)
         quiet_conflicts(seen)
         seen["errors"][:] = [e for e in seen["errors"]
                              if not e.startswith("Failed to load resource: net::ERR_")

@@ -53,6 +53,8 @@ function verifyKeys() {
       "lowest score / the page's own order", run: toggleSort },
     { keys: ["f"], shown: "f", does: "flip: every unmarked image gets the other class " +
       "(marks kept; f again takes the flip back)", run: flipPage },
+    { keys: ["K"], shown: "Shift+K", does: "fold the key panel away or back",
+      run: () => setLayout({ folded: !layout().folded }) },
   ];
 }
 
@@ -68,15 +70,42 @@ function pageVerified(pg) {
 
 function filterValues() {
   return { cls: $("filter-class").value, min: Number($("filter-min").value),
-           max: Number($("filter-max").value) };
+           max: Number($("filter-max").value), verified: $("filter-verified").value };
+}
+
+function shownByFilter(pg, f) {
+  const done = f.verified === "all" || (f.verified === "done") === pageVerified(pg);
+  return done && (f.cls === "all" || pg.label === f.cls) && pg.page_score >= f.min &&
+    pg.page_score <= f.max;
+}
+
+// Find by file name: the first page (in order) holding an image whose path contains the
+// text; the filters are reset when they hide it; the cursor goes on the image.
+function findImage(text) {
+  const want = text.trim().toLowerCase();
+  if (!want) return;
+  const pg = V.pages.find((p) => p.images.some((im) => im.path.toLowerCase().includes(want)));
+  if (!pg) { status(`no image on the pages has a file name with "${text.trim()}"`, true); return; }
+  if (!shownByFilter(pg, filterValues())) resetFilters();
+  applyFilter(pg.page);
+  const shown = current();
+  V.cursor = shown.images.findIndex((im) => im.path.toLowerCase().includes(want));
+  renderCursor();
+  status(`found ${shown.images[V.cursor].path} on page ${pg.page}`, false);
+}
+
+function resetFilters() {
+  $("filter-class").value = "all";
+  $("filter-min").value = 0;
+  $("filter-max").value = 1;
+  $("filter-verified").value = "all";
 }
 
 // Filters only hide pages: the order stays the file's. Within a page the images are in the
 // file's order, or, sorted, the doubtful ones first, then by score, lowest first.
 function applyFilter(keepPage) {
   const f = filterValues();
-  V.filtered = V.pages.filter((pg) => (f.cls === "all" || pg.label === f.cls) &&
-                                      pg.page_score >= f.min && pg.page_score <= f.max)
+  V.filtered = V.pages.filter((pg) => shownByFilter(pg, f))
     .map((pg) => (V.sorted ? sortedPage(pg) : pg));
   let pos = V.filtered.findIndex((pg) => pg.page === keepPage);
   if (pos < 0) pos = V.filtered.findIndex((pg) => !pageVerified(pg));
@@ -300,9 +329,7 @@ function verifyUndone(undone) {
   if (pg) keepMarks(pg);
   let pos = V.filtered.findIndex((pg) => pg.page === undone.page);
   if (pos < 0) {  // hidden by the filter: show every page again
-    $("filter-class").value = "all";
-    $("filter-min").value = 0;
-    $("filter-max").value = 1;
+    resetFilters();
     applyFilter(undone.page);
     pos = V.pos;
   }
@@ -538,6 +565,30 @@ function prefetch(pg) {
   for (const im of pg.images) new Image().src = "/thumb?path=" + encodeURIComponent(im.path);
 }
 
+// --- layout: the key panel folded away, the thumbnails' size (kept in the browser) ---
+
+const LAYOUT_KEY = "chimuffin-review-layout";
+
+function layout() {
+  try {
+    return { thumb: 128, folded: false, ...JSON.parse(localStorage.getItem(LAYOUT_KEY)) };
+  } catch { return { thumb: 128, folded: false }; }
+}
+
+function setLayout(change) {
+  const l = { ...layout(), ...change };
+  try { localStorage.setItem(LAYOUT_KEY, JSON.stringify(l)); } catch { /* this page only */ }
+  applyLayout(l);
+}
+
+function applyLayout(l) {
+  document.body.classList.toggle("keys-folded", l.folded);
+  $("page-grid").style.setProperty("--thumb", `${l.thumb}px`);
+  $("thumb-size").value = String(l.thumb);
+  renderCursor();
+  noteSeen();  // more images may be on screen now
+}
+
 // --- set up ---
 
 function verifyInit() {
@@ -557,12 +608,15 @@ function verifyInit() {
   if (q.has("min")) $("filter-min").value = q.get("min");
   if (q.has("max")) $("filter-max").value = q.get("max");
   V.sorted = q.get("sort") === "doubtful";
-  for (const id of ["filter-class", "filter-min", "filter-max"]) {
+  $("find").addEventListener("change", (ev) => findImage(ev.target.value));
+  for (const id of ["filter-class", "filter-min", "filter-max", "filter-verified"]) {
     $(id).addEventListener("change", () => applyFilter(current() ? current().page : null));
   }
   $("prev-page").addEventListener("click", () => turn(-1));
   $("next-page").addEventListener("click", () => turn(1));
   $("accept-page").addEventListener("click", acceptPage);
+  $("thumb-size").addEventListener("change", (ev) => setLayout({ thumb: Number(ev.target.value) }));
+  $("fold-keys").addEventListener("click", () => setLayout({ folded: !layout().folded }));
   $("clear-page").addEventListener("click", clearPage);
   $("zoom").addEventListener("click", () => setZoom(false));
   $("page-scroll").addEventListener("scroll", noteSeen, { passive: true });
@@ -582,6 +636,7 @@ function verifyInit() {
        el("td", { textContent: "doubtful, a likely exception: ≠, or a score under " +
                   `${DOUBT_BELOW}` })));
   applyFilter(q.has("page") ? Number(q.get("page")) : null);
+  applyLayout(layout());
 }
 
 function verifyShown() {
