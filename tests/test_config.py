@@ -134,12 +134,12 @@ def test_runtime_keys_left_in_train_say_where_they_moved(key):
         parse_params(old)
 
 
-def test_embed_batch_size_is_refused_saying_why_it_is_gone():
-    """The evaluate stage's pass makes the embeddings now: an old params.yaml that still sets
-    embed.batch_size is told so, not left with a key nothing reads."""
-    old = mutated(["embed", "batch_size"], 128)
-    with pytest.raises(UserError, match=r"embed.batch_size was removed \(the evaluate "
-                       r"stage's pass over every image makes the embeddings too\); delete it"):
+def test_an_old_embed_group_is_refused_saying_why_it_is_gone():
+    """An old params.yaml that still has the embed group (batch_size, n_neighbors) is told why
+    it went, not left with keys nothing reads."""
+    old = {**default_params_dict(), "embed": {"batch_size": 128, "n_neighbors": 10}}
+    with pytest.raises(UserError, match=r"embed was removed \(the group is gone: PaCMAP's "
+                       r"n_neighbors is fixed at 10"):
         parse_params(old)
 
 
@@ -148,14 +148,16 @@ def test_every_removed_key_is_refused_naming_it_and_why(tmp_path, key):
     """A removed key in a user's params.yaml, or set by `dvc exp run -S KEY=...` (which writes it
     into params.yaml), is refused with the file, the key and why it went."""
     raw = default_params_dict()
-    set_override(raw, *parse_override(f"{key}=0", "-S"))
+    # a removed group: any of its old keys brings it back
+    set_override(raw, *parse_override(f"{key if '.' in key else key + '.n_neighbors'}=0", "-S"))
     f = tmp_path / "params.yaml"
     f.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError) as e:
         load_params(f)
     assert f"params.yaml: params: {key} was removed ({REMOVED[key]}); delete it" in str(e.value)
-    group, name = key.split(".")
-    assert name not in default_params_dict()[group]  # gone from params.yaml too
+    group, _, name = key.rpartition(".")
+    params_now = default_params_dict()
+    assert name not in (params_now[group] if group else params_now)  # gone from params.yaml too
 
 
 def test_runtime_is_its_own_group_and_not_in_any_recipe():

@@ -20,7 +20,7 @@ from chimuffin.labels.rows import Decision
 
 CLASSES = ["chihuahua", "muffin"]
 CFG = SimpleNamespace(k=5, model_weight=0.5, dup_similarity=0.97, issue_threshold=0.6,
-                      queue_size=50, cluster_similarity=0.9, cluster_size=4)
+                      cluster_similarity=0.9)
 
 
 def test_cosine_knn_matches_brute_force_excludes_self_and_breaks_ties_by_index():

@@ -142,19 +142,12 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
-class Embed:
-    n_neighbors: int = num(2, 200)
-
-
-@dataclass(frozen=True)
 class Suggest:
     k: int = num(1, 200)                      # labeled neighbours that vote
     model_weight: float = num(0.0, 1.0)       # model vs neighbours in a suggestion's score
     dup_similarity: float = num(0.5, 1.0)     # pixel-signature cosine of a near duplicate
     issue_threshold: float = num(0.0, 1.0)    # label-issue score that enters the review queue
-    queue_size: int = num(1, 1_000_000)
     cluster_similarity: float = num(-1.0, 1.0)  # embedding cosine to join a review cluster
-    cluster_size: int = num(1, 10_000)
     page_size: int = num(1, 1000)             # images on one review page (one proposed label)
 
 
@@ -205,7 +198,6 @@ class Params:
     train: Train = field()
     runtime: Runtime = field()
     evaluate: Evaluate = field()
-    embed: Embed = field()
     suggest: Suggest = field()
     review: Review = field()
     tlc: Tlc = field()
@@ -269,7 +261,6 @@ MOVED = {"train.device": "runtime.device", "train.threads": "runtime.threads",
 # Keys that are gone, and why: an old params.yaml, recipe or `dvc exp run -S` names them.
 # Results of what was measured and dropped: benchmarks/README.md, "Tried and dropped".
 REMOVED = {
-    "embed.batch_size": "the evaluate stage's pass over every image makes the embeddings too",
     "train.refit": "measured no better: training on the validation images too changed nothing "
                    "measurable",
     "train.res_max": "measured no better: ending the resolution ramp below full size changed "
@@ -279,6 +270,10 @@ REMOVED = {
                         "file, as scraped folders do",
     "evaluate.batch_size": "a speed setting, not part of any result: inference runs in batches "
                            "of 128",
+    "embed": "the group is gone: PaCMAP's n_neighbors is fixed at 10 (its default), and the "
+             "evaluate stage's pass over every image makes the embeddings",
+    "suggest.queue_size": "fixed: the review queue holds the 200 images most worth an answer",
+    "suggest.cluster_size": "fixed: a queue cluster holds at most 24 images",
     "train.t_mult": "every recipe kept 2 (the reference's restart cycles double); now fixed",
     "train.grad_clip": "every recipe kept 1.0 (the reference's); now fixed",
     "train.res_ramp_end": "every recipe kept 0.75; the ramp now always reaches full size at "
@@ -297,7 +292,8 @@ REMOVED = {
 
 
 def _check_moved(keys: list[str], prefix: str) -> None:
-    gone = [f"{prefix}.{k}" for k in keys if f"{prefix}.{k}" in REMOVED]
+    gone = [f"{prefix}.{k}" if prefix else k for k in keys
+            if (f"{prefix}.{k}" if prefix else k) in REMOVED]
     if gone:
         raise UserError(f"params: {gone[0]} was removed ({REMOVED[gone[0]]}); delete it")
     moved = [f"{prefix}.{k}" for k in keys if f"{prefix}.{k}" in MOVED]

@@ -35,6 +35,7 @@ import yaml
 from chimuffin import atomic
 from chimuffin.config import EVAL_BATCH_SIZE
 from chimuffin.errors import UserError
+from chimuffin.infer.embeddings import PACMAP_NEIGHBORS
 from chimuffin.labels.rows import UNDEFINED
 
 CONFIG = "tlc-config.yaml"
@@ -432,7 +433,7 @@ def start_training_run(run_dir: str | Path, tables_dir: str | Path, clean: pd.Da
     t = params.train
     return TrainingRun(run_dir, open_tables(tables_dir, clean, config), as_dict(params),
                        params.base.classes, params.base.seed, params.tlc.collect_every,
-                       params.embed.n_neighbors, EVAL_BATCH_SIZE,
+                       PACMAP_NEIGHBORS, EVAL_BATCH_SIZE,
                        description=f"chimuffin train: {t.epochs} epochs, lr {t.lr}, "
                                    f"{t.scheduler}", config=config)
 

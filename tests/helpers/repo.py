@@ -26,7 +26,6 @@ TINY = {
     "sample": {"labeled_per_class": 6, "pool": 10, "test_per_class": 4, "val_per_class": 0},
     "prepare": {"val_fraction": 0.34},
     "train": {"epochs": 1, "batch_size": 4},
-    "embed": {"n_neighbors": 5},
     "tlc": {"enabled": False},  # tests/test_tlc_pipeline.py runs the 3LC-enabled pipeline
 }
 

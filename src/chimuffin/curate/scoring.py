@@ -30,6 +30,8 @@ from chimuffin.labels.rows import SOURCES, UNDEFINED
 # an image with no labeled neighbours at all gets a uniform vote.
 KNN_PRIOR = 1.0
 SIGNATURE_GRID = 16  # pixel signature: 3 x 16 x 16 block means
+QUEUE_SIZE = 200  # the review queue: the images most worth an answer
+CLUSTER_SIZE = 24  # at most this many images in one queue cluster (answered at once)
 
 
 # --- neighbours ---------------------------------------------------------------------------
@@ -248,9 +250,9 @@ def review_queue(suggestions: pd.DataFrame, issues: pd.DataFrame, unit: np.ndarr
 
     Pool images by review_value; labeled images whose issue_score >= cfg.issue_threshold by
     1 + issue_score (a likely wrong label poisons training, so it comes first). The top
-    cfg.queue_size are grouped greedily: the most valuable unassigned image opens a cluster
+    QUEUE_SIZE are grouped greedily: the most valuable unassigned image opens a cluster
     and takes the unassigned images with embedding cosine >= cfg.cluster_similarity to it (at
-    most cfg.cluster_size), so a person can answer a whole cluster at once."""
+    most CLUSTER_SIZE), so a person can answer a whole cluster at once."""
     pool = pd.DataFrame({
         "path": suggestions["path"], "kind": "pool", "value": review_value(suggestions),
         "current": UNDEFINED, "proposed": suggestions["label"], "score": suggestions["score"],
@@ -263,9 +265,9 @@ def review_queue(suggestions: pd.DataFrame, issues: pd.DataFrame, unit: np.ndarr
         "knn_label": bad["knn_label"]})
     q = pd.concat([flagged, pool], ignore_index=True)
     q = q.sort_values(["value", "path"], ascending=[False, True], kind="stable")
-    q = q.head(cfg.queue_size).reset_index(drop=True)
+    q = q.head(QUEUE_SIZE).reset_index(drop=True)
     vecs = unit[path_index.get_indexer(q["path"])]
-    q["cluster"] = greedy_clusters(vecs, cfg.cluster_similarity, cfg.cluster_size)
+    q["cluster"] = greedy_clusters(vecs, cfg.cluster_similarity, CLUSTER_SIZE)
     q["cluster_size"] = q.groupby("cluster")["path"].transform("size").astype(np.int64)
     q["reason"] = [reason(r) for r in q.itertuples()]
     # clusters in the order their best image was ranked; within one, by value

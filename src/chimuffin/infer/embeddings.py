@@ -63,6 +63,10 @@ def expected_pacmap_notes_silenced() -> Iterator[None]:
         logger.removeFilter(drop)
 
 
+# PaCMAP's own default neighbour count, for the embed stage's maps and the 3LC run's.
+PACMAP_NEIGHBORS = 10
+
+
 def pacmap_reduce(x: np.ndarray, dims: int, n_neighbors: int, seed: int) -> np.ndarray:
     """Seeded PaCMAP; small sets get fewer neighbours (PaCMAP needs n_neighbors < n)."""
     import pacmap

@@ -7,7 +7,12 @@ import pandas as pd
 
 from chimuffin import atomic, paths
 from chimuffin.data.manifest import align, read_manifest
-from chimuffin.infer.embeddings import pacmap_reduce, read_embeddings, scatter_png
+from chimuffin.infer.embeddings import (
+    PACMAP_NEIGHBORS,
+    pacmap_reduce,
+    read_embeddings,
+    scatter_png,
+)
 from chimuffin.progress import timed
 from chimuffin.stages import common
 
@@ -16,7 +21,7 @@ def main(args, params) -> None:
     df = read_manifest(Path(args.clean) / paths.MANIFEST_FILE)
     emb_paths, emb = read_embeddings(args.embeddings)
     emb = emb[align(df, emb_paths, args.embeddings, "embed")]
-    seed, k = params.base.seed, params.embed.n_neighbors
+    seed, k = params.base.seed, PACMAP_NEIGHBORS
     # PaCMAP reports no progress; its first call in a fresh environment also compiles numba code
     with timed(f"embed: PaCMAP 2-D of {len(df)} embeddings"):
         xy = pacmap_reduce(emb, 2, k, seed)
