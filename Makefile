@@ -50,7 +50,7 @@ check-data:  ## names DVC cannot hash in prepare.data_dir (run before `make repr
 # replaces columns with "..." when the terminal is narrow or stdout is a pipe, Markdown never
 # cuts one. EXP_FORMAT= (empty) gives the boxed table, --csv CSV; EXP_ARGS adds options, e.g. -A.
 EXP_KEEP := ^(Experiment|Created|val\.accuracy|test\.accuracy)$$
-EXP_PARAMS := base|sample|prepare|clean|train|evaluate|embed|suggest|tlc
+EXP_PARAMS := base|sample|prepare|clean|train|evaluate|suggest|tlc
 EXP_FORMAT ?= --md
 exp:  ## short experiment table: params that differ + saved-model val/test accuracy
 	@$(BIN)/dvc exp show --no-pager --only-changed --keep '$(EXP_KEEP)' \
