@@ -885,8 +885,8 @@ def act_view(page, s: Script) -> None:
     s.actions.append(f"key {key}")
 
 
-ACTIONS = [(act_mark, 34), (act_accept, 12), (act_view, 20), (act_lasso, 8), (act_queue, 6),
-           (act_undo, 10), (act_clear, 3)]
+ACTIONS = [(act_mark, 38), (act_accept, 12), (act_view, 19), (act_lasso, 6), (act_queue, 5),
+           (act_undo, 9), (act_clear, 3)]
 
 
 @pytest.mark.slow
