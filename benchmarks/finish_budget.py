@@ -43,7 +43,7 @@ import yaml
 
 if __package__ in (None, ""):  # run as a script: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.stats import cpu_summary  # noqa: E402
 from benchmarks.time_to_accuracy import (  # noqa: E402
     REAL_DATA,
     REPO,
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     classes = first.base.classes
     decisions, validation = split_pool(pool, reviewed, args.max_val, classes)
     weights, said = start_weights(args, [p for p, _ in label_rows(reviewed, classes)])
-    print(f"start weights: {said}\ncpu: {runtime.cpu_summary()}", flush=True)
+    print(f"start weights: {said}\ncpu: {cpu_summary()}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         df, images = prepare_protocol(args.data, classes, first.base.image_size,
                                       first.base.seed, decisions, validation,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from argparse import Namespace
@@ -25,6 +26,10 @@ from pathlib import Path
 from chimuffin import paths, runtime
 from chimuffin.config import load_params
 from chimuffin.stages import evaluate
+
+if __package__ in (None, ""):  # run as a script: the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.stats import cpu_summary  # noqa: E402
 
 
 def stage_args(repo: Path, out: Path) -> Namespace:
@@ -91,7 +96,7 @@ def main() -> None:
     repo = args.repo.resolve()
     params = load_params(repo / paths.PARAMS)
     runtime.setup(params.base.seed, params.runtime.threads)
-    print(f"CPU: {runtime.cpu_summary()}; repo {repo}")
+    print(f"CPU: {cpu_summary()}; repo {repo}")
     runs: dict[bool, list[float]] = {True: [], False: []}
     spent: list[float] = []
     for _ in range(args.repeats):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,10 @@ import torch.nn.functional as F
 from chimuffin import runtime
 from chimuffin.model import build_model
 from chimuffin.train.engine import autocast
+
+if __package__ in (None, ""):  # run as a script: the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.stats import cpu_summary  # noqa: E402
 
 # name: (channels_last, torch.compile, bf16 autocast)
 VARIANTS = {"nchw": (False, False, False), "cl": (True, False, False),
@@ -61,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args(argv)
     runtime.setup(0)
-    print(f"cpu: {runtime.cpu_summary()}")
+    print(f"cpu: {cpu_summary()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
           f"{args.batch_size}, {args.image_size}px, {args.steps} timed steps")
     for name in args.variants:

@@ -25,7 +25,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from chimuffin import runtime
 from chimuffin.retrain.retrainer import NICE
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
@@ -38,6 +37,8 @@ from tests.helpers.repo import (  # noqa: E402
     make_repo,
     run,
 )
+
+from benchmarks.stats import cpu_summary  # noqa: E402
 
 # A stand-in for a background retrain: training steps until the deadline, then images/s.
 TRAIN = """
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
         finally:
             server.terminate()
             server.wait(30)
-    print(f"page_latency: cpu: {runtime.cpu_summary()}; {args.requests} requests per endpoint "
+    print(f"page_latency: cpu: {cpu_summary()}; {args.requests} requests per endpoint "
           f"and phase, {args.gap} s apart; ms: p50 p95 max")
     idle = {e: statistics.median(ms) for e, ms in phases[0][1].items()}
     for name, ms, img_s in phases:

@@ -72,7 +72,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from chimuffin import runtime
 from chimuffin.config import (
     as_dict,
     parse_override,
@@ -91,6 +90,8 @@ from chimuffin.simulate.rounds import parse_trailers
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.helpers.repo import init_repo, run  # noqa: E402
+
+from benchmarks.stats import cpu_summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -818,7 +819,7 @@ def main(argv=None) -> int:
             raise UserError(f"--retrain-every must be >= 1, got {args.retrain_every}")
         params[WALL_ARM]["review"]["retrain_every"] = (
             SMOKE_PARAMS["suggest"]["page_size"] if args.smoke else args.retrain_every)
-    cpu = runtime.cpu_summary()
+    cpu = cpu_summary()
     print(f"review_session: {data.root}: {len(data.pool_truth)} pool images the person can "
           f"verify, {len(data.reviewed)} reviewed validation images; arms {args.arms}; "
           f"schedule {schedule} min{' + the whole pool' if args.whole_pool else ''}; "

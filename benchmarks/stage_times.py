@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from chimuffin import runtime
 from chimuffin.config import as_dict, parse_params, read_yaml_file, set_override
 from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions
@@ -55,6 +54,7 @@ from benchmarks.review_session import (  # noqa: E402
     sh,
     smoke_data,
 )
+from benchmarks.stats import cpu_summary  # noqa: E402
 
 # dvc.yaml's order; `sample` and `prepare` do not rerun after a label change
 STAGES = ("sample", "prepare", "clean", "tables", "train", "evaluate", "embed", "suggest")
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         params = bench_params(base, recipe_train(args.recipe, base),
                               [parse_set(s) for s in args.set], data.root, args.smoke)
         order = label_order(data.pool_truth, base["base"]["seed"])
-        cpu = runtime.cpu_summary()
+        cpu = cpu_summary()
         more = f" (+{step} for the background run)" if args.background else ""
         print(f"stage_times: {data.root}: {n} pool labels{more} of {len(data.pool_truth)}, "
               f"{len(data.reviewed)} validation images; "

@@ -79,12 +79,16 @@ from chimuffin.labels.rows import (
     read_path_labels,
 )
 from chimuffin.model import build_model
-from chimuffin.report.metrics import (
+from chimuffin.report.metrics import wilson_interval
+from chimuffin.train.engine import LabeledSet, fit, with_min_steps
+
+if __package__ in (None, ""):  # run as a script: the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.stats import (  # noqa: E402
+    cpu_summary,
     mcnemar_exact,
     paired_difference_upper_bound,
-    wilson_interval,
 )
-from chimuffin.train.engine import LabeledSet, fit, with_min_steps
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
@@ -268,7 +272,7 @@ def train_recipe(name: str, params, df, images, max_train: int | None, budget_s:
             "final_acc": float(correct.mean()), "final_k": int(correct.sum()),
             "image_steps": int(sum(r.train.images for r in history)),
             "best_epoch": best.epoch, "best_acc": best.val_acc,
-            "cpu": runtime.cpu_summary(), "final_correct": correct.astype(int).tolist(),
+            "cpu": cpu_summary(), "final_correct": correct.astype(int).tolist(),
             "flip_correct": flipped}
 
 
@@ -500,7 +504,7 @@ def main(argv=None) -> int:
               f"{f'; --max-train {args.max_train}' if args.max_train else ''}), "
               f"{len(labeled(df, 'val'))} validation (reviewed, disjoint); "
               f"{first.base.image_size}px; prepared in {time.perf_counter() - t0:.0f}s; "
-              f"cpu: {runtime.cpu_summary()}", flush=True)
+              f"cpu: {cpu_summary()}", flush=True)
         budget = args.budget_minutes * 60 if args.budget_minutes else None
         results = [train_recipe(recipe_label(n), p, df, images, args.max_train, budget)
                    for n, p in params.items()]

@@ -49,6 +49,10 @@ from chimuffin.infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from chimuffin.model import build_model
 from chimuffin.train.engine import make_optimizer, train_one_epoch
 
+if __package__ in (None, ""):  # run as a script: the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.stats import cpu_summary  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
@@ -246,7 +250,7 @@ def main(argv=None) -> int:
         cache = decode_cache(files, args.image_size)
         print(f"torch {torch.__version__}, {threads} threads; {len(files)} images from {where} "
               f"at {args.image_size}px; {args.rounds} rounds x {args.steps} steps per path")
-        print(f"cpu: {runtime.cpu_summary()}")
+        print(f"cpu: {cpu_summary()}")
         paths = [ReferencePath(files, labels, args.image_size, n_cls, head, drop)]
         paths += [ChimuffinPath(cache, labels, cfg, c, n_cls, head, drop) for c in configs]
         for path in paths:  # warm-up: first-call allocations and kernel selection

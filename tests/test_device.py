@@ -144,20 +144,14 @@ def test_cgroup_quota_caps_the_thread_count(tmp_path):
     assert runtime.available_cores(str(tmp_path / "absent")) == len(os.sched_getaffinity(0))
 
 
-def test_cpu_summary_names_the_model_and_native_bf16(tmp_path):
-    """Benchmarks print the CPU beside their numbers: its model and whether bf16 is native."""
+def test_the_cpu_model_and_flags_come_from_the_first_processor(tmp_path):
     cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f "
                "avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
     assert runtime.cpu_model_and_flags(cpuinfo) == ("AMD EPYC 9R14",
                                                    {"fpu", "avx2", "avx512f", "avx512_bf16"})
-    with_bf16 = tmp_path / "cpuinfo"
-    with_bf16.write_text(cpuinfo)
-    summary = runtime.cpu_summary(str(with_bf16))
-    assert summary.startswith("AMD EPYC 9R14, ") and summary.endswith(", native bf16")
-    without = tmp_path / "plain"
-    without.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2\n")
-    assert runtime.cpu_summary(str(without)).endswith(", no native bf16")
-    assert runtime.cpu_summary(str(tmp_path / "absent")).startswith("unknown CPU, ")
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert runtime.has_native_bf16(str(tmp_path / "cpuinfo"))
+    assert runtime.read_cpu(str(tmp_path / "absent")) == ("unknown CPU", set())
 
 
 def test_cpu_bf16_is_refused_without_native_bf16():

@@ -54,7 +54,8 @@ def cpu_model_and_flags(cpuinfo: str) -> tuple[str, set[str]]:
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-def _cpu(cpuinfo_file: str) -> tuple[str, set[str]]:
+def read_cpu(cpuinfo_file: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """cpu_model_and_flags of the file; an unreadable one is an unknown CPU without flags."""
     try:
         with open(cpuinfo_file) as f:
             return cpu_model_and_flags(f.read())
@@ -64,16 +65,7 @@ def _cpu(cpuinfo_file: str) -> tuple[str, set[str]]:
 
 def has_native_bf16(cpuinfo_file: str = "/proc/cpuinfo") -> bool:
     """bf16 instructions (AVX512_BF16 or AMX): without them CPU bf16 is emulated and slower."""
-    return bool(_cpu(cpuinfo_file)[1] & NATIVE_BF16_FLAGS)
-
-
-def cpu_summary(cpuinfo_file: str = "/proc/cpuinfo") -> str:
-    """e.g. 'AMD EPYC, 2 cores, AVX512, native bf16': benchmark numbers depend on the
-    instruction set, so benchmarks print this beside their results."""
-    model, flags = _cpu(cpuinfo_file)
-    bf16 = "native bf16" if flags & NATIVE_BF16_FLAGS else "no native bf16"
-    isa = torch.backends.cpu.get_cpu_capability()
-    return f"{model}, {available_cores()} cores, {isa}, {bf16}"
+    return bool(read_cpu(cpuinfo_file)[1] & NATIVE_BF16_FLAGS)
 
 
 def pick_device(choice: str = "auto") -> torch.device:
