@@ -1,5 +1,5 @@
-"""Accuracy per human-minute: a simulated person verifies review pages (or answers the review
-queue one image at a time), and the model is retrained after every session.
+"""Accuracy per human-minute: a simulated person verifies review pages, and the model is
+retrained after every session.
 
 Protocol, per arm, in a fresh temporary git + DVC repository made from this checkout (tracked
 files as they are in the working tree; the data is read in place, never copied):
@@ -9,15 +9,11 @@ files as they are in the working tree; the data is read in place, never copied):
 - data/labels/validation.csv = every row of reviewed_labels.csv: those images validate and are
   never shown to the simulated person (they are not pool images); decisions.csv starts empty;
 - the person answers from pool_labels.csv without the reviewed rows, at the cost model of
-  chimuffin.simulate.reviewer (1 s per page, 0.4 s per thumbnail, 2 s per exception, 3 s per
-  single answer).
+  chimuffin.simulate.reviewer (1 s per page, 0.4 s per thumbnail, 2 s per exception).
 
 Arms:
 - pages-confident: rounds of `chimuffin loop --rounds 1 --reviewer CSV --minutes M` (pages
   are built from the most confident images first);
-- queue: rounds of `chimuffin loop --rounds 1 --oracle CSV --budget K`, K = M * 60 / 3 (up to
-  the last checkpoint only: the whole pool one answer at a time would be hours), with
-  suggest.queue_size raised so that the queue never runs dry;
 - ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`;
 - wall-clock (only when named in --arms): one sitting of `chimuffin loop --background`'s person
   (chimuffin.simulate.sitting), in wall-clock time: after one `dvc repro` (the first model), the
@@ -48,7 +44,7 @@ checkpoint is the validation accuracy of the model trained on what the person ve
 The arms share one DVC cache, so identical stages (the 0-minute model) run once.
 
     python benchmarks/review_session.py --recipe fast --set train.epochs=30
-    python benchmarks/review_session.py --arms pages-confident queue --schedule 0 5 10
+    python benchmarks/review_session.py --arms pages-confident --schedule 0 5 10
     python benchmarks/review_session.py --smoke          # the embedded sample, tiny, ~2 min
     python benchmarks/review_session.py --recipe round --arms wall-clock --retrain-every 240
     python benchmarks/review_session.py --arms wall-clock --validation 500
@@ -97,14 +93,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
-ARMS = ("pages-confident", "queue", "ceiling")
+ARMS = ("pages-confident", "ceiling")
 WALL_ARM = "wall-clock"
 SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
 WALL_SCHEDULE = (0.0, 10.0, 20.0, 30.0, 40.0)  # wall-clock minutes since the first page
 WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},
                 "train": {"epochs": 1, "batch_size": 4}, "runtime": {"threads": 1},
-                "evaluate": {"batch_size": 64}, "embed": {"n_neighbors": 5},
                 "sample": {"labeled_per_class": 4, "pool": 4, "test_per_class": 0,
                            "val_per_class": 0},
                 "suggest": {"page_size": 4},
@@ -187,8 +182,6 @@ def arm_params(base: dict, train: dict, sets: list, data: Path, arm: str, smoke:
     if arm == WALL_ARM and validation:
         raw["prepare"]["val_fraction"] = base["prepare"]["val_fraction"]
         raw["review"]["validation_size"] = validation
-    if arm == "queue":
-        raw["suggest"]["queue_size"] = 1_000_000
     return as_dict(parse_params(raw))
 
 
@@ -268,20 +261,11 @@ def measure(repo: Path, classes: list[str], arm: str, minutes: float, totals: di
                       "Running stage 'train'" in out)
 
 
-def session(repo: Path, arm: str, minutes: float, truth_csv: Path, cost: ReviewCost,
-            pool_size: int) -> dict:
+def session(repo: Path, minutes: float, truth_csv: Path) -> dict:
     """One `chimuffin loop --rounds 1` (its `dvc repro` finds everything up to date); the
     session's numbers come from the round's commit trailers."""
-    loop = [sys.executable, "-m", "chimuffin.cli", "loop", "--rounds", "1"]
-    if arm == "queue":
-        k = pool_size if math.isinf(minutes) else math.floor(minutes * 60 / cost.single_s
-                                                             + 1e-9)
-        if k == 0:
-            return {"seconds": 0.0, "pages": 0, "verified": 0, "exceptions": 0}
-        loop += ["--oracle", str(truth_csv), "--budget", str(k)]
-    else:
-        loop += ["--reviewer", str(truth_csv), "--minutes", str(minutes)]
-    sh(loop, repo)
+    sh([sys.executable, "-m", "chimuffin.cli", "loop", "--rounds", "1", "--reviewer",
+        str(truth_csv), "--minutes", str(minutes)], repo)
     message, _ = sh(["git", "log", "-1", "--format=%B"], repo)
     t = parse_trailers(message)
     return {"seconds": float(t.get("Review-Seconds", 0)), "pages": int(t.get("Review-Pages", 0)),
@@ -289,9 +273,8 @@ def session(repo: Path, arm: str, minutes: float, truth_csv: Path, cost: ReviewC
             "exceptions": int(t.get("Review-Exceptions", 0))}
 
 
-def run_arm(arm: str, repo: Path, data: Data, truth_csv: Path, classes: list[str],
-            schedule: list[float], whole_pool: bool) -> list[Checkpoint]:
-    cost = ReviewCost()
+def run_arm(arm: str, repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
+            whole_pool: bool) -> list[Checkpoint]:
     totals = {"seconds": 0.0, "pages": 0, "verified": 0, "exceptions": 0}
     targets = [m for m in schedule if m > 0] + ([WHOLE_POOL_MINUTES] if whole_pool else [])
     rows = []
@@ -301,8 +284,7 @@ def run_arm(arm: str, repo: Path, data: Data, truth_csv: Path, classes: list[str
         if not targets:
             return rows
         target = targets.pop(0)
-        s = session(repo, arm, target - totals["seconds"] / 60, truth_csv, cost,
-                    len(data.pool_truth))
+        s = session(repo, target - totals["seconds"] / 60, truth_csv)
         for key in totals:
             totals[key] += s[key]
         rows[-1].sessions.append(s)
@@ -747,9 +729,7 @@ def main(argv=None) -> int:
                     help="checkpoints in cumulative simulated minutes (default: "
                     f"{' '.join(f'{m:g}' for m in SCHEDULE)}; --smoke: 0 0.2)")
     ap.add_argument("--no-whole-pool", dest="whole_pool", action="store_false",
-                    help="stop at the last checkpoint instead of reviewing the whole pool (the "
-                    "queue arm always stops there: the whole pool one image at a time would "
-                    "be hours)")
+                    help="stop at the last checkpoint instead of reviewing the whole pool")
     ap.add_argument("--recipe", default=None, metavar="FILE",
                     help="train group from a recipe (recipes/NAME.yaml or a yaml path; "
                     "default: params.yaml's)")
@@ -847,10 +827,7 @@ def main(argv=None) -> int:
         elif arm == "ceiling":
             rows.append(run_ceiling(repo, data, classes))
         else:
-            # the whole pool one answer at a time would be hours of human time: queue stops at
-            # the last checkpoint
-            rows += run_arm(arm, repo, data, truth_csv, classes, schedule,
-                            args.whole_pool and arm != "queue")
+            rows += run_arm(arm, repo, truth_csv, classes, schedule, args.whole_pool)
         if not args.keep_repos:
             shutil.rmtree(repo, ignore_errors=True)
 

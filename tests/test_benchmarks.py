@@ -338,11 +338,10 @@ def test_review_session_params_keep_the_protocol_whatever_the_overrides(tmp_path
     assert p["prepare"] == {"data_dir": str(tmp_path), "val_fraction": 0.0}  # protocol wins
     assert p["train"]["keep"] == "last" and p["tlc"]["enabled"] is False
     assert p["suggest"] == base["suggest"]
-    q = rs.arm_params(base, base["train"], [], tmp_path, "queue", smoke=False)
-    assert q["suggest"]["queue_size"] == 1_000_000 and q["train"] == {**base["train"],
-                                                                       "keep": "last"}
+    c = rs.arm_params(base, base["train"], [], tmp_path, "ceiling", smoke=False)
+    assert c["train"] == {**base["train"], "keep": "last"}
     with pytest.raises(UserError, match="unknown key train.epoch"):
-        rs.arm_params(base, fast, [rs.parse_set("train.epoch=3")], tmp_path, "queue", False)
+        rs.arm_params(base, fast, [rs.parse_set("train.epoch=3")], tmp_path, "ceiling", False)
     with pytest.raises(UserError, match="GROUP.KEY=VALUE"):
         rs.parse_set("epochs=3")
     with pytest.raises(UserError, match="nope.yaml: cannot read recipe"):
@@ -360,16 +359,16 @@ def test_review_session_names_missing_data(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_review_session_smoke(tmp_path, capsys):
-    """The whole protocol on the sample generator: pages, queue and ceiling arms."""
+    """The whole protocol on the sample generator: pages and ceiling arms."""
     rs = load("review_session")
     out = tmp_path / "out"
-    assert rs.main(["--smoke", "--arms", "pages-confident", "queue", "ceiling", "--schedule",
+    assert rs.main(["--smoke", "--arms", "pages-confident", "ceiling", "--schedule",
                     "0", "0.2", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     result = json.loads((out / "review_session.json").read_text())
     assert (out / "review_session.png").stat().st_size > 0
     rows = result["checkpoints"]
-    # pages: 0 min, 0.2 min, the whole pool; the queue stops at the last checkpoint (0.2 min)
-    assert [r["arm"] for r in rows] == ["pages-confident"] * 3 + ["queue"] * 2 + ["ceiling"]
+    # pages: 0 min, 0.2 min, the whole pool
+    assert [r["arm"] for r in rows] == ["pages-confident"] * 3 + ["ceiling"]
     pool = result["pool_images"]
     start, whole = rows[0], rows[2]
     assert start["minutes"] == 0 and start["verified"] == 0 and start["sources"] == {}
@@ -377,10 +376,7 @@ def test_review_session_smoke(tmp_path, capsys):
     assert whole["verified"] == pool == whole["sources"]["oracle"]
     assert whole["minutes"] == pytest.approx(
         (whole["pages"] * 1.0 + pool * 0.4 + whole["exceptions"] * 2.0) / 60)
-    queued = rows[4]
-    # 0.2 min at 3 s per single answer: 4 answers
-    assert queued["verified"] == 4 and queued["minutes"] == pytest.approx(4 * 3.0 / 60)
-    ceiling = rows[5]
+    ceiling = rows[3]
     assert ceiling["minutes"] is None and ceiling["train_images"] == whole["train_images"]
     assert all(r["n"] == result["validation_images"] for r in rows)
     assert "cpu: " in capsys.readouterr().out

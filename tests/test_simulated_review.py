@@ -1,10 +1,10 @@
-"""The simulated person: exact cost accounting on hand-made pages and review queues."""
+"""The simulated person: exact cost accounting on hand-made pages."""
 
 import pandas as pd
 import pytest
 
 from chimuffin.labels.rows import Decision
-from chimuffin.simulate.reviewer import ReviewCost, answer_queue, review_pages
+from chimuffin.simulate.reviewer import ReviewCost, review_pages
 
 
 def page_rows(page, label, paths, page_score=0.9):
@@ -34,8 +34,7 @@ def test_pages_cost_exactly_what_the_model_says_and_stop_before_a_page_that_does
         ("b", "muffin", "oracle", "page 0 exception"),
         ("d", "muffin", "oracle", "page 1 (muffin, page score 0.90)")]
     assert r.seconds == pytest.approx(7.6)
-    assert (r.mode, r.pages, r.verified, r.exceptions, r.passed_over, r.skipped) == \
-        ("pages", 2, 3, 1, 1, 1)
+    assert (r.pages, r.verified, r.exceptions, r.passed_over, r.skipped) == (2, 3, 1, 1, 1)
     assert r.by_class == {"chihuahua": 1, "muffin": 2}
     assert r.reason == ("the next page (page 2, 4 images) needs 2.6 s and 0.4 s of the 8 s "
                         "budget were left")
@@ -60,37 +59,7 @@ def test_the_cost_model_is_a_parameter():
     cost = ReviewCost(page_s=0.0, thumb_s=1.0, exception_s=10.0)
     _, r = review_pages(PAGES[PAGES["page"] == 0], TRUTH, [], 100.0, cost)
     assert r.seconds == pytest.approx(3 * 1.0 + 2 * 10.0)
-    assert ReviewCost().describe() == ("1 s per page + 0.4 s per thumbnail + 2 s per "
-                                       "exception; 3 s per single answer")
-
-
-QUEUE = pd.DataFrame({"rank": [3, 1, 2, 4, 5, 6], "path": ["c", "a", "b", "d", "e", "f"],
-                      "kind": ["pool"] * 4 + ["label_issue", "pool"],
-                      "proposed": ["chihuahua", "muffin", "muffin", "chihuahua", "muffin",
-                                   "muffin"]})
-ORACLE = {"a": "muffin", "c": "chihuahua", "d": "muffin", "e": "chihuahua", "f": "muffin"}
-
-
-def test_queue_answers_cost_3_s_each_and_never_ask_a_person_twice():
-    person = [Decision("c", "remove", "human"), Decision("e", "muffin", "oracle"),
-              Decision("d", "chihuahua", "auto")]
-    answers, r = answer_queue(QUEUE, ORACLE, person, budget_seconds=7.0)  # pays for 2
-    assert [(a.path, a.label, a.source, a.note) for a in answers] == [
-        ("a", "muffin", "oracle", "review request 1 (pool)"),
-        ("d", "muffin", "oracle", "review request 4 (pool)")]
-    assert (r.mode, r.seconds, r.verified, r.exceptions, r.passed_over, r.skipped) == \
-        ("queue", 6.0, 2, 1, 1, 1)  # d: proposed chihuahua, truly muffin; b: unknown
-    assert r.reason == "the budget paid for 2 answers (3 s each)"
-
-
-def test_a_queue_that_runs_dry_says_why():
-    person = [Decision("c", "remove", "human"), Decision("e", "muffin", "oracle")]
-    answers, r = answer_queue(QUEUE, ORACLE, person, budget_seconds=500 * 3.0)
-    assert [a.path for a in answers] == ["a", "d", "f"] and r.seconds == 9.0
-    assert answer_queue(QUEUE, ORACLE, person, float("inf"))[1].reason == r.reason
-    assert r.reason == ("the review queue held 6 requests (suggest.queue_size); 2 already "
-                        "answered, 1 not in the truth file; raise suggest.queue_size to ask "
-                        "more")
+    assert ReviewCost().describe() == "1 s per page + 0.4 s per thumbnail + 2 s per exception"
 
 
 def test_pages_whose_images_a_person_decided_cost_nothing():

@@ -20,9 +20,9 @@ from chimuffin.simulate.validation import ValidationStep
 
 DESCRIPTION = """\
 Each round: `dvc repro`; then a simulated person adds labels (source oracle) from a file of
-true labels, either verifying this repro's review pages (data/suggest/pages.parquet) for
---minutes simulated minutes (--reviewer) or answering the top --budget review requests one by
-one (--oracle); and/or suggestions scoring at least --min-score are accepted (source auto).
+true labels (--reviewer), verifying this repro's review pages (data/suggest/pages.parquet) for
+--minutes simulated minutes; and/or suggestions scoring at least --min-score are accepted
+(source auto).
 Then ONE git commit holds the label file and dvc.lock; its message states the round's metrics
 and the review session. A round that adds no label is the last. Ctrl-C leaves every round
 committed whole or not at all. Simulated cost: """ + ReviewCost().describe() + "."
@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--no-final", action="store_true",
                    help="with --background: end with the sitting, no final step "
                    "(default: %(default)s)")
-    who = p.add_argument_group("simulated person (choose one)")
+    who = p.add_argument_group("simulated person")
     who.add_argument("--reviewer", metavar="CSV", default=None,
                      help="path,label (or relative_path,label) file of true labels; the person "
                      "verifies review pages in order (default: %(default)s)")
@@ -54,12 +54,6 @@ def register(sub) -> None:
                      "view's random sample of the pool (base.seed) until validation.csv holds "
                      "N pool images (at most a quarter of the pool), at the pages' cost "
                      "model; 0 = none (default: %(default)s)")
-    who.add_argument("--oracle", metavar="CSV", default=None,
-                     help="path,label (or relative_path,label) file of true labels; the person "
-                     "answers review requests one at a time (default: %(default)s)")
-    who.add_argument("--budget", type=int, default=0, metavar="K",
-                     help="review requests answered per round, with --oracle "
-                     "(default: %(default)s)")
     add_accept_options(p.add_argument_group("accepting suggestions (optional)"), required=False)
     files = p.add_argument_group("files")
     files.add_argument("--decisions", default=paths.DECISIONS,
@@ -81,9 +75,9 @@ def check_args(args) -> None:
         raise UserError("--validation N needs --background (the sitting builds the validation "
                         "set before its first page)")
     if args.background:
-        if args.rounds is not None or args.oracle or args.min_score is not None:
-            raise UserError("--background is one sitting of the --reviewer: no --rounds, "
-                            "--oracle or --min-score")
+        if args.rounds is not None or args.min_score is not None:
+            raise UserError("--background is one sitting of the --reviewer: no --rounds or "
+                            "--min-score")
         if not args.reviewer or not (args.minutes is not None and args.minutes > 0):
             raise UserError("--background needs --reviewer CSV and --minutes M > 0 "
                             "(wall-clock minutes; inf: until every page is verified)")
@@ -96,35 +90,22 @@ def check_args(args) -> None:
         check_accept_options(args)
     elif args.require_agreement or args.per_class_cap is not None:
         raise UserError("--require-agreement and --per-class-cap need --min-score")
-    if args.reviewer and args.oracle:
-        raise UserError("--reviewer (pages) and --oracle (review requests) are two ways to "
-                        "simulate one person: choose one")
     if args.reviewer and not (args.minutes is not None and args.minutes > 0):
         raise UserError("--reviewer needs --minutes M > 0 (simulated minutes per round; inf: "
                         "until every page is verified)")
     if args.minutes is not None and not args.reviewer:
         raise UserError("--minutes needs --reviewer (the file of true labels)")
-    if args.budget < 0:
-        raise UserError(f"--budget must be >= 0, got {args.budget}")
-    if args.budget and not args.oracle:
-        raise UserError("--budget needs --oracle (the file that answers review requests)")
-    if args.oracle and not args.budget:
-        raise UserError("--oracle needs --budget K > 0 (review requests per round)")
-    if not (args.reviewer or args.oracle or args.min_score is not None):
-        raise UserError("nothing would add labels: give --reviewer CSV --minutes M, "
-                        "--oracle CSV --budget K, or --min-score X")
+    if not (args.reviewer or args.min_score is not None):
+        raise UserError("nothing would add labels: give --reviewer CSV --minutes M or "
+                        "--min-score X")
 
 
 def reviewer(args, classes: list[str]) -> Reviewer | None:
     """The simulated person. Its truth file is read after each `dvc repro` (the sample stage
     writes one); when it already exists it is checked now, before any round runs."""
-    cost = ReviewCost()
-    if args.reviewer:
-        rv = Reviewer("pages", Path(args.reviewer), args.minutes * 60.0, cost)
-    elif args.oracle:
-        rv = Reviewer("queue", Path(args.oracle), args.budget * cost.single_s, cost)
-    else:
+    if not args.reviewer:
         return None
+    rv = Reviewer(Path(args.reviewer), args.minutes * 60.0, ReviewCost())
     if rv.truth_file.exists():
         rv.truth(classes)
     return rv

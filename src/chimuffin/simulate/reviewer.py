@@ -1,14 +1,13 @@
-"""A simulated person: verifies review pages, or answers review requests one by one, from a file
-of true labels, and is charged a fixed number of seconds for each thing it does.
+"""A simulated person: verifies review pages from a file of true labels, and is charged a fixed
+number of seconds for each thing it does.
 
 The cost model (ReviewCost; the defaults are what benchmarks and `chimuffin loop` use):
 
 - a page: 1 s to take it in, 0.4 s per thumbnail shown on it, 2 s per exception marked (an image
   whose true label is not the page's label; it gets its true label). An image the truth file
   lacks gets no label: it is passed over, and charged as an exception (the person looked twice).
-- a single-image answer (the review queue): 3 s.
 
-A budget of math.inf seconds means "until every page (or request) is done".
+A budget of math.inf seconds means "until every page is done".
 
 Images a person-like source (human, 3lc, oracle) already decided are skipped: not shown, not
 charged. A page is all or nothing: the session stops before the first page that does not fit in
@@ -33,19 +32,17 @@ class ReviewCost:
     page_s: float = 1.0       # taking in one page
     thumb_s: float = 0.4      # per thumbnail shown on it
     exception_s: float = 2.0  # per exception marked (or image passed over) on a page
-    single_s: float = 3.0     # per single-image answer in the review queue
 
     def page(self, shown: int, marked: int) -> float:
         return self.page_s + self.thumb_s * shown + self.exception_s * marked
 
     def describe(self) -> str:
         return (f"{self.page_s:g} s per page + {self.thumb_s:g} s per thumbnail + "
-                f"{self.exception_s:g} s per exception; {self.single_s:g} s per single answer")
+                f"{self.exception_s:g} s per exception")
 
 
 @dataclass(frozen=True)
 class ReviewResult:
-    mode: str                 # "pages" or "queue"
     budget_s: float
     seconds: float            # simulated seconds used
     pages: int                # pages shown
@@ -118,42 +115,8 @@ def review_pages(pages: pd.DataFrame, truth: dict[str, str], decisions: list[Dec
             reason = f"all {n} pages were reviewed" + (
                 "" if math.isinf(budget_seconds) else
                 f" ({budget_seconds - used:.1f} s of the {budget_seconds:.0f} s budget left)")
-    result = ReviewResult("pages", budget_seconds, round(used, 6), shown_pages, len(new),
+    result = ReviewResult(budget_seconds, round(used, 6), shown_pages, len(new),
                           exceptions, passed, skipped, dict(Counter(d.label for d in new)),
                           reason)
     return new, result
 
-
-def answer_queue(queue: pd.DataFrame, truth: dict[str, str], decisions: list[Decision],
-                 budget_seconds: float, cost: ReviewCost = ReviewCost()
-                 ) -> tuple[list[Decision], ReviewResult]:
-    """Answer review requests one by one in rank order, cost.single_s each, while the budget
-    lasts. Requests the truth file cannot answer are passed over at no cost (a simulation can
-    only answer what it knows); images a person already decided are not asked again."""
-    done = person_decided(decisions)
-    max_answers = len(queue) if math.isinf(budget_seconds) or cost.single_s <= 0 else \
-        math.floor(budget_seconds / cost.single_s + EPS)
-    answers: list[Decision] = []
-    exceptions, passed, skipped = 0, 0, 0
-    for row in queue.sort_values("rank", kind="stable").itertuples():
-        if len(answers) >= max_answers:
-            break
-        if row.path in done:
-            skipped += 1
-            continue
-        if row.path not in truth:
-            passed += 1
-            continue
-        exceptions += truth[row.path] != row.proposed
-        answers.append(Decision(row.path, truth[row.path], "oracle",
-                                f"review request {row.rank} ({row.kind})"))
-    seconds = len(answers) * cost.single_s
-    if len(answers) >= max_answers and not math.isinf(budget_seconds):
-        reason = (f"the budget paid for {max_answers} answers ({cost.single_s:g} s each)")
-    else:
-        reason = (f"the review queue held {len(queue)} requests (suggest.queue_size); "
-                  f"{skipped} already answered, {passed} not in the truth file; "
-                  "raise suggest.queue_size to ask more")
-    result = ReviewResult("queue", budget_seconds, seconds, 0, len(answers), int(exceptions),
-                          passed, skipped, dict(Counter(a.label for a in answers)), reason)
-    return answers, result

@@ -2,8 +2,7 @@
 
 One round = `dvc repro`; then the label file gains
 - a simulated person's review (chimuffin.simulate.reviewer) of this repro's review pages for a
-  budget of simulated minutes (`--reviewer`), or its answers to the top review requests
-  (`--oracle`), source `oracle`; and/or
+  budget of simulated minutes (`--reviewer`), source `oracle`; and/or
 - the suggestions above a score (`--min-score`), source `auto`;
 then ONE git commit holds the label file and dvc.lock, with the round's metrics and the review
 session in its message (and the session's numbers as `Review-*` trailers, which the next round
@@ -30,7 +29,7 @@ import pandas as pd
 
 from chimuffin.curate.accept import accept, as_decisions
 from chimuffin.curate.pages import read_pages
-from chimuffin.curate.scoring import read_queue, read_suggestions
+from chimuffin.curate.scoring import read_suggestions
 from chimuffin.data.manifest import read_json_output
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
@@ -42,28 +41,23 @@ from chimuffin.labels.rows import (
     read_decisions,
     read_path_labels,
 )
-from chimuffin.paths import METRICS_FILE, PAGES_FILE, QUEUE_FILE, SUGGESTIONS_FILE, SUMMARY_FILE
+from chimuffin.paths import METRICS_FILE, PAGES_FILE, SUGGESTIONS_FILE, SUMMARY_FILE
 from chimuffin.proc import deferred_signals, foreground, git, sigterm_as_interrupt
 from chimuffin.progress import plural
-from chimuffin.simulate.reviewer import ReviewCost, ReviewResult, answer_queue, review_pages
+from chimuffin.simulate.reviewer import ReviewCost, ReviewResult, review_pages
 
 # --- what a round does ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Reviewer:
-    """A simulated person: `pages` verifies review pages, `queue` answers review requests."""
-    mode: str
+    """A simulated person who verifies review pages."""
     truth_file: Path            # path,label file of true labels (read after each repro: the
                                 # sample stage writes one)
     budget_s: float             # simulated seconds per round
     cost: ReviewCost = ReviewCost()
 
     def truth(self, classes: list[str]) -> dict[str, str]:
-        return read_path_labels(self.truth_file, classes, TRUTH_WHAT[self.mode])
-
-
-# how a missing truth file is named
-TRUTH_WHAT = {"pages": "reviewer's file of true labels", "queue": "oracle file"}
+        return read_path_labels(self.truth_file, classes, "reviewer's file of true labels")
 
 
 @dataclass(frozen=True)
@@ -101,13 +95,9 @@ def round_labels(cfg: LoopConfig, decisions: list[Decision]) -> RoundLabels:
     reviewed, review = [], None
     if cfg.reviewer:
         rv = cfg.reviewer
-        truth = rv.truth(cfg.classes)
-        if rv.mode == "pages":
-            pages = read_pages(cfg.suggest_dir / PAGES_FILE)
-            reviewed, review = review_pages(pages, truth, decisions, rv.budget_s, rv.cost)
-        else:
-            queue = read_queue(cfg.suggest_dir / QUEUE_FILE)
-            reviewed, review = answer_queue(queue, truth, decisions, rv.budget_s, rv.cost)
+        pages = read_pages(cfg.suggest_dir / PAGES_FILE)
+        reviewed, review = review_pages(pages, rv.truth(cfg.classes), decisions, rv.budget_s,
+                                        rv.cost)
         decisions, _ = merge_decisions(decisions, reviewed)
     accepted = None
     if cfg.auto:
@@ -137,7 +127,7 @@ TOTAL_TRAILER = "Review-Seconds-Total"
 
 
 def review_trailers(review: ReviewResult, total_s: float) -> list[str]:
-    return [f"Review-Mode: {review.mode}", f"Review-Pages: {review.pages}",
+    return [f"Review-Pages: {review.pages}",
             f"Review-Verified: {review.verified}", f"Review-Exceptions: {review.exceptions}",
             f"Review-Passed-Over: {review.passed_over}", f"Review-Seconds: {review.seconds:.1f}",
             f"{TOTAL_TRAILER}: {total_s:.1f}"]
@@ -155,8 +145,7 @@ def budget_text(budget_s: float) -> str:
 
 def review_lines(review: ReviewResult, reviewer: Reviewer, total_s: float,
                  classes: list[str]) -> list[str]:
-    what = (f"{plural(review.pages, 'page')}, {review.verified} images verified"
-            if review.mode == "pages" else f"{review.verified} review requests answered")
+    what = f"{plural(review.pages, 'page')}, {review.verified} images verified"
     return [f"Review session (simulated person answering from {reviewer.truth_file.name}; "
             f"{reviewer.cost.describe()}):",
             f"  {what} ({per_class(labels_of(review), classes)}), "
@@ -176,12 +165,9 @@ def round_message(r: int, rounds: int, metrics: dict, clean_summary: dict,
     n_train = sum(by_split.get(f"train/{c}", 0) for c in classes)
     added, body, trailers = [], [], []
     review = labels.review
-    if review and review.mode == "pages":
+    if review:
         added.append(f"+{review.verified} verified ({plural(review.pages, 'page')}, "
                      f"{plural(review.exceptions, 'exception')})")
-    elif review:
-        added.append(f"+{review.verified} oracle")
-    if review:
         added.append(f"{review.minutes:.2f} simulated min (total {total_s / 60:.2f})")
         body += review_lines(review, reviewer, total_s, classes)
         trailers = review_trailers(review, total_s)
@@ -278,10 +264,7 @@ def one_round(r: int, cfg: LoopConfig, root: Path, progress: dict) -> RoundLabel
     if labels.review:
         rv = labels.review
         what = (f"verified {rv.verified} images on {plural(rv.pages, 'page')} "
-                f"({plural(rv.exceptions, 'exception')}, {rv.passed_over} passed over)"
-                if rv.mode == "pages" else
-                f"answered {rv.verified} review requests ({rv.passed_over} passed over: not "
-                "in the truth file)")
+                f"({plural(rv.exceptions, 'exception')}, {rv.passed_over} passed over)")
         print(f"loop: the simulated reviewer {what} in {rv.minutes:.2f} simulated min "
               f"({per_class(labels_of(rv), cfg.classes)}); stopped: "
               f"{rv.reason}", flush=True)
