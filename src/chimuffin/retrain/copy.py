@@ -2,7 +2,7 @@
 `git clone --shared` (the objects are borrowed, not copied) at HEAD, with the workspace's
 tracked changes (`git stash create`, which touches neither the files nor the stash list) read
 into it, the label-file snapshot and the run's params written into it, and the main
-repository's DVC cache as its cache. `sh(cmd, cwd, ...)` runs each command (Retrainer._sh)."""
+repository's DVC cache as its cache. `sh(cmd, cwd, ...)` runs each command (retrainer.Shell)."""
 
 from __future__ import annotations
 

@@ -23,23 +23,18 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import yaml
 
 from chimuffin import paths as default
-from chimuffin import proc
 from chimuffin.config import load_yaml, parse_params, read_recipe
 from chimuffin.errors import UserError
 from chimuffin.labels import locked
@@ -47,11 +42,9 @@ from chimuffin.labels.rows import person_decided
 from chimuffin.labels.validation import validation_file
 from chimuffin.retrain import copy as workspace_copy
 from chimuffin.retrain.retrainer import (
-    NICE,
-    STOP_GRACE_S,
     STOPPED,
+    Shell,
     Stopped,
-    child_env,
     log_tail,
 )
 from chimuffin.retrain.run_log import Step, step_of
@@ -205,52 +198,6 @@ class Final:
 
 
 # --- one run ----------------------------------------------------------------------------------
-
-class Shell:
-    """The commands of one run, logged (retrain/copy.py's `sh`); stop() ends the one running
-    (SIGINT to its process group, SIGKILL after STOP_GRACE_S) and refuses the next."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.child: subprocess.Popen | None = None
-        self.stopping = False
-
-    def __call__(self, cmd: list[str], cwd: Path, out: TextIO, nice: bool = False,
-                 check: bool = True, capture: bool = True) -> str:
-        if self.stopping:
-            raise Stopped
-        done = proc.run(cmd, cwd, capture=capture, log=out, nice=NICE if nice else 0,
-                        env=child_env(), started=self._track)
-        self._track(None)
-        if self.stopping:
-            raise Stopped
-        if done.returncode != 0 and check:
-            raise UserError(f"`{' '.join(cmd[:3])}` failed (exit {done.returncode}); see the "
-                            "log")
-        return done.stdout.strip()
-
-    def _track(self, child: subprocess.Popen | None) -> None:
-        with self.lock:
-            self.child = child
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping, child = True, self.child
-        if child is None:
-            return
-        _signal_group(child, signal.SIGINT)  # dvc releases its locks on SIGINT
-        try:
-            child.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            _signal_group(child, signal.SIGKILL)
-
-
-def _signal_group(child: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(child.pid, sig)
-    except ProcessLookupError:
-        pass
-
 
 def finish(final: Final, where: Where, copy: Path, sh: workspace_copy.Sh,
            start: str | None = None) -> None:

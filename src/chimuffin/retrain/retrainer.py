@@ -108,6 +108,46 @@ def child_env() -> dict:
     return env
 
 
+class Shell:
+    """The commands of background runs and the final step, logged (retrain/copy.py's `sh`),
+    each one's stdout returned; stop() ends the one running (SIGINT to its process group,
+    SIGKILL after STOP_GRACE_S) and refuses the next."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.child: subprocess.Popen | None = None
+        self.stopping = False
+
+    def __call__(self, cmd: list[str], cwd: Path, out: TextIO, nice: bool = False,
+                 check: bool = True, capture: bool = True) -> str:
+        if self.stopping:
+            raise Stopped
+        done = proc.run(cmd, cwd, capture=capture, log=out, nice=NICE if nice else 0,
+                        env=child_env(), started=self._track)
+        self._track(None)
+        if self.stopping:
+            raise Stopped
+        if done.returncode != 0 and check:
+            raise UserError(f"`{' '.join(cmd[:3])}` failed (exit {done.returncode}); see the "
+                            "log")
+        return done.stdout.strip()
+
+    def _track(self, child: subprocess.Popen | None) -> None:
+        with self.lock:
+            self.child = child
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping, child = True, self.child
+        if child is None:
+            return
+        _signal_group(child, signal.SIGINT)  # dvc releases its locks on SIGINT
+        try:
+            child.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _signal_group(child, signal.SIGKILL)
+
+
 class Retrainer:
     """Starts background runs and keeps what they gave. `on_done(run)` is called (from the
     run's thread) when a run finished well, with its outputs read."""
@@ -127,7 +167,7 @@ class Retrainer:
         self.running: Run | None = None
         self.queued: str | None = None
         self.runs: list[Run] = []
-        self.child: subprocess.Popen | None = None
+        self.shell = Shell()
         self.thread: threading.Thread | None = None
         self.stopping = False
         self.stopped_why = ""  # why it stopped (stop())
@@ -175,13 +215,7 @@ class Retrainer:
         is removed."""
         with self.lock:
             self.stopping, self.queued, self.stopped_why = True, None, why
-            child = self.child
-        if child is not None:
-            _signal_group(child, signal.SIGINT)
-            try:
-                child.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(child, signal.SIGKILL)
+        self.shell.stop()
         if self.thread is not None:
             self.thread.join(wait_s)
         if self.weights_dir is not None:
@@ -195,7 +229,7 @@ class Retrainer:
         run.log_file = str(log)
         try:
             with open(log, "w") as out:
-                self._retrain(run, tmp / "repo", functools.partial(self._sh, out=out))
+                self._retrain(run, tmp / "repo", functools.partial(self.shell, out=out))
             run.ok = True
         except Stopped:
             run.ok, run.error = False, STOPPED
@@ -214,7 +248,6 @@ class Retrainer:
             except Exception as e:  # its pages did not fit: shown, nothing swapped
                 run.ok, run.error = False, f"its pages were not used: {e}"
         with self.lock:
-            self.child = None
             if run.ok:
                 self.labels_of_model = run.labels
             run.outputs = None  # handed over; not kept twice
@@ -260,26 +293,6 @@ class Retrainer:
         return round_params(params_text, recipe_text, self.threads, str(self.params_file),
                             str(recipe_file or self.params_file),
                             review.background_set), start_from
-
-    def _sh(self, cmd: list[str], cwd: Path, out: TextIO, nice: bool = False,
-            check: bool = True, capture: bool = True) -> str:
-        """One command of a run, logged; its stdout (when captured). The child is kept so
-        that stop() can signal it."""
-        if self.stopping:
-            raise Stopped
-        done = proc.run(cmd, cwd, capture=capture, log=out, nice=NICE if nice else 0,
-                        env=child_env(), started=self._track)
-        self._track(None)
-        if self.stopping:
-            raise Stopped
-        if done.returncode != 0 and check:
-            raise UserError(f"`{' '.join(cmd[:3])}` failed (exit {done.returncode}); see the "
-                            "log")
-        return done.stdout.strip()
-
-    def _track(self, child: subprocess.Popen | None) -> None:
-        with self.lock:
-            self.child = child
 
     def last_weights(self) -> Path | None:
         """The last finished run's weights, when warm starts are on and one finished."""
