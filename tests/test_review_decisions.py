@@ -637,6 +637,78 @@ def test_find_by_file_name_and_show_pages_by_verified(decision_review):
     assert {x: on_disk(paths)[x][0] for x in p[96:99]} == dict.fromkeys(p[96:99], "chihuahua")
 
 
+def filter_oracle(rows: dict, pages: dict, key: int, value: str) -> dict[int, list[str]]:
+    """What a label filter must show, from the label file: page -> its matching images
+    (key 0: the label now, 1: its source; "none" without a decision)."""
+    of = {pg: sorted(x for x in xs if (rows[x][key] if x in rows else "none") == value)
+          for pg, xs in pages.items()}
+    return {pg: xs for pg, xs in of.items() if xs}
+
+
+def tiles(page) -> list[str]:
+    return sorted(page.eval_on_selector_all("#page-grid .thumb", "els => els.map(e => "
+                                            "e.dataset.path)"))
+
+
+def focus_by_tab(page, element_id: str) -> None:
+    for _ in range(40):
+        if page.evaluate("() => document.activeElement.id") == element_id:
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"#{element_id} not reached with Tab")
+
+
+@pytest.mark.slow
+def test_the_label_filters_show_what_the_file_says_and_enter_waits_for_hidden_images(
+        decisions_built):
+    paths, data_dir, names = decisions_built
+    p = names["pool"]
+    start_files(paths, [*(Decision(x, "muffin", "human", "review page") for x in p[:4]),
+                        *(Decision(x, "undefined", "human", "review page") for x in p[4:6]),
+                        *(Decision(x, "chihuahua", "auto", "model") for x in p[6:9]),
+                        Decision(p[50], "muffin", "oracle", "sitting")])
+    before, rows = paths.decisions.read_bytes(), on_disk(paths)
+    pages = {0: p[:PAGE], 1: p[PAGE:2 * PAGE], 2: p[2 * PAGE:99]}
+    head = "#page-head"
+    with serving(ReviewData(paths, CLASSES, data_dir)) as server, \
+            browser_at(f"http://127.0.0.1:{server.server_address[1]}/", 1440, 900) \
+            as (page, expect, _):
+        expect(page.locator(head)).to_have_attribute("data-page", "0")
+        focus_by_tab(page, "filter-label")  # keyboard: all -> chihuahua
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Escape")
+        expect(page.locator("#filter-label")).to_have_value("chihuahua")
+        for select, key, value in [("#filter-label", 0, "chihuahua"),
+                                   ("#filter-label", 0, "muffin"),
+                                   ("#filter-label", 0, "undefined"),
+                                   ("#filter-label", 0, "none"),
+                                   ("#filter-label", 0, "all"),
+                                   ("#filter-source", 1, "auto"), ("#filter-source", 1, "human"),
+                                   ("#filter-source", 1, "oracle")]:
+            page.select_option(select, value)
+            page.keyboard.press("Escape")
+            if value == "all":
+                continue
+            want = filter_oracle(rows, pages, key, value)
+            expect(page.locator(head)).to_contain_text(f"of {len(want)} pages shown")
+            shown = int(page.locator(head).get_attribute("data-page"))
+            assert tiles(page) == want[shown], (value, shown)
+        # oracle: page 1 shows p[50] alone; Enter refuses, says why, writes nothing
+        expect(page.locator(head)).to_contain_text("47 image(s) hidden by the label filters")
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_contain_text(
+            "not accepted: the label filters hide 47 image(s) of this page")
+        page.wait_for_timeout(300)
+        page.reload()  # the filters are kept in the address
+        page.wait_for_selector("body[data-ready='1']")
+        expect(page.locator("#filter-source")).to_have_value("oracle")
+        assert tiles(page) == [p[50]]
+        page.select_option("#filter-source", "all")
+        page.keyboard.press("Escape")
+        expect(page.locator(head)).not_to_contain_text("hidden by the label filters")
+    assert paths.decisions.read_bytes() == before
+
+
 # --- the scripted session: 500 actions of every kind against a known truth -------------------
 
 class Script:

@@ -22,7 +22,7 @@ from chimuffin.data.manifest import read_manifest
 from chimuffin.errors import UserError
 from chimuffin.infer.embeddings import read_pacmap
 from chimuffin.infer.prediction_table import read_predictions
-from chimuffin.labels.rows import PERSON_SOURCES, Decision, person_decided
+from chimuffin.labels.rows import PERSON_SOURCES, SOURCES, Decision, person_decided
 from chimuffin.labels.validation import read_validation, validation_file
 from chimuffin.report.metrics import wilson_interval
 from chimuffin.retrain.outputs import val_metrics
@@ -158,7 +158,7 @@ class ReviewData:
         p, q = self.points, self.queue
         return {
             "classes": self.classes, "labels": self.labels,
-            "person_sources": list(PERSON_SOURCES),
+            "person_sources": list(PERSON_SOURCES), "sources": list(SOURCES),
             # validation images (validation.csv, val128/): a bulk action leaves them alone
             "validation": sorted(self.images.validation | self.images.val_folder),
             "points": {"path": p["path"].tolist(), "split": p["split"].tolist(),

@@ -65,12 +65,36 @@ function current() {
 }
 
 function pageVerified(pg) {
-  return pg.images.every((im) => isVerified(im.path));
+  return fullPage(pg).images.every((im) => isVerified(im.path));
+}
+
+// a page with every image, also where the label filters show only some of them
+function fullPage(pg) {
+  return pg.hidden ? pageNamed(pg.page) || pg : pg;
 }
 
 function filterValues() {
   return { cls: $("filter-class").value, min: Number($("filter-min").value),
-           max: Number($("filter-max").value), verified: $("filter-verified").value };
+           max: Number($("filter-max").value), verified: $("filter-verified").value,
+           label: $("filter-label").value, source: $("filter-source").value };
+}
+
+// The label filters: an image's label now ("none" while nobody labeled it) and where that
+// label comes from (a decision's source, its folder, validation, or "none").
+function labelNow(path) {
+  return isLabeled(path) ? currentLabel(path) : "none";
+}
+
+function imageShown(im, f) {
+  return (f.label === "all" || labelNow(im.path) === f.label) &&
+    (f.source === "all" || (sourceOf(im.path) || "none") === f.source);
+}
+
+// They hide images, not only pages: a page shows the images they keep and counts the
+// others (Enter refuses the page while it hides any); a page keeping none is hidden.
+function withShownImages(pg, f) {
+  const images = pg.images.filter((im) => imageShown(im, f));
+  return { ...pg, images, hidden: pg.images.length - images.length };
 }
 
 function shownByFilter(pg, f) {
@@ -86,7 +110,8 @@ function findImage(text) {
   if (!want) return;
   const pg = V.pages.find((p) => p.images.some((im) => im.path.toLowerCase().includes(want)));
   if (!pg) { status(`no image on the pages has a file name with "${text.trim()}"`, true); return; }
-  if (!shownByFilter(pg, filterValues())) resetFilters();
+  const f = filterValues(), im = pg.images.find((x) => x.path.toLowerCase().includes(want));
+  if (!shownByFilter(pg, f) || !imageShown(im, f)) resetFilters();
   applyFilter(pg.page);
   const shown = current();
   V.cursor = shown.images.findIndex((im) => im.path.toLowerCase().includes(want));
@@ -99,6 +124,8 @@ function resetFilters() {
   $("filter-min").value = 0;
   $("filter-max").value = 1;
   $("filter-verified").value = "all";
+  $("filter-label").value = "all";
+  $("filter-source").value = "all";
 }
 
 // Filters only hide pages: the order stays the file's. Within a page the images are in the
@@ -106,6 +133,7 @@ function resetFilters() {
 function applyFilter(keepPage) {
   const f = filterValues();
   V.filtered = V.pages.filter((pg) => shownByFilter(pg, f))
+    .map((pg) => withShownImages(pg, f)).filter((pg) => pg.images.length)
     .map((pg) => (V.sorted ? sortedPage(pg) : pg));
   let pos = V.filtered.findIndex((pg) => pg.page === keepPage);
   if (pos < 0) pos = V.filtered.findIndex((pg) => !pageVerified(pg));
@@ -150,7 +178,8 @@ function gotoNextUnverified() {
 
 function remember() {
   const pg = current(), f = filterValues();
-  const q = new URLSearchParams({ class: f.cls, min: f.min, max: f.max });
+  const q = new URLSearchParams({ class: f.cls, min: f.min, max: f.max, pages: f.verified,
+                                  label: f.label, source: f.source });
   if (pg) q.set("page", pg.page);
   if (V.sorted) q.set("sort", "doubtful");
   history.replaceState(null, "", `#verify?${q}`);
@@ -166,7 +195,7 @@ function marksOf(pg) {
     let m = storedMarks(pg);
     if (!m) {
       m = new Map();
-      for (const im of pg.images) {
+      for (const im of fullPage(pg).images) {
         const d = S.decisions.get(im.path);
         if (isVerified(im.path) && d[0] !== pg.label) m.set(im.path, d[0]);
       }
@@ -184,7 +213,7 @@ function marksOf(pg) {
 const MARKS_KEY = "chimuffin-review-marks";
 
 function pageBasis(pg) {  // (in path order: the same whatever order the page shows)
-  const paths = pg.images.map((im) => im.path).sort();
+  const paths = fullPage(pg).images.map((im) => im.path).sort();
   return JSON.stringify(paths.map((x) => [x, S.decisions.get(x) || null]));
 }
 
@@ -288,7 +317,7 @@ function flipPage() {
 
 async function acceptPage() {
   const pg = current();
-  if (!pg) return;
+  if (!pg || refuseHidden(pg)) return;
   if (showUnseen(pg)) return;
   const exceptions = Object.fromEntries(marksOf(pg));
   const a = await write("/api/verify", { page: pg.page, exceptions });
@@ -299,6 +328,14 @@ async function acceptPage() {
   status(a.changed ? `page ${pg.page} verified: ${pg.images.length} image(s), ${k} exception(s)`
                    : `page ${pg.page}: already verified like this, nothing changed`, false);
   gotoNextUnverified();
+}
+
+// Enter writes every image of the page: never while the label filters hide some of them.
+function refuseHidden(pg) {
+  if (!pg.hidden) return false;
+  status(`not accepted: the label filters hide ${pg.hidden} image(s) of this page; set ` +
+         "\"label now\" and \"label source\" to all, look at them, then Enter accepts", true);
+  return true;
 }
 
 async function clearCursor() {
@@ -543,7 +580,9 @@ function renderPage() {
     ` · page score ${pg.page_score.toFixed(2)} · ${pg.images.length} images · ` +
     `${pg.images.filter(doubtful).length} doubtful (?) · ` +
     `${marks.size} exception(s) marked · ${V.pos + 1} of ${V.filtered.length} pages shown` +
-    (pageVerified(pg) ? " · ✓ verified" : "") + proposedBy(pg));
+    (pageVerified(pg) ? " · ✓ verified" : "") + proposedBy(pg) +
+    (pg.hidden ? ` · ${pg.hidden} image(s) hidden by the label filters: Enter accepts the ` +
+                 "page only with them shown" : ""));
   head.dataset.page = pg.page;
   grid.replaceChildren(...pg.images.map((im, i) => pageThumb(pg, im, i, marks)));
   if (V.shownPage !== pg.page || V.mustSee.has(pg.page)) {  // from its top, header in view
@@ -591,6 +630,14 @@ function applyLayout(l) {
 
 // --- set up ---
 
+function labelFilterOptions() {
+  const option = (v, text) => el("option", { value: v, textContent: text || v });
+  $("filter-label").replaceChildren(option("all"), ...S.data.classes.map((c) => option(c)),
+    option("undefined"), option("remove"), option("none", "none yet"));
+  $("filter-source").replaceChildren(option("all"), ...S.data.sources.map((c) => option(c)),
+    option("folder"), option("validation"), option("none"));
+}
+
 function verifyInit() {
   const info = S.data.pages;
   V.pages = info.list;
@@ -607,9 +654,15 @@ function verifyInit() {
   if (q.has("class")) sel.value = q.get("class");
   if (q.has("min")) $("filter-min").value = q.get("min");
   if (q.has("max")) $("filter-max").value = q.get("max");
+  labelFilterOptions();
+  for (const [id, key] of [["filter-verified", "pages"], ["filter-label", "label"],
+                           ["filter-source", "source"]]) {
+    if (q.has(key)) $(id).value = q.get(key);
+  }
   V.sorted = q.get("sort") === "doubtful";
   $("find").addEventListener("change", (ev) => findImage(ev.target.value));
-  for (const id of ["filter-class", "filter-min", "filter-max", "filter-verified"]) {
+  for (const id of ["filter-class", "filter-min", "filter-max", "filter-verified",
+                    "filter-label", "filter-source"]) {
     $(id).addEventListener("change", () => applyFilter(current() ? current().page : null));
   }
   $("prev-page").addEventListener("click", () => turn(-1));
