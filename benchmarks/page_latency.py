@@ -48,7 +48,7 @@ from chimuffin.model import build_model
 threads, seconds = int(sys.argv[1]), float(sys.argv[2])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-m = build_model(2, [256, 128], 0.3, 1.0)
+m = build_model(2, [256, 128], 0.3)
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
 x, y = torch.randn(32, 3, 128, 128), torch.randint(0, 2, (32,))
 for _ in range(2):  # warm-up

@@ -7,7 +7,6 @@ import hashlib
 import importlib
 import io
 import json
-import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -335,8 +334,10 @@ def test_the_page_trains_the_final_model_and_shows_a_failed_one_with_its_log(cha
         expect(page.locator("#final-keep")).to_contain_text(
             f"dvc exp apply {finisher.run.name}")
         texts = page.evaluate("window.finalTexts")
-        assert any(re.search(r"stage (prepare|clean|tables|train|evaluate)", t)
-                   for t in texts), texts
+        # progress was on the page while it ran (which model it finishes; the tiny run's stages
+        # can all pass between two polls, so a stage name need not be caught: reading the
+        # stage from the log is tested on a log of its own)
+        assert any(t.startswith("final model:") and "from review-" in t for t in texts), texts
         # a run that fails in the train stage: its error and log on the page, nothing changed
         finisher.where = replace(finisher.where, recipe=root / "recipes/failing.yaml")
         page.click("#final")
@@ -377,7 +378,8 @@ def test_finish_budget_smoke_on_the_sample(tmp_path, capsys):
                     "--set", "batch_size=4", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert [r["recipe"] for r in results] == ["finish 0.05 min", "finish s&p 0.5/0.1 0.05 min"]
-    assert all(r["epochs"] == 1 and r["val_images"] == 6 for r in results)
+    # the budget holds at least the one measured epoch (more on a faster machine)
+    assert all(r["epochs"] >= 1 and r["val_images"] == 6 for r in results)
     text = capsys.readouterr().out
     assert "the caller vouches that it never trained on the validation images" in text
     assert "one epoch of finish:" in text and "final val acc [95% CI]" in text
