@@ -102,8 +102,8 @@ def fresh_files(paths: Paths, names: dict) -> None:
 
 
 @contextlib.contextmanager
-def serving(data: ReviewData, **kw):
-    server = make_server(data, port=0, **kw)
+def serving(data: ReviewData, port: int = 0, **kw):
+    server = make_server(data, port=port, **kw)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()

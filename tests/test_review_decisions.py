@@ -25,7 +25,6 @@ from chimuffin.retrain.outputs import RunOutputs
 from chimuffin.retrain.retrainer import Retrainer, Run
 from chimuffin.review.data import Paths, ReviewData
 from chimuffin.review.kept_model import KEPT
-from chimuffin.review.server import make_server
 from tests.test_review import CLASSES, on_disk, serving, write_pages
 from tests.test_review_page import PAGE, browser_at, build_long_pages, fully_visible
 
@@ -376,16 +375,12 @@ def fake_run(pages: pd.DataFrame, labels: int, accuracy: float, n: int, hold=Non
 
 @contextlib.contextmanager
 def serving_on(port: int, data: ReviewData, retrainer):
-    """A server on a given port (a restart keeps the page's address and its kept marks)."""
-    server = make_server(data, port=port, retrainer=retrainer)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
+    """A server on a given port (a restart keeps the page's address and its kept marks); its
+    retrainer stopped after it."""
     try:
-        yield server
+        with serving(data, port=port, retrainer=retrainer) as server:
+            yield server
     finally:
-        server.shutdown()
-        server.server_close()
         if retrainer is not None:
             retrainer.stop()
 
