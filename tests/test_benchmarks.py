@@ -278,13 +278,15 @@ def test_time_to_accuracy_smoke(real_data, tmp_path, capsys):
                      "--max-val", "8", "--train-reviewed", "20", "--set", "all:batch_size=4",
                      "--json", str(out)]) == 0
     results = json.loads(out.read_text())
-    assert [r["recipe"] for r in results] == ["reference", "fast"]
+    assert [r["recipe"] for r in results] == ["reference"]  # the default: the reference alone
     assert all(r["epochs"] == 1 and r["train_images"] == 8 and r["val_images"] == 8
                for r in results)
     assert all(r["final_k"] == sum(r["final_correct"]) == round(r["final_acc"] * 8)
                for r in results)
     out_text = capsys.readouterr().out
     assert "final val acc [95% CI]" in out_text
+    # its final weights scored again with flip TTA, paired with the same run
+    assert "reference +flip" in out_text
     assert "paired, final weights: reference alone" in out_text
     # the saved results compare again without training, checked by their validation digest
     assert len({r["validation_digest"] for r in results}) == 1
