@@ -8,20 +8,28 @@ calls replaced by nothing), --repeats times each, writing into a temporary folde
 outputs are not touched). It prints the median seconds of each, their ratio, the seconds the
 heatmap calls themselves took, then the page's GET /api/heatmap latency for one image: the first
 (computed; Captum and the model already loaded, as the server does at start) and a repeat (the
-cache). All side by side in one run, with the CPU.
+cache). With --browser (the checkout's whole pipeline ran, so the page has pages) it also starts
+`chimuffin review` there and times, in headless Chromium at 1280x720, Shift+H to the overlay on
+screen over the image in focus, then `l` to the next image's, at once and after a second. All
+side by side in one run, with the CPU.
 
-    python benchmarks/heatmap_overhead.py --repo /path/to/checkout [--repeats 3]
+    python benchmarks/heatmap_overhead.py --repo /path/to/checkout [--repeats 3] [--browser]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from argparse import Namespace
 from pathlib import Path
+from urllib.parse import quote
 
 from chimuffin import paths, runtime
 from chimuffin.config import load_params
@@ -88,10 +96,86 @@ def page_latency(repo: Path, classes: list[str], image: str) -> tuple[float, flo
         heatmaps.close()
 
 
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+SERVING = re.compile(r"serving (http://127\.0\.0\.1:\d+/)")
+OVERLAY = "#page-grid .thumb.cursor img.heatmap:not([hidden])"
+
+
+def start_review(repo: Path, state: Path) -> tuple[subprocess.Popen, str]:
+    """`chimuffin review` in the checkout on a free port, no background retrain (nothing else
+    runs beside the page); returns the process and the page's address."""
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("chimuffin")), "review", "--port", "0",
+         "--no-retrain", "--state", str(state)],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in server.stdout:
+        lines.append(line)
+        if found := SERVING.search(line):
+            return server, found.group(1)
+    server.wait()
+    raise SystemExit("heatmap_overhead: chimuffin review stopped before serving:\n"
+                     + "".join(lines))
+
+
+def warm_up(url: str, image: str) -> None:
+    """One heatmap of an image off the first page: the server's Captum import and model load
+    are over (as seconds after a start), and the cache holds nothing the page asks for."""
+    with urllib.request.urlopen(f"{url}api/heatmap?path={quote(image)}", timeout=300) as r:
+        body = json.loads(r.read())
+    if image not in body.get("heatmaps", {}):
+        raise SystemExit(f"heatmap_overhead: the warm-up heatmap failed: {body}")
+
+
+def next_overlay_ms(page) -> float:
+    """`l`: milliseconds until the next image's overlay is on screen."""
+    shown = page.get_attribute(OVERLAY, "data-path")
+    t0 = time.perf_counter()
+    page.keyboard.press("l")
+    page.wait_for_selector(f"{OVERLAY}:not([data-path='{shown}'])", timeout=60_000)
+    return 1000 * (time.perf_counter() - t0)
+
+
+def browser_overlay(repo: Path, warm_image: str) -> tuple[float, float, float]:
+    """Milliseconds until the overlay is on screen over the image in focus, in headless Chromium
+    at 1280x720 on the verify view: Shift+H, then `l` at once, then `l` after a second."""
+    from playwright.sync_api import sync_playwright
+
+    scratch = tempfile.TemporaryDirectory()  # the page's state file, not the checkout's
+    server, url = start_review(repo, Path(scratch.name) / "state.json")
+    try:
+        warm_up(url, warm_image)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            page.keyboard.press("v")  # the verify view (the page may open on validation)
+            page.wait_for_selector("#page-grid .thumb.cursor", timeout=30_000)
+            page.wait_for_load_state("networkidle")  # the page's thumbnails in, as a person sees
+            t0 = time.perf_counter()
+            page.keyboard.press("Shift+H")
+            page.wait_for_selector(OVERLAY, timeout=60_000)
+            first = 1000 * (time.perf_counter() - t0)
+            at_once = next_overlay_ms(page)  # the worst case: the page's prefetch has begun
+            page.wait_for_timeout(1000)  # a second's look at the overlay
+            after_a_look = next_overlay_ms(page)
+            browser.close()
+        return first, at_once, after_a_look
+    finally:
+        server.terminate()
+        server.wait(60)
+        scratch.cleanup()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", type=Path, default=Path("."))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--browser", action="store_true",
+                    help="also time the overlay in Chromium against `chimuffin review`")
     args = ap.parse_args()
     repo = args.repo.resolve()
     params = load_params(repo / paths.PARAMS)
@@ -113,6 +197,10 @@ def main() -> None:
     image = read_manifest(repo / paths.CLEAN / paths.MANIFEST_FILE)["path"].iloc[0]
     first, cached = page_latency(repo, params.base.classes, image)
     print(f"page overlay, one image ({image}): {first:.0f} ms computed, {cached:.0f} ms cached")
+    if args.browser:  # `image` is a seed: never on a review page
+        shift_h, at_once, after_a_look = browser_overlay(repo, image)
+        print(f"page overlay in Chromium 1280x720, to on screen: Shift+H {shift_h:.0f} ms; "
+              f"`l` at once {at_once:.0f} ms, after a second's look {after_a_look:.0f} ms")
 
 
 if __name__ == "__main__":

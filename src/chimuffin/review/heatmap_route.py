@@ -29,7 +29,7 @@ from chimuffin.errors import UserError
 from chimuffin.review.data import RequestError
 
 MAX_PATHS = 64  # one request: a page holds 48 images
-PREFETCH_BATCH = 8  # the most a request for the image in focus can wait behind
+PREFETCH_BATCH = 4  # the most a request for the image in focus can wait behind
 STOP, FOCUS, PREFETCH = -1, 0, 1  # priorities: lower first
 CACHE_SIZE = 2000  # answers kept (about 20-40 KB each at 128 px)
 WAIT_S = 120.0

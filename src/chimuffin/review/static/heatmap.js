@@ -6,7 +6,9 @@
 // image in focus is asked for first, then the rest of its page in one call (one batch there).
 // Nothing here writes anything: it only reads.
 
-const HM = { on: false, pageAsked: null };
+// focusAsked: requests for an image in focus not answered yet; the page's prefetch waits for
+// them, so that a prefetch batch the server has begun never holds up the image in focus.
+const HM = { on: false, pageAsked: null, focusAsked: 0 };
 
 function toggleHeatmap() {
   HM.on = !HM.on;
@@ -77,6 +79,7 @@ function renderHeatmap() {
 
 async function showHeatmap(over, path) {
   $("heatmap-info").textContent = "heatmap: computing…";
+  HM.focusAsked += 1;
   try {
     const body = await fetchHeatmaps([path]);
     const ans = body.heatmaps[path];
@@ -89,13 +92,17 @@ async function showHeatmap(over, path) {
       `(${body.model})`;
   } catch (e) {
     if (over.isConnected) $("heatmap-info").textContent = `no heatmap: ${e.message}`;
+  } finally {
+    HM.focusAsked -= 1;
+    askForPage();
   }
 }
 
-// The rest of the page in one request, once per page shown, after the image in focus (the
-// server computes these last, in small batches): its answers wait in the server's cache, so
-// moving the cursor then shows each overlay at once.
+// The rest of the page in one request, once per page shown, once the image in focus has its
+// answer (the server computes these last, in small batches): its answers wait in the server's
+// cache, so moving the cursor then shows each overlay at once.
 function askForPage() {
+  if (!HM.on || HM.focusAsked > 0) return;
   const thumbs = [...document.querySelectorAll("#page-grid .thumb")];
   const paths = thumbs.map((t) => t.dataset.path).filter(Boolean);
   const key = paths.join("\n");
