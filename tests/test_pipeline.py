@@ -56,9 +56,7 @@ def test_repro_status_determinism_experiments_and_diffs(tiny_repo, tmp_path):
     first = out_hashes(repo)
     assert len(first) == len(DETERMINISTIC)
     run(["dvc", "repro", "-f"], repo)
-    second = out_hashes(repo)
-    run(["dvc", "repro", "-f"], repo)
-    assert out_hashes(repo) == second == first
+    assert out_hashes(repo) == first
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)

@@ -11,15 +11,15 @@ from tests.helpers.repo import deep_update, default_params_dict, make_repo, run
 pytestmark = pytest.mark.slow
 CLASSES = ["chihuahua", "muffin"]
 
-# The default sample and recipe, cut to fit a test: 30 epochs (the cosine restarts' first two
-# cycles, 10 + 20), one thread, 3LC off. Seeds are fixed, so on one machine every run gives the
-# same bytes (tests/test_pipeline.py checks `dvc repro -f` bit for bit) and the same accuracies.
-STORY = {"train": {"epochs": 30}, "runtime": {"threads": 1}, "tlc": {"enabled": False}}
-# Measured on a 2-core AVX-512 machine: 0.84 -> 0.94 on the 50 test images, with 96 labels
-# verified (two pages). Another CPU (AVX2, another torch build) rounds differently and may flip
-# a few predictions either way; the margin asks for 2 of the 5 images gained, so three flips
-# against the round still pass, while a round that taught the model nothing cannot.
-MARGIN = 0.04
+# The default sample and recipe, cut to fit a test: 10 epochs (the cosine restarts' first
+# cycle), one thread, 3LC off. Seeds are fixed, so on one machine every run gives the same bytes
+# (tests/test_pipeline.py checks `dvc repro -f` bit for bit) and the same accuracies.
+STORY = {"train": {"epochs": 10}, "runtime": {"threads": 1}, "tlc": {"enabled": False}}
+# Measured on the 2-core AVX2 machine: 0.58 -> 0.90 on the 50 test images, with 48 labels
+# verified (the first page, 22 of them exceptions, in two simulated minutes). Another CPU rounds
+# differently and may flip a few predictions either way; the margin asks for 5 of the 16 images
+# gained, while a round that taught the model nothing cannot pass.
+MARGIN = 0.10
 
 
 def accuracy_on_test(repo) -> float:
@@ -29,12 +29,12 @@ def accuracy_on_test(repo) -> float:
 def test_one_review_round_on_the_sample_raises_test_accuracy(tmp_path):
     repo = make_repo(tmp_path / "repo", deep_update(default_params_dict(), STORY))
     p = run(["python", "-m", "chimuffin.cli", "loop", "--rounds", "1", "--reviewer",
-             "data/raw/sample/pool_labels.csv", "--minutes", "1"], repo, timeout=1800)
+             "data/raw/sample/pool_labels.csv", "--minutes", "2"], repo, timeout=1800)
     assert "loop: 1 round(s) committed" in p.stdout, p.stdout + p.stderr
     before = accuracy_on_test(repo)
     verified = read_decisions(repo / "data/labels/decisions.csv", CLASSES)
     truth = read_path_labels(repo / "data/raw/sample/pool_labels.csv", CLASSES)
-    assert len(verified) >= 48  # a simulated minute verifies a page of 48 or more (here 96)
+    assert len(verified) >= 48  # two simulated minutes verify a page of 48 or more
     assert all(d.source == "oracle" and d.label == truth[d.path] for d in verified)
     run(["dvc", "repro"], repo, timeout=1800)  # trains on the round's labels too
     after = accuracy_on_test(repo)
