@@ -75,7 +75,10 @@ async function pollRetrain() {
     if (!R.down) {
       R.down = true;
       $("retrain-info").textContent = "server stopped";
-      status(`server stopped: ${UNREACHABLE}`, true);
+      // an action that just failed on it says more (what was not saved): keep that line
+      if (!$("status").textContent.includes(UNREACHABLE)) {
+        status(`server stopped: ${UNREACHABLE}`, true);
+      }
     }
     return;
   }
