@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from chimuffin.stages import evaluate
 
 if __package__ in (None, ""):  # run as a script: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.page_latency import free_port, wait_until_up  # noqa: E402
 from benchmarks.stats import cpu_summary  # noqa: E402
 
 
@@ -99,25 +99,20 @@ def page_latency(repo: Path, classes: list[str], image: str) -> tuple[float, flo
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SERVING = re.compile(r"serving (http://127\.0\.0\.1:\d+/)")
 OVERLAY = "#page-grid .thumb.cursor img.heatmap:not([hidden])"
 
 
 def start_review(repo: Path, state: Path) -> tuple[subprocess.Popen, str]:
     """`chimuffin review` in the checkout on a free port, no background retrain (nothing else
-    runs beside the page); returns the process and the page's address."""
+    runs beside the page); returns the process once it answers, and the page's address."""
+    port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("chimuffin")), "review", "--port", "0",
+        [str(Path(sys.executable).with_name("chimuffin")), "review", "--port", str(port),
          "--no-retrain", "--state", str(state)],
-        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in server.stdout:
-        lines.append(line)
-        if found := SERVING.search(line):
-            return server, found.group(1)
-    server.wait()
-    raise SystemExit("heatmap_overhead: chimuffin review stopped before serving:\n"
-                     + "".join(lines))
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    wait_until_up(url + "api/state", server)
+    return server, url
 
 
 def warm_up(url: str, image: str) -> None:

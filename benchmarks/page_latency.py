@@ -78,14 +78,14 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout_s: float = 180) ->
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"page_latency: the review server exited ({server.returncode}): "
+            raise SystemExit(f"the review server exited ({server.returncode}): "
                              f"{server.stderr.read()[-2000:]}")
         try:
             get_ms(url)
             return
         except OSError:
             time.sleep(0.5)
-    raise SystemExit(f"page_latency: {url} did not answer within {timeout_s:.0f} s")
+    raise SystemExit(f"the review server at {url} did not answer within {timeout_s:.0f} s")
 
 
 def latencies(base: str, requests: int, gap_s: float) -> dict[str, list[float]]:

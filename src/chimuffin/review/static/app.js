@@ -14,6 +14,7 @@ const UNREACHABLE = "the review server is not reachable (is `chimuffin review` s
 
 const S = {
   data: null, view: null, busy: false,
+  serverDown: false,  // a request found the server gone (the poll says when it answers again)
   decisions: new Map(),  // path -> [label, source]: the label file, kept current from answers
   index: new Map(),      // path -> point index
   selection: [], excluded: new Set(), colorBy: "label", dims: 2, plotDrawn: false,
@@ -99,6 +100,7 @@ async function post(url, body) {
     });
     return { ok: res.ok, status: res.status, body: await res.json() };
   } catch {  // no answer at all: the server is down (fetch says only "Failed to fetch")
+    S.serverDown = true;  // the action's own line says so; the poll need not say it again
     return { ok: false, status: 0, body: { error: UNREACHABLE } };
   }
 }

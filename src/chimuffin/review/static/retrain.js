@@ -6,7 +6,7 @@
 // accepts them by number), before the new pages: the person keeps the place and the marks.
 // Shift+R (or the button) asks for a run now.
 
-const R = { version: 0, current: 0, models: [], failedShown: null, timer: null, down: false };
+const R = { version: 0, current: 0, models: [], failedShown: null, timer: null };
 const POLL_MS = 2000;
 
 function ago(t) {
@@ -72,18 +72,15 @@ async function pollRetrain() {
     if (!res.ok) return;
     st = await res.json();
   } catch {  // the server is gone: said at once, not at the next action
-    if (!R.down) {
-      R.down = true;
-      $("retrain-info").textContent = "server stopped";
-      // an action that just failed on it says more (what was not saved): keep that line
-      if (!$("status").textContent.includes(UNREACHABLE)) {
-        status(`server stopped: ${UNREACHABLE}`, true);
-      }
+    $("retrain-info").textContent = "server stopped";
+    if (!S.serverDown) {  // (an action that met it first has said so, and what it did not save)
+      S.serverDown = true;
+      status(`server stopped: ${UNREACHABLE}`, true);
     }
     return;
   }
-  if (R.down) {
-    R.down = false;
+  if (S.serverDown) {
+    S.serverDown = false;
     status("the review server answers again", false);
   }
   renderRetrain(st);
