@@ -1,7 +1,7 @@
 """Finishing budget: the final step's recipe, from a sitting's last background model, at several
 training budgets on the pool protocol, beside the 70-epoch from-scratch default.
 
-Start weights: `--repo DIR`, a repository a sitting ran in (`chimuffin loop --background`, or
+Start weights: `--repo DIR`, a repository a sitting ran in (`chimuffin loop`, or
 `benchmarks/review_session.py --arms wall-clock --keep-repos`): its last background model, found
 as `chimuffin final` finds it (the latest `review-...-labels` experiment, its models/best.pth
 from the DVC cache), once the repository's data/labels/validation.csv is checked to hold every

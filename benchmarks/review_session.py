@@ -1,5 +1,5 @@
-"""Accuracy per human-minute: a simulated person verifies review pages, and the model is
-retrained after every session.
+"""Accuracy per human-minute: a simulated person verifies the pool's review pages in one
+sitting while the model retrains in the background.
 
 Protocol, per arm, in a fresh temporary git + DVC repository made from this checkout (tracked
 files as they are in the working tree; the data is read in place, never copied):
@@ -11,43 +11,42 @@ files as they are in the working tree; the data is read in place, never copied):
 - the person answers from pool_labels.csv without the reviewed rows, at the cost model of
   chimuffin.simulate.reviewer (1 s per page, 0.4 s per thumbnail, 2 s per exception).
 
-Arms:
-- pages-confident: rounds of `chimuffin loop --rounds 1 --reviewer CSV --minutes M` (pages
-  are built from the most confident images first);
-- ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`;
-- wall-clock (only when named in --arms): one sitting of `chimuffin loop --background`'s person
-  (chimuffin.simulate.sitting), in wall-clock time: after one `dvc repro` (the first model), the
-  person verifies pages at the cost model's pace while background retrains
-  (every --retrain-every decisions, the arm's train group as the round recipe) swap in new
-  pages. At each --wall-schedule checkpoint (wall-clock minutes since the first page) it
-  records images verified, exceptions, background models finished, the person's idle time
-  (0 by construction) and the validation accuracy (95% interval) of the model proposing the
-  pages then; a last row when the sitting ends (the whole pool, or the last checkpoint
-  with --no-whole-pool). The JSON keeps its page log too (each accepted page: when, images
-  verified on it, images its model put on it, wrong proposals, the proposing model), and
-  --on-wall-clock splits those pages at the checkpoints into whole ones and ones cut short
-  (some of their images were verified on an earlier model's pages).
-  With --validation N the sitting's person first builds its own validation set, as the review
-  page asks a person to: N pool images of the validation view's seeded random sample, on
-  pages with the first model's proposals, answered from the truth file at the pages' cost
-  model and written to validation.csv. For that run validation.csv starts empty, the seeds'
-  validation split stays (prepare.val_fraction of params.yaml: a user's starting point), and
-  reviewed_labels.csv's images are held out of everything (`remove` decisions, source rule:
-  never trained, on no page, never sampled). After the sitting one `dvc repro` trains the
-  final model (params.yaml's train group, whatever --recipe the retrains used); it is scored
-  on the sitting's validation set and on the held-out reviewed images (`chimuffin predict`),
-  each with its 95% interval: the two should agree.
-Each round's M takes the arm to the next checkpoint of --schedule (cumulative simulated
-minutes; pages are all or nothing, so an arm may stop a little short); the last round reviews
-the whole pool. Before each round, and after the last, `dvc repro` trains and evaluates: each
-checkpoint is the validation accuracy of the model trained on what the person verified so far.
-The arms share one DVC cache, so identical stages (the 0-minute model) run once.
+Arms (default: both, in this order; they share one DVC cache):
+- wall-clock: one sitting of `chimuffin loop`'s person (chimuffin.simulate.sitting), in
+  wall-clock time: after one `dvc repro` (the first model), the person verifies pages at the
+  cost model's pace while background retrains (every --retrain-every decisions, the arm's
+  train group as the round recipe) swap in new pages. At each --wall-schedule checkpoint
+  (wall-clock minutes since the first page) it records images verified, exceptions,
+  background models finished, the person's idle time (0 by construction) and the validation
+  accuracy (95% interval) of the model proposing the pages then; a last row when the sitting
+  ends (the whole pool, or the last checkpoint with --no-whole-pool). The JSON keeps its page
+  log too (each accepted page: when, images verified on it, images its model put on it, wrong
+  proposals, the proposing model).
+  With --validation N (this arm alone) the sitting's person first builds its own validation
+  set, as the review page asks a person to: N pool images of the validation view's seeded
+  random sample, on pages with the first model's proposals, answered from the truth file at
+  the pages' cost model and written to validation.csv. For that run validation.csv starts
+  empty, the seeds' validation split stays (prepare.val_fraction of params.yaml: a user's
+  starting point), and reviewed_labels.csv's images are held out of everything (`remove`
+  decisions, source rule: never trained, on no page, never sampled). After the sitting one
+  `dvc repro` trains the final model (params.yaml's train group, whatever --recipe the
+  retrains used); it is scored on the sitting's validation set and on the held-out reviewed
+  images (`chimuffin predict`), each with its 95% interval: the two should agree.
+- ceiling: every pool label (outside reviewed_labels.csv) as a decision, one `dvc repro`: what
+  the sitting's models are held against.
 
-    python benchmarks/review_session.py --recipe fast --set train.epochs=30
-    python benchmarks/review_session.py --arms pages-confident --schedule 0 5 10
+The round-based loop (rounds of `dvc repro`, each followed by a few simulated minutes of pages;
+dropped, the sitting is the loop now) was the arm `pages-confident`, as recorded at 87c2b2c.
+Its saved runs are still read: --on-wall-clock puts one on the wall clock (each session, then a
+wait for its `dvc repro`) and sets a sitting's wrong proposals beside it at the same number of
+verified images, splitting the sitting's pages at the checkpoints into whole ones and ones cut
+short (some of their images were verified on an earlier model's pages); --pooled does so for
+pairs of a saved round-based run and a sitting of the same seed, summed.
+
     python benchmarks/review_session.py --smoke          # the embedded sample, tiny, ~2 min
-    python benchmarks/review_session.py --recipe round --arms wall-clock --retrain-every 240
+    python benchmarks/review_session.py --recipe round --retrain-every 120
     python benchmarks/review_session.py --arms wall-clock --validation 500
+    python benchmarks/review_session.py --on-wall-clock ROUNDS_JSON WALL_JSON
 
 Writes OUT/review_session.json and OUT/review_session.png; prints a table and the CPU.
 """
@@ -62,7 +61,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,6 @@ from chimuffin.errors import UserError
 from chimuffin.labels.rows import Decision, format_decisions, read_decisions, read_path_labels
 from chimuffin.report.metrics import wilson_interval
 from chimuffin.simulate.reviewer import ReviewCost
-from chimuffin.simulate.rounds import parse_trailers
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the shared harness
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -93,11 +91,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 REAL_DATA = Path(os.environ.get("CHIMUFFIN_REAL_DATA",
                                 REPO.parent / "shared" / "data" / "chihuahua-muffin"))
-ARMS = ("pages-confident", "ceiling")
 WALL_ARM = "wall-clock"
-SCHEDULE = (0.0, 5.0, 10.0, 20.0, 30.0)
+ARMS = (WALL_ARM, "ceiling")
 WALL_SCHEDULE = (0.0, 10.0, 20.0, 30.0, 40.0)  # wall-clock minutes since the first page
-WHOLE_POOL_MINUTES = math.inf  # "until every page is verified"
 SMOKE_PARAMS = {"base": {"image_size": 32},
                 "train": {"epochs": 1, "batch_size": 4}, "runtime": {"threads": 1},
                 "sample": {"labeled_per_class": 4, "pool": 4, "test_per_class": 0,
@@ -226,8 +222,10 @@ def make_repo(dest: Path, params: dict, validation: dict, cache: Path,
 
 @dataclass
 class Checkpoint:
+    """One `dvc repro`'s model: the ceiling's (and, in saved runs, each round's of the
+    round-based loop)."""
     arm: str
-    minutes: float              # cumulative simulated human-minutes
+    minutes: float              # cumulative simulated human-minutes (NaN: the ceiling)
     accuracy: float
     correct: int
     n: int
@@ -240,7 +238,6 @@ class Checkpoint:
     exceptions: int = 0
     repro_s: float = 0.0        # wall time of this checkpoint's `dvc repro`
     trained: bool = True        # False: the train stage was up to date or restored from cache
-    sessions: list = field(default_factory=list)
 
 
 def measure(repo: Path, classes: list[str], arm: str, minutes: float, totals: dict,
@@ -259,35 +256,6 @@ def measure(repo: Path, classes: list[str], arm: str, minutes: float, totals: di
                       sum(by.get(f"train/{c}", 0) for c in classes), sources,
                       totals["pages"], totals["verified"], totals["exceptions"], wall,
                       "Running stage 'train'" in out)
-
-
-def session(repo: Path, minutes: float, truth_csv: Path) -> dict:
-    """One `chimuffin loop --rounds 1` (its `dvc repro` finds everything up to date); the
-    session's numbers come from the round's commit trailers."""
-    sh([sys.executable, "-m", "chimuffin.cli", "loop", "--rounds", "1", "--reviewer",
-        str(truth_csv), "--minutes", str(minutes)], repo)
-    message, _ = sh(["git", "log", "-1", "--format=%B"], repo)
-    t = parse_trailers(message)
-    return {"seconds": float(t.get("Review-Seconds", 0)), "pages": int(t.get("Review-Pages", 0)),
-            "verified": int(t.get("Review-Verified", 0)),
-            "exceptions": int(t.get("Review-Exceptions", 0))}
-
-
-def run_arm(arm: str, repo: Path, truth_csv: Path, classes: list[str], schedule: list[float],
-            whole_pool: bool) -> list[Checkpoint]:
-    totals = {"seconds": 0.0, "pages": 0, "verified": 0, "exceptions": 0}
-    targets = [m for m in schedule if m > 0] + ([WHOLE_POOL_MINUTES] if whole_pool else [])
-    rows = []
-    while True:
-        rows.append(measure(repo, classes, arm, totals["seconds"] / 60, totals))
-        print(row_line(rows[-1]), flush=True)
-        if not targets:
-            return rows
-        target = targets.pop(0)
-        s = session(repo, target - totals["seconds"] / 60, truth_csv)
-        for key in totals:
-            totals[key] += s[key]
-        rows[-1].sessions.append(s)
 
 
 def run_ceiling(repo: Path, data: Data, classes: list[str]) -> Checkpoint:
@@ -459,7 +427,7 @@ def wall_line(r: WallCheckpoint) -> str:
             f"{r.models_finished:>6} {r.idle_s:>6.1f}  {acc:<36} {r.model}")
 
 
-# --- the round-based loop on the wall clock ---------------------------------------------------
+# --- saved round-based runs on the wall clock -------------------------------------------------
 
 def rounds_on_wall_clock(checkpoints: list[dict]) -> list[tuple]:
     """A round-based arm's saved checkpoints as the wall clock its person lives, from the first
@@ -677,25 +645,27 @@ def table(rows: list[Checkpoint]) -> str:
                       "DVC cache)"])
 
 
-def plot(rows: list[Checkpoint], path: Path) -> None:
+def plot(wall: list[WallCheckpoint], rows: list[Checkpoint], path: Path) -> None:
+    """The sitting's proposing model at each checkpoint (the person never waits, so wall-clock
+    minutes are the person's), and the ceiling as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm in dict.fromkeys(r.arm for r in rows if r.arm != "ceiling"):
-        rs = [r for r in rows if r.arm == arm]
-        x = [r.minutes for r in rs]
-        y = np.array([r.accuracy for r in rs])
-        err = [y - [r.lo for r in rs], [r.hi for r in rs] - y]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
+    scored = [r for r in wall if r.accuracy is not None]
+    if scored:
+        y = np.array([r.accuracy for r in scored])
+        err = [y - [r.lo for r in scored], [r.hi for r in scored] - y]
+        ax.errorbar([r.minutes for r in scored], y, yerr=err, marker="o", capsize=3,
+                    label="the sitting's proposing model")
     for r in rows:
         if r.arm == "ceiling":
             ax.axhline(r.accuracy, color="black", linestyle="--",
                        label=f"ceiling (every pool label) {r.accuracy:.3f}")
             ax.axhspan(r.lo, r.hi, color="black", alpha=0.08)
-    ax.set_xlabel("cumulative simulated human-minutes")
+    ax.set_xlabel("wall-clock minutes since the first page (the person never waits)")
     ax.set_ylabel("validation accuracy (95% Wilson interval)")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
@@ -711,7 +681,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REAL_DATA,
                     help="train128/ + reviewed_labels.csv + pool_labels.csv (default: "
                     "%(default)s; CHIMUFFIN_REAL_DATA overrides)")
-    ap.add_argument("--arms", nargs="+", choices=(*ARMS, WALL_ARM), default=list(ARMS),
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                     help="default: %(default)s")
     ap.add_argument("--wall-schedule", nargs="+", type=float, default=None, metavar="MIN",
                     help="wall-clock arm: checkpoints in wall-clock minutes since the first "
@@ -721,15 +691,13 @@ def main(argv=None) -> int:
                     help="wall-clock arm only: the person first builds a validation set of N "
                     "pool images (the validation view's sample), reviewed_labels.csv held out; "
                     "after the sitting the final model is scored on both (default: "
-                    "%(default)s: validate on reviewed_labels.csv as the other arms do)")
+                    "%(default)s: validate on reviewed_labels.csv as the ceiling does)")
     ap.add_argument("--retrain-every", type=int, default=240, metavar="N",
                     help="wall-clock arm: a background retrain every N new decisions "
                     "(default: %(default)s; --smoke: the page size)")
-    ap.add_argument("--schedule", nargs="+", type=float, default=None, metavar="MIN",
-                    help="checkpoints in cumulative simulated minutes (default: "
-                    f"{' '.join(f'{m:g}' for m in SCHEDULE)}; --smoke: 0 0.2)")
     ap.add_argument("--no-whole-pool", dest="whole_pool", action="store_false",
-                    help="stop at the last checkpoint instead of reviewing the whole pool")
+                    help="wall-clock arm: end the sitting at the last --wall-schedule "
+                    "checkpoint instead of when the whole pool is verified")
     ap.add_argument("--recipe", default=None, metavar="FILE",
                     help="train group from a recipe (recipes/NAME.yaml or a yaml path; "
                     "default: params.yaml's)")
@@ -744,12 +712,13 @@ def main(argv=None) -> int:
                     help="repositories and scratch files (default: a new temporary folder)")
     ap.add_argument("--on-wall-clock", nargs="+", type=Path, default=None,
                     metavar=("ROUNDS_JSON", "WALL_JSON"),
-                    help="run nothing: print a saved run's round-based arms on the wall clock "
+                    help="run nothing: print a saved run's round-based arm (pages-confident, "
+                    "as recorded at 87c2b2c) on the wall clock "
                     "(at --wall-schedule), and with a wall-clock run's JSON its wrong proposals "
                     "beside theirs at the same number of verified images")
     ap.add_argument("--pooled", nargs="+", type=Path, default=None,
                     metavar="ROUNDS_JSON WALL_JSON",
-                    help="run nothing: pairs of a round-based run and a sitting of the same "
+                    help="run nothing: pairs of a saved round-based run and a sitting of the same "
                     "seed; their wrong proposals at the same number of verified images at the "
                     "--wall-schedule checkpoints and at the end, per pair and summed")
     ap.add_argument("--keep-repos", action="store_true",
@@ -772,10 +741,6 @@ def main(argv=None) -> int:
 
     base = read_yaml_file(REPO / "params.yaml", "params file")
     classes = base["base"]["classes"]
-    schedule = sorted(args.schedule if args.schedule is not None
-                      else [0.0, 0.2] if args.smoke else SCHEDULE)
-    if schedule[0] < 0:
-        raise UserError(f"--schedule: minutes must be >= 0, got {schedule[0]}")
     sets = [parse_set(item) for item in args.set]
     train = recipe_train(args.recipe, base)
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="chimuffin-review-session-"))).resolve()
@@ -788,8 +753,8 @@ def main(argv=None) -> int:
     truth_csv = work / "pool_truth.csv"
     write_path_labels(truth_csv, data.pool_truth)
     if args.validation and args.arms != [WALL_ARM]:
-        raise UserError("--validation N runs with --arms wall-clock only (the other arms "
-                        "validate on reviewed_labels.csv)")
+        raise UserError("--validation N runs with --arms wall-clock only (the ceiling "
+                        "validates on reviewed_labels.csv)")
     params = {arm: arm_params(base, train, sets, data.root, arm, args.smoke, args.validation)
               for arm in args.arms}
     wall_schedule = sorted(args.wall_schedule if args.wall_schedule is not None
@@ -802,9 +767,9 @@ def main(argv=None) -> int:
     cpu = cpu_summary()
     print(f"review_session: {data.root}: {len(data.pool_truth)} pool images the person can "
           f"verify, {len(data.reviewed)} reviewed validation images; arms {args.arms}; "
-          f"schedule {schedule} min{' + the whole pool' if args.whole_pool else ''}; "
+          f"wall-clock checkpoints {wall_schedule} min"
+          f"{' + the whole pool' if args.whole_pool else ''}; "
           f"cost: {ReviewCost().describe()}; cpu: {cpu}; work: {work}", flush=True)
-    print(HEADER, flush=True)
 
     rows: list[Checkpoint] = []
     wall: list[WallCheckpoint] = []
@@ -823,22 +788,21 @@ def main(argv=None) -> int:
                 final = final_model_check(repo, data, classes, work, arm_params(
                     base, base["train"], sets, data.root, arm, args.smoke)["train"])
                 print("\n".join(final_lines(built, final)), flush=True)
-            print(HEADER, flush=True)
-        elif arm == "ceiling":
-            rows.append(run_ceiling(repo, data, classes))
         else:
-            rows += run_arm(arm, repo, truth_csv, classes, schedule, args.whole_pool)
+            print(HEADER, flush=True)
+            rows.append(run_ceiling(repo, data, classes))
         if not args.keep_repos:
             shutil.rmtree(repo, ignore_errors=True)
 
     print()
-    print(table(rows))
+    if rows:
+        print(table(rows))
     if wall:
         print("\nwall-clock arm (one sitting; retrains in the background):")
         print("\n".join([WALL_HEADER, *map(wall_line, wall)]))
     print(f"cpu: {cpu}")
     result = {"cpu": cpu, "data": str(data.root), "smoke": args.smoke,
-              "cost": asdict(ReviewCost()), "schedule": schedule, "whole_pool": args.whole_pool,
+              "cost": asdict(ReviewCost()), "whole_pool": args.whole_pool,
               "train": params[args.arms[0]]["train"], "review": params[args.arms[0]]["review"],
               "validation_images": len(data.reviewed),
               "pool_images": len(data.pool_truth),
@@ -849,10 +813,8 @@ def main(argv=None) -> int:
               if wall else None,
               "validation": {"built": built, "final": final} if built else None}
     (out / "review_session.json").write_text(json.dumps(result, indent=1) + "\n")
-    if rows:  # (the wall-clock arm has its table only)
-        plot(rows, out / "review_session.png")
-    print(f"wrote {out / 'review_session.json'}"
-          + (f" and {out / 'review_session.png'}" if rows else ""))
+    plot(wall, rows, out / "review_session.png")
+    print(f"wrote {out / 'review_session.json'} and {out / 'review_session.png'}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Time to accuracy: train recipes one after the other on the real data; print a table.
 
 Protocol: train on the 200 labeled seed images plus part of reviewed_labels.csv (as
-`oracle` decisions, what an accepted label would be), validate on the DISJOINT rest of
+`oracle` decisions, what a verified label would be), validate on the DISJOINT rest of
 reviewed_labels.csv (listed as validation images, like data/labels/validation.csv, with
 prepare.val_fraction 0 so validation = reviewed pool images only). Nothing called test is used.
 
@@ -16,14 +16,6 @@ per-epoch validation.
     python benchmarks/time_to_accuracy.py --recipes reference round --budget-minutes 45
     python benchmarks/time_to_accuracy.py --recipes round --set round:epochs=80
     python benchmarks/time_to_accuracy.py --epochs 1 --max-train 64 --max-val 64   # smoke
-
-Growing the training set with pool labels accepted by the loop (benchmarks/loop_labels.sh):
-`--export-split DIR` writes label files for a repository whose loop then accepts pool labels:
-DIR/validation.csv holds --export-val of the oracle rows (that repository's validation) and
-DIR/decisions.csv the other oracle rows. This protocol's validation rows are written nowhere: there
-they are unlabeled pool images, so they neither train nor vote for any suggestion. `--decisions
-FILE` adds that repository's decisions.csv to the training set; a decision on a validation image
-is dropped (and counted), and the oracle rows win over any other.
 
 --budget-minutes is a hard cap: a recipe stops after the epoch during which its budget ran out
 (its schedule then did not finish: the table says so). Set a recipe's epochs to fit the budget.
@@ -49,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import csv
 import hashlib
 import json
 import os
@@ -62,7 +53,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chimuffin import atomic, runtime
+from chimuffin import runtime
 from chimuffin.config import EVAL_BATCH_SIZE, parse_params, read_recipe, read_yaml_file
 from chimuffin.data.prepare import decode_and_split
 from chimuffin.data.scan import scan_dataset
@@ -73,9 +64,6 @@ from chimuffin.labels.rows import (
     Decision,
     apply_decisions,
     dedupe_identical,
-    format_decisions,
-    merge_decisions,
-    read_decisions,
     read_path_labels,
 )
 from chimuffin.model import build_model
@@ -127,32 +115,6 @@ def split_pool(pool_labels: Path, reviewed: Path, max_val: int | None, classes: 
     train = [(p, lbl) for p, lbl in label_rows(pool_labels, classes) if p not in held_out]
     decisions = [Decision(p, lbl, "oracle", "pool_labels.csv") for p, lbl in train]
     return decisions, val
-
-
-def export_split(out: Path, oracle: list[Decision], n_val: int, seed: int) -> None:
-    """Label files (what data/labels/ holds) for a repository that grows this protocol's training
-    set: a seeded n_val of the oracle rows as validation.csv, the others as decisions.csv. The
-    protocol's own validation rows stay out, so nothing there is chosen or voted by them."""
-    if not 0 < n_val < len(oracle):
-        raise UserError(f"--export-val {n_val}: must be between 1 and {len(oracle) - 1}")
-    order = np.random.default_rng(seed).permutation(len(oracle))
-    val = sorted((oracle[i] for i in order[:n_val]), key=lambda d: d.path)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "decisions.csv", format_decisions([oracle[i] for i in order[n_val:]]))
-    with open(out / "validation.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "label"])
-        w.writerows((d.path, d.label) for d in val)
-
-
-def add_loop_decisions(oracle: list[Decision], extra: list[Decision],
-                       validation: dict[str, str]) -> tuple[list[Decision], int]:
-    """The oracle rows plus `extra` (e.g. loop-accepted pool labels), minus any extra decision on
-    a validation image (that would leak validation labels into training). The oracle rows win.
-    Returns (decisions, number of extra decisions dropped for being validation images)."""
-    kept = [d for d in extra if d.path not in validation]
-    merged, _ = merge_decisions(kept, oracle, protect_sources=())
-    return merged, len(extra) - len(kept)
 
 
 def prepare_protocol(root: Path, classes: list[str], size: int, seed: int,
@@ -438,14 +400,6 @@ def main(argv=None) -> int:
     ap.add_argument("--paired-with", type=Path, action="append", default=[], metavar="FILE",
                     help="an earlier run's --json (same --protocol and data): its results join "
                          "the table and the paired tests; repeatable")
-    ap.add_argument("--export-split", type=Path, default=None, metavar="DIR",
-                    help="write label files for growing the training set (oracle rows as "
-                         "DIR/decisions.csv and --export-val of them as "
-                         "DIR/validation.csv, then stop")
-    ap.add_argument("--export-val", type=int, default=100, metavar="N",
-                    help="oracle rows that --export-split lists as validation (default 100)")
-    ap.add_argument("--decisions", type=Path, default=None, metavar="FILE",
-                    help="a decisions.csv (e.g. pool labels the loop accepted) added to training")
     ap.add_argument("--margin", type=float, default=1.0, metavar="POINTS",
                     help="non-inferiority margin in accuracy points (default 1)")
     ap.add_argument("--alpha", type=float, default=0.05,
@@ -478,20 +432,6 @@ def main(argv=None) -> int:
     else:
         decisions, validation = split_reviewed(reviewed, args.train_reviewed, args.max_val,
                                                first.base.seed, first.base.classes)
-    if args.export_split:
-        export_split(args.export_split, decisions, args.export_val, first.base.seed)
-        print(f"wrote {len(decisions) - args.export_val} oracle decisions and {args.export_val}"
-              f" validation rows to {args.export_split}; the protocol's {len(validation)} "
-              "validation rows are not in them")
-        return 0
-    n_oracle = len(decisions)
-    if args.decisions:
-        if not args.decisions.is_file():
-            raise UserError(f"--decisions {args.decisions}: file not found")
-        extra = read_decisions(args.decisions, first.base.classes)
-        decisions, leaked = add_loop_decisions(decisions, extra, validation)
-        print(f"{args.decisions}: {len(extra)} decisions; {leaked} on validation images "
-              f"dropped; {len(decisions) - n_oracle} added to the {n_oracle} oracle rows")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -49,37 +49,6 @@ def test_recipes_are_named_by_name_or_yaml_path():
     assert tta.recipe_label("/tmp/tuning/fast_res112.yaml") == "fast_res112"
 
 
-def test_exported_split_keeps_the_protocols_validation_rows_out(tmp_path):
-    from chimuffin.labels.rows import read_decisions
-
-    tta = load("time_to_accuracy")
-    oracle = [tta.Decision(f"train128/undefined/u_{i:012x}.jpg", "muffin" if i % 2 else
-                           "chihuahua", "oracle", "reviewed_labels.csv") for i in range(10)]
-    tta.export_split(tmp_path / "labels", oracle, 3, seed=0)
-    kept = read_decisions(tmp_path / "labels" / "decisions.csv", ["chihuahua", "muffin"])
-    val_lines = (tmp_path / "labels" / "validation.csv").read_text().splitlines()
-    assert val_lines[0] == "path,label" and len(val_lines) == 4 and len(kept) == 7
-    val = dict(line.split(",") for line in val_lines[1:])
-    truth = {d.path: d.label for d in oracle}
-    assert set(val).isdisjoint(d.path for d in kept)
-    assert set(val) | {d.path for d in kept} == set(truth)
-    assert all(truth[p] == lbl for p, lbl in val.items())
-    with pytest.raises(UserError, match="--export-val 10"):
-        tta.export_split(tmp_path / "x", oracle, 10, seed=0)
-
-
-def test_loop_decisions_never_label_validation_images_and_oracle_wins():
-    tta = load("time_to_accuracy")
-    D = tta.Decision
-    oracle = [D("a.jpg", "muffin", "oracle", "reviewed_labels.csv")]
-    extra = [D("a.jpg", "chihuahua", "auto"), D("b.jpg", "muffin", "auto"),
-             D("v.jpg", "muffin", "auto")]
-    merged, leaked = tta.add_loop_decisions(oracle, extra, {"v.jpg": "chihuahua"})
-    assert leaked == 1
-    assert {(d.path, d.label, d.source) for d in merged} == {("a.jpg", "muffin", "oracle"),
-                                                             ("b.jpg", "muffin", "auto")}
-
-
 def test_recipes_are_compared_pairwise_on_the_same_images():
     tta = load("time_to_accuracy")
     a = saved_result("reference", [1, 1, 1, 1, 1, 1, 0, 1])
@@ -334,12 +303,14 @@ def test_review_session_params_keep_the_protocol_whatever_the_overrides(tmp_path
     sets = [rs.parse_set("train.epochs=3"), rs.parse_set("prepare.val_fraction=0.5"),
             rs.parse_set("train.augment.resize=144")]
     fast = rs.recipe_train("round", base)
-    p = rs.arm_params(base, fast, sets, tmp_path, "pages-confident", smoke=False)
+    p = rs.arm_params(base, fast, sets, tmp_path, rs.WALL_ARM, smoke=False)
     assert p["train"]["epochs"] == 3 and p["train"]["augment"]["resize"] == 144
     assert p["train"]["batch_size"] == fast["batch_size"]
     assert p["prepare"] == {"data_dir": str(tmp_path), "val_fraction": 0.0}  # protocol wins
     assert p["train"]["keep"] == "last" and p["tlc"]["enabled"] is False
     assert p["suggest"] == base["suggest"]
+    # background retrains train with the arm's own train group, not params.yaml's round recipe
+    assert p["review"]["round_recipe"] == "" and base["review"]["round_recipe"]
     c = rs.arm_params(base, base["train"], [], tmp_path, "ceiling", smoke=False)
     assert c["train"] == {**base["train"], "keep": "last"}
     with pytest.raises(UserError, match="unknown key train.epoch"):
@@ -360,55 +331,46 @@ def test_review_session_names_missing_data(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_review_session_smoke(tmp_path, capsys):
-    """The whole protocol on the sample generator: pages and ceiling arms."""
-    rs = load("review_session")
-    out = tmp_path / "out"
-    assert rs.main(["--smoke", "--arms", "pages-confident", "ceiling", "--schedule",
-                    "0", "0.2", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
-    result = json.loads((out / "review_session.json").read_text())
-    assert (out / "review_session.png").stat().st_size > 0
-    rows = result["checkpoints"]
-    # pages: 0 min, 0.2 min, the whole pool
-    assert [r["arm"] for r in rows] == ["pages-confident"] * 3 + ["ceiling"]
-    pool = result["pool_images"]
-    start, whole = rows[0], rows[2]
-    assert start["minutes"] == 0 and start["verified"] == 0 and start["sources"] == {}
-    # the whole pool verified, every label from the simulated person, at the cost model's price
-    assert whole["verified"] == pool == whole["sources"]["oracle"]
-    assert whole["minutes"] == pytest.approx(
-        (whole["pages"] * 1.0 + pool * 0.4 + whole["exceptions"] * 2.0) / 60)
-    ceiling = rows[3]
-    assert ceiling["minutes"] is None and ceiling["train_images"] == whole["train_images"]
-    assert all(r["n"] == result["validation_images"] for r in rows)
-    assert "cpu: " in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_review_session_wall_clock_smoke(tmp_path, capsys, monkeypatch):
-    """The wall-clock arm on the sample generator: one sitting at the cost model's pace with
-    retrains behind it, sampled at wall-clock checkpoints, never idle."""
+def test_review_session_smoke(tmp_path, capsys, monkeypatch):
+    """The default arms on the sample generator: one sitting at the cost model's pace with
+    retrains behind it, sampled at wall-clock checkpoints, never idle; then the ceiling."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a failed run's copy stays here
     rs = load("review_session")
     out = tmp_path / "out"
-    assert rs.main(["--smoke", "--arms", "wall-clock", "--wall-schedule", "0", "0.1",
-                    "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
+    assert rs.main(["--smoke", "--wall-schedule", "0", "0.1", "--workdir", str(tmp_path / "w"),
+                    "--out", str(out)]) == 0
     result = json.loads((out / "review_session.json").read_text())
+    assert (out / "review_session.png").stat().st_size > 0
+    pool = result["pool_images"]
     wall = result["wall_clock"]["checkpoints"]
     assert [r["minutes"] for r in wall[:-1]] == [0, 0.1][:len(wall) - 1]
     assert all(r["idle_s"] == 0 for r in wall)
     assert [r["verified"] for r in wall] == sorted(r["verified"] for r in wall)
     end = wall[-1]
     # the whole pool verified by the end (the smoke pool is a few pages)
-    assert end["verified"] == result["pool_images"] and end["models_started"] >= 1
+    assert end["verified"] == pool and end["models_started"] >= 1
     assert end["accuracy"] is not None and end["n"] == result["validation_images"]
     assert end["lo"] <= end["accuracy"] <= end["hi"]
     pages = result["wall_clock"]["pages"]  # the page log adds up to the sitting's totals
     assert (len(pages), sum(p["images"] for p in pages), sum(p["wrong"] for p in pages)) == (
         end["pages"], end["verified"], end["exceptions"])
     assert all(0 < p["images"] <= p["built"] for p in pages)
+    # the ceiling: every pool label from the truth, one `dvc repro`, the same validation images
+    (ceiling,) = result["checkpoints"]
+    assert ceiling["arm"] == "ceiling" and ceiling["minutes"] is None
+    assert ceiling["verified"] == pool and ceiling["sources"] == {"oracle": pool}
+    assert ceiling["train_images"] >= pool and ceiling["n"] == result["validation_images"]
+    assert ceiling["lo"] <= ceiling["accuracy"] <= ceiling["hi"]
     printed = capsys.readouterr().out
-    assert "wall-clock arm" in printed and ", 0 failed" in printed
+    assert "wall-clock arm" in printed and ", 0 failed" in printed and "cpu: " in printed
+
+
+def test_review_session_runs_no_round_based_arm():
+    """The round-based loop is gone: its arm is refused; only saved runs of it are read."""
+    rs = load("review_session")
+    assert rs.ARMS == (rs.WALL_ARM, "ceiling")
+    with pytest.raises(SystemExit):
+        rs.main(["--smoke", "--arms", "pages-confident"])
 
 
 def _round_checkpoints():

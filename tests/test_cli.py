@@ -11,7 +11,7 @@ import pytest
 from chimuffin.cli import build_parser, main
 
 # Commands whose every option must say what it does and its default.
-DOCUMENTED = ["check-data", "dashboard", "export", "plots-template", "predict", "pull-3lc"]
+DOCUMENTED = ["check-data", "dashboard", "export", "loop", "plots-template", "predict", "pull-3lc"]
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -29,7 +29,7 @@ def test_version_comes_from_the_package_metadata(capsys):
 
 def test_every_command_has_a_description():
     commands = subcommands()
-    assert {"review", "loop", "labels", "check-data", "plots-template"} <= set(commands)
+    assert {"review", "loop", "final", "check-data", "plots-template"} <= set(commands)
     for name, parser in commands.items():
         assert parser.description and len(parser.description.strip()) > 20, name
         assert name in parser.format_usage()
@@ -72,10 +72,3 @@ def test_a_text_file_is_not_a_checkpoint_and_exit_is_2(tmp_path, capsys):
                        "chimuffin's train stage")
         assert "could run code" not in err
 
-
-def test_labels_without_a_subcommand_lists_them_and_fails(capsys):
-    assert main(["labels"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("usage: chimuffin labels")
-    assert "accept" in err and "merge label suggestions" in err
-    assert err.rstrip().endswith("chimuffin labels: error: choose a subcommand")

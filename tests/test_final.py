@@ -393,8 +393,7 @@ def test_the_sitting_ends_with_the_final_step_unless_told_not_to(tmp_path, monke
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     run(["git", "init", "-q"], tmp_path)
     monkeypatch.chdir(tmp_path)
-    args = build_parser().parse_args(["loop", "--background", "--reviewer", "truth.csv",
-                                      "--minutes", "1"])
+    args = build_parser().parse_args(["loop", "--reviewer", "truth.csv", "--minutes", "1"])
     assert args.no_final is False
     with pytest.raises(UserError, match="retrain_every is 0.*pass --no-final"):
         args.func(args)

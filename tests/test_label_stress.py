@@ -1,5 +1,5 @@
 """The label file under every writer at once, with kill -9: the review server (answering
-label actions over 127.0.0.1), `labels accept`, `pull-3lc`, the loop's commit step and hand
+label actions over 127.0.0.1), `pull-3lc`, the pages of `chimuffin loop`'s sitting and hand
 appends (`echo ... >> decisions.csv`), each in its own process; the server and two of the
 tools are killed with SIGKILL halfway and started again. Afterwards every acknowledged row is
 in the file, the file parses, and undo works. Bounded: a fixed number of writes, 127.0.0.1.
@@ -35,7 +35,7 @@ PAUSE = "0.1"  # seconds between a tool's writes
 
 def build(root: Path) -> None:
     """What the review server reads (a manifest, plot and predictions; no image files are
-    needed to label), params.yaml, and a git repo holding only the label file."""
+    needed to label), params.yaml and an empty label file."""
     seeds = [f"train128/{c}/s{i}.jpg" for c in CLASSES for i in range(2)]
     paths = POOL + seeds
     manifest = pd.DataFrame({
@@ -53,11 +53,6 @@ def build(root: Path) -> None:
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (root / DECISIONS).parent.mkdir(parents=True)
     (root / DECISIONS).write_text(format_decisions([]))
-    (root / ".gitignore").write_text("*\n!.gitignore\n!data/\n!data/labels/\n"
-                                     f"!{DECISIONS}\n")
-    for cmd in (["init", "-q"], ["config", "user.email", "t@example.com"],
-                ["config", "user.name", "t"], ["add", "-A"], ["commit", "-qm", "init"]):
-        subprocess.run(["git", *cmd], cwd=root, check=True, capture_output=True)
 
 
 class Writer:
@@ -132,11 +127,11 @@ def test_every_acknowledged_row_survives_all_writers_and_kills(tmp_path):
 
     appender = threading.Thread(target=hand)
     appender.start()
-    # the accept and pull tools write until they are killed (kill -9 after a few writes, then
-    # started again for 4 more); the loop's commit step is not killed
-    victims = [Writer("accept", root, "acc-a", "100", PAUSE),
+    # the pull tool and a sitting write until they are killed (kill -9 after a few writes, then
+    # started again for 4 more); one more sitting is not killed
+    victims = [Writer("sitting", root, "sit-a", "100", PAUSE),
                Writer("pull", root, "pull-a", "100", PAUSE)]
-    tools = [Writer("loop", root, "loop-a", "6", PAUSE)]
+    tools = [Writer("sitting", root, "sit-b", "6", PAUSE)]
     server = start_server(root)
     processes = len(victims) + len(tools) + 1
 
@@ -180,7 +175,7 @@ def test_every_acknowledged_row_survives_all_writers_and_kills(tmp_path):
         decisions = read_decisions(root / DECISIONS, CLASSES)  # the file parses
         have = {d.path: (d.path, d.label, d.source) for d in decisions}
         lost = [row for row in acked if have.get(row[0]) != row]
-        writers = 5  # server, accept, pull-3lc, loop, hand appends
+        writers = 4  # server, pull-3lc, the sitting's pages, hand appends
         print(f"\nlabel-file stress: {writers} kinds of writer, {processes} processes, "
               f"{kills} kill -9, {len(acked)} acknowledged rows, {len(lost)} lost")
         assert lost == []

@@ -26,7 +26,6 @@ from chimuffin.retrain.params import due, round_params, threads_for_run, warm_st
 from chimuffin.retrain.retrainer import Retrainer, Run
 from chimuffin.retrain.swap import pages_from
 from chimuffin.review.data import ReviewData
-from chimuffin.review.verify import wrong_proposals
 from tests.helpers.repo import BIN, REPO, TINY, deep_update, default_params_dict, run
 from tests.test_review import CLASSES, build_repo, write_pages
 
@@ -127,11 +126,6 @@ def test_pages_from_drop_verified_images_and_take_new_numbers():
     assert out[["page", "path"]].values.tolist() == [[7, "a"], [8, "d"], [8, "e"]]
     assert out["label"].tolist() == ["muffin"] * 3
     assert out["built"].tolist() == [2, 2, 2]  # what its model put on each page
-
-
-def test_wrong_proposals_count_labels_other_than_the_page():
-    assert wrong_proposals("muffin", {"a": "chihuahua", "b": "muffin", "c": "undefined"}) == 2
-    assert wrong_proposals("muffin", {}) == 0
 
 
 def test_swap_in_keeps_old_pages_acceptable_and_tallies_each_model(tmp_path):

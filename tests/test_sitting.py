@@ -1,4 +1,4 @@
-"""`chimuffin loop --background` (curate/sitting.py): the simulated person verifies pages at the
+"""`chimuffin loop` (simulate/sitting.py): the simulated person verifies pages at the
 cost model's pace, writing each page at once, while background retrains run behind it."""
 
 import json
@@ -146,7 +146,7 @@ def test_loop_background_on_the_sample_verifies_the_pool_while_a_retrain_runs(tm
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "repro"], root)
-    p = run(["chimuffin", "loop", "--background", "--reviewer",
+    p = run(["chimuffin", "loop", "--reviewer",
              "data/raw/sample/pool_labels.csv", "--minutes", "inf", "--no-final"], root,
             env={"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}, timeout=240)
     out = p.stdout

@@ -22,7 +22,7 @@ def imports() -> list[tuple[str, str, str]]:
 
 def test_the_snippets_import_something():
     files = {f for f, _, _ in imports()}
-    assert {"benchmarks/one_iteration.sh", "benchmarks/loop_labels.sh"} <= files
+    assert "benchmarks/one_iteration.sh" in files
 
 
 @pytest.mark.parametrize("where, module, name", imports())

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chimuffin.curate.accept import accept, select_accepted
 from chimuffin.curate.scoring import (
     build_tables,
     cosine_knn,
@@ -16,7 +15,6 @@ from chimuffin.curate.scoring import (
     pixel_signatures,
 )
 from chimuffin.infer.embeddings import unit_rows
-from chimuffin.labels.rows import Decision
 
 CLASSES = ["chihuahua", "muffin"]
 CFG = SimpleNamespace(k=5, model_weight=0.5, dup_similarity=0.97, issue_threshold=0.6,
@@ -182,29 +180,3 @@ def test_greedy_clusters_group_similar_rows_and_respect_the_size_cap():
     assert greedy_clusters(x, 0.9, 2).tolist() == [0, 0, 1, 2, 1]
     assert greedy_clusters(x, 1.01, 10).tolist() == [0, 1, 2, 3, 4]  # seeds always join
 
-
-def suggestions(rows):
-    return pd.DataFrame([{"path": p, "label": lbl, "score": s, "agree": a, "model_label": lbl,
-                          "model_conf": s, "knn_label": lbl, "knn_conf": s}
-                         for p, lbl, s, a in rows])
-
-
-def test_select_accepted_threshold_agreement_and_per_class_cap():
-    s = suggestions([("a", "chihuahua", 0.99, True), ("b", "chihuahua", 0.95, False),
-                     ("c", "chihuahua", 0.97, True), ("d", "muffin", 0.96, True),
-                     ("e", "muffin", 0.5, True)])
-    assert select_accepted(s, 0.9)["path"].tolist() == ["a", "c", "d", "b"]
-    assert select_accepted(s, 0.9, require_agreement=True)["path"].tolist() == ["a", "c", "d"]
-    assert select_accepted(s, 0.9, per_class_cap=1)["path"].tolist() == ["a", "d"]
-    assert select_accepted(s, 0.9, skip_paths={"a"}, per_class_cap=1)["path"].tolist() == \
-        ["c", "d"]
-
-
-def test_accept_adds_auto_decisions_and_never_changes_existing_ones():
-    s = suggestions([("a", "chihuahua", 0.99, True), ("b", "muffin", 0.98, True),
-                     ("c", "muffin", 0.97, True)])
-    old = [Decision("a", "muffin", "human", "a person"), Decision("c", "remove", "oracle")]
-    merged, rows = accept(old, s, 0.9)
-    assert rows["path"].tolist() == ["b"]
-    assert merged == [old[0], Decision("b", "muffin", "auto", merged[1].note), old[1]]
-    assert merged[1].note.startswith("score 0.980")

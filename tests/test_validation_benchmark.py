@@ -27,7 +27,7 @@ def test_the_arm_keeps_the_seeds_validation_split_and_holds_the_reviewed_images_
     assert [(d.path, d.label, d.source) for d in out] == [("a.jpg", "remove", "rule"),
                                                          ("b.jpg", "remove", "rule")]
     with pytest.raises(UserError, match="--arms wall-clock only"):
-        rs.main(["--smoke", "--arms", "pages-confident", "--validation", "5", "--workdir",
+        rs.main(["--smoke", "--arms", "wall-clock", "ceiling", "--validation", "5", "--workdir",
                  str(tmp_path / "w")])
 
 

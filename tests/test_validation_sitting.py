@@ -1,6 +1,6 @@
 """The simulated person builds the validation set first (simulate/validation.py): the seeded
 sample's pages answered from the truth file at the review pages' cost model, written to
-validation.csv only; then `chimuffin loop --background --validation N` verifies the pool
+validation.csv only; then `chimuffin loop --validation N` verifies the pool
 without those images."""
 
 import math
@@ -109,7 +109,7 @@ def test_loop_background_builds_the_validation_set_then_verifies_the_pool(tmp_pa
     run(["dvc", "repro", "-q"], root, env={"PYTHONPATH": ""})
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "repro"], root)
-    p = run(["chimuffin", "loop", "--background", "--reviewer",
+    p = run(["chimuffin", "loop", "--reviewer",
              "data/raw/sample/pool_labels.csv", "--minutes", "inf", "--validation", "4",
              "--no-final"], root,
             env={"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}, timeout=240)

@@ -10,7 +10,7 @@ from importlib import metadata
 from chimuffin.errors import UserError
 
 # Each module registers its subcommand; keep this list sorted.
-COMMANDS = ["check_data", "dashboard", "export", "final", "labels", "loop", "plots_template",
+COMMANDS = ["check_data", "dashboard", "export", "final", "loop", "plots_template",
             "predict", "pull_3lc", "review"]
 
 

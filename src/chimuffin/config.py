@@ -181,7 +181,7 @@ class Review:
     # starts from scratch (a few dozen steps from a model trained on few labels scored worse).
     warm_after: int = num(0, 1_000_000)
     # The `train` group of the final step (`chimuffin final`, the page's "final model", the end
-    # of `chimuffin loop --background`): it trains from the last background model on every
+    # of `chimuffin loop`): it trains from the last background model on every
     # label (a recipe file, relative to the repository).
     final_recipe: str = field()
     # The validation view's sample: this many pool images drawn at random (base.seed), at most

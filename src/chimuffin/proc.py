@@ -1,5 +1,5 @@
 """Child processes and signals: the one place chimuffin starts another program (git, dvc,
-nice), a block that holds Ctrl-C/SIGTERM until it ends, and SIGTERM handled as Ctrl-C."""
+nice) and SIGTERM handled as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -16,25 +16,6 @@ from chimuffin.errors import UserError
 # after a Ctrl-C: let the child end on its own, then SIGINT (dvc releases its locks on it),
 # then SIGKILL
 STOP_STEPS = ((None, 5.0), (signal.SIGINT, 60.0), (signal.SIGKILL, None))
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold Ctrl-C/SIGTERM until the block ends, then raise KeyboardInterrupt.
-
-    Python runs signal handlers in the main thread, so recording the signal here works even
-    when library threads exist (a signal mask would not: the kernel hands a process-wide
-    signal to any thread that does not block it)."""
-    caught: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
-           for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -109,7 +90,8 @@ def git(args: list[str], cwd: Path, check: bool = True) -> Done:
 def repo_root(start: Path) -> Path:
     p = git(["rev-parse", "--show-toplevel"], start, check=False)
     if p.returncode != 0:
-        raise UserError(f"{start}: not inside a git repository (the loop commits each round)")
+        raise UserError(f"{start}: not inside a git repository (background retrains run as "
+                        "DVC experiments)")
     return Path(p.stdout.strip())
 
 

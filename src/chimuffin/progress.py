@@ -114,6 +114,3 @@ def timed(what: str, out=None) -> Iterator[None]:
     print(f"{what}: done in {duration(time.monotonic() - start)}", file=out or sys.stdout,
           flush=True)
 
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"

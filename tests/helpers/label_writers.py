@@ -1,10 +1,10 @@
 """Writers of one label file, each in its own process, for the label-file stress test:
 `python -m tests.helpers.label_writers MODE ROOT PREFIX N PAUSE` (from the repository root).
 
-MODE is `server` (the review page's server; prints its port), or `accept`, `pull`, `loop`:
-N writes through `chimuffin labels accept`, `chimuffin pull-3lc` (3LC's revision reader stood
-in for: no tlc) or the loop's commit step, each adding two rows of its own (paths under
-PREFIX), PAUSE seconds apart. After each write returns, the rows it acknowledged are printed as
+MODE is `server` (the review page's server; prints its port), or `pull`, `sitting`: N writes
+through `chimuffin pull-3lc` (3LC's revision reader stood in for: no tlc) or as the sitting of
+`chimuffin loop` writes a page, each adding two rows of its own (paths under PREFIX), PAUSE
+seconds apart. After each write returns, the rows it acknowledged are printed as
 `ACK path,label,source`: whatever was printed must be in the file at the end.
 """
 
@@ -34,23 +34,6 @@ def serve(root: Path) -> None:
     server.serve_forever(poll_interval=0.05)
 
 
-def accept(root: Path, prefix: str, n: int, pause: float) -> None:
-    from chimuffin import atomic
-    from chimuffin.cli import main
-
-    for k in range(n):
-        time.sleep(pause)
-        paths = [f"train128/undefined/{prefix}-{k}-{j}.jpg" for j in range(2)]
-        s = root / f"suggestions-{prefix}-{k}.parquet"
-        atomic.write_parquet(s, pd.DataFrame(
-            [{"path": p, "label": "muffin", "score": 0.9, "agree": True, "model_label": "muffin",
-              "model_conf": 0.9, "knn_label": "muffin", "knn_conf": 0.9} for p in paths]))
-        assert main(["labels", "accept", "--min-score", "0.5", "--suggestions", str(s),
-                     "--decisions", str(root / DECISIONS),
-                     "--params", str(root / "params.yaml")]) == 0
-        ack((p, "muffin", "auto") for p in paths)
-
-
 def pull(root: Path, prefix: str, n: int, pause: float) -> None:
     from chimuffin import tlcio
     from chimuffin.cli import main
@@ -68,18 +51,16 @@ def pull(root: Path, prefix: str, n: int, pause: float) -> None:
         ack((p, "chihuahua", "3lc") for p in paths)
 
 
-def loop(root: Path, prefix: str, n: int, pause: float) -> None:
+def sitting(root: Path, prefix: str, n: int, pause: float) -> None:
+    """Pages written as `chimuffin loop`'s sitting writes them (simulate/sitting.py)."""
+    from chimuffin.labels import locked
     from chimuffin.labels.rows import Decision, merge_decisions
-    from chimuffin.simulate.rounds import commit_round
 
     for k in range(n):
         time.sleep(pause)
         new = [Decision(f"train128/undefined/{prefix}-{k}-{j}.jpg", "muffin", "oracle", "")
                for j in range(2)]
-        done = []
-        commit_round(root, root / DECISIONS, lambda cur, new=new: merge_decisions(cur, new)[0],
-                     CLASSES, f"round {prefix} {k}", done.append)
-        assert done
+        locked.update(root / DECISIONS, CLASSES, lambda cur, new=new: merge_decisions(cur, new)[0])
         ack((d.path, d.label, d.source) for d in new)
 
 
@@ -88,5 +69,5 @@ if __name__ == "__main__":
     if mode == "server":
         serve(root)
     else:
-        {"accept": accept, "pull": pull, "loop": loop}[mode](root, sys.argv[3], int(sys.argv[4]),
-                                                            float(sys.argv[5]))
+        {"pull": pull, "sitting": sitting}[mode](root, sys.argv[3], int(sys.argv[4]),
+                                                float(sys.argv[5]))

@@ -1,2 +1,1 @@
-"""Curation: label suggestions and issues (scoring), review pages, accepting suggestions, the
-simulated reviewer and the automated loop's rounds."""
+"""Curation: label suggestions and issues (scoring), and the review pages built from them."""

@@ -9,8 +9,7 @@ embeddings (one pass makes both) and tiny pixel signatures. Two signals are comb
 A model must never grade the labels it was trained on: for a labeled image the kNN vote leaves
 the image itself out, and the model's own probability is used only for validation images (the
 model never trained on them). The embedding itself was still learned from the training labels,
-so a memorised wrong label pulls its image towards the wrong class; benchmarks/label_quality.py
-measures how much that costs.
+so a memorised wrong label pulls its image towards the wrong class.
 """
 
 from __future__ import annotations

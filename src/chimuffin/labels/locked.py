@@ -1,7 +1,7 @@
 """Writing the label file: one inter-process lock, and read, change, write under it.
 
-Every tool that writes data/labels/decisions.csv (the review page, `labels accept`, `pull-3lc`,
-`loop`) goes through update(): it takes an exclusive flock on the sibling lock file
+Every tool that writes data/labels/decisions.csv (the review page, `pull-3lc`, `loop`) goes
+through update(): it takes an exclusive flock on the sibling lock file
 (`.decisions.csv.lock`, git-ignored), reads the file, applies its change to what it read and
 renames the new file in. So no tool's rows are lost to another tool, whatever runs at once.
 
@@ -107,22 +107,18 @@ class _Changed(Exception):
 
 def update(path: str | Path, classes: list[str],
            change: Callable[[list[Decision]], list[Decision]],
-           before_write: Callable[[Snapshot, list[Decision], bytes], None] | None = None,
-           after_write: Callable[[Written], None] | None = None) -> Written:
+           before_write: Callable[[Snapshot, list[Decision], bytes], None] | None = None
+           ) -> Written:
     """Under the lock: read the file, new = change(decisions), write it (sorted) if it differs.
     `before_write(before, new, after)` runs before the rename (the review page records its
-    undo there, so a crash never leaves a written change without its undo record);
-    `after_write(written)` runs after it, still under the lock (the loop commits there)."""
+    undo there, so a crash never leaves a written change without its undo record)."""
     path = Path(path)
     with holding_lock(path):
         for _ in range(RETRIES):
             try:
-                written = _update_once(path, classes, change, before_write)
+                return _update_once(path, classes, change, before_write)
             except _Changed:
                 continue
-            if after_write is not None:
-                after_write(written)
-            return written
     raise UserError(f"{path}: kept changing while being written (something appends to it "
                     "without the lock); nothing written")
 
@@ -185,31 +181,6 @@ def restore(path: str | Path, expected: bytes | None, data: bytes | None) -> boo
             return False
         _carry_over_appends(path, old_file, len(now))
     return True
-
-
-def take_back(path: str | Path, classes: list[str], written: Written) -> None:
-    """With the lock held (a step after the write failed): take the written change back. The
-    exact old bytes while the file still holds what was written; else (an unlocked writer
-    appended meanwhile) only the rows the change touched, keeping the appended ones."""
-    path = Path(path)
-    if written.after is None or restore(path, written.after, written.before.data):
-        return
-    was = {d.path: d for d in written.before.decisions}
-    now = {d.path: d for d in written.new}
-    touched = {p for p in set(was) | set(now) if was.get(p) != now.get(p)}
-
-    def revert(current: list[Decision]) -> list[Decision]:
-        rows = {d.path: d for d in current if d.path not in touched}
-        rows.update({p: was[p] for p in touched if p in was})
-        return list(rows.values())
-
-    for _ in range(RETRIES):
-        try:
-            _update_once(path, classes, revert, None)
-            return
-        except _Changed:
-            continue
-    raise UserError(f"{path}: kept changing while being put back; check it by hand")
 
 
 def _check_unchanged(path: Path, seen: tuple | None) -> None:

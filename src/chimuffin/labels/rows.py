@@ -3,8 +3,8 @@
 data/labels/decisions.csv has the columns `path,label,source,note`, one row per image, sorted by
 path. `label` is a class, `undefined` (take the image out of training) or `remove` (drop it from
 every split). `source` says who decided. A row on a test image is refused: the test split is
-only ever evaluated. Stages only read this file; the tools that write it (review page, accept,
-pull-3lc, loop) go through chimuffin.labels.locked, which locks, writes atomically and keeps it
+only ever evaluated. Stages only read this file; the tools that write it (review page, pull-3lc,
+loop) go through chimuffin.labels.locked, which locks, writes atomically and keeps it
 sorted.
 """
 
@@ -23,7 +23,7 @@ from chimuffin.errors import UserError
 DECISION_COLUMNS = ["path", "label", "source", "note"]
 SOURCES = ("human", "3lc", "auto", "rule", "oracle")
 # Sources that stand for a person's answer (the oracle simulates one): never shown or asked
-# again. `auto` and `rule` do not (a person may still fix an accepted label).
+# again. `auto` (accepted suggestions, from label files of earlier versions) and `rule` do not.
 PERSON_SOURCES = ("human", "3lc", "oracle")
 UNDEFINED, REMOVE = "undefined", "remove"
 TEST_DIR = "test128"  # the dataset's test folder (as data/scan.py finds it)

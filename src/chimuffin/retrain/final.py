@@ -1,7 +1,7 @@
 """The final step: the sitting's last background model, finished into the final model.
 
-`chimuffin final`, the review page's "final model" action and the end of `chimuffin loop
---background` run it. It
+`chimuffin final`, the review page's "final model" action and the end of `chimuffin loop` run
+it. It
 1. finds the last background model: the latest `review-<UTC time>-<N>-labels[-warm]`
    experiment among the repository's refs (each background run pushes its own) and its weights,
    the train stage's models/best.pth, in the DVC cache by the md5 its dvc.lock records (the
@@ -79,7 +79,7 @@ def pick_background(refs: list[tuple[str, str]], name: str | None) -> tuple[str,
     if not refs:
         raise UserError("no background model to start from: this repository has no "
                         "`review-...-labels` experiment (background retrains of the review "
-                        "page and of `chimuffin loop --background` leave them)")
+                        "page and of `chimuffin loop` leave them)")
     if name is None:
         return refs[-1]
     for found in refs:
@@ -302,7 +302,7 @@ class Finisher:
             self.thread.join(wait_s)
 
 
-# --- on a terminal (`chimuffin final`, the end of `chimuffin loop --background`) --------------
+# --- on a terminal (`chimuffin final`, the end of `chimuffin loop`) ---------------------------
 
 STEP_EVERY_S = 2.0
 say_line = functools.partial(print, flush=True)

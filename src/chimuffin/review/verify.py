@@ -44,11 +44,6 @@ def check_pages(df: pd.DataFrame, path: Path, pool: set[str], classes: list[str]
     return df
 
 
-def wrong_proposals(page_label: str, exceptions: dict[str, str]) -> int:
-    """Images of an accepted page the person gave another label than the page proposed."""
-    return sum(1 for lbl in exceptions.values() if lbl != page_label)
-
-
 def page_list(df: pd.DataFrame) -> list[dict]:
     """Pages in page order (as pages_to_verify sorts them), each with its images by position."""
     out: dict[int, dict] = {}

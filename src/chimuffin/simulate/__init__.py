@@ -1,2 +1,2 @@
-"""Simulations of a person labeling: the simulated reviewer, the round-based loop and the
-sitting in wall-clock time with background retraining."""
+"""Simulations of a person labeling: the simulated reviewer and the sitting in wall-clock time
+with background retraining (`chimuffin loop`)."""

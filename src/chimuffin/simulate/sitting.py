@@ -1,4 +1,4 @@
-"""`chimuffin loop --background`: one sitting of a simulated person, in wall-clock time, while
+"""`chimuffin loop`: one sitting of a simulated person, in wall-clock time, while
 the model retrains behind it (chimuffin.retrain, as behind the review page).
 
 The person verifies review pages in page order at the cost model's pace (it sleeps for what
