@@ -44,7 +44,7 @@ short (some of their images were verified on an earlier model's pages); --pooled
 pairs of a saved round-based run and a sitting of the same seed, summed.
 
     python benchmarks/review_session.py --smoke          # the embedded sample, tiny, ~2 min
-    python benchmarks/review_session.py --recipe round --retrain-every 120
+    python benchmarks/review_session.py --recipe round   # the default sitting: a retrain every 120
     python benchmarks/review_session.py --arms wall-clock --validation 500
     python benchmarks/review_session.py --on-wall-clock ROUNDS_JSON WALL_JSON
 
@@ -692,7 +692,7 @@ def main(argv=None) -> int:
                     "pool images (the validation view's sample), reviewed_labels.csv held out; "
                     "after the sitting the final model is scored on both (default: "
                     "%(default)s: validate on reviewed_labels.csv as the ceiling does)")
-    ap.add_argument("--retrain-every", type=int, default=240, metavar="N",
+    ap.add_argument("--retrain-every", type=int, default=120, metavar="N",
                     help="wall-clock arm: a background retrain every N new decisions "
                     "(default: %(default)s; --smoke: the page size)")
     ap.add_argument("--no-whole-pool", dest="whole_pool", action="store_false",
