@@ -61,6 +61,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -240,31 +241,25 @@ class Checkpoint:
     trained: bool = True        # False: the train stage was up to date or restored from cache
 
 
-def measure(repo: Path, classes: list[str], arm: str, minutes: float, totals: dict,
-            ) -> Checkpoint:
+def run_ceiling(repo: Path, data: Data, classes: list[str]) -> Checkpoint:
+    """Every pool label as a decision, one `dvc repro`: the model the sitting's are held
+    against (a row in the saved runs' checkpoint format)."""
+    decisions = [Decision(p, lbl, "oracle", "pool_labels.csv")
+                 for p, lbl in sorted(data.pool_truth.items())]
+    (repo / "data/labels/decisions.csv").write_text(format_decisions(decisions))
+    sh(["git", "commit", "-qam", "ceiling: every pool label"], repo)
     out, wall = sh(["dvc", "repro"], repo)
     metrics = json.loads((repo / "metrics/eval/metrics.json").read_text())["val"]
     n = int(metrics["n"])
     k = round(metrics["accuracy"] * n)
     lo, hi = wilson_interval(k, n)
-    summary = json.loads((repo / "data/clean/summary.json").read_text())
-    by = summary.get("by_split_label", {})
-    sources: dict = {}
-    for d in read_decisions(repo / "data/labels/decisions.csv", classes):
-        sources[d.source] = sources.get(d.source, 0) + 1
-    return Checkpoint(arm, minutes, metrics["accuracy"], k, n, lo, hi,
-                      sum(by.get(f"train/{c}", 0) for c in classes), sources,
-                      totals["pages"], totals["verified"], totals["exceptions"], wall,
-                      "Running stage 'train'" in out)
-
-
-def run_ceiling(repo: Path, data: Data, classes: list[str]) -> Checkpoint:
-    decisions = [Decision(p, lbl, "oracle", "pool_labels.csv")
-                 for p, lbl in sorted(data.pool_truth.items())]
-    (repo / "data/labels/decisions.csv").write_text(format_decisions(decisions))
-    sh(["git", "commit", "-qam", "ceiling: every pool label"], repo)
-    row = measure(repo, classes, "ceiling", math.nan, {"pages": 0, "verified": len(decisions),
-                                                       "exceptions": 0})
+    by = json.loads((repo / "data/clean/summary.json").read_text()).get("by_split_label", {})
+    sources = Counter(d.source for d in read_decisions(repo / "data/labels/decisions.csv",
+                                                       classes))
+    row = Checkpoint("ceiling", math.nan, metrics["accuracy"], k, n, lo, hi,
+                     sum(by.get(f"train/{c}", 0) for c in classes), dict(sources),
+                     verified=len(decisions), repro_s=wall,
+                     trained="Running stage 'train'" in out)
     print(row_line(row), flush=True)
     return row
 

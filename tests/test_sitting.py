@@ -227,3 +227,19 @@ def test_a_model_finishing_mid_sitting_proposes_the_pages_after_it(tmp_path, mon
     assert all(truth[d.path] == d.label for d in rows if d.source == "oracle")
     changed = [c for c in run(["git", "status", "--porcelain"], root).stdout.split("\n") if c]
     assert changed == [" M data/labels/decisions.csv"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--minutes", "0"], "--minutes must be > 0"),
+    (["--minutes", "nan"], "--minutes must be > 0"),
+    (["--minutes", "1", "--validation", "-1"], "--validation must be >= 0"),
+])
+def test_loop_refuses_unclear_options_before_reading_anything(tmp_path, monkeypatch, args,
+                                                              message):
+    from chimuffin.cli import build_parser
+    from chimuffin.errors import UserError
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml, no repository: the options are checked first
+    parsed = build_parser().parse_args(["loop", "--reviewer", "truth.csv", *args])
+    with pytest.raises(UserError, match=message):
+        parsed.func(parsed)

@@ -79,7 +79,6 @@ def run(args) -> int:
     truth_file = Path(args.reviewer)
     if truth_file.exists():  # checked before the repro; the sample stage may write it
         read_path_labels(truth_file, classes, "reviewer's file of true labels")
-    cost = ReviewCost()
     with sigterm_as_interrupt():
         if foreground(["dvc", "repro"], root) != 0:
             raise UserError("`dvc repro` failed; the sitting needs the pipeline's pages")
@@ -88,8 +87,9 @@ def run(args) -> int:
         cfg = SittingConfig(root, root / args.params, root / args.decisions,
                             root / args.suggest_dir, classes, params.review.retrain_every,
                             params.review.round_recipe, params.review.warm_recipe,
-                            root / args.eval_dir, cost,
-                            validation_step(args, params, root) if args.validation else None)
+                            root / args.eval_dir,
+                            validation=validation_step(args, params, root) if args.validation
+                            else None)
         truth = read_path_labels(truth_file, classes, "reviewer's file of true labels")
         s = run_sitting(cfg, truth, args.minutes * 60.0)
         print(summary(s), flush=True)
